@@ -1,0 +1,62 @@
+"""The one exception family of tilefuse.
+
+Every error raised on bad input is a :class:`TilefuseError`.  Subclasses also
+derive from the matching built-in type, so ``except FileNotFoundError`` keeps
+working for callers who do not know tilefuse.  Messages name the file, the
+element or view, and what is wrong, e.g.::
+
+    dataset.xml, <ViewRegistration timepoint="0" setup="3">: affine has 11 numbers, expected 12
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = [
+    "TilefuseError",
+    "ProjectFormatError",
+    "UnsupportedFormatError",
+    "ImageDataError",
+    "MissingDataError",
+    "RegistrationError",
+    "FusionError",
+    "where",
+]
+
+
+class TilefuseError(Exception):
+    """Base class of every error tilefuse raises on bad input or state."""
+
+
+class ProjectFormatError(TilefuseError, ValueError):
+    """The project XML is malformed or inconsistent."""
+
+
+class UnsupportedFormatError(TilefuseError, NotImplementedError):
+    """A format (image loader, file type, option) that tilefuse does not support."""
+
+
+class ImageDataError(TilefuseError, ValueError):
+    """Pixel data disagree with the project (shape, dtype, level) or are corrupt."""
+
+
+class MissingDataError(TilefuseError, FileNotFoundError):
+    """A file, dataset or view that the project refers to does not exist."""
+
+
+class RegistrationError(TilefuseError, ValueError):
+    """Registration cannot run on the given input (no overlap, bad parameters)."""
+
+
+class FusionError(TilefuseError, ValueError):
+    """Fusion cannot run on the given input (empty box, bad parameters)."""
+
+
+def where(path: str | Path | None, element: str | None = None) -> str:
+    """Format the location prefix of an error message: ``"file, <element>"``."""
+    parts = []
+    if path is not None:
+        parts.append(str(path))
+    if element:
+        parts.append(element)
+    return ", ".join(parts) if parts else "<input>"

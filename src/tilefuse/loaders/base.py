@@ -1,0 +1,183 @@
+"""The interface every image loader implements, and the dask array built on it.
+
+A loader answers, for one view and resolution level, its shape, dtype, block
+shape and downsampling factors, and reads any region as a numpy array.  It
+holds only paths and small metadata, so it pickles cheaply: file handles are
+opened lazily in each process (see :func:`cached_handle`) and dropped on
+pickling, which lets dask.distributed workers reopen them.
+
+All shapes, regions and factors are in numpy order ``(z, y, x)``; a 2D view
+has ``z == 1``.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from itertools import product
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..project.views import ViewId
+
+__all__ = ["ImageLoader", "cached_handle", "block_slices", "normalize_region"]
+
+Region = tuple[slice, slice, slice]
+
+_HANDLES: dict[tuple[str, Any], Any] = {}
+_HANDLES_LOCK = threading.Lock()
+
+
+def cached_handle(key: tuple[str, Any], opener: Callable[[], Any]) -> Any:
+    """Return a per-process cached file handle, opening it on first use.
+
+    Handles live in a module-level dict, never on the loader, so loaders stay
+    small and picklable and every worker process opens its own files once.
+    """
+    handle = _HANDLES.get(key)
+    if handle is None:
+        with _HANDLES_LOCK:
+            handle = _HANDLES.get(key)
+            if handle is None:
+                handle = opener()
+                _HANDLES[key] = handle
+    return handle
+
+
+def drop_cached_handles(prefix: str | None = None) -> None:
+    """Forget (and close when possible) cached handles whose key starts with ``prefix``."""
+    with _HANDLES_LOCK:
+        for key in list(_HANDLES):
+            if prefix is None or str(key[0]).startswith(prefix):
+                handle = _HANDLES.pop(key)
+                close = getattr(handle, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:  # pragma: no cover - best effort
+                        pass
+
+
+def normalize_region(region, shape) -> Region:
+    """Turn ``None``/``Ellipsis``/partial slices into three explicit, clipped slices."""
+    if region is None or region is Ellipsis:
+        region = ()
+    region = tuple(region) + (slice(None),) * (len(shape) - len(tuple(region)))
+    out = []
+    for sl, n in zip(region, shape):
+        if not isinstance(sl, slice):
+            raise TypeError(f"regions are tuples of slices, got {sl!r}")
+        start, stop, step = sl.indices(n)
+        if step != 1:
+            raise ValueError("regions must have step 1")
+        out.append(slice(start, max(start, stop)))
+    return tuple(out)
+
+
+def block_slices(shape, chunks) -> list[tuple[tuple[int, ...], Region]]:
+    """All blocks of a chunk grid: ``(block_index, region)`` pairs."""
+    ranges = [range(0, max(n, 1), c) for n, c in zip(shape, chunks)]
+    out = []
+    for starts in product(*ranges):
+        idx = tuple(s // c for s, c in zip(starts, chunks))
+        region = tuple(slice(s, min(s + c, n)) for s, c, n in zip(starts, chunks, shape))
+        out.append((idx, region))
+    return out
+
+
+class ImageLoader(ABC):
+    """Reads the pixels of a project's views.
+
+    Subclasses set :attr:`format` to the XML ``<ImageLoader format="...">``
+    value they handle and implement the abstract methods.  A loader built from
+    the XML keeps the element it came from, so an unchanged project writes it
+    back verbatim.
+    """
+
+    #: The XML ``format`` attribute handled by this class.
+    format: ClassVar[str] = ""
+
+    def __init__(self) -> None:
+        self.xml_path: Path | None = None
+
+    # -- construction ---------------------------------------------------
+    @classmethod
+    @abstractmethod
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None) -> "ImageLoader":
+        """Build the loader from its ``<ImageLoader>`` element.
+
+        ``base_dir`` is the project's resolved BasePath; ``xml_path`` is only
+        used in error messages.
+        """
+
+    @abstractmethod
+    def to_xml(self, base_dir: Path):
+        """Return a new ``<ImageLoader>`` lxml element describing this loader."""
+
+    # -- metadata ---------------------------------------------------------
+    @abstractmethod
+    def has_view(self, view: ViewId) -> bool:
+        """True if the file holds pixels for ``view``."""
+
+    @abstractmethod
+    def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
+        """Downsampling factors ``(z, y, x)`` of each resolution level, level 0 first."""
+
+    @abstractmethod
+    def shape(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        """Shape ``(z, y, x)`` of one level."""
+
+    @abstractmethod
+    def dtype(self, view: ViewId) -> np.dtype:
+        """The pixel type the user sees (e.g. uint16 for legacy int16 BDV files)."""
+
+    @abstractmethod
+    def chunks(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        """The file's own block shape ``(z, y, x)`` for one level."""
+
+    @abstractmethod
+    def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
+        """Read ``region`` (three slices, step 1, inside the shape) of one level."""
+
+    # -- derived ------------------------------------------------------------
+    def files(self) -> list[Path]:
+        """The files or containers this loader reads (for ``tilefuse info``)."""
+        return []
+
+    def image(self, view: ViewId, level: int = 0, chunks=None):
+        """A lazy dask array of one level, chunked like the file's blocks.
+
+        Each dask task reads one block through :meth:`read`; slicing the array
+        therefore touches only the blocks the slice needs.
+        """
+        import dask.array as da
+        from dask.base import tokenize
+        from dask.highlevelgraph import HighLevelGraph
+
+        shape = self.shape(view, level)
+        dtype = self.dtype(view)
+        chunks = tuple(chunks) if chunks is not None else self.chunks(view, level)
+        chunks = tuple(max(1, min(int(c), max(n, 1))) for c, n in zip(chunks, shape))
+        name = f"tilefuse-read-{tokenize(self.token(), view, level, chunks)}"
+        dsk = {
+            (name, *idx): (_read_block, self, view, level, region)
+            for idx, region in block_slices(shape, chunks)
+        }
+        dask_chunks = da.core.normalize_chunks(chunks, shape=shape)
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+        return da.Array(graph, name, dask_chunks, dtype=dtype)
+
+    def token(self) -> Any:
+        """A value identifying the loader's data, for deterministic dask names."""
+        return (type(self).__name__, repr(self))
+
+    def __getstate__(self) -> dict:
+        # Loaders keep no handles on themselves; subclasses with caches drop them here.
+        return dict(self.__dict__)
+
+
+def _read_block(loader: ImageLoader, view: ViewId, level: int, region: Region) -> np.ndarray:
+    return loader.read(view, level, region)
