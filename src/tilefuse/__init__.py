@@ -1,7 +1,88 @@
-"""tilefuse: read BigStitcher projects, refine tile registration, fuse tiles chunk by chunk."""
+"""tilefuse: read BigStitcher projects, refine tile registration, fuse tiles chunk by chunk.
 
-from .errors import TilefuseError
+The data flow, one subpackage per stage::
+
+    project (XML model)  ->  loaders (pixels as dask)  ->  registration  ->  fusion  ->  writers
+
+Typical use::
+
+    import tilefuse
+    project = tilefuse.open_project("dataset.xml")
+    result = tilefuse.register(project)
+    registered = result.apply(project)
+    registered.save("registered.xml")
+    plan = tilefuse.plan_fusion(registered)
+    tilefuse.write_fused(plan, "fused.ome.zarr")
+"""
+
+from .errors import (
+    FusionError,
+    ImageDataError,
+    MissingDataError,
+    ProjectFormatError,
+    RegistrationError,
+    TilefuseError,
+    UnsupportedFormatError,
+)
+# Public names are imported on first use (PEP 562), so `import tilefuse` stays
+# fast and a stage's dependencies load only when that stage is used.
+_LAZY = {
+    "FusionPlan": "fusion.api",
+    "fuse": "fusion.api",
+    "plan_fusion": "fusion.api",
+    "Project": "project",
+    "ViewId": "project",
+    "open_project": "project",
+    "squeeze_z": "project",
+    "RegistrationResult": "registration.api",
+    "links_from_project": "registration.api",
+    "register": "registration.api",
+    "solve": "registration.api",
+    "make_groups": "registration.pairwise",
+    "pairwise": "registration.pairwise",
+    "write_fused": "writers.fused",
+    "write_project": "writers.project",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'tilefuse' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 
-__all__ = ["TilefuseError", "__version__"]
+__all__ = [
+    "FusionError",
+    "FusionPlan",
+    "ImageDataError",
+    "MissingDataError",
+    "Project",
+    "ProjectFormatError",
+    "RegistrationError",
+    "RegistrationResult",
+    "TilefuseError",
+    "UnsupportedFormatError",
+    "ViewId",
+    "__version__",
+    "fuse",
+    "links_from_project",
+    "make_groups",
+    "open_project",
+    "pairwise",
+    "plan_fusion",
+    "register",
+    "solve",
+    "squeeze_z",
+    "write_fused",
+    "write_project",
+]

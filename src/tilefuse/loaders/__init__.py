@@ -25,7 +25,10 @@ def register_loader(cls: type[ImageLoader]) -> type[ImageLoader]:
 
 def _import_builtin_loaders() -> None:
     # Imported for their registration side effect; each is a small module.
-    from . import _hdf5, _n5, _tiff, _zarr  # noqa: F401
+    import importlib
+
+    for name in ("_hdf5", "_n5", "_tiff", "_zarr"):
+        importlib.import_module(f"{__name__}.{name}")
 
 
 def loader_class(fmt: str, xml_path: Path | None = None) -> type[ImageLoader]:

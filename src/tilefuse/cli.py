@@ -1,0 +1,332 @@
+"""The ``tilefuse`` command line: a thin layer over the public API.
+
+Each subcommand parses its options and calls one library function; errors
+of type :class:`~tilefuse.errors.TilefuseError` are printed as one line and
+exit with status 2.  Tests call :func:`main` with a list of arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .errors import TilefuseError
+
+__all__ = ["main"]
+
+log = logging.getLogger("tilefuse")
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.replace("x", ",").split(",") if v)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(v) for v in text.replace("x", ",").split(",") if v)
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more messages")
+    p.add_argument("-q", "--quiet", action="count", default=0, help="fewer messages, no progress bar")
+
+
+def _add_cluster(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("parallelism")
+    g.add_argument("--workers", type=int, default=None,
+                   help="start a local dask.distributed cluster with N worker processes")
+    g.add_argument("--scheduler", default=None, help="address of a running dask.distributed scheduler")
+
+
+def _add_register_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("registration")
+    g.add_argument("--channel", default=None, help="register on this channel (id or name); default: average")
+    g.add_argument("--downsampling", type=_ints, default="auto",
+                   help="z,y,x downsampling of the overlap crops (default: 1,1,1 in 2D, 1,2,2 in 3D)")
+    g.add_argument("--min-overlap", type=float, default=0.05, help="minimum overlap fraction of a pair")
+    g.add_argument("--neighbours-only", action="store_true", help="only face neighbours, no diagonal pairs")
+    g.add_argument("--peaks", type=int, default=5, help="phase-correlation peaks to check (default 5)")
+    g.add_argument("--preset", choices=("strict", "relaxed", "none"), default="relaxed",
+                   help="link rejection thresholds (BigStitcher's presets; default relaxed)")
+    g.add_argument("--rel-threshold", type=float, default=None)
+    g.add_argument("--abs-threshold", type=float, default=None)
+    g.add_argument("--min-correlation", type=float, default=0.3, help="reject links below (default 0.3)")
+    g.add_argument("--max-shift", type=float, default=None, help="reject links moving a tile more (world units)")
+
+
+def _register_options(args) -> dict:
+    return dict(channel=args.channel, downsampling=args.downsampling, min_overlap=args.min_overlap,
+                neighbours_only=args.neighbours_only, n_peaks=args.peaks, preset=args.preset,
+                rel_threshold=args.rel_threshold, abs_threshold=args.abs_threshold,
+                min_correlation=args.min_correlation, max_shift=args.max_shift)
+
+
+def _add_fusion_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("fusion")
+    g.add_argument("--bounding-box", default=None, help="name of a <BoundingBoxDefinition> in the XML")
+    g.add_argument("--downsample", type=_floats, default=(1.0,),
+                   help="output downsampling, one number or z,y,x (default 1)")
+    g.add_argument("--isotropic", action="store_true",
+                   help="resample z to the xy spacing (default: keep the data's anisotropy)")
+    g.add_argument("--blending", choices=("cosine", "average", "max", "first"), default="cosine")
+    g.add_argument("--blend-range", type=float, default=40.0, help="cosine ramp width, world units (40)")
+    g.add_argument("--blend-border", type=float, default=0.0, help="blending border, world units (0)")
+    g.add_argument("--interpolation", choices=("linear", "nearest"), default="linear")
+    g.add_argument("--dtype", default=None, help="output type (default: the input's, clipped)")
+    g.add_argument("--chunks", type=_ints, default=None, help="output chunk shape z,y,x")
+    g.add_argument("--intensity-adjustment", action="store_true",
+                   help="apply the project's <IntensityAdjustments>")
+    g.add_argument("--container", choices=("hdf5", "n5", "zarr"), default="hdf5",
+                   help="pixel container when the output is a .xml project")
+    g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    g.add_argument("--no-resume", action="store_true", help="start over instead of resuming a partial output")
+    g.add_argument("--preview", default=None, help="also save a downsampled PNG picture of the result")
+
+
+def _fusion_options(args) -> dict:
+    ds = args.downsample[0] if len(args.downsample) == 1 else args.downsample
+    return dict(bounding_box=args.bounding_box, downsampling=ds, preserve_anisotropy=not args.isotropic,
+                blending=args.blending, blend_range=args.blend_range, blend_border=args.blend_border,
+                interpolation=args.interpolation, dtype=args.dtype, chunks=args.chunks,
+                intensity_adjustment=args.intensity_adjustment)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tilefuse", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"tilefuse {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="generate a sample project, register and fuse it, score the result")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--3d", dest="three_d", action="store_true", help="a 3D anisotropic sample")
+    p.add_argument("--grid", type=_ints, default=None, help="tiles per axis, e.g. 3,4 (2D) or 1,2,2 (3D)")
+    p.add_argument("--tile", type=_ints, default=None, help="tile shape, e.g. 512,512 or 64,256,256")
+    p.add_argument("--seed", type=int, default=0)
+    _add_common(p)
+    _add_cluster(p)
+
+    p = sub.add_parser("sample", help="generate a sample project with known true tile positions")
+    p.add_argument("outdir", type=Path)
+    p.add_argument("--3d", dest="three_d", action="store_true")
+    p.add_argument("--grid", type=_ints, default=None)
+    p.add_argument("--tile", type=_ints, default=None)
+    p.add_argument("--overlap", type=float, default=0.1)
+    p.add_argument("--max-offset", type=float, default=8.0, help="largest stage error, world units")
+    p.add_argument("--empty-tiles", type=_ints, default=(), help="tile indices holding only background")
+    p.add_argument("--texture", choices=("procedural", "photo"), default="procedural")
+    p.add_argument("--format", choices=("hdf5", "n5", "zarr"), default="hdf5")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("info", help="summarise a project")
+    p.add_argument("xml", type=Path)
+    p.add_argument("--plot", default=None, help="draw the tile layout to this PNG")
+    p.add_argument("--views", action="store_true", help="one line per view")
+    _add_common(p)
+
+    p = sub.add_parser("convert", help="make a project from a folder of TIFFs and positions")
+    p.add_argument("folder", type=Path, help="folder holding the TIFF files")
+    p.add_argument("positions", type=Path, help="CSV (file,x,y[,z]) or Fiji TileConfiguration.txt")
+    p.add_argument("-o", "--output", type=Path, required=True, help="project XML to write")
+    p.add_argument("--voxel-size", type=_floats, default=(1.0, 1.0, 1.0), help="z,y,x voxel size (or y,x)")
+    p.add_argument("--unit", default="µm")
+    p.add_argument("--position-unit", choices=("physical", "voxel"), default=None,
+                   help="units of the positions (default: voxel for TileConfiguration, physical for CSV)")
+    p.add_argument("--format", choices=("hdf5", "n5", "zarr"), default="hdf5")
+    p.add_argument("--chunks", type=_ints, default=None, help="block shape z,y,x")
+    p.add_argument("--overwrite", action="store_true")
+    _add_common(p)
+
+    p = sub.add_parser("register", help="refine tile positions (phase correlation + global solve)")
+    p.add_argument("xml", type=Path)
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="registered XML (default: overwrite the input, keeping a ~1 backup)")
+    p.add_argument("--plot", default=None, help="draw the link graph to this PNG")
+    _add_register_options(p)
+    _add_common(p)
+    _add_cluster(p)
+
+    p = sub.add_parser("fuse", help="fuse the views into one volume (OME-Zarr, TIFF or BDV project)")
+    p.add_argument("xml", type=Path)
+    p.add_argument("output", type=Path, help="out.ome.zarr, out.tif or out.xml")
+    _add_fusion_options(p)
+    _add_common(p)
+    _add_cluster(p)
+
+    p = sub.add_parser("run", help="register, then fuse; writes the registered XML beside the output")
+    p.add_argument("xml", type=Path)
+    p.add_argument("output", type=Path)
+    p.add_argument("--no-register", action="store_true", help="fuse the current registration only")
+    _add_register_options(p)
+    _add_fusion_options(p)
+    _add_common(p)
+    _add_cluster(p)
+    return parser
+
+
+def _client(args):
+    from .pipeline import cluster_client
+
+    return cluster_client(getattr(args, "scheduler", None), getattr(args, "workers", None))
+
+
+def _preview(plan_or_path, out) -> None:
+    """Save a PNG: the middle z plane of the first (t, c) at the coarsest written level."""
+    from .plotting import save_preview
+
+    import zarr
+
+    path = Path(plan_or_path)
+    if str(path).endswith(".zarr"):
+        group = zarr.open_group(str(path), mode="r")
+        datasets = group.attrs["multiscales"][0]["datasets"]
+        arr = group[datasets[min(len(datasets) - 1, 2)]["path"]]
+        while arr.ndim > 2:
+            arr = arr[arr.shape[0] // 2] if arr.ndim == 3 else arr[0]
+        save_preview(arr, out)
+    else:
+        import tifffile
+
+        image = tifffile.imread(path)
+        while image.ndim > 2:
+            image = image[image.shape[0] // 2]
+        save_preview(image, out)
+    print(f"preview          {out}")
+
+
+def _cmd_info(args) -> None:
+    from .project import open_project
+    from .project.summary import project_summary
+
+    project = open_project(args.xml)
+    print(project_summary(project, detail=2 if args.views else 1))
+    if args.plot:
+        from .plotting import plot_layout
+
+        print(f"layout plot      {plot_layout(project, args.plot)}")
+
+
+def _cmd_sample(args):
+    from .demo import make_sample_project
+
+    project = make_sample_project(args.outdir, ndim=3 if args.three_d else 2, grid=args.grid,
+                                  tile_shape=args.tile, overlap=args.overlap, max_offset=args.max_offset,
+                                  empty_tiles=args.empty_tiles, texture=args.texture, format=args.format,
+                                  seed=args.seed, progress=args.progress, overwrite=args.overwrite)
+    print(f"wrote {project.path} ({len(project.views)} views) and {args.outdir / 'truth.json'}")
+    return project
+
+
+def _cmd_convert(args) -> None:
+    from .convert import convert_tiffs
+    from .project.summary import project_summary
+
+    vs = args.voxel_size if len(args.voxel_size) == 3 else (1.0,) + tuple(args.voxel_size)
+    project = convert_tiffs(args.folder, args.positions, args.output, voxel_size=vs, unit=args.unit,
+                            position_unit=args.position_unit, format=args.format, chunks=args.chunks,
+                            progress=args.progress, overwrite=args.overwrite)
+    print(project_summary(project, detail=0))
+
+
+def _cmd_register(args) -> None:
+    from .project import open_project
+    from .registration.api import register
+
+    project = open_project(args.xml)
+    with _client(args) as client:
+        result = register(project, client=client, progress=args.progress, **_register_options(args))
+    print(result.summary())
+    out = args.output or args.xml
+    result.apply(project).save(out)
+    print(f"registered XML   {out}")
+    if args.plot:
+        from .plotting import plot_links
+
+        print(f"link plot        {plot_links(project, result.links, args.plot, result.groups)}")
+
+
+def _cmd_fuse(args) -> None:
+    from .fusion.api import plan_fusion
+    from .project import open_project
+    from .writers.fused import write_fused
+
+    project = open_project(args.xml)
+    plan = plan_fusion(project, **_fusion_options(args))
+    print(f"output           {len(plan.timepoints)} timepoints × {len(plan.channels)} channels × "
+          f"{' × '.join(map(str, plan.shape))} (z, y, x), voxel {tuple(round(v, 4) for v in plan.voxel_size)}"
+          f" {plan.unit}")
+    with _client(args) as client:
+        out = write_fused(plan, args.output, container=args.container, progress=args.progress,
+                          resume=not args.no_resume, overwrite=args.overwrite, client=client)
+    print(f"wrote            {out}")
+    if args.preview:
+        _preview(out, args.preview)
+
+
+def _cmd_run(args) -> None:
+    from .pipeline import run
+
+    with _client(args) as client:
+        report = run(args.xml, args.output, register_options=_register_options(args),
+                     fusion_options=_fusion_options(args), skip_registration=args.no_register,
+                     client=client, progress=args.progress, overwrite=args.overwrite,
+                     resume=not args.no_resume)
+    print(report.summary())
+    if args.preview:
+        _preview(report.output, args.preview)
+
+
+def _cmd_demo(args) -> None:
+    from .demo import make_sample_project, score_registration
+    from .pipeline import run
+    from .project.summary import project_summary
+
+    outdir = args.outdir
+    ndim = 3 if args.three_d else 2
+    print(f"generating a {ndim}D sample project in {outdir} ...")
+    project = make_sample_project(outdir, ndim=ndim, grid=args.grid, tile_shape=args.tile,
+                                  empty_tiles=(), seed=args.seed, progress=args.progress, overwrite=True)
+    print(project_summary(project, detail=1))
+    before = score_registration(project, outdir / "truth.json")
+    with _client(args) as client:
+        report = run(project, outdir / "fused.ome.zarr", client=client, progress=args.progress, overwrite=True,
+                     resume=False, registered_xml=outdir / "registered.xml")
+    print(report.summary())
+    from .project import open_project
+
+    after = score_registration(open_project(outdir / "registered.xml"), outdir / "truth.json")
+    print(f"tile position error vs truth (world px, global translation removed):\n"
+          f"  stage positions  mean {before['mean']:.3f}  max {before['max']:.3f}\n"
+          f"  registered       mean {after['mean']:.3f}  max {after['max']:.3f}")
+    _preview(report.output, outdir / "fused.png")
+
+
+COMMANDS = {"info": _cmd_info, "sample": _cmd_sample, "convert": _cmd_convert, "register": _cmd_register,
+            "fuse": _cmd_fuse, "run": _cmd_run, "demo": _cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * args.verbose + 10 * args.quiet
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    args.progress = args.quiet == 0  # a bar on the command line unless -q
+    try:
+        COMMANDS[args.command](args)
+    except TilefuseError as exc:
+        print(f"tilefuse {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"tilefuse {args.command}: interrupted; partial outputs keep their .partial names",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

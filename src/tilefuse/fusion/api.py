@@ -1,0 +1,237 @@
+"""Fuse the views of a project: from a :class:`Project` to a lazy ``(t, c, z, y, x)`` array.
+
+This module turns views into :class:`~tilefuse.fusion.engine.FusionSource`
+objects (loader + view + level + transform, nothing heavier) and decides the
+output grid; :func:`~tilefuse.fusion.engine.fuse_sources` does the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from ..errors import FusionError, where
+from ..geometry import Box
+from ..geometry.affine import axis_scales
+from ..geometry.affine import linear_part
+from ..project.project import Project
+from ..project.views import ViewId
+from .engine import FusionSource, fuse_sources
+
+__all__ = ["FusionPlan", "plan_fusion", "fuse"]
+
+
+@dataclass
+class FusionPlan:
+    """Everything needed to fuse: the output grid and the views of each (timepoint, channel).
+
+    ``origin`` and ``spacing`` are in world units (BigStitcher's: one unit is
+    one voxel of the finest axis); ``voxel_size`` is the physical size of an
+    output voxel in ``unit``.
+    """
+
+    project: Project
+    #: (timepoint, channel) -> views fused into that volume (illuminations and angles combined)
+    volumes: dict[tuple[int, int], list[ViewId]]
+    timepoints: list[int]
+    channels: list[int]
+    origin: np.ndarray
+    spacing: np.ndarray
+    shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    unit: str
+    ndim: int
+    options: dict = field(default_factory=dict)
+
+    @property
+    def channel_names(self) -> list[str]:
+        ents = self.project.entities("channel")
+        return [str(ents[c].name) if c in ents and ents[c].name else str(c) for c in self.channels]
+
+    def sources(self, views: Sequence[ViewId]) -> list[FusionSource]:
+        """Fusion sources of some views, reading the pyramid level that suits the spacing."""
+        return [_source(self.project, v, self.spacing, self.ndim, self.options.get("intensity", False))
+                for v in views]
+
+    def volume(self, timepoint: int, channel: int):
+        """The lazy fused ``(z, y, x)`` volume of one timepoint and channel."""
+        views = self.volumes.get((timepoint, channel), [])
+        opts = {k: v for k, v in self.options.items() if k != "intensity"}
+        if not views:
+            import dask.array as da
+
+            return da.zeros(self.shape, dtype=opts.get("dtype") or np.uint16, chunks=opts.get("chunks") or "auto")
+        grid_shape = self.shape if self.ndim == 3 else self.shape[1:]
+        origin = self.origin if self.ndim == 3 else self.origin[1:]
+        spacing = self.spacing if self.ndim == 3 else self.spacing[1:]
+        chunks = opts.pop("chunks", None)
+        if chunks is not None and self.ndim == 2 and len(chunks) == 3:
+            chunks = chunks[1:]
+        fused = fuse_sources(self.sources(views), origin=origin, spacing=spacing, shape=grid_shape,
+                             chunks=chunks, **opts)
+        return fused if self.ndim == 3 else fused[None]
+
+    def to_dask(self):
+        """The whole result, ``(t, c, z, y, x)``."""
+        import dask.array as da
+
+        return da.stack(
+            [da.stack([self.volume(t, c) for c in self.channels]) for t in self.timepoints]
+        )
+
+
+def _read_region(loader, view, level, ndim, region):
+    if ndim == 2:
+        return loader.read(view, level, (slice(0, 1),) + tuple(region))[0]
+    return loader.read(view, level, tuple(region))
+
+
+def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, intensity: bool) -> FusionSource:
+    loader = project.loader
+    level = _choose_fusion_level(project, view, spacing)
+    affine = project.transform(view, level)
+    shape = tuple(loader.shape(view, level))
+    adjust = (1.0, 0.0)
+    if intensity and project.data.intensity_adjustments:
+        adjust = project.data.intensity_adjustments.get(view, (1.0, 0.0))
+    if ndim == 2:
+        affine = np.delete(np.delete(affine, 0, axis=0), 0, axis=1)
+        shape = shape[1:]
+    return FusionSource(key=view, shape=shape, affine=affine,
+                        reader=partial(_read_region, loader, view, level, ndim),
+                        intensity=adjust, dtype=loader.dtype(view))
+
+
+def _choose_fusion_level(project: Project, view: ViewId, spacing: np.ndarray) -> int:
+    """The coarsest pyramid level whose voxels are still no larger than the output's."""
+    levels = project.levels(view)
+    if len(levels) == 1:
+        return 0
+    scales = axis_scales(project.model(view))
+    best = 0
+    for i, factors in enumerate(levels):
+        if np.all(np.asarray(factors) * scales <= spacing * (1 + 1e-6)):
+            if np.prod(factors) > np.prod(levels[best]):
+                best = i
+    return best
+
+
+def _union_box(project: Project, views) -> Box:
+    box = None
+    for v in views:
+        b = project.world_box(v)
+        box = b if box is None else box.union(b)
+    return box
+
+
+def plan_fusion(
+    project: Project,
+    views: Sequence[ViewId] | None = None,
+    *,
+    bounding_box: str | Box | None = None,
+    downsampling: float | Sequence[float] = 1.0,
+    preserve_anisotropy: bool = True,
+    blending: str = "cosine",
+    blend_range: float = 40.0,
+    blend_border: float = 0.0,
+    interpolation: str = "linear",
+    dtype=None,
+    chunks=None,
+    intensity_adjustment: bool = False,
+) -> FusionPlan:
+    """Decide the output grid and group the views by (timepoint, channel).
+
+    Parameters
+    ----------
+    project : Project
+    views : sequence of ViewId, optional
+        Views to fuse (default: all present views).
+    bounding_box : str or Box, optional
+        A ``<BoundingBoxDefinition>`` name from the project, or a world box
+        (``zyx``, inclusive).  Default: the union of the views' boxes.
+    downsampling : float or (z, y, x) floats
+        Output voxel size in world units relative to ``preserve_anisotropy``'s
+        base grid (2 halves the resolution).
+    preserve_anisotropy : bool
+        Keep the data's z spacing (default; BigStitcher's Spark fusion option)
+        instead of resampling z to the finest axis (BigStitcher's GUI default,
+        which multiplies the output size by the anisotropy).
+    blending, blend_range, blend_border, interpolation, dtype, chunks
+        Passed to :func:`~tilefuse.fusion.engine.fuse_sources`.
+    intensity_adjustment : bool
+        Apply the project's ``<IntensityAdjustments>`` per view.
+    """
+    views = list(project.views if views is None else views)
+    views = [v for v in views if v not in project.missing_views]
+    if not views:
+        raise FusionError(f"{where(project.path)}: no views to fuse")
+    ndim = project.ndim
+    for v in views:
+        if ndim == 2:
+            lin = linear_part(project.model(v))
+            if not (np.allclose(lin[0, 1:], 0) and np.allclose(lin[1:, 0], 0)):
+                raise FusionError(f"{where(project.path)}: {v} mixes z with y/x; cannot fuse it as 2D")
+    if bounding_box is None:
+        box = _union_box(project, views)
+    elif isinstance(bounding_box, str):
+        named = {bb.name: bb for bb in project.data.bounding_boxes or []}
+        if bounding_box not in named:
+            raise FusionError(
+                f"{where(project.path, '<BoundingBoxes>')}: no bounding box named {bounding_box!r} "
+                f"(known: {', '.join(named) or 'none'})"
+            )
+        box = named[bounding_box].box
+    else:
+        box = bounding_box
+    if box.is_empty:
+        raise FusionError(f"bounding box {box} is empty")
+
+    base = np.ones(3)
+    if preserve_anisotropy:
+        base[0] = min(axis_scales(project.model(v))[0] for v in views)
+    ds = np.broadcast_to(np.asarray(downsampling, dtype=np.float64), (3,)).copy()
+    if np.any(ds <= 0):
+        raise FusionError(f"downsampling must be positive, got {downsampling}")
+    spacing = base * ds
+    origin = np.asarray(box.lo, dtype=np.float64)
+    shape = tuple(int(n) for n in np.floor((np.asarray(box.hi) - origin) / spacing + 1e-9) + 1)
+    if ndim == 2:
+        shape = (1,) + shape[1:]
+        spacing[0] = 1.0
+
+    volumes: dict[tuple[int, int], list[ViewId]] = {}
+    for v in views:
+        volumes.setdefault((v.timepoint, project.attribute(v, "channel") or 0), []).append(v)
+    timepoints = sorted({t for t, _ in volumes})
+    channels = sorted({c for _, c in volumes})
+    first = views[0]
+    vs = project.voxel_size(first)
+    unit = project.setups[first.setup].unit or "pixel"
+    min_res = min(min(project.voxel_size(v) or (1.0,)) for v in views)
+    voxel_size = tuple(float(s) * min_res for s in spacing) if vs is not None else tuple(spacing)
+    options = dict(blending=blending, blend_range=blend_range, blend_border=blend_border,
+                   interpolation=interpolation, dtype=dtype, chunks=chunks, intensity=intensity_adjustment)
+    return FusionPlan(project, volumes, timepoints, channels, origin, spacing, shape, voxel_size, unit, ndim,
+                      options)
+
+
+def fuse(project: Project, views: Sequence[ViewId] | None = None, **options):
+    """Fuse a project into a lazy ``(t, c, z, y, x)`` dask array.
+
+    Each (timepoint, channel) is one volume; illuminations and angles of a
+    channel are blended together.  See :func:`plan_fusion` for the options;
+    use the plan directly for the output grid's origin and voxel size.
+
+    Examples
+    --------
+    >>> import tilefuse
+    >>> project = tilefuse.open_project("dataset.xml")      # doctest: +SKIP
+    >>> fused = tilefuse.fuse(project, downsampling=2)      # doctest: +SKIP
+    >>> fused[0, 0, 10].compute()                           # doctest: +SKIP
+    """
+    return plan_fusion(project, views, **options).to_dask()
+
+

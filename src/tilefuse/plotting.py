@@ -1,0 +1,130 @@
+"""Pictures: the tile layout, the registration link graph, and fused previews.
+
+Layout and link plots need matplotlib (``pip install tilefuse[plot]``);
+previews only need scikit-image's PNG writer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .errors import TilefuseError
+
+__all__ = ["plot_layout", "plot_links", "save_preview", "to_uint8"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise TilefuseError("plots need matplotlib: pip install 'tilefuse[plot]'") from None
+    return plt
+
+
+def _tile_rects(project, views):
+    from matplotlib.patches import Rectangle
+
+    rects = []
+    for v in views:
+        b = project.world_box(v)
+        rects.append((v, Rectangle((b.lo[2], b.lo[1]), b.hi[2] - b.lo[2], b.hi[1] - b.lo[1])))
+    return rects
+
+
+def plot_layout(project, path: str | Path, views=None) -> Path:
+    """Draw every tile's world box (x right, y down) with its tile id, to a PNG."""
+    plt = _pyplot()
+    views = list(project.views if views is None else views)
+    first_tp = views[0].timepoint
+    views = [v for v in views if v.timepoint == first_tp]
+    fig, ax = plt.subplots(figsize=(8, 8))
+    seen = set()
+    for v, rect in _tile_rects(project, views):
+        rect.set_fill(False)
+        rect.set_edgecolor("tab:blue")
+        ax.add_patch(rect)
+        tile = project.attribute(v, "tile")
+        if tile not in seen:
+            seen.add(tile)
+            ax.text(rect.get_x() + rect.get_width() / 2, rect.get_y() + rect.get_height() / 2,
+                    str(tile if tile is not None else v.setup), ha="center", va="center", fontsize=7)
+    ax.autoscale_view()
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    ax.set_xlabel("x (world)")
+    ax.set_ylabel("y (world)")
+    ax.set_title(f"{project.path.name if project.path else 'project'}: {len(seen)} tiles")
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def plot_links(project, links, path: str | Path, groups=None) -> Path:
+    """Draw the tile graph: one line per link, coloured by correlation; rejected links dashed red."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 8))
+    centre = {}
+    members = groups.members if groups is not None else None
+    for link in links:
+        for key, views in ((link.a, link.views_a), (link.b, link.views_b)):
+            if key not in centre:
+                vs = members[key] if members is not None else views
+                b = project.world_box(vs[0])
+                centre[key] = ((b.lo[2] + b.hi[2]) / 2, (b.lo[1] + b.hi[1]) / 2)
+                rect_views = vs[:1]
+                for _, rect in _tile_rects(project, rect_views):
+                    rect.set_fill(False)
+                    rect.set_edgecolor("0.8")
+                    ax.add_patch(rect)
+    cmap = plt.get_cmap("viridis")
+    for link in links:
+        (x0, y0), (x1, y1) = centre[link.a], centre[link.b]
+        if link.accepted:
+            r = link.correlation if np.isfinite(link.correlation) else 0.0
+            ax.plot([x0, x1], [y0, y1], color=cmap(np.clip(r, 0, 1)), lw=2)
+        else:
+            ax.plot([x0, x1], [y0, y1], color="red", lw=1.5, ls="--")
+    sm = plt.cm.ScalarMappable(cmap=cmap, norm=plt.Normalize(0, 1))
+    fig.colorbar(sm, ax=ax, label="correlation (red dashed: rejected)")
+    ax.autoscale_view()
+    ax.set_aspect("equal")
+    ax.invert_yaxis()
+    n_bad = sum(not link.accepted for link in links)
+    ax.set_title(f"{len(links)} links, {n_bad} rejected")
+    path = Path(path)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def to_uint8(image: np.ndarray, percentiles=(0.5, 99.8)) -> np.ndarray:
+    """Contrast-stretch an image to uint8 between two percentiles of its non-zero pixels."""
+    image = np.asarray(image, dtype=np.float32)
+    values = image[image != 0]
+    if values.size == 0:
+        return np.zeros(image.shape, np.uint8)
+    lo, hi = np.percentile(values, percentiles)
+    scaled = (image - lo) / max(hi - lo, 1e-6)
+    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
+def save_preview(image, path: str | Path, max_size: int = 2048) -> Path:
+    """Save a 2D picture (a middle plane or a maximum projection is the caller's choice) as PNG."""
+    from skimage.io import imsave
+    from skimage.transform import downscale_local_mean
+
+    image = np.asarray(image)
+    if image.ndim != 2:
+        raise TilefuseError(f"a preview is a 2D image, got shape {image.shape}")
+    step = int(np.ceil(max(image.shape) / max_size))
+    if step > 1:
+        image = downscale_local_mean(image.astype(np.float32), (step, step))
+    path = Path(path)
+    imsave(path, to_uint8(image), check_contrast=False)
+    return path

@@ -1,0 +1,194 @@
+"""The SpimData2 project model: plain dataclasses mirroring the XML.
+
+Every vector here is in numpy order ``(z, y, x)``; the XML's ``(x, y, z)`` is
+converted by :mod:`tilefuse.project.xml_read` and :mod:`~tilefuse.project.xml_write`
+only.  Elements tilefuse does not understand are kept as lxml elements in
+``extras`` lists of ``(anchor, element)`` pairs, where ``anchor`` is the tag of
+the known sibling they followed (``None``: they came first), so that saving an
+unchanged project writes them back in place.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..geometry import Box
+from .views import ViewId
+
+__all__ = [
+    "Extras",
+    "Entity",
+    "AttributeBlock",
+    "ViewSetup",
+    "ViewTransform",
+    "Timepoints",
+    "PairwiseResult",
+    "InterestPointsFile",
+    "BoundingBox",
+    "PsfFile",
+    "SpimData",
+    "STANDARD_ATTRIBUTES",
+]
+
+#: (anchor tag, element) pairs of unknown XML children, see the module docstring.
+Extras = list[tuple[Any, Any]]
+
+#: The attribute kinds BigStitcher knows, with the element name of their entities.
+STANDARD_ATTRIBUTES = {
+    "illumination": "Illumination",
+    "channel": "Channel",
+    "tile": "Tile",
+    "angle": "Angle",
+}
+
+
+@dataclass
+class Entity:
+    """One entity of an attribute block: a channel, tile, illumination, angle..."""
+
+    id: int
+    name: str | None = None
+    #: Tile location in physical units, ``(z, y, x)``.
+    location: tuple[float, float, float] | None = None
+    #: Angle rotation axis, ``(z, y, x)``.
+    axis: tuple[float, float, float] | None = None
+    degrees: float | None = None
+    extras: Extras = field(default_factory=list)
+
+
+@dataclass
+class AttributeBlock:
+    """An ``<Attributes name="...">`` block of ViewSetups."""
+
+    name: str
+    entity_tag: str
+    entities: dict[int, Entity] = field(default_factory=dict)
+    extras: Extras = field(default_factory=list)
+
+
+@dataclass
+class ViewSetup:
+    """A ``<ViewSetup>``: the acquisition settings shared by a view across timepoints."""
+
+    id: int
+    name: str | None = None
+    #: Image size ``(z, y, x)`` in voxels.
+    size: tuple[int, int, int] | None = None
+    #: Voxel size ``(z, y, x)`` in ``unit``.
+    voxel_size: tuple[float, float, float] | None = None
+    unit: str | None = None
+    #: Attribute kind -> entity id, in XML order.
+    attributes: dict[str, int] = field(default_factory=dict)
+    #: Order of the known children as read, so writing keeps it.
+    order: tuple[str, ...] = ("id", "name", "size", "voxelSize", "attributes")
+    extras: Extras = field(default_factory=list)
+    voxel_size_extras: Extras = field(default_factory=list)
+
+
+@dataclass
+class ViewTransform:
+    """One ``<ViewTransform>`` of a registration chain.
+
+    ``matrix`` maps ``(z, y, x, 1)`` to ``(z, y, x, 1)``.  Transforms of another
+    type than ``affine`` (Java-only ``generic`` ones) keep their raw element
+    and have ``matrix = None``.
+    """
+
+    name: str | None
+    matrix: np.ndarray | None
+    type: str = "affine"
+    element: Any = None
+
+
+@dataclass
+class Timepoints:
+    """``<Timepoints>`` in one of its three forms."""
+
+    type: str = "pattern"
+    ids: list[int] = field(default_factory=lambda: [0])
+    #: Names for ``list`` timepoints (id -> name), when given.
+    names: dict[int, str] = field(default_factory=dict)
+    #: The original integer pattern text, kept to write it back verbatim.
+    pattern: str | None = None
+    extras: Extras = field(default_factory=list)
+
+
+@dataclass
+class PairwiseResult:
+    """A ``<PairwiseResult>``: one registration link between two groups of views."""
+
+    views_a: tuple[ViewId, ...]
+    views_b: tuple[ViewId, ...]
+    #: World-space correction of B, 4x4 ``zyx``.
+    shift: np.ndarray
+    correlation: float
+    hash: float
+    #: Overlap box in world coordinates (``zyx``), or None.
+    overlap: Box | None = None
+    extras: Extras = field(default_factory=list)
+
+
+@dataclass
+class InterestPointsFile:
+    """A ``<ViewInterestPointsFile>`` reference (points are not loaded)."""
+
+    view: ViewId
+    label: str
+    params: str
+    path: str
+    attrib: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BoundingBox:
+    """A named ``<BoundingBoxDefinition>``: integer world box, inclusive, ``zyx``."""
+
+    name: str
+    lo: tuple[int, int, int]
+    hi: tuple[int, int, int]
+    extras: Extras = field(default_factory=list)
+
+    @property
+    def box(self) -> Box:
+        return Box.from_arrays(self.lo, self.hi)
+
+
+@dataclass
+class PsfFile:
+    """A point-spread-function reference of ``<PointSpreadFunctions>``."""
+
+    view: ViewId
+    file: str
+    extras: Extras = field(default_factory=list)
+
+
+@dataclass
+class SpimData:
+    """The whole ``<SpimData>`` document.
+
+    Optional blocks are ``None`` when absent from the file, and empty when
+    present but empty, so that an unchanged project saves as it was read.
+    """
+
+    version: str = "0.2"
+    base_path: str = "."
+    base_path_type: str = "relative"
+    #: The raw ``<ImageLoader>`` element (interpreted by tilefuse.loaders).
+    image_loader: Any = None
+    setups: dict[int, ViewSetup] = field(default_factory=dict)
+    attribute_blocks: dict[str, AttributeBlock] = field(default_factory=dict)
+    timepoints: Timepoints = field(default_factory=Timepoints)
+    missing_views: set[ViewId] | None = None
+    registrations: dict[ViewId, list[ViewTransform]] = field(default_factory=dict)
+    interest_points: list[InterestPointsFile] | None = field(default_factory=list)
+    bounding_boxes: list[BoundingBox] | None = field(default_factory=list)
+    psfs: list[PsfFile] | None = field(default_factory=list)
+    stitching_results: list[PairwiseResult] | None = field(default_factory=list)
+    intensity_adjustments: dict[ViewId, tuple[float, float]] | None = field(default_factory=dict)
+    #: Unknown children of each container, keyed by the container's tag.
+    extras: dict[str, Extras] = field(default_factory=dict)
+    #: Attributes of containers we regenerate (e.g. ``ViewRegistration``), kept verbatim.
+    registration_extras: dict[ViewId, Extras] = field(default_factory=dict)

@@ -1,0 +1,420 @@
+"""The :class:`Project`: a BigStitcher project a user can work with.
+
+It wraps the parsed :class:`~tilefuse.project.model.SpimData`, resolves paths,
+builds the image loader, and answers the questions the rest of tilefuse asks:
+which views exist, how they group, where each voxel lands in world space, and
+what its pixels are (as lazy dask arrays).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageDataError, MissingDataError, TilefuseError, UnsupportedFormatError, where
+from ..geometry import Box, compose_chain, mipmap_transform, view_box
+from .model import Entity, SpimData, ViewTransform
+from .views import ViewId
+from .xml_read import read_spimdata
+from .xml_write import write_spimdata
+
+__all__ = ["Project", "open_project", "squeeze_z", "ATTRIBUTE_KINDS"]
+
+#: Attribute kinds usable in :meth:`Project.select` and :meth:`Project.group_views`.
+ATTRIBUTE_KINDS = ("channel", "illumination", "tile", "angle")
+
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
+_MAX_BACKUPS = 5
+
+
+def open_project(path: str | Path) -> "Project":
+    """Open a BigStitcher project (``dataset.xml``).
+
+    Parameters
+    ----------
+    path : str or Path
+        The SpimData2 XML file.
+
+    Returns
+    -------
+    Project
+
+    Raises
+    ------
+    MissingDataError
+        The file does not exist.
+    ProjectFormatError
+        The XML is malformed; the message names the file and element.
+    """
+    return Project.open(path)
+
+
+def squeeze_z(image):
+    """Drop the singleton ``z`` axis of a 2D view (``(1, y, x)`` -> ``(y, x)``)."""
+    if image.ndim >= 3 and image.shape[-3] == 1:
+        return image[..., 0, :, :]
+    return image
+
+
+def _as_set(value) -> set | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, int, np.integer)):
+        return {value}
+    return set(value)
+
+
+class Project:
+    """A SpimData2 project: views, their transforms and their pixels.
+
+    Most users get one from :func:`open_project`.  The object is not
+    thread-safe for modification; reading pixels through :meth:`image` is.
+
+    Parameters
+    ----------
+    data : SpimData
+        The parsed document.
+    path : Path, optional
+        Where the XML lives (relative paths resolve against its folder).
+    loader : ImageLoader, optional
+        A loader to use instead of the one described by ``data.image_loader``.
+    """
+
+    def __init__(self, data: SpimData, path: str | Path | None = None, loader=None):
+        self.data = data
+        self.path = Path(path).resolve() if path is not None else None
+        self._loader = loader
+        self._loader_error: TilefuseError | None = None
+        if loader is None and data.image_loader is not None and self.path is not None:
+            self._build_loader()
+
+    # -- construction -----------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> "Project":
+        path = Path(path)
+        return cls(read_spimdata(path), path)
+
+    def _build_loader(self) -> None:
+        from ..loaders import loader_from_xml
+
+        try:
+            self._loader = loader_from_xml(self.data.image_loader, self.base_dir, self.path)
+        except UnsupportedFormatError as exc:
+            # Keep the project usable (XML, transforms); fail only when pixels are asked for.
+            self._loader_error = exc
+
+    def copy(self) -> "Project":
+        """A deep copy (the loader is shared: it holds no state worth copying)."""
+        new = Project.__new__(Project)
+        new.data = copy.deepcopy(self.data)
+        new.path = self.path
+        new._loader = self._loader
+        new._loader_error = self._loader_error
+        return new
+
+    # -- paths ----------------------------------------------------------------------
+    @property
+    def base_dir(self) -> Path:
+        """The resolved ``<BasePath>``: the folder image loader paths are relative to."""
+        base = self.data.base_path.strip() or "."
+        if base.startswith("file:"):
+            base = re.sub(r"^file:(//)?", "", base)
+            return Path(base)
+        if _URI.match(base) and not re.match(r"^[a-zA-Z]:\\", base):
+            raise UnsupportedFormatError(
+                f"{where(self.path, '<BasePath>')}: remote base path {base!r} is not supported"
+            )
+        if self.data.base_path_type == "absolute" or Path(base).is_absolute():
+            return Path(base)
+        root = self.path.parent if self.path is not None else Path.cwd()
+        return (root / base).resolve()
+
+    @property
+    def loader(self):
+        """The image loader, or raise why there is none."""
+        if self._loader_error is not None:
+            raise self._loader_error
+        if self._loader is None:
+            raise MissingDataError(f"{where(self.path, '<ImageLoader>')}: the project has no image loader")
+        return self._loader
+
+    def set_loader(self, loader) -> None:
+        """Use ``loader`` for pixels; :meth:`save` then writes its XML."""
+        self._loader = loader
+        self._loader_error = None
+        self.data.image_loader = None
+
+    # -- views and attributes -------------------------------------------------------
+    @property
+    def setups(self):
+        return self.data.setups
+
+    @property
+    def timepoints(self) -> list[int]:
+        return list(self.data.timepoints.ids)
+
+    @property
+    def missing_views(self) -> set[ViewId]:
+        return set(self.data.missing_views or ())
+
+    @property
+    def views(self) -> list[ViewId]:
+        """Every present view, sorted by (timepoint, setup); missing views are left out."""
+        missing = self.missing_views
+        return [
+            ViewId(t, s)
+            for t in sorted(self.timepoints)
+            for s in sorted(self.setups)
+            if ViewId(t, s) not in missing
+        ]
+
+    def entities(self, kind: str) -> dict[int, Entity]:
+        """The entities of one attribute kind (``"channel"``, ``"tile"``...) by id."""
+        block = self.data.attribute_blocks.get(kind)
+        return dict(block.entities) if block is not None else {}
+
+    def attribute(self, view: ViewId | int, kind: str) -> int | None:
+        """The entity id of attribute ``kind`` of a view (or setup id)."""
+        setup = view.setup if isinstance(view, ViewId) else int(view)
+        return self.setups[setup].attributes.get(kind)
+
+    def attributes(self, view: ViewId | int) -> dict[str, int]:
+        setup = view.setup if isinstance(view, ViewId) else int(view)
+        return dict(self.setups[setup].attributes)
+
+    def _matches(self, kind: str, eid: int | None, wanted: set) -> bool:
+        if eid is None:
+            return False
+        if eid in wanted:
+            return True
+        ent = self.entities(kind).get(eid)
+        return ent is not None and ent.name in {str(w) for w in wanted}
+
+    def select(
+        self,
+        views: Iterable[ViewId] | None = None,
+        *,
+        timepoint=None,
+        setup=None,
+        channel=None,
+        illumination=None,
+        tile=None,
+        angle=None,
+        **other_attributes,
+    ) -> list[ViewId]:
+        """Views matching every given criterion.
+
+        Each criterion is an id, an entity name, or a collection of them, e.g.
+        ``project.select(channel="488", tile=[0, 1])``.
+        """
+        wanted = {"channel": channel, "illumination": illumination, "tile": tile, "angle": angle}
+        wanted.update(other_attributes)
+        wanted = {k: _as_set(v) for k, v in wanted.items() if v is not None}
+        tps, sus = _as_set(timepoint), _as_set(setup)
+        out = []
+        for view in self.views if views is None else views:
+            if tps is not None and view.timepoint not in tps:
+                continue
+            if sus is not None and view.setup not in sus:
+                continue
+            attrs = self.setups[view.setup].attributes
+            if all(self._matches(k, attrs.get(k), w) for k, w in wanted.items()):
+                out.append(view)
+        return out
+
+    def group_views(
+        self, views: Iterable[ViewId] | None = None, by: Iterable[str] = ("timepoint", "tile", "angle")
+    ) -> dict[tuple, list[ViewId]]:
+        """Group views that share the values of ``by``.
+
+        The default groups all channels and illuminations of one tile and angle
+        at one timepoint, BigStitcher's default for stitching.  Keys are tuples
+        of the ``by`` values, in order.
+        """
+        by = tuple(by)
+        groups: dict[tuple, list[ViewId]] = {}
+        for view in self.views if views is None else views:
+            key = tuple(
+                view.timepoint if k == "timepoint" else view.setup if k == "setup" else self.attribute(view, k)
+                for k in by
+            )
+            groups.setdefault(key, []).append(view)
+        return groups
+
+    # -- geometry ------------------------------------------------------------------
+    def transforms(self, view: ViewId) -> list[ViewTransform]:
+        """The ViewTransform chain of a view, first-listed (applied last) first."""
+        try:
+            return self.data.registrations[view]
+        except KeyError:
+            raise TilefuseError(f"{where(self.path)}: {view} has no <ViewRegistration>") from None
+
+    def model(self, view: ViewId) -> np.ndarray:
+        """The full 4x4 ``zyx`` model, voxel -> world: ``T0 @ T1 @ ... @ Tn``."""
+        chain = self.transforms(view)
+        for vt in chain:
+            if vt.matrix is None:
+                raise UnsupportedFormatError(
+                    f"{where(self.path)}: {view} has a ViewTransform of type {vt.type!r}, "
+                    "which only BigStitcher's Java code can evaluate"
+                )
+        return compose_chain([vt.matrix for vt in chain])
+
+    def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
+        """Downsampling factors ``(z, y, x)`` of the view's resolution levels."""
+        if self._loader is None:
+            return [(1.0, 1.0, 1.0)]
+        return [tuple(float(f) for f in lv) for lv in self.loader.levels(view)]
+
+    def transform(self, view: ViewId, level: int = 0) -> np.ndarray:
+        """Voxel -> world matrix of a resolution level: ``model @ mipmap(factors)``."""
+        model = self.model(view)
+        if level == 0:
+            return model
+        return model @ mipmap_transform(self.levels(view)[level])
+
+    def preconcatenate(self, view: ViewId, matrix: np.ndarray, name: str) -> None:
+        """Add ``matrix`` at the front of the chain (applied last), as BigStitcher does."""
+        matrix = np.asarray(matrix, dtype=np.float64)
+        if matrix.shape != (4, 4):
+            raise ValueError(f"expected a 4x4 zyx matrix, got shape {matrix.shape}")
+        self.data.registrations.setdefault(view, []).insert(0, ViewTransform(name=name, matrix=matrix))
+
+    def shape(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        """Voxel shape ``(z, y, x)``: from the image file when there is one, else the XML size."""
+        if self._loader is not None and self._loader.has_view(view):
+            return tuple(int(n) for n in self._loader.shape(view, level))
+        size = self.setups[view.setup].size
+        if size is None:
+            raise ImageDataError(f"{where(self.path)}: {view} has no <size> and no pixels")
+        if level:
+            f = np.asarray(self.levels(view)[level])
+            return tuple(int(v) for v in np.maximum(1, np.floor(np.asarray(size) / f)))
+        return tuple(int(v) for v in size)
+
+    def voxel_size(self, view: ViewId | int) -> tuple[float, float, float] | None:
+        setup = view.setup if isinstance(view, ViewId) else int(view)
+        return self.setups[setup].voxel_size
+
+    def world_box(self, view: ViewId) -> Box:
+        """World box of a view's voxel centres under its current model."""
+        return view_box(self.model(view), self.setup_shape(view))
+
+    def setup_shape(self, view: ViewId) -> tuple[int, int, int]:
+        """The size written in the XML (cheap: no file access); falls back to the file."""
+        size = self.setups[view.setup].size
+        return tuple(size) if size is not None else self.shape(view)
+
+    @property
+    def ndim(self) -> int:
+        """2 if every view is a single plane (``z == 1``), else 3."""
+        sizes = [self.setup_shape(v) for v in self.views]
+        return 2 if sizes and all(s[0] == 1 for s in sizes) else 3
+
+    # -- pixels -----------------------------------------------------------------------
+    def image(self, view: ViewId, level: int = 0, chunks=None):
+        """The pixels of a view as a lazy dask array ``(z, y, x)``.
+
+        Chunks follow the file's own blocks unless ``chunks`` is given; 2D
+        views keep a singleton ``z`` (see :func:`squeeze_z`).
+
+        Raises
+        ------
+        MissingDataError
+            The view is missing (``<MissingViews>``) or absent from the file.
+        ImageDataError
+            The file's shape disagrees with the XML ``<size>``.
+        """
+        loader = self.loader
+        if view in self.missing_views:
+            raise MissingDataError(f"{where(self.path)}: {view} is listed in <MissingViews>")
+        if view.setup not in self.setups or view.timepoint not in self.timepoints:
+            raise MissingDataError(f"{where(self.path)}: {view} is not part of the project")
+        if not loader.has_view(view):
+            raise MissingDataError(f"{where(self.path)}: {view} has no pixels in {self._loader_files()}")
+        self.check_size(view)
+        n_levels = len(loader.levels(view))
+        if not 0 <= level < n_levels:
+            raise ImageDataError(f"{where(self.path)}: {view} has {n_levels} levels, level {level} asked")
+        return loader.image(view, level, chunks=chunks)
+
+    def check_size(self, view: ViewId) -> None:
+        """Raise :class:`ImageDataError` if the file's level 0 disagrees with ``<size>``."""
+        size = self.setups[view.setup].size
+        if size is None:
+            return
+        actual = tuple(self.loader.shape(view, 0))
+        if tuple(size) != actual:
+            raise ImageDataError(
+                f"{where(self.path, f'<ViewSetup> id {view.setup} <size>')}: the XML says "
+                f"{' '.join(map(str, size[::-1]))} (x y z) but {view} in {self._loader_files()} is "
+                f"{' '.join(map(str, actual[::-1]))} (x y z)"
+            )
+
+    def _loader_files(self) -> str:
+        files = self._loader.files() if self._loader is not None else []
+        return ", ".join(str(f) for f in files[:3]) or "the image files"
+
+    # -- saving ---------------------------------------------------------------------
+    def save(self, path: str | Path | None = None, *, backup: bool = True) -> Path:
+        """Write the project XML.
+
+        Saving over an existing file first renames it to ``dataset.xml~1``
+        (older backups shift to ``~2``...``~5``), as BigStitcher does; the new
+        file is written under a temporary name and renamed into place.
+        Saving into another folder keeps the pixels reachable by rewriting a
+        relative ``<BasePath>``.
+        """
+        target = Path(path) if path is not None else self.path
+        if target is None:
+            raise TilefuseError("the project has no path: give save() one")
+        target = target.resolve()
+        data = self.data
+        old_base = self.base_dir if (self.path is not None or self._loader is not None) else None
+        if (
+            old_base is not None
+            and data.base_path_type == "relative"
+            and not Path(data.base_path).is_absolute()
+            and target.parent != (self.path.parent if self.path else None)
+        ):
+            data = copy.copy(data)
+            data.base_path = os.path.relpath(old_base, target.parent)
+            if data.base_path in ("", "."):
+                data.base_path = "."
+        loader_element = None
+        if self._loader is not None and self.data.image_loader is None:
+            loader_element = self._loader.to_xml(old_base if old_base is not None else target.parent)
+        if backup and target.exists():
+            _rotate_backups(target)
+        write_spimdata(data, target, image_loader=loader_element)
+        if self.path is None:
+            self.path = target
+        return target
+
+    # -- display ----------------------------------------------------------------------
+    def __repr__(self) -> str:
+        name = self.path.name if self.path else "<unsaved>"
+        fmt = self.data.image_loader.get("format") if self.data.image_loader is not None else (
+            self._loader.format if self._loader is not None else "none")
+        return (
+            f"<Project {name}: {len(self.views)} views, {len(self.setups)} setups, "
+            f"{len(self.timepoints)} timepoints, loader {fmt}>"
+        )
+
+
+def _rotate_backups(target: Path) -> None:
+    """dataset.xml -> dataset.xml~1, ~1 -> ~2 ... keeping at most five."""
+    for i in range(_MAX_BACKUPS - 1, 0, -1):
+        older = target.with_name(f"{target.name}~{i}")
+        if older.exists():
+            os.replace(older, target.with_name(f"{target.name}~{i + 1}"))
+    shutil.copy2(target, target.with_name(f"{target.name}~1"))
+
+

@@ -1,0 +1,225 @@
+"""Registration of a project: pairwise links, a global solve, and writing it back.
+
+Three steps a user can run separately::
+
+    groups = make_groups(project)                 # which views move together
+    links = pairwise(project, groups)             # phase correlation per overlap
+    result = solve(links, groups)                 # global least squares + link rejection
+    registered = result.apply(project)            # Stitching Transform + StitchingResults
+
+or all at once with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import RegistrationError
+from ..geometry import translation_matrix
+from ..project.model import PairwiseResult
+from ..project.project import Project
+from .global_opt import PRESETS, Link as SolverLink, solve_translations
+from .pairwise import Link, RegistrationGroups, make_groups, pairwise
+
+__all__ = ["RegistrationResult", "register", "solve", "links_from_project", "STITCHING_TRANSFORM"]
+
+#: Name of the ViewTransform added by registration (BigStitcher's name).
+STITCHING_TRANSFORM = "Stitching Transform"
+
+
+@dataclass
+class RegistrationResult:
+    """Links with their fate, and one world translation (``zyx``) per group."""
+
+    groups: RegistrationGroups
+    links: list[Link]
+    translations: dict[Hashable, np.ndarray]
+    mean_residual: float
+    max_residual: float
+    params: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> list[Link]:
+        return [link for link in self.links if link.accepted]
+
+    @property
+    def rejected(self) -> list[Link]:
+        return [link for link in self.links if not link.accepted]
+
+    def apply(self, project: Project, *, inplace: bool = False, name: str = STITCHING_TRANSFORM) -> Project:
+        """Add each group's translation to the front of its views' chains.
+
+        Also replaces ``<StitchingResults>`` with this run's pairwise links
+        (every link that found a shift), so BigStitcher can open and re-use
+        them.  Returns a new project unless ``inplace``; nothing is written to
+        disk (call :meth:`Project.save`).
+        """
+        target = project if inplace else project.copy()
+        for key, views in self.groups.members.items():
+            t = self.translations.get(key)
+            if t is None:
+                continue
+            for view in views:
+                target.preconcatenate(view, translation_matrix(t), name)
+        target.data.stitching_results = [
+            PairwiseResult(
+                views_a=tuple(link.views_a), views_b=tuple(link.views_b),
+                shift=translation_matrix(link.shift), correlation=float(link.correlation),
+                hash=float(link.hash), overlap=link.overlap,
+            )
+            for link in self.links
+            if link.valid
+        ]
+        return target
+
+    def summary(self) -> str:
+        """A short table: links kept and rejected (with reasons), residuals, largest moves."""
+        reasons: dict[str, int] = {}
+        for link in self.rejected:
+            key = link.status.split(" (")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+        moves = np.array([np.linalg.norm(t) for t in self.translations.values()]) if self.translations else np.zeros(1)
+        corr = np.array([link.correlation for link in self.accepted]) if self.accepted else np.array([np.nan])
+        lines = [
+            f"groups           {len(self.groups.members)}",
+            f"links            {len(self.links)} ({len(self.accepted)} kept, {len(self.rejected)} rejected)",
+        ]
+        for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
+            lines.append(f"  rejected       {n:5d}  {reason}")
+        lines += [
+            f"correlation      kept links: min {np.nanmin(corr):.3f}, median {np.nanmedian(corr):.3f}",
+            f"residual         mean {self.mean_residual:.3f}, max {self.max_residual:.3f} (world units)",
+            f"correction       mean {moves.mean():.2f}, max {moves.max():.2f} (world units)",
+        ]
+        return "\n".join(lines)
+
+
+def solve(
+    links: Sequence[Link],
+    groups: RegistrationGroups,
+    *,
+    preset: str = "relaxed",
+    rel_threshold: float | None = None,
+    abs_threshold: float | None = None,
+    min_correlation: float = 0.3,
+    max_shift: float | Sequence[float] | None = None,
+    fixed: Sequence[Hashable] | None = None,
+) -> RegistrationResult:
+    """Global weighted least squares for one translation per group, rejecting bad links.
+
+    Parameters
+    ----------
+    links : sequence of Link
+        From :func:`~tilefuse.registration.pairwise.pairwise` (may be edited).
+    groups : RegistrationGroups
+    preset : {"strict", "relaxed", "none"}
+        BigStitcher's link-removal thresholds (relative, absolute):
+        strict (2.5, 3.5), relaxed (5, 7), none (inf, inf).
+    rel_threshold, abs_threshold : float, optional
+        Override the preset's thresholds.
+    min_correlation : float
+        Links below it are rejected before solving.  BigStitcher's default is
+        0; 0.3 rejects links over empty (background-only) overlaps, whose
+        correlation is noise.
+    max_shift : float or (z, y, x) floats, optional
+        Reject links that move a group by more than this (world units).
+    fixed : sequence of group keys, optional
+        Groups that do not move (default: the first group of each connected
+        set of groups).
+    """
+    if preset not in PRESETS:
+        raise RegistrationError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    rel, ab = PRESETS[preset]
+    rel = rel if rel_threshold is None else float(rel_threshold)
+    ab = ab if abs_threshold is None else float(abs_threshold)
+    keys = list(groups.members)
+    solver_links = [
+        SolverLink(a=link.a, b=link.b, shift=np.asarray(link.shift, dtype=np.float64),
+                   correlation=float(link.correlation))
+        for link in links if link.valid
+    ]
+    valid_links = [link for link in links if link.valid]
+    weak = [(link.a, link.b) for link in links]  # metadata overlaps: keep stage-relative positions
+    solution = solve_translations(
+        keys, solver_links, fixed=fixed, min_correlation=min_correlation, max_shift=max_shift,
+        rel_threshold=rel, abs_threshold=ab, weak_links=weak,
+    )
+    for link, status, residual in zip(valid_links, solution.status, solution.residuals):
+        link.status = status
+        link.residual = float(residual)
+    for link in links:
+        if not link.valid and link.status == "accepted":
+            link.status = "no valid shift"
+    translations = {k: np.asarray(solution.translations[k], dtype=np.float64) for k in keys}
+    return RegistrationResult(
+        groups=groups, links=list(links), translations=translations,
+        mean_residual=float(solution.mean_residual), max_residual=float(solution.max_residual),
+        params=dict(preset=preset, rel_threshold=rel, abs_threshold=ab, min_correlation=min_correlation,
+                    max_shift=max_shift),
+    )
+
+
+def links_from_project(project: Project, groups: RegistrationGroups | None = None) -> list[Link]:
+    """Links stored in the project's ``<StitchingResults>`` (stale ones dropped).
+
+    A stored link is stale when its hash no longer matches the current models
+    of its two first views (the views moved since), as in BigStitcher.
+    """
+    from .pairwise import pair_hash
+
+    groups = groups or make_groups(project)
+    group_of = {v: k for k, vs in groups.members.items() for v in vs}
+    links = []
+    for pr in project.data.stitching_results or []:
+        a, b = group_of.get(pr.views_a[0]), group_of.get(pr.views_b[0])
+        if a is None or b is None:
+            continue
+        h = pair_hash(project.model(pr.views_a[0]), project.model(pr.views_b[0]))
+        if not np.isclose(h, pr.hash, rtol=1e-9, atol=1e-6):
+            continue
+        links.append(Link(a, b, pr.shift[:-1, -1].copy(), pr.correlation, pr.overlap, pr.views_a, pr.views_b,
+                          pr.hash))
+    return links
+
+
+def register(
+    project: Project,
+    views=None,
+    *,
+    channel=None,
+    illumination=None,
+    group_by: Sequence[str] = ("timepoint", "tile", "angle"),
+    downsampling="auto",
+    min_overlap: float = 0.05,
+    neighbours_only: bool = False,
+    n_peaks: int = 5,
+    preset: str = "relaxed",
+    rel_threshold: float | None = None,
+    abs_threshold: float | None = None,
+    min_correlation: float = 0.3,
+    max_shift=None,
+    fixed=None,
+    client=None,
+    progress: bool = False,
+) -> RegistrationResult:
+    """Refine tile positions: pairwise phase correlation, then a global solve.
+
+    See :func:`~tilefuse.registration.pairwise.make_groups`,
+    :func:`~tilefuse.registration.pairwise.pairwise` and :func:`solve` for the
+    parameters.  Apply the result with ``result.apply(project)``.
+
+    Examples
+    --------
+    >>> project = tilefuse.open_project("dataset.xml")                 # doctest: +SKIP
+    >>> result = tilefuse.register(project)                            # doctest: +SKIP
+    >>> print(result.summary())                                        # doctest: +SKIP
+    >>> result.apply(project).save("registered.xml")                   # doctest: +SKIP
+    """
+    groups = make_groups(project, views, group_by=group_by, channel=channel, illumination=illumination)
+    links = pairwise(project, groups, downsampling=downsampling, min_overlap=min_overlap,
+                     neighbours_only=neighbours_only, n_peaks=n_peaks, client=client, progress=progress)
+    return solve(links, groups, preset=preset, rel_threshold=rel_threshold, abs_threshold=abs_threshold,
+                 min_correlation=min_correlation, max_shift=max_shift, fixed=fixed)

@@ -1,0 +1,288 @@
+"""Pairwise registration of overlapping groups of views in a project.
+
+For every overlapping pair of groups, only the overlap region is read (at the
+requested downsampling, from the file's pyramid when it has the level), phase
+correlation finds the shift, and the result is expressed in world
+coordinates as the correction of group B relative to group A.
+
+Pairs run as independent dask tasks that carry only the loader (paths), the
+view ids and two small regions, so they run on threads or on a
+dask.distributed cluster alike, and memory is bounded by a few overlap crops
+at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import RegistrationError, where
+from ..geometry import Box, linear_part
+from ..geometry.affine import to_xml_affine
+from ..project.project import Project
+from ..project.views import ViewId
+from .pairs import OverlapPair, overlapping_pairs
+from .phase_correlation import pairwise_shift
+
+__all__ = ["Link", "RegistrationGroups", "make_groups", "pairwise", "choose_level", "pair_hash"]
+
+
+@dataclass
+class RegistrationGroups:
+    """Groups of views that move together, and the views used to register each."""
+
+    #: group key -> all views that move with the group
+    members: dict[Hashable, list[ViewId]]
+    #: group key -> views whose pixels are averaged for registration
+    used: dict[Hashable, list[ViewId]]
+    #: group key -> timepoint (groups pair only within a timepoint)
+    timepoint: dict[Hashable, int]
+
+
+@dataclass
+class Link:
+    """One pairwise registration result between groups ``a`` and ``b``.
+
+    ``shift`` is the world-space (``zyx``) correction of ``b`` relative to
+    ``a``: the global solve wants ``t_b - t_a == shift``.
+    """
+
+    a: Hashable
+    b: Hashable
+    shift: np.ndarray
+    correlation: float
+    overlap: Box
+    views_a: tuple[ViewId, ...] = ()
+    views_b: tuple[ViewId, ...] = ()
+    hash: float = 0.0
+    valid: bool = True
+    #: "accepted", or why the link was rejected (set by the global solve)
+    status: str = "accepted"
+    residual: float = float("nan")
+    info: dict = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        return self.valid and self.status == "accepted"
+
+
+def make_groups(
+    project: Project,
+    views: Sequence[ViewId] | None = None,
+    *,
+    group_by: Sequence[str] = ("timepoint", "tile", "angle"),
+    channel=None,
+    illumination=None,
+) -> RegistrationGroups:
+    """Group views for registration (default: all channels and illuminations of a tile).
+
+    ``channel``/``illumination`` restrict the views whose pixels are used (by
+    id or name); the other views of a group still move with it.
+    """
+    views = list(project.views if views is None else views)
+    groups = project.group_views(views, by=group_by)
+    members, used, tps = {}, {}, {}
+    for key, vs in groups.items():
+        chosen = project.select(vs, channel=channel, illumination=illumination)
+        if not chosen:
+            raise RegistrationError(
+                f"{where(project.path)}: group {key} has no view with channel={channel!r} "
+                f"illumination={illumination!r}"
+            )
+        members[key] = vs
+        used[key] = chosen
+        tps[key] = vs[0].timepoint
+    return RegistrationGroups(members, used, tps)
+
+
+def choose_level(levels: Sequence[Sequence[float]], factors: Sequence[int]) -> tuple[int, tuple[int, ...]]:
+    """The coarsest pyramid level that divides ``factors``, and the factor still to apply.
+
+    BigStitcher snaps to the nearest existing level; we take the coarsest
+    level whose factors divide the requested ones exactly and block-average the
+    rest, so the effective downsampling is always what the user asked for.
+    """
+    factors = tuple(int(f) for f in factors)
+    best, best_prod = 0, 1.0
+    for i, lv in enumerate(levels):
+        lv_int = [int(round(f)) for f in lv]
+        if any(abs(f - r) > 1e-9 for f, r in zip(lv, lv_int)):
+            continue
+        if all(w % f == 0 for w, f in zip(factors, lv_int)) and np.prod(lv_int) > best_prod:
+            best, best_prod = i, float(np.prod(lv_int))
+    lv = [int(round(f)) for f in levels[best]]
+    return best, tuple(w // f for w, f in zip(factors, lv))
+
+
+def pair_hash(model_a: np.ndarray, model_b: np.ndarray) -> float:
+    """BigStitcher's link hash: Σ (A_i + 13·B_i) over the 12 XML-ordered model entries."""
+    a = np.asarray(to_xml_affine(model_a))
+    b = np.asarray(to_xml_affine(model_b))
+    return float(np.sum(a + 13.0 * b))
+
+
+def _axis_aligned(matrix: np.ndarray) -> bool:
+    lin = linear_part(matrix)
+    return bool(np.allclose(lin - np.diag(np.diag(lin)), 0.0, atol=1e-9) and np.all(np.diag(lin) > 0))
+
+
+def _crop_region(transform: np.ndarray, box: Box, shape) -> tuple[tuple[slice, ...], np.ndarray]:
+    """Voxel region of an axis-aligned view covering world ``box``, and its first voxel in world."""
+    s = np.diag(transform)[:-1]
+    t = transform[:-1, -1]
+    lo = np.ceil((np.asarray(box.lo) - t) / s - 1e-6).astype(int)
+    hi = np.floor((np.asarray(box.hi) - t) / s + 1e-6).astype(int)
+    lo = np.clip(lo, 0, np.asarray(shape) - 1)
+    hi = np.clip(hi, lo, np.asarray(shape) - 1)
+    return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi)), t + s * lo
+
+
+def _block_mean(arr: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    if all(f == 1 for f in factors):
+        return arr
+    trimmed = arr[tuple(slice(0, (n // f) * f) for n, f in zip(arr.shape, factors))]
+    shape = []
+    for n, f in zip(trimmed.shape, factors):
+        shape += [n // f, f]
+    return trimmed.reshape(shape).mean(axis=tuple(range(1, 2 * len(factors), 2)))
+
+
+def _read_group(loader, views, level, region, factors) -> np.ndarray:
+    """Average the views of a group over one region (float32), block-mean downsampled."""
+    acc = None
+    for view in views:
+        crop = loader.read(view, level, region).astype(np.float32)
+        acc = crop if acc is None else acc + crop
+    acc /= len(views)
+    return _block_mean(acc, factors)
+
+
+def _register_pair(loader, views_a, views_b, level, region_a, region_b, factors, options):
+    """One dask task: read two overlap crops and phase-correlate them."""
+    fixed = _read_group(loader, views_a, level, region_a, factors)
+    moving = _read_group(loader, views_b, level, region_b, factors)
+    shape = tuple(min(p, q) for p, q in zip(fixed.shape, moving.shape))
+    fixed = fixed[tuple(slice(0, n) for n in shape)]
+    moving = moving[tuple(slice(0, n) for n in shape)]
+    if min(shape) == 0:
+        return None
+    return pairwise_shift(fixed, moving, **options)
+
+
+def pairwise(
+    project: Project,
+    groups: RegistrationGroups | None = None,
+    *,
+    downsampling: Sequence[int] | str = "auto",
+    min_overlap: float = 0.05,
+    neighbours_only: bool = False,
+    n_peaks: int = 5,
+    subpixel: bool = True,
+    client=None,
+    progress: bool = False,
+) -> list[Link]:
+    """Register every overlapping pair of groups by phase correlation.
+
+    Parameters
+    ----------
+    project : Project
+    groups : RegistrationGroups, optional
+        Default: :func:`make_groups` (channels and illuminations of a tile
+        together, registered on their average).
+    downsampling : (z, y, x) int or "auto"
+        Downsampling of the overlap crops.  ``"auto"``: full resolution in 2D,
+        ``(1, 2, 2)`` in 3D.  Uses the file's pyramid level when one matches.
+    min_overlap : float
+        Minimum overlap (fraction of the smaller group's volume) for a pair.
+    neighbours_only : bool
+        Only face neighbours (no diagonal pairs).
+    n_peaks : int
+        Phase-correlation peaks checked by cross-correlation.
+    client : distributed.Client, optional
+        Run the pairs on this cluster; default: local threads.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    list of Link
+        One per overlapping pair; pairs whose crops had no valid shift have
+        ``valid=False``.
+    """
+    import dask
+
+    from .._compute import compute
+
+    groups = groups or make_groups(project)
+    loader = project.loader
+    boxes, first = {}, {}
+    for key, views in groups.used.items():
+        view = views[0]
+        if not loader.has_view(view):
+            raise RegistrationError(f"{where(project.path)}: {view} has no pixels to register")
+        model = project.model(view)
+        if not _axis_aligned(model):
+            raise RegistrationError(
+                f"{where(project.path)}: {view} is rotated or sheared; phase correlation on overlaps "
+                "needs axis-aligned views (translation and scaling)"
+            )
+        first[key] = view
+        boxes[key] = project.world_box(view)
+    pairs = overlapping_pairs(boxes, min_fraction=min_overlap, neighbours_only=neighbours_only,
+                              same=groups.timepoint)
+    ndim = project.ndim
+    if downsampling == "auto":
+        downsampling = (1, 1, 1) if ndim == 2 else (1, 2, 2)
+    downsampling = tuple(int(f) for f in downsampling)
+    if len(downsampling) == 2:
+        downsampling = (1,) + downsampling
+    if len(downsampling) != 3 or min(downsampling) < 1:
+        raise RegistrationError(f"downsampling must be 3 positive integers (z, y, x), got {downsampling}")
+    options = dict(n_peaks=n_peaks, subpixel=subpixel)
+
+    tasks, metas = [], []
+    for pair in pairs:
+        task, meta = _pair_task(project, loader, groups, first, pair, downsampling, options)
+        tasks.append(task)
+        metas.append(meta)
+    results = compute(*[dask.delayed(_register_pair, pure=True)(*t) for t in tasks],
+                      client=client, progress=progress, description="pairwise registration")
+    links = []
+    for pair, meta, res in zip(pairs, metas, results):
+        spacing, w0_a, w0_b = meta
+        va, vb = tuple(groups.used[pair.a]), tuple(groups.used[pair.b])
+        h = pair_hash(project.model(first[pair.a]), project.model(first[pair.b]))
+        if res is None or not res.valid:
+            links.append(Link(pair.a, pair.b, np.zeros(3), float("nan") if res is None else float(res.correlation),
+                              pair.overlap, va, vb, h, valid=False, status="no valid shift"))
+            continue
+        # A_crop[x] ≈ B_crop[x - d]  =>  t_b - t_a = w0_a - w0_b + spacing * d
+        shift = (w0_a - w0_b) + spacing * np.asarray(res.shift, dtype=np.float64)
+        links.append(Link(pair.a, pair.b, shift, float(res.correlation), pair.overlap, va, vb, h,
+                          info={"shift_voxels": np.asarray(res.shift), "spacing": spacing}))
+    return links
+
+
+def _pair_task(project, loader, groups, first, pair: OverlapPair, downsampling, options):
+    va, vb = first[pair.a], first[pair.b]
+    level_a, rest_a = choose_level(loader.levels(va), downsampling)
+    level_b, rest_b = choose_level(loader.levels(vb), downsampling)
+    if (level_a, rest_a) != (level_b, rest_b):
+        raise RegistrationError(f"{va} and {vb} have different pyramids; cannot register them together")
+    ta, tb = project.transform(va, level_a), project.transform(vb, level_a)
+    if not np.allclose(np.diag(ta), np.diag(tb)):
+        raise RegistrationError(f"{va} and {vb} have different voxel sizes in world units")
+    shape_a = loader.shape(va, level_a)
+    shape_b = loader.shape(vb, level_b)
+    if any(r > n for r, n in zip(rest_a, shape_a)):
+        raise RegistrationError(
+            f"downsampling {downsampling} is larger than {va} (shape {shape_a} at level {level_a})"
+        )
+    region_a, w0_a = _crop_region(ta, pair.overlap, shape_a)
+    region_b, w0_b = _crop_region(tb, pair.overlap, shape_b)
+    spacing = np.diag(ta)[:-1] * np.asarray(rest_a)
+    task = (loader, tuple(groups.used[pair.a]), tuple(groups.used[pair.b]), level_a, region_a, region_b,
+            rest_a, options)
+    return task, (spacing, w0_a, w0_b)

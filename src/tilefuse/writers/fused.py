@@ -1,0 +1,114 @@
+"""Write a fused result: multiscale OME-Zarr (default), TIFF, or a new BDV project.
+
+The output format follows the path: ``*.zarr`` -> OME-Zarr, ``*.tif``/``*.tiff``
+-> TIFF, ``*.xml`` -> a BigStitcher project (BDV HDF5 by default, N5 or
+OME-Zarr with ``container=``) holding one view per (timepoint, channel), so
+the fused volume opens in BigDataViewer/BigStitcher.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import FusionError
+from ..fusion.api import FusionPlan
+
+__all__ = ["write_fused", "output_format"]
+
+
+def output_format(path: str | Path) -> str:
+    """``"ome-zarr"``, ``"tiff"`` or ``"bdv"`` from the output path's suffix."""
+    name = str(path).rstrip("/").lower()
+    if name.endswith(".zarr"):
+        return "ome-zarr"
+    if name.endswith((".tif", ".tiff")):
+        return "tiff"
+    if name.endswith(".xml"):
+        return "bdv"
+    raise FusionError(f"{path}: unknown output type; use .ome.zarr, .tif or .xml (BigStitcher project)")
+
+
+def _scheduler(client):
+    import dask
+
+    return dask.config.set(scheduler=client) if client is not None else contextlib.nullcontext()
+
+
+def write_fused(
+    plan: FusionPlan,
+    path: str | Path,
+    *,
+    container: str = "hdf5",
+    progress: bool = False,
+    resume: bool = True,
+    overwrite: bool = False,
+    client=None,
+    n_levels: int | None = None,
+) -> Path:
+    """Compute a fusion plan chunk by chunk and write it.
+
+    Parameters
+    ----------
+    plan : FusionPlan
+        From :func:`tilefuse.plan_fusion`.
+    path : path-like
+        ``.ome.zarr`` (multiscale NGFF 0.4), ``.tif`` or ``.xml``.
+    container : {"hdf5", "n5", "zarr"}
+        Pixel container when writing a BigStitcher project.
+    progress : bool
+        Show a progress bar.
+    resume : bool
+        OME-Zarr only: continue an interrupted run, skipping finished chunks.
+    overwrite : bool
+        Replace an existing output.
+    client : distributed.Client, optional
+        Compute on this cluster.
+    n_levels : int, optional
+        Number of pyramid levels (default: until the image is small).
+    """
+    path = Path(path)
+    kind = output_format(path)
+    fused = plan.to_dask()  # (t, c, z, y, x)
+    voxel_size = tuple(float(v) for v in plan.voxel_size)
+    scale = np.asarray(voxel_size) / plan.spacing
+    origin = tuple(float(v) for v in plan.origin * scale)
+    with _scheduler(client):
+        if kind == "ome-zarr":
+            from .ome_zarr import write_ome_zarr
+
+            image, axes = fused, "tczyx"
+            if plan.ndim == 2:
+                image, axes = fused[:, :, 0], "tcyx"
+                voxel_size, origin = voxel_size[1:], origin[1:]
+            return write_ome_zarr(image, path, voxel_size=voxel_size, origin=origin, unit=plan.unit, axes=axes,
+                                  channel_names=plan.channel_names, progress=progress, resume=resume,
+                                  overwrite=overwrite, n_levels=n_levels)
+        if kind == "tiff":
+            from .tiff import write_tiff
+
+            if len(plan.timepoints) != 1:
+                raise FusionError(f"{path}: TIFF holds one timepoint; this fusion has {len(plan.timepoints)}")
+            image = fused[0]
+            if len(plan.channels) == 1:
+                image = image[0]
+                if plan.ndim == 2:
+                    image = image[0]
+            return write_tiff(image, path, voxel_size=voxel_size if plan.ndim == 3 else voxel_size[1:],
+                              unit=plan.unit, progress=progress, overwrite=overwrite)
+        from .project import write_project
+
+        images, tps, chans = [], [], []
+        for ti, t in enumerate(plan.timepoints):
+            for ci, c in enumerate(plan.channels):
+                images.append(fused[ti, ci])
+                tps.append(t)
+                chans.append(c)
+        positions = np.tile(np.asarray(origin), (len(images), 1))
+        names = {"channel": dict(zip(plan.channels, plan.channel_names))}
+        write_project(path, images, positions, voxel_size=voxel_size, unit=plan.unit, tiles=[0] * len(images),
+                      channels=chans, timepoints=tps, names=names, format=container, progress=progress,
+                      overwrite=overwrite)
+        return path

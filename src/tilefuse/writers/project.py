@@ -1,0 +1,243 @@
+"""Make a new BigStitcher project from tiles and their positions.
+
+The pixels go to BDV HDF5 (default: BigDataViewer and BigStitcher open it
+directly), N5 or BigStitcher's OME-Zarr layout, each view with a resolution
+pyramid; the XML gets the ViewTransforms BigStitcher's dataset definition
+writes: ``Translation to Regular Grid`` (tile position) in front of
+``calibration`` (voxel size relative to the finest voxel axis).  The XML is
+written last, so an interrupted conversion leaves no valid-looking project.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import TilefuseError
+from ..geometry import scale_matrix, translation_matrix
+from ..project.model import STANDARD_ATTRIBUTES, AttributeBlock, Entity, SpimData, Timepoints, ViewSetup, ViewTransform
+from ..project.project import Project
+from ..project.timepoints import format_integer_pattern
+from ..project.views import ViewId
+
+__all__ = ["write_project", "calibration_matrix", "FORMATS"]
+
+#: Output formats: name -> (file suffix, writer import path, loader import path)
+FORMATS = {
+    "hdf5": ".h5",
+    "n5": ".n5",
+    "zarr": ".ome.zarr",
+}
+
+
+def calibration_matrix(voxel_size: Sequence[float], min_resolution: float | None = None) -> np.ndarray:
+    """BigStitcher's ``calibration``: ``diag(voxel_size) / min_resolution`` (``zyx``).
+
+    One world unit is then one voxel of the finest axis of the whole project.
+    """
+    vs = np.asarray(voxel_size, dtype=np.float64)
+    min_res = float(vs.min()) if min_resolution is None else float(min_resolution)
+    return scale_matrix(vs / min_res)
+
+
+def _as_3d(image):
+    if image.ndim == 2:
+        return image[None]
+    if image.ndim != 3:
+        raise TilefuseError(f"tiles must be 2D (y, x) or 3D (z, y, x), got shape {image.shape}")
+    return image
+
+
+def _per_tile(values, n, name, default):
+    if values is None:
+        return [default(i) for i in range(n)]
+    values = list(values)
+    if len(values) != n:
+        raise TilefuseError(f"{name} has {len(values)} entries for {n} images")
+    return values
+
+
+def write_project(
+    path: str | Path,
+    images: Sequence,
+    positions,
+    *,
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    unit: str = "µm",
+    position_unit: str = "physical",
+    tiles: Sequence[int] | None = None,
+    channels: Sequence[int] | None = None,
+    illuminations: Sequence[int] | None = None,
+    angles: Sequence[int] | None = None,
+    timepoints: Sequence[int] | None = None,
+    names: dict[str, dict[int, str]] | None = None,
+    format: str = "hdf5",
+    factors: Sequence[Sequence[int]] | str = "auto",
+    chunks: Sequence[int] | None = None,
+    compression: str = "gzip",
+    progress: bool = False,
+    overwrite: bool = False,
+) -> Project:
+    """Write tiles and their positions as a new BigStitcher project.
+
+    Parameters
+    ----------
+    path : path-like
+        The project XML to create (e.g. ``out/dataset.xml``); the pixel
+        container is written beside it (``dataset.h5``, ``dataset.n5`` or
+        ``dataset.ome.zarr``).
+    images : sequence of array-like
+        One 2D ``(y, x)`` or 3D ``(z, y, x)`` numpy or dask array per view.
+        Dask arrays are written chunk by chunk, so they may exceed memory.
+    positions : (n, 2) or (n, 3) array-like
+        Position of each image's first voxel, numpy order (``y, x`` or
+        ``z, y, x``), in the unit given by ``position_unit``.
+    voxel_size : sequence of float
+        Voxel size ``(z, y, x)`` (or ``(y, x)`` for 2D) in ``unit``.
+    position_unit : {"physical", "voxel"}
+        ``"physical"``: positions are in ``unit`` (a stage readout).
+        ``"voxel"``: positions are in voxels of each axis (Fiji's
+        ``TileConfiguration.txt`` convention).
+    tiles, channels, illuminations, angles, timepoints : sequence of int, optional
+        Attribute ids per image.  Default: one tile per image, everything else 0.
+        Images sharing all attributes but the timepoint share one ViewSetup.
+    names : dict, optional
+        Entity names, e.g. ``{"channel": {0: "488", 1: "561"}}``.
+    format : {"hdf5", "n5", "zarr"}
+    factors : "auto" or sequence of (z, y, x) int
+        Resolution pyramid; ``"auto"`` proposes BigStitcher-like levels.
+    chunks : (z, y, x) int, optional
+        Block shape of the written data.
+
+    Returns
+    -------
+    Project
+        The new project, opened from the written XML.
+    """
+    path = Path(path)
+    if format not in FORMATS:
+        raise TilefuseError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
+    if path.exists() and not overwrite:
+        raise TilefuseError(f"{path}: already exists; pass overwrite=True to replace it")
+    images = [_as_3d(im) for im in images]
+    n = len(images)
+    if n == 0:
+        raise TilefuseError("write_project needs at least one image")
+    positions = np.asarray(positions, dtype=np.float64)
+    if positions.ndim != 2 or positions.shape[0] != n or positions.shape[1] not in (2, 3):
+        raise TilefuseError(f"positions must be ({n}, 2) or ({n}, 3), got shape {positions.shape}")
+    if positions.shape[1] == 2:
+        positions = np.column_stack([np.zeros(n), positions])
+    voxel_size = tuple(float(v) for v in voxel_size)
+    if len(voxel_size) == 2:
+        voxel_size = (1.0,) + voxel_size if all(im.shape[0] == 1 for im in images) else voxel_size
+    if len(voxel_size) != 3 or min(voxel_size) <= 0:
+        raise TilefuseError(f"voxel_size must be 3 positive numbers (z, y, x), got {voxel_size}")
+    if position_unit == "voxel":
+        positions = positions * np.asarray(voxel_size)
+    elif position_unit != "physical":
+        raise TilefuseError(f"position_unit must be 'physical' or 'voxel', got {position_unit!r}")
+    dtypes = {np.dtype(im.dtype) for im in images}
+    if len(dtypes) != 1:
+        raise TilefuseError(f"all images must share one dtype, got {sorted(map(str, dtypes))}")
+
+    attrs = {
+        "illumination": _per_tile(illuminations, n, "illuminations", lambda i: 0),
+        "channel": _per_tile(channels, n, "channels", lambda i: 0),
+        "tile": _per_tile(tiles, n, "tiles", lambda i: i),
+        "angle": _per_tile(angles, n, "angles", lambda i: 0),
+    }
+    tps = _per_tile(timepoints, n, "timepoints", lambda i: 0)
+    names = names or {}
+
+    # One setup per distinct attribute combination, in order of first appearance.
+    setup_of: dict[tuple, int] = {}
+    views: dict[ViewId, object] = {}
+    data = SpimData()
+    min_res = min(voxel_size)
+    tile_location: dict[int, tuple] = {}
+    for i, image in enumerate(images):
+        combo = tuple(int(attrs[k][i]) for k in STANDARD_ATTRIBUTES)
+        if combo not in setup_of:
+            sid = len(setup_of)
+            setup_of[combo] = sid
+            data.setups[sid] = ViewSetup(
+                id=sid,
+                name=f"setup {sid}",
+                size=tuple(int(s) for s in image.shape),
+                voxel_size=voxel_size,
+                unit=unit,
+                attributes=dict(zip(STANDARD_ATTRIBUTES, combo)),
+            )
+        sid = setup_of[combo]
+        if tuple(image.shape) != data.setups[sid].size:
+            raise TilefuseError(f"image {i}: shape {image.shape} differs from other timepoints of setup {sid}")
+        view = ViewId(int(tps[i]), sid)
+        if view in views:
+            raise TilefuseError(f"image {i}: two images for {view} (same attributes and timepoint)")
+        views[view] = image
+        tile = int(attrs["tile"][i])
+        loc = tuple(float(v) for v in positions[i])
+        if tile_location.setdefault(tile, loc) != loc:
+            raise TilefuseError(f"image {i}: tile {tile} has two different positions")
+        data.registrations[view] = [
+            ViewTransform("Translation to Regular Grid", translation_matrix(np.asarray(loc) / min_res)),
+            ViewTransform("calibration", calibration_matrix(voxel_size, min_res)),
+        ]
+    for kind, tag in STANDARD_ATTRIBUTES.items():
+        block = AttributeBlock(name=kind, entity_tag=tag)
+        for eid in sorted({int(v) for v in attrs[kind]}):
+            ent = Entity(id=eid, name=str(names.get(kind, {}).get(eid, eid)))
+            if kind == "tile":
+                ent.location = tile_location[eid]
+            block.entities[eid] = ent
+        data.attribute_blocks[kind] = block
+    tp_ids = sorted({int(t) for t in tps})
+    data.timepoints = Timepoints(type="pattern", ids=tp_ids, pattern=format_integer_pattern(tp_ids))
+    data.missing_views = set()
+    # BigStitcher's ViewRegistrations are sorted by (timepoint, setup).
+    data.registrations = dict(sorted(data.registrations.items()))
+
+    container = path.with_name(path.name.removesuffix(".xml") + FORMATS[format])
+    shape0 = next(iter(views.values())).shape
+    if factors == "auto":
+        from .bdv_hdf5 import propose_factors
+
+        factors = propose_factors(shape0, voxel_size)
+    factors = [tuple(int(f) for f in lv) for lv in factors]
+    loader = _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite)
+    project = Project(data, path=None, loader=loader)
+    project.path = path.resolve()
+    project.save(path, backup=False)
+    return Project.open(path)
+
+
+def _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite):
+    if container.exists():
+        if not overwrite:
+            raise TilefuseError(f"{container}: already exists; pass overwrite=True to replace it")
+        from ._atomic import remove_path
+
+        remove_path(container)
+    kwargs = dict(factors=factors, progress=progress)
+    if chunks is not None:
+        kwargs["chunks"] = tuple(int(c) for c in chunks)
+    if format == "hdf5":
+        from ..loaders._hdf5 import Hdf5Loader
+        from .bdv_hdf5 import write_bdv_hdf5
+
+        write_bdv_hdf5(container, views, compression=compression, **kwargs)
+        return Hdf5Loader.for_file(container)
+    if format == "n5":
+        from ..loaders._n5 import N5Loader
+        from .bdv_n5 import write_bdv_n5
+
+        write_bdv_n5(container, views, compression=compression, **kwargs)
+        return N5Loader.for_container(container)
+    from ..loaders._zarr import OmeZarrLoader
+    from .bdv_zarr import write_bdv_omezarr
+
+    write_bdv_omezarr(container, views, **kwargs)
+    return OmeZarrLoader.for_container(container, list(views))
