@@ -24,7 +24,7 @@ from ..project.views import ViewId
 
 __all__ = ["write_project", "calibration_matrix", "FORMATS"]
 
-#: Output formats: name -> (file suffix, writer import path, loader import path)
+#: Output formats: name -> suffix of the pixel container written beside the XML
 FORMATS = {
     "hdf5": ".h5",
     "n5": ".n5",
@@ -200,6 +200,7 @@ def write_project(
     # BigStitcher's ViewRegistrations are sorted by (timepoint, setup).
     data.registrations = dict(sorted(data.registrations.items()))
 
+    path.parent.mkdir(parents=True, exist_ok=True)
     container = path.with_name(path.name.removesuffix(".xml") + FORMATS[format])
     shape0 = next(iter(views.values())).shape
     if factors == "auto":
@@ -207,14 +208,15 @@ def write_project(
 
         factors = propose_factors(shape0, voxel_size)
     factors = [tuple(int(f) for f in lv) for lv in factors]
-    loader = _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite)
+    loader = _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite,
+                           voxel_size)
     project = Project(data, path=None, loader=loader)
     project.path = path.resolve()
     project.save(path, backup=False)
     return Project.open(path)
 
 
-def _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite):
+def _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite, voxel_size):
     if container.exists():
         if not overwrite:
             raise TilefuseError(f"{container}: already exists; pass overwrite=True to replace it")
@@ -234,10 +236,10 @@ def _write_pixels(format, container, views, factors, chunks, compression, progre
         from ..loaders._n5 import N5Loader
         from .bdv_n5 import write_bdv_n5
 
-        write_bdv_n5(container, views, compression=compression, **kwargs)
+        write_bdv_n5(container, views, compression=compression, voxel_size=voxel_size, **kwargs)
         return N5Loader.for_container(container)
     from ..loaders._zarr import OmeZarrLoader
     from .bdv_zarr import write_bdv_omezarr
 
-    write_bdv_omezarr(container, views, **kwargs)
-    return OmeZarrLoader.for_container(container, list(views))
+    write_bdv_omezarr(container, views, voxel_size=voxel_size, **kwargs)
+    return OmeZarrLoader.for_container(container)
