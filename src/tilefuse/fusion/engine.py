@@ -1,0 +1,453 @@
+"""Chunk-by-chunk fusion of transformed views into one dask array.
+
+The output is a regular grid: voxel ``i`` (numpy order) sits at world
+``origin + i * spacing``.  Output chunks drive the graph (like dask-image's
+``affine_transform``): for every chunk, one vectorised box test picks the
+views whose world footprint meets it, and one task fuses only those.  A task
+holds the chunk's grid and the few :class:`FusionSource` records it needs —
+never the full list of views, never pixels.  When it runs, each view's
+``reader`` reads only the region the chunk back-projects onto (plus one voxel
+of interpolation reach), which is resampled onto the chunk and blended:
+
+    fused = sum_i w_i * I_i / sum_i w_i      (where sum_i w_i > 0, else fill_value)
+
+accumulated in float32.  Blending modes:
+
+``"cosine"``
+    BigStitcher's weights (:mod:`tilefuse.fusion.blending`); range and border
+    are world units, converted per view and axis into its voxels.
+``"average"``
+    ``w = 1`` wherever a view has data.
+``"max"``
+    the maximum over the views that have data.
+``"first"``
+    the first view, in the order given, that has data.
+
+Edge voxels.  BigStitcher's cosine weight is exactly 0 on a view's outermost
+voxel centres, so a voxel that only one view covers, at that view's very edge,
+would come out as ``fill_value``.  We give every sample that lies inside a view
+at least :data:`EDGE_WEIGHT`: where other views have real weight it changes
+the result by less than float32 rounding, and where the view is alone its
+value is kept.  The same floor makes ``blend_border > 0`` *de-weight* border
+voxels rather than punch holes where no other view covers them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import FusionError, ImageDataError, UnsupportedFormatError
+from .blending import adjust_blending, cosine_weights
+from .resample import (
+    grid_affine,
+    inside_box,
+    inside_mask,
+    is_diagonal,
+    resample,
+    source_coordinates,
+    source_region,
+)
+
+__all__ = [
+    "FusionSource",
+    "fuse_sources",
+    "source_world_boxes",
+    "plan_chunks",
+    "cast_to_dtype",
+    "BLENDING_MODES",
+    "INTERPOLATIONS",
+    "EDGE_WEIGHT",
+]
+
+BLENDING_MODES = ("cosine", "average", "max", "first")
+INTERPOLATIONS = {"nearest": 0, "linear": 1}
+
+#: Least weight of a sample inside a view (see the module notes).
+EDGE_WEIGHT = 1e-6
+
+#: Default chunk budget when ``chunks`` is not given (float32 voxels).
+_DEFAULT_CHUNK_BYTES = 8 * 2**20
+
+
+@dataclass(frozen=True, eq=False)
+class FusionSource:
+    """One view to fuse.
+
+    Attributes
+    ----------
+    key : hashable
+        Identifies the view in messages (e.g. a ``ViewId``).
+    shape : tuple of int
+        Voxel shape, numpy order; same number of axes as the output.
+    affine : ndarray
+        ``(ndim+1, ndim+1)`` homogeneous matrix, voxel -> world (numpy order).
+    reader : callable
+        ``reader(region)`` returns the pixels of a tuple of slices (step 1,
+        inside ``shape``).  Must pickle cheaply for distributed schedulers.
+    intensity : (float, float)
+        Intensity correction ``a * I + b`` applied before blending.
+    dtype : numpy dtype, optional
+        The view's pixel type; picks the default output dtype without reading.
+    """
+
+    key: Hashable
+    shape: tuple[int, ...]
+    affine: np.ndarray
+    reader: Callable[[tuple[slice, ...]], np.ndarray]
+    intensity: tuple[float, float] = (1.0, 0.0)
+    dtype: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        shape = tuple(int(n) for n in self.shape)
+        if any(n < 1 for n in shape):
+            raise FusionError(f"{self.key}: view shape {shape} has an empty axis")
+        affine = np.array(self.affine, dtype=np.float64)
+        nd = len(shape)
+        if affine.shape != (nd + 1, nd + 1):
+            raise FusionError(
+                f"{self.key}: affine has shape {affine.shape}, expected {(nd + 1, nd + 1)} for a {nd}D view"
+            )
+        if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:-1, :-1])) < 1e-12:
+            raise FusionError(f"{self.key}: affine is not finite and invertible:\n{affine}")
+        a, b = (float(v) for v in self.intensity)
+        object.__setattr__(self, "shape", shape)
+        object.__setattr__(self, "affine", affine)
+        object.__setattr__(self, "intensity", (a, b))
+        if self.dtype is not None:
+            object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+
+# --------------------------------------------------------------------------
+# planning: which sources meet which chunk
+
+
+def source_world_boxes(sources: Sequence[FusionSource]) -> tuple[np.ndarray, np.ndarray]:
+    """World bounding boxes of every view's voxel *footprint*, as ``(n, ndim)`` arrays.
+
+    The footprint ``[-0.5, n - 0.5]`` contains every point where the view can
+    be sampled (``[0, n-1]``, and ``+-0.5`` around a singleton axis), so it is
+    the interpolation reach already dilated for both linear and nearest.
+    """
+    if not sources:
+        return np.zeros((0, 0)), np.zeros((0, 0))
+    nd = len(sources[0].shape)
+    corners01 = np.array(np.meshgrid(*[[0.0, 1.0]] * nd, indexing="ij")).reshape(nd, -1).T  # (2**nd, nd)
+    shapes = np.array([s.shape for s in sources], dtype=np.float64)  # (n, nd)
+    affines = np.stack([s.affine for s in sources])  # (n, nd+1, nd+1)
+    # voxel corners per view: -0.5 + c * n   -> (n, 2**nd, nd)
+    vox = -0.5 + corners01[None, :, :] * shapes[:, None, :]
+    world = np.einsum("nij,nkj->nki", affines[:, :-1, :-1], vox) + affines[:, None, :-1, -1]
+    los, his = world.min(axis=1), world.max(axis=1)
+    slack = 1e-9 * (1.0 + np.maximum(np.abs(los), np.abs(his)))
+    return los - slack, his + slack
+
+
+def plan_chunks(
+    los: np.ndarray, his: np.ndarray, chunks: tuple[tuple[int, ...], ...], origin, spacing
+) -> Iterator[tuple[tuple[int, ...], np.ndarray]]:
+    """For every output chunk, the indices (ascending) of the boxes it meets.
+
+    Boxes ``[los[i], his[i]]`` are tested against each chunk's world box (its
+    voxel centres ``origin + [start, stop-1] * spacing``).  Overlap along one
+    axis depends only on that axis's chunk index, so we precompute one
+    ``(n_chunks_d, n_boxes)`` table per axis and walk the chunk grid axis by
+    axis, filtering the surviving candidates: the work is proportional to the
+    number of (chunk, candidate) pairs that survive, not chunks x boxes.
+
+    Yields
+    ------
+    index : tuple of int
+        Chunk index in the dask grid.
+    sources : int ndarray
+        Box indices meeting that chunk, in input order.
+    """
+    nd = len(chunks)
+    origin = np.asarray(origin, dtype=np.float64)
+    spacing = np.asarray(spacing, dtype=np.float64)
+    tables = []
+    for d in range(nd):
+        stops = np.cumsum(chunks[d])
+        starts = stops - np.asarray(chunks[d])
+        lo = origin[d] + starts * spacing[d]
+        hi = origin[d] + (stops - 1) * spacing[d]
+        if los.shape[0]:
+            tables.append((los[None, :, d] <= hi[:, None]) & (his[None, :, d] >= lo[:, None]))
+        else:
+            tables.append(np.zeros((len(chunks[d]), 0), dtype=bool))
+
+    def walk(d: int, prefix: tuple[int, ...], cand: np.ndarray):
+        for c in range(len(chunks[d])):
+            sub = cand[tables[d][c, cand]]
+            if d == nd - 1:
+                yield prefix + (c,), sub
+            else:
+                yield from walk(d + 1, prefix + (c,), sub)
+
+    yield from walk(0, (), np.arange(los.shape[0]))
+
+
+# --------------------------------------------------------------------------
+# one chunk
+
+
+class _ChunkJob:
+    """Everything one task needs.  A plain class so dask does not traverse it."""
+
+    __slots__ = ("out_affine", "out_shape", "items", "mode", "order", "fill_value", "dtype", "fast")
+
+    def __init__(self, out_affine, out_shape, items, mode, order, fill_value, dtype, fast):
+        self.out_affine = out_affine
+        self.out_shape = out_shape
+        self.items = items  # tuple of (FusionSource, inverse affine, range_vox, border_vox)
+        self.mode = mode
+        self.order = order
+        self.fill_value = fill_value
+        self.dtype = dtype
+        self.fast = fast
+
+    def __getstate__(self):
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state):
+        for k, v in state.items():
+            setattr(self, k, v)
+
+
+def _read(src: FusionSource, region: tuple[slice, ...]) -> np.ndarray:
+    data = np.asarray(src.reader(region))
+    expected = tuple(s.stop - s.start for s in region)
+    if data.shape != expected:
+        raise ImageDataError(
+            f"{src.key}: reader returned shape {data.shape} for region {region}, expected {expected}"
+        )
+    return data
+
+
+def cast_to_dtype(values: np.ndarray, dtype) -> np.ndarray:
+    """Cast float results to ``dtype``: integers are rounded and clipped, never wrapped."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iub":
+        if dtype.kind == "b":
+            lo, hi = 0.0, 1.0
+        else:
+            info = np.iinfo(dtype)
+            lo, hi = float(info.min), float(info.max)
+            if dtype.itemsize >= 4:
+                values = values.astype(np.float64)  # float32 cannot hold 2**31 - 1
+                while int(hi) > info.max:  # float(2**63 - 1) rounds up past the range
+                    hi = float(np.nextafter(hi, -np.inf))
+        values = np.clip(np.rint(values), lo, hi)
+    return values.astype(dtype, copy=False)
+
+
+def _sample_view(job: _ChunkJob, src: FusionSource, inv: np.ndarray):
+    """Sample one view on the chunk grid.
+
+    Returns ``(box, values, coords, valid)`` or ``None`` if the view has no
+    sample in the chunk.  ``box`` is the part of the chunk the other three
+    refer to.  Without rotation (diagonal ``L``, the common case) the inside
+    region is a box, so only that box is resampled and ``valid`` is ``None``
+    (all inside); otherwise ``box`` is the whole chunk and ``valid`` a mask.
+    """
+    m = inv @ job.out_affine  # chunk voxel -> view voxel
+    shape = job.out_shape
+    diagonal = is_diagonal(m)
+    if diagonal:
+        box = inside_box(m, shape, src.shape)
+        if box is None:
+            return None
+        m = m @ grid_affine(np.zeros(len(shape)), 1.0, [b.start for b in box])
+        shape = tuple(b.stop - b.start for b in box)
+    else:
+        box = tuple(slice(0, n) for n in shape)
+    region = source_region(m, shape, src.shape, job.order)
+    if region is None:
+        return None
+    crop = _read(src, region)
+    values = resample(crop, [r.start for r in region], m, shape, job.order, fast=job.fast)
+    coords = source_coordinates(m, shape)
+    valid = None
+    if not diagonal:
+        valid = np.broadcast_to(inside_mask(coords, src.shape), shape)
+        if not valid.any():
+            return None
+    a, b = src.intensity
+    if (a, b) != (1.0, 0.0):
+        values *= np.float32(a)
+        values += np.float32(b)
+    return box, values, coords, valid
+
+
+def _fuse_chunk(job: _ChunkJob) -> np.ndarray:
+    shape = job.out_shape
+    mode = job.mode
+    if mode in ("cosine", "average"):
+        num = np.zeros(shape, dtype=np.float32)
+        den = np.zeros(shape, dtype=np.float32)
+    else:
+        acc = np.full(shape, -np.inf if mode == "max" else np.nan, dtype=np.float32)
+        hit = np.zeros(shape, dtype=bool)
+    for src, inv, range_vox, border_vox in job.items:
+        sampled = _sample_view(job, src, inv)
+        if sampled is None:
+            continue
+        box, values, coords, valid = sampled
+        if mode in ("cosine", "average"):
+            if mode == "cosine":
+                w = cosine_weights(coords, range_vox, border_vox, view_shape=src.shape)
+                w = np.maximum(np.broadcast_to(w, values.shape), np.float32(EDGE_WEIGHT))
+            else:
+                w = np.ones(values.shape, dtype=np.float32)
+            if valid is not None:
+                w[~valid] = 0.0
+            values *= w
+            if valid is not None:
+                values[~valid] = 0.0  # edge-extended values, or NaN input, must not leak
+            num[box] += values
+            den[box] += w
+        else:
+            sub_acc, sub_hit = acc[box], hit[box]
+            inside = np.ones(values.shape, dtype=bool) if valid is None else valid
+            if mode == "max":
+                np.maximum(sub_acc, values, out=sub_acc, where=inside)
+            else:  # first
+                take = inside & ~sub_hit
+                sub_acc[take] = values[take]
+            sub_hit |= inside
+            if mode == "first" and hit.all():
+                break
+    if mode in ("cosine", "average"):
+        out = np.full(shape, job.fill_value, dtype=np.float32)
+        np.divide(num, den, out=out, where=den > 0)
+    else:
+        out = np.where(hit, acc, np.float32(job.fill_value))
+    return cast_to_dtype(out, job.dtype)
+
+
+# --------------------------------------------------------------------------
+# the public entry point
+
+
+def _probe_dtype(src: FusionSource) -> np.dtype:
+    return _read(src, tuple(slice(0, 1) for _ in src.shape)).dtype
+
+
+def fuse_sources(
+    sources: Iterable[FusionSource],
+    *,
+    origin: Sequence[float],
+    spacing: Sequence[float] | float,
+    shape: Sequence[int],
+    chunks=None,
+    blending: str = "cosine",
+    blend_range: float = 40.0,
+    blend_border: float = 0.0,
+    interpolation: str = "linear",
+    dtype=None,
+    fill_value: float = 0,
+    fast_path: bool = True,
+):
+    """Fuse transformed views into a lazy dask array on a regular world grid.
+
+    Parameters
+    ----------
+    sources : iterable of FusionSource
+        The views, in priority order (matters for ``blending="first"``).
+    origin : sequence of float
+        World position of output voxel 0 (numpy order).
+    spacing : float or sequence of float
+        World distance between output voxels per axis; ``> 1`` downsamples.
+    shape : sequence of int
+        Output shape (numpy order).
+    chunks : dask chunks, optional
+        Output chunking; default about 8 MiB of float32 per chunk.
+    blending : {"cosine", "average", "max", "first"}
+    blend_range, blend_border : float
+        Cosine ramp width and border in world units (BigStitcher: 40 and 0).
+    interpolation : {"linear", "nearest"}
+    dtype : numpy dtype, optional
+        Output type; default the common type of the views (``np.result_type``).
+        Integer outputs are rounded and clipped to the type's range.
+    fill_value : scalar
+        Value where no view has data.
+    fast_path : bool
+        Use the shifted-slices resampler where a view only translates relative
+        to the output grid; ``False`` forces ``scipy.ndimage.affine_transform``.
+
+    Returns
+    -------
+    fused : dask.array.Array
+        One task per chunk; deterministic name from all inputs.
+
+    Raises
+    ------
+    FusionError
+        Inconsistent shapes or parameters.
+    UnsupportedFormatError
+        Unknown blending mode or interpolation.
+    """
+    import dask.array as da
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    sources = list(sources)
+    shape = tuple(int(n) for n in shape)
+    nd = len(shape)
+    if nd == 0 or any(n < 1 for n in shape):
+        raise FusionError(f"output shape {shape} is empty")
+    origin = np.asarray(origin, dtype=np.float64)
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (nd,)).copy()
+    if origin.shape != (nd,):
+        raise FusionError(f"origin {tuple(origin)} does not match the {nd}D output shape {shape}")
+    if not (np.all(np.isfinite(spacing)) and np.all(spacing > 0) and np.all(np.isfinite(origin))):
+        raise FusionError(f"spacing must be finite and positive, origin finite; got {spacing}, {origin}")
+    if blending not in BLENDING_MODES:
+        raise UnsupportedFormatError(f"blending {blending!r} is not supported; use one of {BLENDING_MODES}")
+    if interpolation not in INTERPOLATIONS:
+        raise UnsupportedFormatError(
+            f"interpolation {interpolation!r} is not supported; use one of {tuple(INTERPOLATIONS)}"
+        )
+    if not (np.isfinite(blend_range) and blend_range >= 0 and np.isfinite(blend_border)):
+        raise FusionError(f"blend_range must be >= 0 and blend_border finite; got {blend_range}, {blend_border}")
+    for src in sources:
+        if not isinstance(src, FusionSource):
+            raise FusionError(f"expected FusionSource objects, got {type(src).__name__}")
+        if len(src.shape) != nd:
+            raise FusionError(f"{src.key}: view is {len(src.shape)}D but the output is {nd}D")
+
+    if dtype is None:
+        types = [s.dtype if s.dtype is not None else _probe_dtype(s) for s in sources]
+        dtype = np.result_type(*types) if types else np.dtype(np.float32)
+    dtype = np.dtype(dtype)
+
+    if chunks is None:
+        chunks = "auto"
+    chunks = da.core.normalize_chunks(chunks, shape=shape, limit=_DEFAULT_CHUNK_BYTES, dtype=np.float32)
+
+    order = INTERPOLATIONS[interpolation]
+    items = []
+    for src in sources:
+        rng, brd = adjust_blending(blend_range, blend_border, src.affine)
+        items.append((src, np.linalg.inv(src.affine), rng, brd))
+    los, his = source_world_boxes(sources)
+
+    name = "fuse-" + tokenize(
+        sources, origin, spacing, shape, chunks, blending, float(blend_range), float(blend_border),
+        interpolation, str(dtype), fill_value, bool(fast_path),
+    )
+    offsets = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
+    dsk = {}
+    for idx, hits in plan_chunks(los, his, chunks, origin, spacing):
+        start = tuple(int(offsets[d][i]) for d, i in enumerate(idx))
+        cshape = tuple(int(chunks[d][i]) for d, i in enumerate(idx))
+        job = _ChunkJob(
+            grid_affine(origin, spacing, start), cshape, tuple(items[i] for i in hits),
+            blending, order, fill_value, dtype, bool(fast_path),
+        )
+        dsk[(name, *idx)] = (_fuse_chunk, job)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return da.Array(graph, name, chunks, dtype=dtype)

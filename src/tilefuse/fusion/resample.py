@@ -1,0 +1,321 @@
+"""Resample a cropped region of a view onto an output grid.  Pure functions.
+
+Frames
+------
+An output grid (a whole fused volume or one of its chunks) has voxel ``x``
+(numpy order) at world ``A_out @ [x, 1]``, where ``A_out`` is built by
+:func:`grid_affine` from the grid's origin and spacing.  A view maps its voxel
+``y`` to world with ``A_src``.  So the output voxel ``x`` samples the view at
+
+    y = M @ [x, 1],      M = inv(A_src) @ A_out = [[L, o], [0, 1]]
+
+Only a crop of the view is read: voxels ``y0 .. y0 + m`` (``y0`` = the crop's
+start).  In the crop's local frame ``y' = y - y0 = L x + (o - y0)``, so the
+crop is resampled with matrix ``L`` and offset ``o - y0``
+(:func:`local_offset`).
+
+Sampling rules (the same for both paths, and equal to
+``scipy.ndimage.affine_transform`` on the whole view with ``mode="constant"``):
+
+* linear (order 1) or nearest (order 0, ``round half up``) interpolation;
+* a sample is *inside* the view when ``0 <= y_d <= n_d - 1`` on every axis
+  (closed interval of voxel centres, up to :data:`INSIDE_TOL`) — except on an
+  axis of length 1, where ``|y_d| <= 0.5`` counts as inside so a 2D plane stored
+  as ``z == 1`` still contributes to nearby output planes;
+* values are computed with edge extension (scipy ``mode="nearest"``), and the
+  validity mask from :func:`inside_mask` is returned separately, so callers
+  set weights to 0 outside instead of dealing with NaN.
+
+Two paths compute the values:
+
+* :func:`resample_affine` — any affine, through ``scipy.ndimage.affine_transform``
+  on the crop;
+* :func:`resample_shift` — ``L`` is the identity (pure translation, and output
+  spacing equal to the view's voxel size, the usual stitching case).  Every
+  output voxel is then the same sub-voxel shift away from a source voxel, so
+  linear interpolation is a weighted sum of ``2**ndim`` shifted slices of the
+  crop (one plain slice where the shift is integral).  No coordinate arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import product
+
+import numpy as np
+from scipy import ndimage as ndi
+
+__all__ = [
+    "INSIDE_TOL",
+    "grid_affine",
+    "output_to_source",
+    "split_affine",
+    "is_shift",
+    "is_diagonal",
+    "local_offset",
+    "source_coordinates",
+    "inside_mask",
+    "source_region",
+    "inside_box",
+    "resample_affine",
+    "resample_shift",
+    "resample",
+]
+
+#: Slack (in source voxels) of the inside test, so that samples landing on the
+#: last voxel centre up to float rounding are not lost between chunks.
+INSIDE_TOL = 1e-6
+
+#: A sub-voxel shift this close to an integer is treated as integral (plain slice).
+SHIFT_TOL = 1e-6
+
+
+def grid_affine(origin: Sequence[float], spacing: Sequence[float], start: Sequence[int] | None = None) -> np.ndarray:
+    """Homogeneous matrix of an output grid: voxel ``x`` -> world ``origin + (start + x) * spacing``."""
+    origin = np.asarray(origin, dtype=np.float64)
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), origin.shape)
+    start = np.zeros_like(origin) if start is None else np.asarray(start, dtype=np.float64)
+    m = np.eye(origin.size + 1)
+    m[np.arange(origin.size), np.arange(origin.size)] = spacing
+    m[:-1, -1] = origin + start * spacing
+    return m
+
+
+def output_to_source(src_affine: np.ndarray, out_affine: np.ndarray) -> np.ndarray:
+    """``M = inv(A_src) @ A_out``: output voxel -> source voxel."""
+    return np.linalg.inv(np.asarray(src_affine, dtype=np.float64)) @ np.asarray(out_affine, dtype=np.float64)
+
+
+def split_affine(matrix: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Split a homogeneous matrix into its linear block ``L`` and offset ``o``."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    return matrix[:-1, :-1].copy(), matrix[:-1, -1].copy()
+
+
+def is_shift(matrix: np.ndarray, atol: float = 1e-9) -> bool:
+    """True if ``matrix`` only translates (its linear block is the identity)."""
+    lin, _ = split_affine(matrix)
+    return bool(np.allclose(lin, np.eye(lin.shape[0]), rtol=0.0, atol=atol))
+
+
+def is_diagonal(matrix: np.ndarray) -> bool:
+    """True if the linear part of ``matrix`` is diagonal (no rotation or shear)."""
+    return _is_diagonal(split_affine(matrix)[0])
+
+
+def _is_diagonal(lin: np.ndarray, atol: float = 1e-12) -> bool:
+    return bool(np.all(np.abs(lin - np.diag(np.diag(lin))) <= atol))
+
+
+def local_offset(matrix: np.ndarray, crop_start: Sequence[int]) -> np.ndarray:
+    """Offset of ``matrix`` in the frame of a crop starting at ``crop_start``.
+
+    With ``y = L x + o`` and crop-local ``y' = y - y0``: ``y' = L x + (o - y0)``.
+    (dask-image's form ``o + L x0 - y0`` has the chunk start ``x0`` folded into
+    ``o`` here, because ``M`` is built from the chunk's own grid affine.)
+    """
+    _, offset = split_affine(matrix)
+    return offset - np.asarray(crop_start, dtype=np.float64)
+
+
+def _open_grid(shape: Sequence[int]) -> list[np.ndarray]:
+    nd = len(shape)
+    return [
+        np.arange(n, dtype=np.float64).reshape((1,) * d + (n,) + (1,) * (nd - d - 1))
+        for d, n in enumerate(shape)
+    ]
+
+
+def source_coordinates(matrix: np.ndarray, out_shape: Sequence[int]) -> list[np.ndarray]:
+    """Source voxel coordinate of every output voxel, one array per source axis.
+
+    When ``L`` is diagonal (translation and axis-aligned scaling) the arrays
+    form an open grid (each varies along one axis only), so nothing of the full
+    output size is allocated; otherwise each is a full ``out_shape`` array.
+    """
+    lin, offset = split_affine(matrix)
+    grid = _open_grid(out_shape)
+    if _is_diagonal(lin):
+        return [lin[d, d] * grid[d] + offset[d] for d in range(len(out_shape))]
+    coords = []
+    for d in range(len(out_shape)):
+        c = np.full(tuple(out_shape), offset[d], dtype=np.float64)
+        for k in range(len(out_shape)):
+            if lin[d, k] != 0.0:
+                c += lin[d, k] * grid[k]
+        coords.append(c)
+    return coords
+
+
+def inside_mask(coords: Sequence[np.ndarray], src_shape: Sequence[int], tol: float = INSIDE_TOL) -> np.ndarray:
+    """Where the coordinates fall inside the view (see the module notes).
+
+    Returns a boolean array broadcast from ``coords`` (open grids give the full
+    product shape).
+    """
+    mask = None
+    for c, n in zip(coords, src_shape):
+        if n == 1:
+            m = np.abs(c) <= 0.5 + tol
+        else:
+            m = (c >= -tol) & (c <= (n - 1) + tol)
+        mask = m if mask is None else mask & m
+    return mask
+
+
+def inside_box(matrix: np.ndarray, out_shape: Sequence[int], src_shape: Sequence[int]) -> tuple[slice, ...] | None:
+    """For a diagonal ``L``: the box of output voxels that fall inside the view.
+
+    With translation and axis-aligned scaling the inside test is separable and
+    each axis's inside set is one interval, so the inside region is a box.
+    Working on that box alone skips every masked operation.  Returns ``None``
+    when the box is empty; raises ``ValueError`` if ``L`` is not diagonal.
+    """
+    lin, _ = split_affine(matrix)
+    if not _is_diagonal(lin):
+        raise ValueError("inside_box needs a diagonal linear part")
+    box = []
+    for d, c in enumerate(source_coordinates(matrix, out_shape)):
+        inside = np.flatnonzero(inside_mask([c.ravel()], [src_shape[d]]))
+        if inside.size == 0:
+            return None
+        box.append(slice(int(inside[0]), int(inside[-1]) + 1))
+    return tuple(box)
+
+
+def source_region(
+    matrix: np.ndarray, out_shape: Sequence[int], src_shape: Sequence[int], order: int = 1
+) -> tuple[slice, ...] | None:
+    """The region of the view that an output grid needs, or ``None``.
+
+    The grid's ``2**ndim`` corner voxels are back-projected through ``matrix``;
+    their bounding box is widened to whole voxels (floor / ceil) plus one voxel
+    of interpolation reach and clipped to the view.  ``None`` when no output
+    voxel can fall inside the view (so nothing needs reading).
+    """
+    out_shape = np.asarray(out_shape)
+    src_shape = np.asarray(src_shape)
+    corners = np.array(list(product(*[(0, n - 1) for n in out_shape])), dtype=np.float64)
+    lin, offset = split_affine(matrix)
+    mapped = corners @ lin.T + offset
+    cmin, cmax = mapped.min(axis=0), mapped.max(axis=0)
+    valid_lo = np.where(src_shape == 1, -0.5, 0.0) - INSIDE_TOL
+    valid_hi = np.where(src_shape == 1, 0.5, src_shape - 1.0) + INSIDE_TOL
+    if np.any(cmax < valid_lo) or np.any(cmin > valid_hi):
+        return None
+    reach = 1  # linear needs floor and floor + 1; nearest stays within floor..ceil
+    lo = np.clip(np.floor(cmin).astype(np.int64) - reach, 0, src_shape)
+    hi = np.clip(np.ceil(cmax).astype(np.int64) + reach + 1, 0, src_shape)
+    if np.any(hi <= lo):
+        return None
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+
+
+def _check_order(order: int) -> int:
+    if order not in (0, 1):
+        raise ValueError(f"interpolation order must be 0 (nearest) or 1 (linear), got {order!r}")
+    return int(order)
+
+
+def resample_affine(
+    crop: np.ndarray, crop_start: Sequence[int], matrix: np.ndarray, out_shape: Sequence[int], order: int = 1
+) -> np.ndarray:
+    """General path: resample ``crop`` with ``scipy.ndimage.affine_transform``.
+
+    Parameters
+    ----------
+    crop : ndarray
+        Region of the view starting at voxel ``crop_start``.
+    matrix : (ndim+1, ndim+1) ndarray
+        Output voxel -> *view* voxel (not crop-local; the crop offset is
+        applied here, see :func:`local_offset`).
+    out_shape : tuple of int
+    order : {0, 1}
+
+    Returns
+    -------
+    values : float32 ndarray of ``out_shape``
+        Edge-extended values; combine with :func:`inside_mask`.
+    """
+    order = _check_order(order)
+    crop = np.asarray(crop, dtype=np.float32)
+    lin, _ = split_affine(matrix)
+    offset = local_offset(matrix, crop_start)
+    # A 1D matrix lets scipy use its cheaper zoom/shift code for diagonal maps.
+    mat = np.diag(lin).copy() if _is_diagonal(lin) else lin
+    return ndi.affine_transform(
+        crop, mat, offset=offset, output_shape=tuple(int(n) for n in out_shape),
+        order=order, mode="nearest", output=np.float32, prefilter=False,
+    )
+
+
+def resample_shift(
+    crop: np.ndarray, crop_start: Sequence[int], shift: Sequence[float], out_shape: Sequence[int], order: int = 1
+) -> np.ndarray:
+    """Fast path for ``y = x + shift``: weighted sum of shifted slices of ``crop``.
+
+    Per axis the crop-local shift ``t = shift - crop_start`` splits into an
+    integer ``k`` and a fraction ``f``.  Linear interpolation is then
+    ``out = sum over corners c in {0,1}^ndim of prod_d w_d(c_d) * crop[x + k + c]``
+    with ``w_d(0) = 1 - f_d`` and ``w_d(1) = f_d``; axes with ``f_d == 0`` take
+    one tap.  Nearest takes the one tap ``k = floor(t + 1/2)``.  Where the taps
+    run past the crop (only at the view's own edges, or beyond it) the crop is
+    edge-padded once, which reproduces scipy's ``mode="nearest"``.
+
+    Returns
+    -------
+    values : float32 ndarray of ``out_shape``
+    """
+    order = _check_order(order)
+    crop = np.asarray(crop, dtype=np.float32)
+    if crop.size == 0:
+        raise ValueError("cannot resample an empty crop")
+    out_shape = tuple(int(n) for n in out_shape)
+    t = np.asarray(shift, dtype=np.float64) - np.asarray(crop_start, dtype=np.float64)
+    if order == 0:
+        k = np.floor(t + 0.5)
+        f = np.zeros_like(t)
+    else:
+        k = np.floor(t)
+        f = t - k
+        up = f > 1.0 - SHIFT_TOL
+        k[up] += 1.0
+        f[up | (f < SHIFT_TOL)] = 0.0
+    k = k.astype(np.int64)
+    taps = np.where(f > 0.0, 2, 1)
+    need_lo = k
+    need_hi = k + np.asarray(out_shape) + taps - 1
+    pad_before = np.maximum(0, -need_lo)
+    pad_after = np.maximum(0, need_hi - np.asarray(crop.shape))
+    if np.any(pad_before) or np.any(pad_after):
+        crop = np.pad(crop, list(zip(pad_before, pad_after)), mode="edge")
+        k = k + pad_before
+    out = None
+    for corner in product(*[range(n) for n in taps]):
+        w = 1.0
+        for d, c in enumerate(corner):
+            if taps[d] == 2:
+                w *= f[d] if c else 1.0 - f[d]
+        sl = tuple(slice(k[d] + c, k[d] + c + out_shape[d]) for d, c in enumerate(corner))
+        if out is None:
+            out = crop[sl].copy() if w == 1.0 else crop[sl] * np.float32(w)
+        else:
+            out += np.float32(w) * crop[sl]
+    return out
+
+
+def resample(
+    crop: np.ndarray,
+    crop_start: Sequence[int],
+    matrix: np.ndarray,
+    out_shape: Sequence[int],
+    order: int = 1,
+    fast: bool = True,
+) -> np.ndarray:
+    """Resample ``crop`` onto the output grid, choosing the fast path when it applies.
+
+    ``fast=False`` always uses :func:`resample_affine` (for tests and benchmarks).
+    """
+    if fast and is_shift(matrix):
+        return resample_shift(crop, crop_start, split_affine(matrix)[1], out_shape, order)
+    return resample_affine(crop, crop_start, matrix, out_shape, order)

@@ -1,0 +1,234 @@
+"""``<ImageLoader format="bdv.n5">``: BigDataViewer / BigStitcher N5 containers.
+
+Layout (bigdataviewer-core ``BdvN5Format``)::
+
+    dataset.n5/
+      attributes.json                      {"n5": "..."}
+      setup{s}/attributes.json             {"downsamplingFactors": [[1,1,1], [2,2,1], ...],  (x y z)
+                                            "dataType": "uint16", ...}
+      setup{s}/timepoint{t}/s{level}/      one N5 dataset per resolution level
+
+XML::
+
+    <ImageLoader format="bdv.n5" version="1.1">
+      <n5 type="relative">dataset.n5</n5>
+    </ImageLoader>
+
+Only local containers are read; ``s3://``, ``gs://`` and ``http(s)://`` URIs
+are kept in the XML but raise :class:`~tilefuse.errors.UnsupportedFormatError`
+when pixels are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path, PureWindowsPath
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+from lxml import etree
+
+from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
+from ..project.views import ViewId
+from . import register_loader
+from ._n5format import N5_DTYPES, N5Dataset, read_attributes
+from .base import ImageLoader, Region, cached_handle, normalize_region
+
+__all__ = ["N5Loader"]
+
+_ELEMENT = '<ImageLoader format="bdv.n5">'
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+# -- path elements shared with the OME-Zarr loader ------------------------------
+def parse_location(text: str | None, kind: str | None, base_dir: Path) -> tuple[Path | None, str | None]:
+    """Resolve a spimdata path element's text to ``(local_path, remote_uri)``.
+
+    Exactly one of the two is not ``None``.  Surrounding whitespace is
+    trimmed (real files wrap the path in newlines).  ``file:`` URIs become
+    local paths; other schemes (``s3://``, ``gs://``, ``https://``) are
+    returned as remote URIs.
+    """
+    text = (text or "").strip()
+    if not text:
+        return None, None
+    is_windows = re.match(r"^[A-Za-z]:[\\/]", text) is not None or "\\" in text
+    if not is_windows and _SCHEME.match(text):
+        parsed = urlparse(text)
+        if parsed.scheme.lower() == "file":
+            return Path(unquote(parsed.path)), None
+        return None, text
+    path = Path(PureWindowsPath(text).as_posix()) if is_windows else Path(text)
+    if kind == "relative" and not path.is_absolute():
+        path = Path(base_dir) / path
+    return Path(os.path.normpath(path)), None
+
+
+def path_element(tag: str, path: Path, base_dir: Path | None):
+    """A spimdata path element: relative when ``path`` lies under ``base_dir``."""
+    el = etree.Element(tag)
+    path = Path(os.path.normpath(Path(path).absolute()))
+    if base_dir is not None:
+        base = Path(os.path.normpath(Path(base_dir).absolute()))
+        try:
+            rel = path.relative_to(base)
+        except ValueError:
+            rel = None
+        if rel is not None:
+            el.set("type", "relative")
+            el.text = rel.as_posix() if str(rel) != "." else "."
+            return el
+    el.set("type", "absolute")
+    el.text = path.as_posix()
+    return el
+
+
+def _same_dir(a: Path | None, b: Path | None) -> bool:
+    if a is None or b is None:
+        return False
+    return os.path.normpath(Path(a).absolute()) == os.path.normpath(Path(b).absolute())
+
+
+@register_loader
+class N5Loader(ImageLoader):
+    """Reads BDV N5 containers written by BigDataViewer, BigStitcher or tilefuse.
+
+    Build it from XML with :meth:`from_xml` or from Python with :meth:`from_path` (alias :meth:`for_container`).
+    """
+
+    format = "bdv.n5"
+
+    def __init__(self, path: Path | None, *, version: str = "1.1", uri: str | None = None) -> None:
+        super().__init__()
+        self.path = Path(path) if path is not None else None
+        self.uri = uri
+        self.version = version
+        # The element this loader came from (as text, so the loader pickles)
+        # and the base dir it was resolved against: an unchanged project
+        # writes the element back verbatim.
+        self._xml_text: bytes | None = None
+        self._xml_base: Path | None = None
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def from_path(cls, path: str | Path, version: str = "1.1") -> "N5Loader":
+        """A loader for the local N5 container at ``path`` (no XML needed)."""
+        return cls(Path(os.path.normpath(Path(path).absolute())), version=version)
+
+    #: Alias of :meth:`from_path`.
+    for_container = from_path
+
+    @classmethod
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "N5Loader":
+        n5 = element.find("n5")
+        if n5 is None or not (n5.text or "").strip():
+            raise ProjectFormatError(f"{where(xml_path, _ELEMENT)}: missing <n5> path")
+        path, uri = parse_location(n5.text, n5.get("type"), Path(base_dir))
+        loader = cls(path, version=element.get("version", "1.0"), uri=uri)
+        loader.xml_path = xml_path
+        loader._xml_text = etree.tostring(element, with_tail=False)
+        loader._xml_base = Path(base_dir)
+        return loader
+
+    def to_xml(self, base_dir: Path):
+        if self._xml_text is not None and (self.uri is not None or _same_dir(base_dir, self._xml_base)):
+            return etree.fromstring(self._xml_text)
+        el = etree.Element("ImageLoader", format=self.format, version=self.version)
+        el.append(path_element("n5", self.path, base_dir))
+        return el
+
+    def __repr__(self) -> str:
+        return f"N5Loader({str(self.uri or self.path)!r})"
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__)
+
+    # -- helpers --------------------------------------------------------------
+    def _where(self, view: ViewId | None = None) -> str:
+        loc = self.uri or str(self.path)
+        return f"{loc}, {view}" if view is not None else loc
+
+    def _check_local(self, view: ViewId | None = None) -> Path:
+        if self.uri is not None:
+            raise UnsupportedFormatError(
+                f"{where(self.xml_path, _ELEMENT)}: remote N5 container "
+                f"{self.uri!r} is not supported; copy it to a local disk"
+            )
+        if self.path is None:
+            raise ProjectFormatError(f"{where(self.xml_path, _ELEMENT)}: no <n5> path")
+        return self.path
+
+    def _container(self, view: ViewId) -> Path:
+        path = self._check_local(view)
+        if not path.is_dir():
+            raise MissingDataError(f"{path}: N5 container does not exist (needed for {view})")
+        return path
+
+    def _setup_attributes(self, view: ViewId) -> dict[str, Any]:
+        path = self._container(view) / f"setup{view.setup}"
+        attrs = cached_handle((str(path), "n5-setup-attributes"), lambda: read_attributes(path))
+        if not attrs:
+            raise MissingDataError(f"{path}: setup group missing or without attributes.json ({view})")
+        return attrs
+
+    def _dataset(self, view: ViewId, level: int) -> N5Dataset:
+        nlev = len(self.levels(view))
+        if not 0 <= level < nlev:
+            raise ImageDataError(f"{self._where(view)}: level {level} does not exist ({nlev} levels)")
+        path = self._container(view) / f"setup{view.setup}" / f"timepoint{view.timepoint}" / f"s{level}"
+
+        def opener() -> N5Dataset:
+            try:
+                ds = N5Dataset(path)
+            except MissingDataError:
+                raise MissingDataError(f"{path}: N5 dataset missing for {view}, level {level}") from None
+            if ds.ndim != 3:
+                raise ImageDataError(f"{path}: expected a 3D dataset, found {ds.ndim}D ({view})")
+            return ds
+
+        return cached_handle((str(path), "n5-dataset"), opener)
+
+    # -- metadata -------------------------------------------------------------
+    def has_view(self, view: ViewId) -> bool:
+        path = self._check_local(view)
+        s0 = path / f"setup{view.setup}" / f"timepoint{view.timepoint}" / "s0" / "attributes.json"
+        return s0.is_file()
+
+    def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
+        attrs = self._setup_attributes(view)
+        factors = attrs.get("downsamplingFactors")
+        if factors is None:
+            return [(1.0, 1.0, 1.0)]
+        try:
+            out = [tuple(float(f) for f in reversed(level)) for level in factors]
+        except TypeError:
+            raise ImageDataError(
+                f"{self._container(view)}/setup{view.setup}/attributes.json: bad downsamplingFactors {factors!r}"
+            ) from None
+        if not out or any(len(f) != 3 for f in out):
+            raise ImageDataError(
+                f"{self._container(view)}/setup{view.setup}/attributes.json: bad downsamplingFactors {factors!r}"
+            )
+        return out
+
+    def shape(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        return tuple(self._dataset(view, level).shape)
+
+    def dtype(self, view: ViewId) -> np.dtype:
+        name = self._setup_attributes(view).get("dataType")
+        if name in N5_DTYPES:
+            return N5_DTYPES[name]
+        return self._dataset(view, 0).dtype
+
+    def chunks(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        return tuple(self._dataset(view, level).chunks)
+
+    def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
+        ds = self._dataset(view, level)
+        region = normalize_region(region, ds.shape)
+        return ds.read(region).astype(self.dtype(view), copy=False)
+
+    def files(self) -> list[Path]:
+        return [self.path] if self.path is not None else []

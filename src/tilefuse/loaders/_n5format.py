@@ -1,0 +1,425 @@
+"""A small reader and writer for the N5 file-system format.
+
+zarr-python 3 dropped its ``N5Store``, and the remaining Python N5 libraries
+are heavy or unmaintained, so tilefuse implements the (simple) format itself,
+following the specification in the README of https://github.com/saalfeldlab/n5:
+
+* a container is a directory; every directory is a group; a group's metadata
+  live in its ``attributes.json``;
+* a dataset is a group whose attributes hold ``dimensions`` and ``blockSize``
+  (both **x first**), ``dataType`` and ``compression`` (``{"type": ...}``);
+* block ``(i, j, k)`` (x index first) is the file ``dataset/i/j/k``; missing
+  blocks read as zeros;
+* a block file is: uint16 mode (0 default, 1 varlength), uint16 ndim, ndim x
+  uint32 block size (x first; edge blocks may be smaller), for mode 1 a uint32
+  element count, then the compressed **big-endian** samples, x fastest,
+  which is C order over the reversed dimensions, i.e. a ``(z, y, x)`` array.
+
+All header integers are big-endian.  Public shapes, chunks and block indices
+here are in numpy order (slowest axis first); the reversal to N5's x-first
+order happens only when reading or writing JSON and block headers.
+"""
+
+from __future__ import annotations
+
+import bz2
+import json
+import lzma
+import os
+import struct
+import zlib
+from collections.abc import Mapping
+from itertools import product
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
+
+__all__ = [
+    "N5_DTYPES",
+    "N5Dataset",
+    "create_dataset",
+    "read_attributes",
+    "write_attributes",
+    "encode_block",
+    "decode_block",
+    "normalize_compression",
+]
+
+#: N5 ``dataType`` names and their numpy types.
+N5_DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name)
+    for name in (
+        "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64",
+    )
+}
+
+_MODE_DEFAULT = 0
+_MODE_VARLENGTH = 1
+
+#: N5 version written to a new container's root (format unchanged since 2.x;
+#: Java readers accept any major version up to their own).
+N5_VERSION = "2.5.1"
+
+
+# -- attributes ----------------------------------------------------------------
+def read_attributes(path: str | Path) -> dict[str, Any]:
+    """The ``attributes.json`` of a group or dataset (``{}`` when it has none)."""
+    file = Path(path) / "attributes.json"
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        attrs = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImageDataError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(attrs, dict):
+        raise ImageDataError(f"{file}: expected a JSON object, got {type(attrs).__name__}")
+    return attrs
+
+
+def write_attributes(path: str | Path, attributes: Mapping[str, Any], *, merge: bool = True) -> None:
+    """Write (by default: merge into) the ``attributes.json`` of a group."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    attrs = read_attributes(path) if merge else {}
+    attrs.update(attributes)
+    tmp = path / f".attributes.json.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(attrs, indent=1), encoding="utf-8")
+    os.replace(tmp, path / "attributes.json")
+
+
+# -- compression ---------------------------------------------------------------
+def normalize_compression(compression: str | Mapping[str, Any] | None) -> dict[str, Any]:
+    """Turn ``"gzip"``/``"zstd"``/``"raw"``/... or a dict into an N5 compression dict."""
+    if compression is None:
+        compression = "raw"
+    if isinstance(compression, str):
+        defaults: dict[str, dict[str, Any]] = {
+            "raw": {"type": "raw"},
+            "gzip": {"type": "gzip", "level": 6, "useZlib": False},
+            "zstd": {"type": "zstd", "level": 3},
+            "bzip2": {"type": "bzip2", "blockSize": 9},
+            "xz": {"type": "xz", "preset": 6},
+            "blosc": {"type": "blosc", "cname": "zstd", "clevel": 5, "shuffle": 1, "blocksize": 0,
+                      "nthreads": 1},
+        }
+        if compression not in defaults:
+            raise UnsupportedFormatError(
+                f"N5 compression {compression!r} cannot be written (choose from {', '.join(defaults)})"
+            )
+        return dict(defaults[compression])
+    comp = dict(compression)
+    if "type" not in comp:
+        raise ImageDataError(f"N5 compression {comp!r} has no 'type'")
+    return comp
+
+
+def _compress(raw: bytes, comp: Mapping[str, Any]) -> bytes:
+    kind = comp["type"]
+    if kind == "raw":
+        return raw
+    if kind == "gzip":
+        level = int(comp.get("level", 6))
+        # wbits 31 = gzip container; 15 = zlib container (N5's "useZlib").
+        wbits = 15 if comp.get("useZlib", False) else 31
+        c = zlib.compressobj(level, zlib.DEFLATED, wbits)
+        return c.compress(raw) + c.flush()
+    if kind == "zstd":
+        from numcodecs import Zstd
+
+        return bytes(Zstd(level=int(comp.get("level", 3))).encode(raw))
+    if kind == "bzip2":
+        return bz2.compress(raw, int(comp.get("blockSize", 9)))
+    if kind == "xz":
+        return lzma.compress(raw, format=lzma.FORMAT_XZ, preset=int(comp.get("preset", 6)))
+    if kind == "blosc":
+        from numcodecs import Blosc
+
+        codec = Blosc(cname=comp.get("cname", "zstd"), clevel=int(comp.get("clevel", 5)),
+                      shuffle=int(comp.get("shuffle", 1)), blocksize=int(comp.get("blocksize", 0)))
+        return bytes(codec.encode(raw))
+    raise UnsupportedFormatError(f"N5 compression type {kind!r} cannot be written")
+
+
+def _decompress(data: bytes, comp: Mapping[str, Any]) -> bytes:
+    kind = comp.get("type", "raw")
+    if kind == "raw":
+        return data
+    if kind == "gzip":
+        # wbits 47 auto-detects gzip and zlib headers (N5's "useZlib" flag).
+        d = zlib.decompressobj(47)
+        out = d.decompress(data)
+        # Java's gzip reader accepts concatenated members; so do we.
+        while d.unused_data:
+            rest = d.unused_data
+            d = zlib.decompressobj(47)
+            out += d.decompress(rest)
+        return out
+    if kind == "zstd":
+        from numcodecs import Zstd
+
+        return bytes(Zstd().decode(data))
+    if kind == "blosc":
+        from numcodecs import Blosc
+
+        return bytes(Blosc().decode(data))
+    if kind == "bzip2":
+        return bz2.decompress(data)
+    if kind == "xz":
+        return lzma.decompress(data)
+    if kind == "lz4":
+        return _decode_lz4_block_stream(data)
+    raise UnsupportedFormatError(f"N5 compression type {kind!r} is not supported")
+
+
+def _decode_lz4_block_stream(data: bytes) -> bytes:
+    """Decode lz4-java's ``LZ4BlockOutputStream`` framing, which N5's lz4 uses.
+
+    Each frame: magic ``LZ4Block``, a token byte (high nibble 1 = stored,
+    2 = LZ4), little-endian int32 compressed and decompressed lengths, an
+    int32 checksum (not verified), then the payload.  A frame with
+    decompressed length 0 ends the stream.
+    """
+    from numcodecs import LZ4
+
+    out = bytearray()
+    pos = 0
+    while pos < len(data):
+        if data[pos:pos + 8] != b"LZ4Block":
+            raise ImageDataError("corrupt N5 lz4 block: missing LZ4Block magic")
+        token = data[pos + 8]
+        clen, dlen, _checksum = struct.unpack_from("<iii", data, pos + 9)
+        pos += 21
+        payload = data[pos:pos + clen]
+        pos += clen
+        if dlen == 0:
+            break
+        method = token & 0xF0
+        if method == 0x10:
+            out += payload
+        elif method == 0x20:
+            # numcodecs' LZ4 expects its own 4-byte little-endian size prefix.
+            out += LZ4().decode(struct.pack("<i", dlen) + payload)
+        else:
+            raise ImageDataError(f"corrupt N5 lz4 block: unknown method {method:#x}")
+    return bytes(out)
+
+
+# -- blocks --------------------------------------------------------------------
+def encode_block(array: np.ndarray, compression: Mapping[str, Any]) -> bytes:
+    """Serialize one block (numpy order) into N5's default-mode block bytes."""
+    array = np.asarray(array)
+    header = struct.pack(f">HH{array.ndim}I", _MODE_DEFAULT, array.ndim, *array.shape[::-1])
+    raw = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder(">")).tobytes()
+    return header + _compress(raw, compression)
+
+
+def decode_block(data: bytes, dtype: np.dtype, compression: Mapping[str, Any],
+                 source: str | Path = "<block>") -> np.ndarray:
+    """Parse N5 block bytes into a numpy-order array of the block's own shape."""
+    if len(data) < 4:
+        raise ImageDataError(f"{source}: N5 block is truncated ({len(data)} bytes)")
+    mode, ndim = struct.unpack_from(">HH", data, 0)
+    if mode not in (_MODE_DEFAULT, _MODE_VARLENGTH):
+        raise UnsupportedFormatError(f"{source}: N5 block mode {mode} (object blocks) is not supported")
+    offset = 4 + 4 * ndim
+    if len(data) < offset:
+        raise ImageDataError(f"{source}: N5 block header is truncated")
+    size_xyz = struct.unpack_from(f">{ndim}I", data, 4)
+    shape = tuple(int(n) for n in size_xyz[::-1])
+    count = int(np.prod(shape, dtype=np.int64))
+    if mode == _MODE_VARLENGTH:
+        (count,) = struct.unpack_from(">I", data, offset)
+        offset += 4
+    try:
+        raw = _decompress(data[offset:], compression)
+    except UnsupportedFormatError as exc:
+        raise UnsupportedFormatError(f"{source}: {exc}") from None
+    except ImageDataError as exc:
+        raise ImageDataError(f"{source}: {exc}") from None
+    except (zlib.error, OSError, lzma.LZMAError, ValueError, RuntimeError) as exc:
+        raise ImageDataError(f"{source}: cannot decompress N5 block ({exc})") from None
+    big = np.dtype(dtype).newbyteorder(">")
+    if len(raw) < count * big.itemsize:
+        raise ImageDataError(
+            f"{source}: N5 block holds {len(raw)} bytes, expected {count * big.itemsize} for shape {shape}"
+        )
+    flat = np.frombuffer(raw, dtype=big, count=count)
+    if mode == _MODE_VARLENGTH:
+        return flat.astype(dtype)
+    return flat.reshape(shape).astype(dtype)
+
+
+def _read_bytes(path: Path) -> bytes | None:
+    """Bytes of a block file, or ``None`` if it does not exist (a sparse block)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        return None
+
+
+# -- datasets ------------------------------------------------------------------
+class N5Dataset:
+    """One N5 dataset on the local file system.
+
+    Parameters
+    ----------
+    path
+        The dataset directory (holding ``attributes.json`` and block folders).
+
+    Attributes
+    ----------
+    shape, chunks : tuple of int
+        Dataset and block shape in numpy order (slowest axis first).
+    dtype : numpy.dtype
+        Native-endian sample type.
+    compression : dict
+        The N5 compression attribute.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        attrs = read_attributes(self.path)
+        if not attrs:
+            if not self.path.exists():
+                raise MissingDataError(f"{self.path}: N5 dataset does not exist")
+            raise MissingDataError(f"{self.path}: not an N5 dataset (no attributes.json)")
+        missing = [k for k in ("dimensions", "blockSize", "dataType") if k not in attrs]
+        if missing:
+            raise ImageDataError(f"{self.path}/attributes.json: not an N5 dataset, missing {missing}")
+        dtype_name = attrs["dataType"]
+        if dtype_name not in N5_DTYPES:
+            raise UnsupportedFormatError(f"{self.path}/attributes.json: N5 dataType {dtype_name!r} is not supported")
+        self.shape: tuple[int, ...] = tuple(int(n) for n in attrs["dimensions"][::-1])
+        self.chunks: tuple[int, ...] = tuple(int(n) for n in attrs["blockSize"][::-1])
+        if len(self.shape) != len(self.chunks):
+            raise ImageDataError(f"{self.path}/attributes.json: dimensions and blockSize differ in length")
+        self.dtype: np.dtype = N5_DTYPES[dtype_name]
+        # Very old N5 files store compression as a plain string ("compressionType").
+        comp = attrs.get("compression", {"type": attrs.get("compressionType", "raw")})
+        self.compression: dict[str, Any] = dict(comp) if isinstance(comp, Mapping) else {"type": str(comp)}
+        self.attributes = attrs
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __repr__(self) -> str:
+        return f"N5Dataset({str(self.path)!r}, shape={self.shape}, chunks={self.chunks}, dtype={self.dtype})"
+
+    def block_path(self, index: tuple[int, ...]) -> Path:
+        """File of the block at ``index`` (numpy order); N5 paths are x first."""
+        return self.path.joinpath(*(str(int(i)) for i in reversed(tuple(index))))
+
+    def block_region(self, index: tuple[int, ...]) -> tuple[slice, ...]:
+        """The region a block covers, clipped at the dataset edge."""
+        return tuple(
+            slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(index, self.chunks, self.shape)
+        )
+
+    def read_block(self, index: tuple[int, ...]) -> np.ndarray | None:
+        """One block, clipped to the dataset edge; ``None`` if its file is absent."""
+        file = self.block_path(index)
+        data = _read_bytes(file)
+        if data is None:
+            return None
+        block = decode_block(data, self.dtype, self.compression, file)
+        want = tuple(s.stop - s.start for s in self.block_region(index))
+        if block.ndim != self.ndim:
+            raise ImageDataError(f"{file}: block has {block.ndim} dimensions, dataset has {self.ndim}")
+        if block.shape != want:
+            # Some writers pad edge blocks to the full block size; others could
+            # write short blocks.  Keep what overlaps, zero-fill the rest.
+            out = np.zeros(want, dtype=self.dtype)
+            common = tuple(slice(0, min(a, b)) for a, b in zip(block.shape, want))
+            out[common] = block[common]
+            block = out
+        return block
+
+    def read(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Read a region (tuple of step-1 slices, numpy order), opening only the blocks it needs."""
+        if region is None:
+            region = (slice(None),) * self.ndim
+        region = tuple(region) + (slice(None),) * (self.ndim - len(region))
+        bounds = []
+        for sl, n in zip(region, self.shape):
+            start, stop, step = sl.indices(n)
+            if step != 1:
+                raise ValueError("N5 regions must have step 1")
+            bounds.append((start, max(start, stop)))
+        out = np.zeros(tuple(b - a for a, b in bounds), dtype=self.dtype)
+        if out.size == 0:
+            return out
+        ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, self.chunks)]
+        for index in product(*ranges):
+            block = self.read_block(index)
+            if block is None:
+                continue
+            src, dst = [], []
+            for i, c, (a, b) in zip(index, self.chunks, bounds):
+                lo, hi = max(a, i * c), min(b, (i + 1) * c)
+                src.append(slice(lo - i * c, hi - i * c))
+                dst.append(slice(lo - a, hi - a))
+            out[tuple(dst)] = block[tuple(src)]
+        return out
+
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
+        return self.read(region)
+
+    def write_block(self, index: tuple[int, ...], array: np.ndarray) -> None:
+        """Write the block at ``index``; ``array`` must have the (edge-clipped) block shape."""
+        index = tuple(int(i) for i in index)
+        want = tuple(s.stop - s.start for s in self.block_region(index))
+        array = np.asarray(array)
+        if array.shape != want or any(s.start >= s.stop for s in self.block_region(index)):
+            raise ImageDataError(
+                f"{self.path}: block {index} must have shape {want}, got {array.shape}"
+            )
+        file = self.block_path(index)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(encode_block(array.astype(self.dtype, copy=False), self.compression))
+
+
+def create_dataset(
+    path: str | Path,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    compression: str | Mapping[str, Any] | None = "gzip",
+    attributes: Mapping[str, Any] | None = None,
+) -> N5Dataset:
+    """Create (or overwrite the metadata of) an N5 dataset.
+
+    Parameters
+    ----------
+    path
+        Dataset directory; parents are created.
+    shape, chunks
+        Dataset and block shape in numpy order.
+    dtype
+        One of the ten N5 types.
+    compression
+        ``"raw"``, ``"gzip"``, ``"zstd"``, ``"bzip2"``, ``"xz"``, ``"blosc"`` or an
+        N5 compression dict.
+    attributes
+        Extra attributes stored next to the dataset's own.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.name not in N5_DTYPES:
+        raise UnsupportedFormatError(f"{path}: N5 cannot store {dtype} samples")
+    if len(shape) != len(chunks) or any(int(c) < 1 for c in chunks):
+        raise ValueError(f"bad N5 shape/chunks {shape}/{chunks}")
+    attrs: dict[str, Any] = dict(attributes or {})
+    attrs.update(
+        dimensions=[int(n) for n in shape[::-1]],
+        blockSize=[int(c) for c in chunks[::-1]],
+        dataType=dtype.name,
+        compression=normalize_compression(compression),
+    )
+    write_attributes(path, attrs, merge=True)
+    return N5Dataset(path)

@@ -1,0 +1,329 @@
+"""``<ImageLoader format="bdv.multimg.zarr">``: BigStitcher's multi-image OME-Zarr loader.
+
+One OME-Zarr image (a group with NGFF ``multiscales``) per view, inside one
+container.  The XML comes in three versions (multiview-reconstruction
+``XmlIoAllenOMEZarrLoader``)::
+
+    version="1.0"   <zgroup setup="0" timepoint="0"><path>tile0.zarr</path></zgroup>
+                    optionally <s3bucket>bucket</s3bucket> (the container is then s3://bucket/<zarr>)
+    version="2.0"   <zgroup setup="0" tp="0" path="s0-t0.zarr"/>          (also: no version attribute)
+    version="3.0"   <zgroup setup="0" tp="0" path="s0-t0.zarr" indicies="0 0"/>
+
+``indicies`` (sic) selects a 3D volume from an array with more than three
+dimensions.  In Java the array is ``x, y, z, c, t``; ``indicies[i]`` slices
+Java dimension ``3 + i``, so the first index is the **channel** and the
+second the **time point** (``AllenOMEZarrLoader.OMEZARREntry.extract3DVolume``).
+In numpy order, where the on-disk array is ``(t, c, z, y, x)``, index ``i``
+applies to axis ``ndim - 4 - i``.  ``[]`` or no attribute means: the array is
+3D, or all its higher dimensions have size 1.
+
+Resolution levels come from the group's NGFF ``multiscales`` (v0.4 in the
+attributes, v0.5 under ``"ome"``): the factor of a level is its spatial
+``scale`` divided by that of level 0, rounded to 4 decimals as BigStitcher
+does.  Arrays are opened with zarr-python 3 (Zarr v2 and v3).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+from lxml import etree
+
+from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
+from ..project.views import ViewId
+from . import register_loader
+from ._n5 import _same_dir, parse_location, path_element
+from .base import ImageLoader, Region, cached_handle, normalize_region
+
+__all__ = ["OmeZarrLoader", "ZGroup"]
+
+_ELEMENT = '<ImageLoader format="bdv.multimg.zarr">'
+
+
+class ZGroup(NamedTuple):
+    """Where one view lives: a group path inside the container and the higher-dimension
+    indices (channel, time) selecting its 3D volume, or ``None``."""
+
+    path: str
+    indices: tuple[int, ...] | None = None
+
+
+class _Image(NamedTuple):
+    """Per-process cache of one view's multiscale metadata and open arrays."""
+
+    arrays: list[Any]  # zarr arrays, level 0 first
+    factors: list[tuple[float, float, float]]
+
+
+def _parse_indices(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    text = text.strip()
+    if text in ("", "[]"):
+        return None
+    try:
+        return tuple(int(v) for v in text.strip("[]").replace(",", " ").split())
+    except ValueError:
+        raise ProjectFormatError(f"bad indicies {text!r}: expected integers such as \"0 0\" or \"[]\"") from None
+
+
+@register_loader
+class OmeZarrLoader(ImageLoader):
+    """Reads the per-view OME-Zarr images of BigStitcher's ``bdv.multimg.zarr`` loader.
+
+    Build it from XML with :meth:`from_xml` or from Python with :meth:`from_path` (alias :meth:`for_container`).
+    """
+
+    format = "bdv.multimg.zarr"
+
+    def __init__(self, path: Path | None, zgroups: Mapping[ViewId, ZGroup], *,
+                 version: str = "3.0", uri: str | None = None) -> None:
+        super().__init__()
+        self.path = Path(path) if path is not None else None
+        self.uri = uri
+        self.version = version
+        self.zgroups: dict[ViewId, ZGroup] = {ViewId(*k): ZGroup(*v) for k, v in zgroups.items()}
+        self._xml_text: bytes | None = None
+        self._xml_base: Path | None = None
+
+    # -- construction ---------------------------------------------------------
+    @classmethod
+    def from_path(
+        cls,
+        path: str | Path,
+        views: Mapping[ViewId, str | ZGroup | tuple] | Iterable[ViewId] | None = None,
+        indices: Sequence[int] | None = (0, 0),
+    ) -> "OmeZarrLoader":
+        """A version-3.0 loader for a local container (no XML needed).
+
+        Parameters
+        ----------
+        path
+            The container directory (e.g. ``dataset.ome.zarr``).
+        views
+            ``{ViewId: group path}`` (or :class:`ZGroup`), or just the views,
+            which then live in BigStitcher's ``s{setup}-t{tp}.zarr`` groups.
+            By default the container is scanned for such groups.
+        indices
+            The (channel, time) indices for views given without them;
+            ``(0, 0)`` as BigStitcher writes, ``None`` for 3D arrays.
+        """
+        path = Path(os.path.normpath(Path(path).absolute()))
+        if views is None:
+            views = _scan_bigstitcher_groups(path)
+        elif not isinstance(views, Mapping):
+            views = {ViewId(*v): f"s{ViewId(*v).setup}-t{ViewId(*v).timepoint}.zarr" for v in views}
+        idx = tuple(int(i) for i in indices) if indices else None
+        groups = {
+            ViewId(*k): (ZGroup(v, idx) if isinstance(v, str) else ZGroup(*v)) for k, v in views.items()
+        }
+        return cls(path, groups, version="3.0")
+
+    #: Alias of :meth:`from_path`.
+    for_container = from_path
+
+    @classmethod
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "OmeZarrLoader":
+        version = (element.get("version") or "").strip()
+        zarr_el = element.find("zarr")
+        if zarr_el is None or not (zarr_el.text or "").strip():
+            raise ProjectFormatError(f"{where(xml_path, _ELEMENT)}: missing <zarr> path")
+        bucket = element.find("s3bucket")
+        if version == "1.0" and bucket is not None:
+            # The container is s3://<bucket>/<zarr>; kept, but not readable locally.
+            folder = "/" + zarr_el.text.strip().strip("/") + "/"
+            path, uri = None, f"s3://{(bucket.text or '').strip()}{folder}"
+        else:
+            path, uri = parse_location(zarr_el.text, zarr_el.get("type"), Path(base_dir))
+        zgroups: dict[ViewId, ZGroup] = {}
+        for zg in element.iterfind("zgroups/zgroup"):
+            desc = f"{_ELEMENT} <zgroup setup={zg.get('setup')!r}>"
+            try:
+                setup = int(zg.get("setup"))
+                if version == "1.0":
+                    tp = int(zg.get("timepoint"))
+                    gpath = zg.findtext("path")
+                    indices = None
+                else:
+                    tp = int(zg.get("tp", zg.get("timepoint")))
+                    gpath = zg.get("path", zg.findtext("path"))
+                    indices = _parse_indices(zg.get("indicies")) if version == "3.0" else None
+            except (TypeError, ValueError) as exc:
+                raise ProjectFormatError(f"{where(xml_path, desc)}: bad setup/timepoint ({exc})") from None
+            except ProjectFormatError as exc:
+                raise ProjectFormatError(f"{where(xml_path, desc)}: {exc}") from None
+            if not gpath or not gpath.strip():
+                raise ProjectFormatError(f"{where(xml_path, desc)}: missing group path")
+            zgroups[ViewId(tp, setup)] = ZGroup(gpath.strip(), indices)
+        loader = cls(path, zgroups, version=version or "2.0", uri=uri)
+        loader.xml_path = xml_path
+        loader._xml_text = etree.tostring(element, with_tail=False)
+        loader._xml_base = Path(base_dir)
+        return loader
+
+    def to_xml(self, base_dir: Path):
+        if self._xml_text is not None and (self.uri is not None or _same_dir(base_dir, self._xml_base)):
+            return etree.fromstring(self._xml_text)
+        # Written as version 3.0, the form current BigStitcher writes.
+        el = etree.Element("ImageLoader", format=self.format, version="3.0")
+        el.append(path_element("zarr", self.path, base_dir))
+        groups = etree.SubElement(el, "zgroups")
+        for view in sorted(self.zgroups):
+            zg = self.zgroups[view]
+            etree.SubElement(
+                groups, "zgroup", setup=str(view.setup), tp=str(view.timepoint), path=zg.path,
+                indicies=" ".join(str(i) for i in zg.indices) if zg.indices else "[]",
+            )
+        return el
+
+    def __repr__(self) -> str:
+        return f"OmeZarrLoader({str(self.uri or self.path)!r}, {len(self.zgroups)} views)"
+
+    # -- helpers --------------------------------------------------------------
+    def _group_path(self, view: ViewId) -> Path:
+        if self.uri is not None:
+            raise UnsupportedFormatError(
+                f"{where(self.xml_path, _ELEMENT)}: remote OME-Zarr container {self.uri!r} is not "
+                f"supported ({view}); copy it to a local disk"
+            )
+        if self.path is None:
+            raise ProjectFormatError(f"{where(self.xml_path, _ELEMENT)}: no <zarr> path")
+        zg = self.zgroups.get(ViewId(*view))
+        if zg is None:
+            raise MissingDataError(f"{self.path}: the loader has no zgroup for {view}")
+        return self.path / zg.path
+
+    def _image(self, view: ViewId) -> _Image:
+        group = self._group_path(view)
+        return cached_handle((str(group), "omezarr-image"), lambda: _open_image(group, view))
+
+    def _level(self, view: ViewId, level: int):
+        img = self._image(view)
+        if not 0 <= level < len(img.arrays):
+            raise ImageDataError(f"{self._group_path(view)}: level {level} does not exist "
+                                 f"({len(img.arrays)} levels, {view})")
+        return img.arrays[level]
+
+    def _select(self, view: ViewId, arr, region: Region) -> tuple:
+        """The zarr index of a 3D region, fixing the higher dimensions."""
+        ndim = arr.ndim
+        if ndim == 3:
+            return tuple(region)
+        zg = self.zgroups[ViewId(*view)]
+        higher = [0] * (ndim - 3)  # numpy order: ..., t, c
+        if zg.indices:
+            if len(zg.indices) != ndim - 3:
+                raise ImageDataError(
+                    f"{self._group_path(view)}: {len(zg.indices)} indicies {list(zg.indices)} for a "
+                    f"{ndim}D array ({view})"
+                )
+            for i, value in enumerate(zg.indices):
+                axis = ndim - 4 - i  # indicies[0] = channel (just before z), [1] = time
+                if not 0 <= value < arr.shape[axis]:
+                    raise ImageDataError(f"{self._group_path(view)}: index {value} out of range for "
+                                         f"axis {axis} of shape {arr.shape} ({view})")
+                higher[axis] = value
+        elif any(n != 1 for n in arr.shape[:-3]):
+            raise ImageDataError(
+                f"{self._group_path(view)}: array of shape {arr.shape} has non-singleton higher "
+                f"dimensions but the XML gives no indicies to select a 3D volume ({view})"
+            )
+        return (*higher, *region)
+
+    # -- metadata -------------------------------------------------------------
+    def has_view(self, view: ViewId) -> bool:
+        if ViewId(*view) not in self.zgroups:
+            return False
+        group = self._group_path(view)
+        return group.is_dir() and any((group / m).is_file() for m in (".zattrs", ".zgroup", "zarr.json"))
+
+    def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
+        return list(self._image(view).factors)
+
+    def shape(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self._level(view, level).shape[-3:])
+
+    def dtype(self, view: ViewId) -> np.dtype:
+        return np.dtype(self._level(view, 0).dtype)
+
+    def chunks(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        return tuple(int(c) for c in self._level(view, level).chunks[-3:])
+
+    def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
+        arr = self._level(view, level)
+        region = normalize_region(region, arr.shape[-3:])
+        return np.asarray(arr[self._select(view, arr, region)])
+
+    def files(self) -> list[Path]:
+        return [self.path] if self.path is not None else []
+
+
+# -- opening one view's image ---------------------------------------------------
+def _multiscales(attrs: Mapping[str, Any]) -> list | None:
+    if "multiscales" in attrs:
+        return attrs["multiscales"]
+    ome = attrs.get("ome")
+    if isinstance(ome, Mapping) and "multiscales" in ome:  # NGFF 0.5 (Zarr v3)
+        return ome["multiscales"]
+    return None
+
+
+def _open_image(group_path: Path, view: ViewId) -> _Image:
+    import zarr
+
+    if not group_path.is_dir():
+        raise MissingDataError(f"{group_path}: OME-Zarr group for {view} does not exist")
+    try:
+        group = zarr.open_group(str(group_path), mode="r")
+    except Exception as exc:  # zarr raises several types for a non-group
+        raise MissingDataError(f"{group_path}: cannot open OME-Zarr group for {view} ({exc})") from None
+    ms = _multiscales(dict(group.attrs))
+    if not ms:
+        raise ImageDataError(f"{group_path}: no NGFF 'multiscales' metadata ({view})")
+    datasets = ms[0].get("datasets") or []
+    if not datasets:
+        raise ImageDataError(f"{group_path}: 'multiscales' lists no datasets ({view})")
+    arrays, scales = [], []
+    for ds in datasets:
+        # BigStitcher writes dataset paths like "/0"; NGFF paths are relative.
+        sub = str(ds.get("path", "")).strip("/")
+        try:
+            arr = zarr.open_array(str(group_path / sub), mode="r")
+        except Exception as exc:
+            raise MissingDataError(f"{group_path / sub}: level array missing for {view} ({exc})") from None
+        if arr.ndim < 3:
+            raise ImageDataError(f"{group_path / sub}: {arr.ndim}D array, expected at least 3D ({view})")
+        arrays.append(arr)
+        scale = None
+        for t in ds.get("coordinateTransformations") or []:
+            if t.get("type") == "scale" and "scale" in t:
+                scale = [float(v) for v in t["scale"]][-3:]
+        scales.append(scale)
+    factors = []
+    for level, (arr, scale) in enumerate(zip(arrays, scales)):
+        if scale is not None and scales[0] is not None and all(s > 0 for s in scales[0]):
+            f = tuple(round(s / s0, 4) for s, s0 in zip(scale, scales[0]))
+        else:
+            # No scale transform: infer the factor from the shapes.
+            f = tuple(round(n0 / max(n, 1), 4) for n0, n in zip(arrays[0].shape[-3:], arr.shape[-3:]))
+        factors.append(f)
+    return _Image(arrays, factors)
+
+
+def _scan_bigstitcher_groups(path: Path) -> dict[ViewId, str]:
+    """Find ``s{setup}-t{tp}.zarr`` groups in a container written by BigStitcher/tilefuse."""
+    import re
+
+    found = {}
+    if path.is_dir():
+        for child in path.iterdir():
+            m = re.fullmatch(r"s(\d+)-t(\d+)\.zarr", child.name)
+            if m and child.is_dir():
+                found[ViewId(int(m.group(2)), int(m.group(1)))] = child.name
+    if not found:
+        raise MissingDataError(f"{path}: no s{{setup}}-t{{tp}}.zarr groups found")
+    return dict(sorted(found.items()))

@@ -1,0 +1,176 @@
+"""Write views as a BigStitcher OME-Zarr container (``bdv.multimg.zarr``).
+
+Layout, as multiview-reconstruction's ``N5ApiTools.setupBdvDatasetsOMEZARR``
+writes it::
+
+    dataset.ome.zarr/                     Zarr v2 root group
+      s{setup}-t{tp}.zarr/                one OME-Zarr image per view, NGFF 0.4 multiscales
+        0/  1/  ...                       5D arrays (t=1, c=1, z, y, x), chunks (1, 1, bz, by, bx)
+
+Each level's ``coordinateTransformations`` are ``scale = voxel_size * factor``
+(1 for t and c) and ``translation = (factor - 1) / 2 * voxel_size``: the
+centre of a level voxel in level-0 voxel units, scaled to physical units.
+BigStitcher writes voxel size 1 (the calibration lives in the XML), which is
+also the default here.  Level 0 is streamed from the input block by block,
+further levels are block means of the level before; the container is written
+as ``<name>.partial`` and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..project.views import ViewId
+from ..loaders.base import drop_cached_handles
+from ._atomic import atomic_output
+from .bdv_n5 import as_view_images, check_factors, level_shapes, voxel_size_of, write_downsampled, write_level0
+
+__all__ = ["write_bdv_omezarr", "ngff_multiscales"]
+
+_ZARR_DTYPES = {
+    name: None
+    for name in ("uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64")
+}
+
+
+def ngff_multiscales(
+    factors: Sequence[Sequence[int]],
+    voxel_size: Sequence[float] = (1.0, 1.0, 1.0),
+    unit: str = "micrometer",
+    name: str = "/",
+) -> list[dict[str, Any]]:
+    """NGFF 0.4 ``multiscales`` for 5D ``(t, c, z, y, x)`` levels named ``0``, ``1``, ...
+
+    Parameters
+    ----------
+    factors
+        Downsampling factors ``(z, y, x)`` per level.
+    voxel_size
+        Level-0 voxel size ``(z, y, x)`` in ``unit``.
+    """
+    vs = [float(v) for v in voxel_size]
+    datasets = []
+    for level, f in enumerate(factors):
+        datasets.append({
+            "path": str(level),
+            "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0, 1.0] + [v * fi for v, fi in zip(vs, f)]},
+                {"type": "translation", "translation": [0.0, 0.0] + [(fi - 1) / 2 * v for v, fi in zip(vs, f)]},
+            ],
+        })
+    return [{
+        "version": "0.4",
+        "name": name,
+        "axes": [
+            {"name": "t", "type": "time", "unit": "millisecond"},
+            {"name": "c", "type": "channel"},
+            {"name": "z", "type": "space", "unit": unit},
+            {"name": "y", "type": "space", "unit": unit},
+            {"name": "x", "type": "space", "unit": unit},
+        ],
+        "datasets": datasets,
+        "coordinateTransformations": [{"type": "scale", "scale": [1.0] * 5}],
+    }]
+
+
+def write_bdv_omezarr(
+    path: str | os.PathLike,
+    images: Mapping[ViewId, Any],
+    *,
+    factors: Sequence[Sequence[int]] = ((1, 1, 1),),
+    chunks: Sequence[int] = (64, 128, 128),
+    progress: bool = False,
+    voxel_size: Sequence[float] | Mapping[int, Sequence[float]] | None = None,
+    compressor: Any = None,
+    overwrite: bool = False,
+):
+    """Write 3D views as BigStitcher's OME-Zarr layout and return its
+    :class:`~tilefuse.loaders._zarr.OmeZarrLoader` (XML version 3.0, ``indicies="0 0"``).
+
+    Parameters
+    ----------
+    path
+        The container directory to create (e.g. ``dataset.ome.zarr``).
+    images
+        ``{ViewId(timepoint, setup): array}`` of ``(z, y, x)`` numpy, dask or
+        sliceable arrays.
+    factors
+        Downsampling factors ``(z, y, x)`` per level, starting with ``(1, 1, 1)``.
+    chunks
+        Block shape ``(z, y, x)``; arrays are chunked ``(1, 1, *chunks)``.
+    progress
+        Show a progress bar per level.
+    voxel_size
+        ``(z, y, x)`` or ``{setup: (z, y, x)}``; default 1 as BigStitcher writes.
+    compressor
+        A numcodecs codec; default Blosc/zstd with byte shuffle.
+    overwrite
+        Replace an existing output; otherwise an existing ``path`` raises
+        :class:`~tilefuse.writers._atomic.OutputExistsError`.
+    """
+    import zarr
+    from numcodecs import Blosc
+
+    from ..loaders._zarr import OmeZarrLoader, ZGroup
+
+    path = Path(os.path.normpath(Path(path).absolute()))
+    views = as_view_images(images, _ZARR_DTYPES)
+    factors = check_factors(factors)
+    chunks = tuple(int(c) for c in chunks)
+    if len(chunks) != 3 or min(chunks) < 1:
+        raise ValueError(f"chunks must be three positive integers (z, y, x), got {chunks!r}")
+    if compressor is None:
+        compressor = Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)
+
+    zgroups = {}
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        zarr.open_group(str(tmp), mode="w", zarr_format=2)
+        for view, image in sorted(views.items()):
+            name = f"s{view.setup}-t{view.timepoint}.zarr"
+            vs = voxel_size_of(voxel_size, view.setup)
+            _write_view(tmp / name, view, image, factors, chunks, compressor, vs, progress)
+            zgroups[view] = ZGroup(name, (0, 0))
+    drop_cached_handles(str(path))
+    return OmeZarrLoader.for_container(path, zgroups)
+
+
+def _write_view(group_path: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],
+                chunks: tuple[int, int, int], compressor: Any, voxel_size: tuple[float, float, float],
+                progress: bool) -> None:
+    import zarr
+
+    dtype = np.dtype(image.dtype)
+    group = zarr.open_group(str(group_path), mode="w", zarr_format=2)
+    group.attrs["multiscales"] = ngff_multiscales(factors, voxel_size)
+    previous = None
+    for level, shape in enumerate(level_shapes(image.shape, factors)):
+        arr = group.create_array(
+            str(level),
+            shape=(1, 1, *shape),
+            chunks=(1, 1, *(min(c, max(n, 1)) for c, n in zip(chunks, shape))),
+            dtype=dtype,
+            compressors=compressor,
+            fill_value=0,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+
+        def write(region, block, arr=arr) -> None:
+            arr[(0, 0, *region)] = block
+
+        desc = f"setup {view.setup} tp {view.timepoint} level {level}"
+        if level == 0:
+            write_level0(image, write, chunks, dtype, desc=desc, progress=progress)
+        else:
+            rel = [b // a for a, b in zip(factors[level - 1], factors[level])]
+
+            def read(region, src=previous):
+                return src[(0, 0, *region)]
+
+            write_downsampled(read, write, previous.shape[2:], shape, rel, chunks, dtype,
+                              desc=desc, progress=progress)
+        previous = arr
