@@ -97,7 +97,8 @@ def write_fused(
                 if plan.ndim == 2:
                     image = image[0]
             return write_tiff(image, path, voxel_size=voxel_size if plan.ndim == 3 else voxel_size[1:],
-                              unit=plan.unit, progress=progress, overwrite=overwrite)
+                              unit=plan.unit.replace("µ", "u"),  # ImageJ metadata is ASCII
+                              progress=progress, overwrite=overwrite)
         from .project import write_project
 
         images, tps, chans = [], [], []

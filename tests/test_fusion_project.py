@@ -1,0 +1,134 @@
+"""Fusing projects: against ground truth, multi-channel/timepoint layout, outputs and metadata."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tilefuse
+from tilefuse import errors
+from tilefuse.geometry import Box
+from tilefuse.project import open_project
+from tilefuse.sample_data import make_mosaic
+
+
+def _project_at_truth(tmp_path, mosaic, **kw):
+    min_res = min(mosaic.voxel_size)
+    vs = tuple(mosaic.voxel_size)
+    if mosaic.ndim == 2:
+        vs = (1.0,) + vs
+    return tilefuse.write_project(tmp_path / "dataset.xml", [mosaic.tile(i) for i in range(mosaic.n_tiles)],
+                                  mosaic.true_positions * min_res, voxel_size=vs, factors=[(1, 1, 1)], **kw)
+
+
+def test_2d_fusion_equals_ground_truth_without_seams(tmp_path):
+    mosaic = make_mosaic((2, 3), (128, 128), 0.2, max_offset=5.0, noise=False, illumination=False,
+                         dtype=np.float32, seed=7)
+    project = _project_at_truth(tmp_path, mosaic)
+    lo, hi = mosaic.bounds()
+    box = Box.from_arrays([0, np.ceil(lo[0]) + 2, np.ceil(lo[1]) + 2], [0, np.floor(hi[0]) - 2, np.floor(hi[1]) - 2])
+    plan = tilefuse.plan_fusion(project, bounding_box=box, dtype=np.float32)
+    fused = plan.to_dask()[0, 0, 0].compute()
+    region = tuple(slice(int(a), int(b) + 1) for a, b in zip(box.lo[1:], box.hi[1:]))
+    truth = mosaic.ground_truth(region)
+    assert fused.shape == truth.shape
+    err = np.abs(fused - truth)
+    signal = truth.max() - truth.min()
+    # where tiles overlap (near tile borders) vs inside single tiles
+    coverage = np.zeros(fused.shape, int)
+    for p in mosaic.true_positions:
+        y0, x0 = np.ceil(p - np.asarray(box.lo[1:])).astype(int)
+        coverage[max(y0, 0): max(y0 + 128, 0), max(x0, 0): max(x0 + 128, 0)] += 1
+    seam, inside = err[coverage > 1].mean(), err[coverage == 1].mean()
+    assert err.mean() < 0.01 * signal, (err.mean(), signal)
+    assert seam < 3 * inside + 0.002 * signal, (seam, inside)
+
+
+def test_misregistered_fusion_is_worse(tmp_path):
+    """The same comparison with stage positions has a clearly larger error: the test can fail."""
+    mosaic = make_mosaic((1, 2), (96, 96), 0.25, max_offset=6.0, noise=False, illumination=False,
+                         dtype=np.float32, seed=2)
+    good = _project_at_truth(tmp_path / "a", mosaic)
+    bad = tilefuse.write_project(tmp_path / "b" / "d.xml", [mosaic.tile(i) for i in range(2)],
+                                 mosaic.stage_positions, voxel_size=(1, 1, 1), factors=[(1, 1, 1)])
+    box = Box.from_arrays([0, 10, 10], [0, 80, 150])
+    region = (slice(10, 81), slice(10, 151))
+    truth = mosaic.ground_truth(region)
+    e_good = np.abs(tilefuse.plan_fusion(good, bounding_box=box, dtype=np.float32).to_dask()[0, 0, 0] - truth).mean()
+    e_bad = np.abs(tilefuse.plan_fusion(bad, bounding_box=box, dtype=np.float32).to_dask()[0, 0, 0] - truth).mean()
+    assert e_bad > 5 * e_good
+
+
+def test_multichannel_multitimepoint_layout(tmp_path):
+    rng = np.random.default_rng(0)
+    images, chans, tps, tiles, pos = [], [], [], [], []
+    for t in (0, 3):
+        for c in (0, 1):
+            for tile, x in ((0, 0.0), (1, 30.0)):
+                images.append(np.full((4, 20, 40), 100 * (c + 1) + t, np.uint16))
+                chans.append(c)
+                tps.append(t)
+                tiles.append(tile)
+                pos.append((0, 0, x))
+    project = tilefuse.write_project(tmp_path / "d.xml", images, pos, channels=chans, timepoints=tps,
+                                     tiles=tiles, voxel_size=(2, 1, 1), factors=[(1, 1, 1)])
+    plan = tilefuse.plan_fusion(project)
+    fused = plan.to_dask().compute()
+    assert fused.shape == (2, 2, 4, 20, 70)
+    assert plan.voxel_size == (2.0, 1.0, 1.0)
+    for ti, t in enumerate((0, 3)):
+        for c in (0, 1):
+            assert np.all(fused[ti, c] == 100 * (c + 1) + t)
+
+
+def test_dtype_clipping_and_intensity_adjustment(tmp_path):
+    image = np.full((1, 16, 16), 200, np.uint8)
+    project = tilefuse.write_project(tmp_path / "d.xml", [image], [(0, 0, 0)], factors=[(1, 1, 1)])
+    project.data.intensity_adjustments = {project.views[0]: (2.0, 10.0)}
+    fused = tilefuse.fuse(project, intensity_adjustment=True).compute()
+    assert fused.dtype == np.uint8 and np.all(fused == 255)  # 410 clipped, not wrapped to 154
+    fused = tilefuse.fuse(project, intensity_adjustment=True, dtype=np.float32).compute()
+    np.testing.assert_allclose(fused, 410, rtol=1e-5)
+
+
+def test_named_bounding_box_and_errors(tmp_path):
+    from tilefuse.project.model import BoundingBox
+
+    image = np.arange(32 * 32, dtype=np.uint16).reshape(1, 32, 32)
+    project = tilefuse.write_project(tmp_path / "d.xml", [image], [(0, 0, 0)], factors=[(1, 1, 1)])
+    project.data.bounding_boxes = [BoundingBox("crop", (0, 4, 8), (0, 9, 19))]
+    project.save()
+    project = open_project(tmp_path / "d.xml")
+    fused = tilefuse.fuse(project, bounding_box="crop").compute()
+    np.testing.assert_array_equal(fused[0, 0, 0], image[0, 4:10, 8:20])
+    with pytest.raises(errors.FusionError, match="no bounding box named 'nope'"):
+        tilefuse.plan_fusion(project, bounding_box="nope")
+
+
+def test_write_ome_zarr_tiff_and_bdv(tmp_path):
+    mosaic = make_mosaic((1, 2), (64, 64), 0.2, seed=1)
+    project = _project_at_truth(tmp_path, mosaic)
+    plan = tilefuse.plan_fusion(project)
+    expected = plan.to_dask().compute()
+
+    out = tilefuse.write_fused(plan, tmp_path / "f.ome.zarr")
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    nodes = list(Reader(parse_url(str(out)))())
+    data = nodes[0].data
+    np.testing.assert_array_equal(np.asarray(data[0])[:, :, 0] if data[0].ndim == 5 else np.asarray(data[0]),
+                                  expected[:, :, 0])
+    ms = nodes[0].metadata
+    assert [a["name"] for a in ms["axes"]] == ["t", "c", "y", "x"]
+
+    import tifffile
+
+    tif = tilefuse.write_fused(plan, tmp_path / "f.tif")
+    np.testing.assert_array_equal(tifffile.imread(tif), expected[0, 0, 0])
+
+    bdv = tilefuse.write_fused(plan, tmp_path / "fused" / "f.xml")
+    fused_project = open_project(bdv)
+    np.testing.assert_array_equal(fused_project.image(fused_project.views[0]).compute(), expected[0, 0])
+    with pytest.raises(errors.TilefuseError, match="already exists"):
+        tilefuse.write_fused(plan, tmp_path / "f.ome.zarr", resume=False)
