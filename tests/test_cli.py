@@ -1,0 +1,69 @@
+"""The command line, called in-process through ``main(argv)``."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import tifffile
+
+from tilefuse.cli import main
+from tilefuse.project import open_project
+
+
+@pytest.fixture(scope="module")
+def sample(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli")
+    assert main(["sample", str(out), "--grid", "2,2", "--tile", "128,128", "--overlap", "0.2", "-q"]) == 0
+    return out
+
+
+def test_info(sample, capsys, tmp_path):
+    assert main(["info", str(sample / "dataset.xml"), "--plot", str(tmp_path / "layout.png")]) == 0
+    text = capsys.readouterr().out
+    assert "bdv.hdf5" in text and "4 (4 setups × 1 timepoints" in text
+    assert "Translation to Regular Grid → calibration" in text
+    assert "not registered" in text
+    assert (tmp_path / "layout.png").stat().st_size > 1000
+
+
+def test_register_fuse_and_run(sample, capsys, tmp_path):
+    xml = sample / "dataset.xml"
+    before = xml.read_bytes()
+    out = tmp_path / "registered.xml"
+    assert main(["register", str(xml), "-o", str(out), "--plot", str(tmp_path / "links.png"), "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "links" in text and "kept" in text
+    assert xml.read_bytes() == before, "the input XML is untouched"
+    assert "Stitching Transform" in out.read_text()
+    assert (tmp_path / "links.png").exists()
+
+    assert main(["fuse", str(out), str(tmp_path / "f.ome.zarr"), "--preview", str(tmp_path / "f.png"),
+                 "--downsample", "2", "-q"]) == 0
+    assert (tmp_path / "f.ome.zarr" / ".zattrs").exists() and (tmp_path / "f.png").exists()
+    attrs = json.loads((tmp_path / "f.ome.zarr" / ".zattrs").read_text())
+    scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
+    assert scale[-1] == pytest.approx(2.0)
+
+    assert main(["run", str(xml), str(tmp_path / "run.ome.zarr"), "-q"]) == 0
+    assert (tmp_path / "run.registered.xml").exists()
+    assert "time per stage" in capsys.readouterr().out
+
+
+def test_convert_command(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        tifffile.imwrite(tmp_path / f"t{i}.tif", rng.integers(0, 1000, (30, 40), dtype=np.uint16))
+    (tmp_path / "pos.csv").write_text("file,x,y\nt0.tif,0,0\nt1.tif,17.5,0\n")
+    assert main(["convert", str(tmp_path), str(tmp_path / "pos.csv"), "-o", str(tmp_path / "p" / "d.xml"),
+                 "--voxel-size", "0.5,0.5", "--format", "zarr", "-q"]) == 0
+    project = open_project(tmp_path / "p" / "d.xml")
+    assert project.ndim == 2
+    np.testing.assert_allclose(project.model(project.views[1])[:3, 3], [0, 0, 35.0])
+
+
+def test_errors_are_one_line(tmp_path, capsys):
+    assert main(["info", str(tmp_path / "missing.xml")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tilefuse info: error:") and "missing.xml" in err and err.count("\n") == 1
