@@ -1,0 +1,634 @@
+"""Write a (fused) volume as an OME-NGFF 0.4 multiscale image.
+
+The layout is the one ome-zarr-py and napari read best: a zarr *v2* group
+(written with zarr-python 3) holding one array per resolution level, ``"0"``
+the full resolution, with ``/`` as chunk-key separator and a ``multiscales``
+entry in the group attributes.
+
+How the pyramid is built
+------------------------
+* Level 0 is streamed from the dask array block by block; every dask block is
+  exactly one zarr chunk (the input is rechunked when needed), so parallel
+  writes never touch the same chunk file and no chunk is ever read-modified.
+* Every further level is computed from the level *written* just before it,
+  read back lazily, by block mean over ``downscale`` voxels (integer types are
+  rounded to nearest).  Only spatial axes are reduced.  ``y`` and ``x`` are
+  reduced at every level; an anisotropic ``z`` is reduced only when this
+  brings the voxel closer to isotropic, i.e. z keeps its resolution until the
+  xy spacing has caught up with the z spacing (``z=3, xy=1`` gives factors
+  ``(1,2,2), (1,4,4), (2,8,8), (4,16,16)``...).
+* Levels are added until the last one spans fewer than two chunks along every
+  spatial axis, or ``n_levels`` levels exist.
+
+Coordinates
+-----------
+``scale`` of level *k* is ``voxel_size * factor_k``.  ``translation`` is the
+physical position of the *centre* of the level's first voxel: a block mean of
+``f`` level-0 voxels has its centre ``(f - 1) / 2`` level-0 voxels after the
+block start, hence ``translation_k = origin + (factor_k - 1) / 2 * voxel_size``.
+With this half-voxel shift every level maps a voxel centre to the same
+physical point as the level-0 voxels it averages (``origin`` is the centre of
+level-0 voxel 0).
+
+Atomic writing and resuming
+---------------------------
+Everything is written to ``<path>.partial`` and renamed at the end.  Next to
+the arrays the partial group keeps ``.tilefuse/manifest.json`` (shape, dtype,
+chunks, pyramid plan, compressor) and one empty marker file per chunk, created
+only *after* that chunk has been stored.  A run killed mid-write therefore
+leaves at worst a half-written chunk *without* its marker; a resumed run with
+the same manifest trusts only marked chunks and recomputes the rest (the input
+itself is assumed unchanged - it cannot be checked without recomputing it).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..errors import ImageDataError, TilefuseError
+from ._atomic import OutputExistsError, atomic_output, remove_path
+
+__all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel", "block_mean"]
+
+NGFF_VERSION = "0.4"
+#: Chunks written per dask.compute call: bounds the memory held by finished
+#: blocks and how much work a crash can lose, and paces the progress bar.
+BATCH_BLOCKS = 64
+
+_DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}
+_UNIT_ALIASES = {
+    "um": "micrometer",
+    "µm": "micrometer",
+    "μm": "micrometer",
+    "micron": "micrometer",
+    "microns": "micrometer",
+    "nm": "nanometer",
+    "mm": "millimeter",
+    "m": "meter",
+    "pixel": None,
+    "px": None,
+    None: None,
+}
+_COLORS = ["FFFFFF", "00FF00", "FF00FF", "00FFFF", "FF0000", "0000FF", "FFFF00"]
+_META_DIR = ".tilefuse"
+
+
+class PyramidLevel(NamedTuple):
+    """One level of the pyramid: its shape and downsampling (per axis, input order)."""
+
+    shape: tuple[int, ...]
+    step: tuple[int, ...]  #: factor relative to the previous level
+    factor: tuple[int, ...]  #: factor relative to level 0
+
+
+# ----------------------------------------------------------------------------
+# planning
+# ----------------------------------------------------------------------------
+def _check_axes(axes: str | Sequence[str] | None, ndim: int, path: Path) -> str:
+    if axes is None:
+        if ndim not in _DEFAULT_AXES:
+            raise ImageDataError(f"{path}: OME-Zarr images have 2 to 5 dimensions, got {ndim}")
+        return _DEFAULT_AXES[ndim]
+    axes = "".join(axes).lower()
+    order = "tczyx"
+    positions = [order.find(a) for a in axes]
+    if (
+        len(axes) != ndim
+        or -1 in positions
+        or positions != sorted(set(positions))
+        or not axes.endswith("yx")
+    ):
+        raise ImageDataError(
+            f"{path}: axes {axes!r} do not fit a {ndim}D image; NGFF 0.4 wants a "
+            "subsequence of 'tczyx' ending in 'yx' with one letter per dimension"
+        )
+    return axes
+
+
+def _per_spatial(value, n: int, what: str, path: Path) -> tuple[float, ...]:
+    arr = np.atleast_1d(np.asarray(value, dtype=float))
+    if arr.size == 1:
+        arr = np.repeat(arr, n)
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise ImageDataError(
+            f"{path}: {what} needs {n} finite numbers (one per spatial axis, numpy order), "
+            f"got {value!r}"
+        )
+    return tuple(float(v) for v in arr)
+
+
+def _is_regular(chunks: tuple[int, ...]) -> bool:
+    return len(chunks) <= 1 or (all(c == chunks[0] for c in chunks[:-1]) and chunks[-1] <= chunks[0])
+
+
+def _choose_chunks(image, axes: str, chunks) -> tuple[int, ...]:
+    shape = image.shape
+    if chunks is None:
+        dask_chunks = getattr(image, "chunks", None)
+        if dask_chunks is not None and not isinstance(image, np.ndarray) and all(
+            _is_regular(c) for c in dask_chunks
+        ):
+            chunks = tuple(c[0] if c else 1 for c in dask_chunks)
+        else:
+            xy = 1024 if "z" not in axes else 256
+            default = {"t": 1, "c": 1, "z": 64, "y": xy, "x": xy}
+            chunks = tuple(default[a] for a in axes)
+    elif np.isscalar(chunks):
+        chunks = tuple(int(chunks) if a in "zyx" else 1 for a in axes)
+    chunks = tuple(int(c) for c in chunks)
+    if len(chunks) != len(shape) or any(c < 1 for c in chunks):
+        raise ImageDataError(f"chunks {chunks} do not fit an image of shape {shape}")
+    return tuple(max(1, min(c, n)) for c, n in zip(chunks, shape))
+
+
+def pyramid_plan(
+    shape: Sequence[int],
+    axes: str,
+    voxel_size: Sequence[float],
+    chunks: Sequence[int],
+    *,
+    downscale: int = 2,
+    n_levels: int | None = None,
+) -> list[PyramidLevel]:
+    """Decide the levels of the pyramid (see the module notes for the rules).
+
+    Parameters
+    ----------
+    shape, chunks : sequence of int
+        Level-0 shape and chunk shape, one entry per axis of ``axes``.
+    axes : str
+        Axis letters, e.g. ``"czyx"``.
+    voxel_size : sequence of float
+        Level-0 spacing of the spatial axes only, numpy order.
+    downscale : int
+        Reduction factor per level along each reduced axis.
+    n_levels : int, optional
+        Exact number of levels (fewer only if every spatial axis is already 1).
+
+    Returns
+    -------
+    list of PyramidLevel
+    """
+    shape = tuple(int(n) for n in shape)
+    spatial = [i for i, a in enumerate(axes) if a in "zyx"]
+    spacing = dict(zip(spatial, (float(v) for v in voxel_size)))
+    levels = [PyramidLevel(shape, (1,) * len(shape), (1,) * len(shape))]
+    while True:
+        cur = levels[-1]
+        if n_levels is not None:
+            if len(levels) >= n_levels:
+                break
+        elif all(math.ceil(cur.shape[i] / chunks[i]) < 2 for i in spatial):
+            break
+        step = [1] * len(shape)
+        for i in spatial:
+            if axes[i] in "yx" and cur.shape[i] > 1:
+                step[i] = downscale
+        zi = axes.find("z")
+        if zi >= 0 and cur.shape[zi] > 1:
+            inplane = [spacing[i] * step[i] for i in spatial if axes[i] in "yx" and step[i] > 1]
+            if not inplane:
+                step[zi] = downscale  # nothing else left to reduce
+            else:
+                xy_new = min(inplane)
+                keep = abs(math.log(spacing[zi] / xy_new))
+                reduce = abs(math.log(spacing[zi] * downscale / xy_new))
+                if reduce < keep:
+                    step[zi] = downscale
+        if all(s == 1 for s in step):
+            break
+        for i in spatial:
+            spacing[i] *= step[i]
+        new_shape = tuple(-(-n // s) for n, s in zip(cur.shape, step))
+        factor = tuple(f * s for f, s in zip(cur.factor, step))
+        levels.append(PyramidLevel(new_shape, tuple(step), factor))
+    return levels
+
+
+# ----------------------------------------------------------------------------
+# pixels
+# ----------------------------------------------------------------------------
+def block_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
+    """Mean over non-overlapping ``factors``-sized blocks, keeping the dtype.
+
+    Edge blocks that are cut short by the array border average only the voxels
+    they have (no padding bias).  Integer results are rounded to nearest.
+    """
+    factors = tuple(int(f) for f in factors)
+    if all(f == 1 for f in factors):
+        return block
+    shape = block.shape
+    out_shape = tuple(-(-n // f) for n, f in zip(shape, factors))
+    pad = [(0, o * f - n) for n, f, o in zip(shape, factors, out_shape)]
+    work = block.astype(np.float64, copy=False)
+    if any(p[1] for p in pad):
+        work = np.pad(work, pad)
+    split = []
+    for o, f in zip(out_shape, factors):
+        split += [o, f]
+    total = work.reshape(split).sum(axis=tuple(range(1, 2 * len(shape), 2)))
+    # voxels per output cell: separable, f everywhere but the last cell of each axis
+    count = np.ones(out_shape)
+    for ax, (n, f, o) in enumerate(zip(shape, factors, out_shape)):
+        c = np.full(o, float(f))
+        c[-1] = n - (o - 1) * f
+        count = count * c.reshape((-1,) + (1,) * (len(shape) - ax - 1))
+    mean = total / count
+    if np.issubdtype(block.dtype, np.integer):
+        info = np.iinfo(block.dtype)
+        mean = np.clip(np.rint(mean), info.min, info.max)
+    elif block.dtype == bool:
+        mean = mean >= 0.5
+    return mean.astype(block.dtype, copy=False)
+
+
+def _downsample(previous, step: tuple[int, ...], out_chunks: tuple[int, ...]):
+    """Lazy next level from the zarr array of the previous one."""
+    import dask.array as da
+
+    in_chunks = tuple(c * s for c, s in zip(out_chunks, step))
+    src = da.from_zarr(previous, chunks=in_chunks)
+    new_chunks = tuple(tuple(-(-b // s) for b in bc) for bc, s in zip(src.chunks, step))
+    return src.map_blocks(block_mean, step, dtype=src.dtype, chunks=new_chunks)
+
+
+def _marker(block_index: tuple[int, ...]) -> str:
+    return ".".join(str(i) for i in block_index)
+
+
+def _store_block(block: np.ndarray, target, region: tuple[slice, ...], marker: str) -> int:
+    block = np.asarray(block)
+    expected = tuple(s.stop - s.start for s in region)
+    if block.shape != expected:
+        raise ImageDataError(
+            f"{marker}: block of shape {block.shape} computed for a region of shape {expected}"
+        )
+    target[region] = block
+    # The marker is the only proof that the chunk is complete: create it last.
+    Path(marker).touch()
+    return 1
+
+
+def _write_level(src, target, done_dir: Path, bar) -> None:
+    import dask
+
+    done_dir.mkdir(parents=True, exist_ok=True)
+    done = set(os.listdir(done_dir))
+    blocks = list(np.ndindex(*src.numblocks))
+    missing = [b for b in blocks if _marker(b) not in done]
+    bar.update(len(blocks) - len(missing))
+    if not missing:
+        return
+    starts = [np.concatenate([[0], np.cumsum(c)]) for c in src.chunks]
+    pieces = src.to_delayed(optimize_graph=True)
+    store = dask.delayed(_store_block, pure=False)
+    for first in range(0, len(missing), BATCH_BLOCKS):
+        batch = missing[first : first + BATCH_BLOCKS]
+        tasks = []
+        for b in batch:
+            region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, b))
+            tasks.append(store(pieces[b], target, region, str(done_dir / _marker(b))))
+        dask.compute(*tasks)
+        bar.update(len(batch))
+
+
+# ----------------------------------------------------------------------------
+# metadata
+# ----------------------------------------------------------------------------
+def _compressor(compressor):
+    if compressor is None:
+        return None
+    if isinstance(compressor, str):
+        if compressor != "default":
+            raise TilefuseError(
+                f"unknown compressor {compressor!r}; use 'default', None or a numcodecs codec"
+            )
+        from numcodecs import Blosc
+
+        return Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE)
+    return compressor
+
+
+def _unit(unit: str | None) -> str | None:
+    return _UNIT_ALIASES.get(unit, unit)
+
+
+def _multiscales(
+    axes: str,
+    unit: str | None,
+    voxel_size: tuple[float, ...],
+    origin: tuple[float, ...],
+    plan: list[PyramidLevel],
+    name: str,
+) -> dict[str, Any]:
+    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    axes_meta = []
+    for a in axes:
+        entry = {"name": a, "type": kinds[a]}
+        if kinds[a] == "space" and unit is not None:
+            entry["unit"] = unit
+        axes_meta.append(entry)
+    datasets = []
+    for level, lv in enumerate(plan):
+        scale, translation = [], []
+        s = 0
+        for i, a in enumerate(axes):
+            if a in "zyx":
+                f = lv.factor[i]
+                scale.append(voxel_size[s] * f)
+                translation.append(origin[s] + (f - 1) / 2 * voxel_size[s])
+                s += 1
+            else:
+                scale.append(1.0)
+                translation.append(0.0)
+        datasets.append(
+            {
+                "path": str(level),
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": translation},
+                ],
+            }
+        )
+    return {
+        "version": NGFF_VERSION,
+        "name": name,
+        "axes": axes_meta,
+        "datasets": datasets,
+        "type": "mean",
+        "metadata": {"method": "tilefuse.writers.ome_zarr.block_mean", "downscale": "block mean"},
+    }
+
+
+def _omero(smallest, axes: str, channel_names, dtype: np.dtype, path: Path) -> dict:
+    """``omero`` channel metadata; display windows from the smallest level's range."""
+    import dask
+    import dask.array as da
+
+    ci = axes.find("c")
+    n_channels = smallest.shape[ci] if ci >= 0 else 1
+    if channel_names is None:
+        channel_names = [f"Channel {i}" for i in range(n_channels)]
+    channel_names = [str(n) for n in channel_names]
+    if len(channel_names) != n_channels:
+        raise ImageDataError(
+            f"{path}: {len(channel_names)} channel names for {n_channels} channels"
+        )
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        lo_range, hi_range = float(info.min), float(info.max)
+    else:
+        lo_range = hi_range = None
+    data = da.from_zarr(smallest)
+    others = tuple(i for i in range(data.ndim) if i != ci)
+    lows, highs = dask.compute(data.min(axis=others), data.max(axis=others))
+    lows, highs = np.atleast_1d(lows), np.atleast_1d(highs)
+    channels = []
+    for c, label in enumerate(channel_names):
+        lo, hi = float(lows[c]), float(highs[c])
+        if hi <= lo:
+            hi = lo + 1.0
+        channels.append(
+            {
+                "label": label,
+                "color": _COLORS[c % len(_COLORS)] if n_channels > 1 else "FFFFFF",
+                "active": True,
+                "window": {
+                    "start": lo,
+                    "end": hi,
+                    "min": lo if lo_range is None else lo_range,
+                    "max": hi if hi_range is None else hi_range,
+                },
+            }
+        )
+    return {"version": NGFF_VERSION, "channels": channels, "rdefs": {"model": "greyscale" if n_channels == 1 else "color"}}
+
+
+# ----------------------------------------------------------------------------
+# partial output handling
+# ----------------------------------------------------------------------------
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _open_partial(tmp: Path, manifest: dict, final: Path):
+    """Open ``tmp`` as a resumable group, or start a fresh one."""
+    import zarr
+
+    meta = tmp / _META_DIR / "manifest.json"
+    if tmp.exists():
+        if meta.exists():
+            try:
+                old = json.loads(meta.read_text())
+            except ValueError:
+                old = None
+            if old == manifest:
+                return zarr.open_group(str(tmp), mode="r+", zarr_format=2)
+            warnings.warn(
+                f"{tmp}: partial output of a different image (shape, dtype, chunks or "
+                "pyramid differ); starting over",
+                stacklevel=3,
+            )
+            remove_path(tmp)
+        elif tmp.is_dir() and not any(tmp.iterdir()):
+            tmp.rmdir()
+        else:
+            raise OutputExistsError(
+                f"{tmp}: exists but was not written by tilefuse (no {_META_DIR}/manifest.json); "
+                f"delete it to write {final.name}"
+            )
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+    (tmp / _META_DIR).mkdir()
+    _write_json(meta, manifest)
+    return group
+
+
+def _level_array(group, level: int, shape, chunks, dtype, codec):
+    name = str(level)
+    chunks = tuple(min(c, max(n, 1)) for c, n in zip(chunks, shape))
+    if name in group:
+        arr = group[name]
+        if arr.shape == tuple(shape) and arr.chunks == chunks and arr.dtype == dtype:
+            return arr
+    return group.create_array(
+        name,
+        shape=tuple(shape),
+        chunks=chunks,
+        dtype=dtype,
+        compressors=codec,
+        fill_value=0,
+        chunk_key_encoding={"name": "v2", "separator": "/"},
+        overwrite=True,
+    )
+
+
+# ----------------------------------------------------------------------------
+# public
+# ----------------------------------------------------------------------------
+def write_ome_zarr(
+    image,
+    path: str | os.PathLike,
+    *,
+    voxel_size: float | Sequence[float],
+    origin: Sequence[float] | None = None,
+    unit: str | None = "micrometer",
+    axes: str | None = None,
+    chunks: int | Sequence[int] | None = None,
+    n_levels: int | None = None,
+    downscale: int = 2,
+    channel_names: Sequence[str] | None = None,
+    progress: bool = False,
+    resume: bool = True,
+    overwrite: bool = False,
+    compressor: Any = "default",
+    name: str | None = None,
+) -> Path:
+    """Write ``image`` as an OME-NGFF 0.4 multiscale image (zarr v2 layout).
+
+    Parameters
+    ----------
+    image : dask.array.Array or numpy.ndarray
+        2 to 5 dimensions laid out as ``axes``.  Computed block by block; a
+        dask array is never loaded whole.
+    path : path-like
+        Output directory, conventionally ending in ``.ome.zarr``.
+    voxel_size : float or sequence of float
+        Level-0 spacing of the spatial axes (numpy order, e.g. ``(z, y, x)``),
+        in ``unit``.
+    origin : sequence of float, optional
+        Physical position of the centre of voxel 0 (spatial axes, numpy
+        order).  Defaults to zeros.
+    unit : str or None
+        NGFF unit of the spatial axes; ``"um"``/``"µm"`` are accepted for
+        ``"micrometer"``.
+    axes : str, optional
+        Axis letters, a subsequence of ``"tczyx"`` ending in ``"yx"``.  By
+        default ``"yx"``, ``"zyx"``, ``"czyx"``, ``"tczyx"`` by dimension.
+    chunks : int or sequence of int, optional
+        Zarr chunk shape (an int applies to spatial axes, others get 1).  By
+        default the dask chunks when they are regular, else 1 for t/c, 64 for z
+        and 256 for y/x (1024 for 2D images).  Every level uses the same
+        chunk shape.
+    n_levels : int, optional
+        Number of resolution levels.  By default levels are added until the
+        smallest spans fewer than two chunks along every spatial axis.
+    downscale : int
+        Reduction factor between levels along each reduced axis.
+    channel_names : sequence of str, optional
+        Labels for the ``omero`` channel metadata (written whenever the image
+        has a ``c`` axis or names are given).
+    progress : bool
+        Show a tqdm progress bar counting written chunks.
+    resume : bool
+        Continue a matching ``<path>.partial`` left by an interrupted run
+        instead of starting over.
+    overwrite : bool
+        Replace an existing output at ``path``.
+    compressor : "default", None or numcodecs codec
+        ``"default"`` is Blosc zstd level 5 with bit shuffle.
+    name : str, optional
+        ``multiscales`` name, default the file name without extension.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``path`` exists and ``overwrite`` is False, or a partial output not
+        written by tilefuse is in the way.
+    ImageDataError
+        ``image``, ``axes``, ``voxel_size``, ``chunks`` or ``channel_names``
+        disagree.
+
+    Notes
+    -----
+    See the module docstring for the pyramid rules, the half-voxel
+    translation of downsampled levels and how resuming decides which chunks
+    to trust.
+    """
+    import dask.array as da
+    from tqdm.auto import tqdm
+
+    path = Path(path)
+    if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
+        image = np.asarray(image)
+    axes = _check_axes(axes, image.ndim, path)
+    n_spatial = sum(a in "zyx" for a in axes)
+    voxel_size = _per_spatial(voxel_size, n_spatial, "voxel_size", path)
+    if any(v <= 0 for v in voxel_size):
+        raise ImageDataError(f"{path}: voxel_size must be positive, got {voxel_size}")
+    origin = _per_spatial(0.0 if origin is None else origin, n_spatial, "origin", path)
+    if int(downscale) != downscale or downscale < 2:
+        raise ImageDataError(f"{path}: downscale must be an integer >= 2, got {downscale!r}")
+    downscale = int(downscale)
+    if n_levels is not None and int(n_levels) < 1:
+        raise ImageDataError(f"{path}: n_levels must be >= 1, got {n_levels!r}")
+    if any(n == 0 for n in image.shape):
+        raise ImageDataError(f"{path}: cannot write an empty image of shape {image.shape}")
+
+    if channel_names is not None:
+        n_channels = image.shape[axes.index("c")] if "c" in axes else 1
+        if len(channel_names) != n_channels:
+            raise ImageDataError(
+                f"{path}: {len(channel_names)} channel names for {n_channels} channels"
+            )
+    chunk_shape = _choose_chunks(image, axes, chunks)
+    if isinstance(image, da.Array):
+        arr = image
+        if arr.chunks != da.core.normalize_chunks(chunk_shape, arr.shape):
+            arr = arr.rechunk(chunk_shape)
+    else:
+        arr = da.from_array(np.asarray(image), chunks=chunk_shape)
+    dtype = np.dtype(arr.dtype)
+    plan = pyramid_plan(
+        arr.shape, axes, voxel_size, chunk_shape, downscale=downscale,
+        n_levels=None if n_levels is None else int(n_levels),
+    )
+    codec = _compressor(compressor)
+    manifest = {
+        "format": "tilefuse-ome-zarr-partial/1",
+        "axes": axes,
+        "dtype": dtype.str,
+        "chunks": list(chunk_shape),
+        "levels": [[list(lv.shape), list(lv.step)] for lv in plan],
+        "compressor": None if codec is None else codec.get_config(),
+    }
+
+    with atomic_output(path, resume=resume, overwrite=overwrite) as tmp:
+        tmp = tmp.absolute()  # markers and arrays are also reached from dask workers
+        group = _open_partial(tmp, manifest, path)
+        total = sum(
+            math.prod(-(-n // c) for n, c in zip(lv.shape, chunk_shape)) for lv in plan
+        )
+        with tqdm(total=total, disable=not progress, desc=path.name, unit="chunk") as bar:
+            target = None
+            for level, lv in enumerate(plan):
+                src = arr if level == 0 else _downsample(target, lv.step, chunk_shape)
+                target = _level_array(group, level, lv.shape, chunk_shape, dtype, codec)
+                _write_level(src, target, tmp / _META_DIR / f"level{level}", bar)
+        attrs = {
+            "multiscales": [
+                _multiscales(
+                    axes, _unit(unit), voxel_size, origin, plan,
+                    name if name is not None else path.name.split(".")[0],
+                )
+            ]
+        }
+        if "c" in axes or channel_names is not None:
+            attrs["omero"] = _omero(target, axes, channel_names, dtype, path)
+        group.attrs.update(attrs)
+        remove_path(tmp / _META_DIR)
+    return path

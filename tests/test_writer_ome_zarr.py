@@ -1,0 +1,316 @@
+"""OME-Zarr writer: NGFF metadata read by ome-zarr, exact pixels, atomic and resumable."""
+
+from __future__ import annotations
+
+import threading
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+from tilefuse.writers._atomic import OutputExistsError, partial_path
+from tilefuse.writers.ome_zarr import block_mean, pyramid_plan, write_ome_zarr
+
+
+def _read_ngff(path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Multiscales, Reader
+
+    nodes = list(Reader(parse_url(str(path)))())
+    assert nodes, f"ome-zarr found no image in {path}"
+    node = nodes[0]
+    assert any(isinstance(spec, Multiscales) for spec in node.specs)
+    return node
+
+
+def _scales(node):
+    return [
+        next(t for t in ts if t["type"] == "scale")["scale"]
+        for ts in node.metadata["coordinateTransformations"]
+    ]
+
+
+def _translations(node):
+    return [
+        next(t for t in ts if t["type"] == "translation")["translation"]
+        for ts in node.metadata["coordinateTransformations"]
+    ]
+
+
+def _reference_mean(a: np.ndarray, factors) -> np.ndarray:
+    """Block mean with partial edge blocks, the slow obvious way."""
+    out_shape = tuple(-(-n // f) for n, f in zip(a.shape, factors))
+    out = np.empty(out_shape)
+    for idx in np.ndindex(*out_shape):
+        sl = tuple(slice(i * f, (i + 1) * f) for i, f in zip(idx, factors))
+        out[idx] = a[sl].mean()
+    return out
+
+
+def test_2d_metadata_levels_and_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 60000, (300, 260), dtype=np.uint16)
+    path = write_ome_zarr(
+        image, tmp_path / "img.ome.zarr", voxel_size=(0.5, 0.25), origin=(10.0, -4.0), chunks=64
+    )
+    assert path == tmp_path / "img.ome.zarr" and path.is_dir()
+    assert not partial_path(path).exists()
+    assert not (path / ".tilefuse").exists()
+
+    node = _read_ngff(path)
+    # 300x260 in 64-chunks: 150x130, 75x65 (2x2 chunks), 38x33 (1 chunk) -> 4 levels
+    assert len(node.data) == 4
+    assert [lvl.shape for lvl in node.data] == [(300, 260), (150, 130), (75, 65), (38, 33)]
+    assert [a["name"] for a in node.metadata["axes"]] == ["y", "x"]
+    assert node.metadata["axes"][0]["unit"] == "micrometer"
+    np.testing.assert_allclose(_scales(node), [[0.5, 0.25], [1, 0.5], [2, 1], [4, 2]])
+    # half-voxel shift: level-k voxel centre = centre of the averaged level-0 voxels
+    np.testing.assert_allclose(
+        _translations(node),
+        [[10, -4], [10.25, -3.875], [10.75, -3.625], [11.75, -3.125]],
+    )
+
+    group = zarr.open_group(str(path), mode="r")
+    assert group.metadata.zarr_format == 2
+    level0 = group["0"]
+    assert level0.chunks == (64, 64) and level0.dtype == np.uint16
+    np.testing.assert_array_equal(level0[...], image)
+    expected1 = np.rint(_reference_mean(image.astype(float), (2, 2)))
+    np.testing.assert_array_equal(group["1"][...], expected1)
+    expected2 = np.rint(_reference_mean(expected1, (2, 2)))
+    np.testing.assert_array_equal(group["2"][...], expected2)
+    np.testing.assert_array_equal(np.asarray(node.data[3]), group["3"][...])
+
+
+def test_3d_anisotropic_pyramid_keeps_z(tmp_path):
+    image = da.from_array(
+        np.random.default_rng(1).random((40, 128, 96), dtype=np.float32), chunks=(8, 32, 32)
+    )
+    path = write_ome_zarr(image, tmp_path / "vol.ome.zarr", voxel_size=(3.0, 1.0, 1.0), unit="um")
+    node = _read_ngff(path)
+    # z (3 um) is kept until xy (1 um) catches up: factors (1,2,2) (1,4,4) (2,8,8) ...
+    scales = _scales(node)
+    assert scales[:4] == [[3, 1, 1], [3, 2, 2], [3, 4, 4], [6, 8, 8]]
+    assert node.metadata["axes"][0]["unit"] == "micrometer"
+    group = zarr.open_group(str(path), mode="r")
+    assert group["0"].chunks == (8, 32, 32)
+    np.testing.assert_array_equal(group["0"][...], image.compute())
+    np.testing.assert_allclose(
+        group["3"][...],
+        _reference_mean(group["2"][...].astype(float), (2, 2, 2)),
+        rtol=1e-6,
+    )
+    last = group[str(len(node.data) - 1)]
+    assert all(n <= c for n, c in zip(last.shape, (8, 32, 32)))  # smallest fits one chunk
+
+
+def test_tczyx_with_channel_names(tmp_path):
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 255, (2, 3, 6, 40, 30), dtype=np.uint8)
+    path = write_ome_zarr(
+        da.from_array(image, chunks=(1, 1, 3, 16, 16)),
+        tmp_path / "t.ome.zarr",
+        voxel_size=(2.0, 0.5, 0.5),
+        channel_names=["dapi", "gfp", "rfp"],
+        n_levels=2,
+    )
+    node = _read_ngff(path)
+    assert len(node.data) == 2
+    assert [a["name"] for a in node.metadata["axes"]] == list("tczyx")
+    assert [a["type"] for a in node.metadata["axes"]] == ["time", "channel", "space", "space", "space"]
+    assert _scales(node) == [[1, 1, 2, 0.5, 0.5], [1, 1, 2, 1, 1]]
+    assert node.metadata["channel_names"] == ["dapi", "gfp", "rfp"]
+    assert node.metadata["name"] == "t"
+    group = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(group["0"][...], image)
+    assert group["1"].shape == (2, 3, 6, 20, 15)
+    window = group.attrs["omero"]["channels"][1]["window"]
+    assert window["start"] == group["1"][:, 1].min() and window["end"] == group["1"][:, 1].max()
+
+
+def test_block_mean_partial_edges():
+    a = np.array([1, 2, 3, 4, 5], dtype=np.uint16)
+    np.testing.assert_array_equal(block_mean(a, (2,)), [2, 4, 5])  # 1.5 and 3.5 round to even
+    b = np.arange(35, dtype=np.float64).reshape(5, 7)
+    np.testing.assert_allclose(block_mean(b, (2, 3)), _reference_mean(b, (2, 3)))
+    c = np.array([[250, 255], [255, 255]], dtype=np.uint8)
+    assert block_mean(c, (2, 2)).dtype == np.uint8
+
+
+def test_pyramid_plan_rules():
+    plan = pyramid_plan((100, 1000, 1000), "zyx", (3, 1, 1), (16, 128, 128))
+    assert [lv.factor for lv in plan] == [
+        (1, 1, 1), (1, 2, 2), (1, 4, 4), (2, 8, 8), (4, 16, 16), (8, 32, 32)
+    ]
+    assert plan[-1].shape == (13, 32, 32)
+    iso = pyramid_plan((64, 64, 64), "zyx", (1, 1, 1), (16, 16, 16))
+    assert [lv.step for lv in iso[1:]] == [(2, 2, 2), (2, 2, 2)]
+    assert len(pyramid_plan((512, 512), "yx", (1, 1), (64, 64), n_levels=2)) == 2
+    # channels are never reduced
+    assert pyramid_plan((3, 64, 64), "cyx", (1, 1), (1, 32, 32))[1].shape == (3, 32, 32)
+
+
+class _FlakyBlocks:
+    """Block generator that counts calls and fails after ``fail_after`` calls."""
+
+    def __init__(self, data: np.ndarray, fail_after: int | None):
+        self.data = data
+        self.fail_after = fail_after
+        self.calls = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, block_info=None):
+        with self.lock:
+            self.calls += 1
+            if self.fail_after is not None and self.calls > self.fail_after:
+                raise RuntimeError("simulated crash")
+        loc = block_info[None]["array-location"]
+        return self.data[tuple(slice(a, b) for a, b in loc)]
+
+    def array(self, chunks):
+        chunks = da.core.normalize_chunks(chunks, self.data.shape)
+        meta = np.empty((0,) * self.data.ndim, self.data.dtype)  # no meta-inference calls
+        return da.map_blocks(self, dtype=self.data.dtype, chunks=chunks, meta=meta)
+
+
+def test_resume_after_interruption(tmp_path):
+    data = np.random.default_rng(3).integers(0, 4000, (64, 96), dtype=np.uint16)
+    chunks = ((16,) * 4, (32,) * 3)  # 12 blocks
+    path = tmp_path / "r.ome.zarr"
+    first = _FlakyBlocks(data, fail_after=5)
+    with dask.config.set(scheduler="synchronous"):
+        with pytest.raises(RuntimeError, match="simulated crash"):
+            write_ome_zarr(first.array(chunks), path, voxel_size=1.0, chunks=(16, 32))
+    assert not path.exists()
+    partial = partial_path(path)
+    done = len(list((partial / ".tilefuse" / "level0").iterdir()))
+    assert 1 <= done <= 5  # 5 blocks computed; their stores normally ran right after
+
+    second = _FlakyBlocks(data, fail_after=None)
+    write_ome_zarr(second.array(chunks), path, voxel_size=1.0, chunks=(16, 32))
+    assert second.calls == 12 - done
+    assert not partial.exists()
+    group = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(group["0"][...], data)
+    level1 = np.rint(_reference_mean(data.astype(float), (2, 2)))
+    np.testing.assert_array_equal(group["1"][...], level1)
+    np.testing.assert_array_equal(group["2"][...], np.rint(_reference_mean(level1, (2, 2))))
+    node = _read_ngff(path)
+    assert len(node.data) == len(group) == 3  # 64x96 -> 32x48 -> 16x24 (one chunk)
+
+
+def test_resume_trusts_only_marked_chunks(tmp_path):
+    data = np.arange(32 * 32, dtype=np.uint16).reshape(32, 32)
+    path = tmp_path / "m.ome.zarr"
+    with dask.config.set(scheduler="synchronous"):
+        with pytest.raises(RuntimeError):
+            write_ome_zarr(_FlakyBlocks(data, 2).array((16, 16)), path, voxel_size=1.0)
+    partial = partial_path(path)
+    marked = {m.name for m in (partial / ".tilefuse" / "level0").iterdir()}
+    assert 1 <= len(marked) <= 2
+    # a chunk killed mid-write: wrong bytes in the chunk file, but no marker
+    i, j = next(b for b in np.ndindex(2, 2) if f"{b[0]}.{b[1]}" not in marked)
+    g = zarr.open_group(str(partial), mode="r+")
+    g["0"][16 * i : 16 * i + 16, 16 * j : 16 * j + 16] = 7
+    second = _FlakyBlocks(data, None)
+    write_ome_zarr(second.array((16, 16)), path, voxel_size=1.0)
+    assert second.calls == 4 - len(marked)
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][...], data)
+
+
+def test_resume_with_other_image_starts_over(tmp_path):
+    path = tmp_path / "s.ome.zarr"
+    with dask.config.set(scheduler="synchronous"):
+        with pytest.raises(RuntimeError):
+            write_ome_zarr(
+                _FlakyBlocks(np.ones((32, 32), np.uint16), 1).array((16, 16)), path, voxel_size=1
+            )
+    data = np.full((32, 48), 9, np.uint16)
+    fresh = _FlakyBlocks(data, None)
+    with pytest.warns(UserWarning, match="starting over"):
+        write_ome_zarr(fresh.array((16, 16)), path, voxel_size=1)
+    assert fresh.calls == 6
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][...], data)
+
+
+def test_no_resume_recomputes_everything(tmp_path):
+    data = np.ones((32, 32), np.uint16)
+    path = tmp_path / "n.ome.zarr"
+    with dask.config.set(scheduler="synchronous"):
+        with pytest.raises(RuntimeError):
+            write_ome_zarr(_FlakyBlocks(data, 2).array((16, 16)), path, voxel_size=1)
+    again = _FlakyBlocks(data, None)
+    write_ome_zarr(again.array((16, 16)), path, voxel_size=1, resume=False)
+    assert again.calls == 4
+
+
+def test_overwrite_and_foreign_partial(tmp_path):
+    path = tmp_path / "o.ome.zarr"
+    write_ome_zarr(np.zeros((8, 8), np.uint8), path, voxel_size=1)
+    with pytest.raises(OutputExistsError, match="o.ome.zarr"):
+        write_ome_zarr(np.ones((8, 8), np.uint8), path, voxel_size=1)
+    write_ome_zarr(np.ones((8, 8), np.uint8), path, voxel_size=1, overwrite=True)
+    assert zarr.open_group(str(path), mode="r")["0"][0, 0] == 1
+    assert not (tmp_path / "o.ome.zarr.replaced").exists()
+
+    other = tmp_path / "f.ome.zarr"
+    partial_path(other).mkdir()
+    (partial_path(other) / "something").write_text("not ours")
+    with pytest.raises(OutputExistsError, match="not written by tilefuse"):
+        write_ome_zarr(np.ones((8, 8), np.uint8), other, voxel_size=1)
+
+
+def test_irregular_dask_chunks_are_rechunked(tmp_path):
+    data = np.random.default_rng(4).random((50, 70)).astype(np.float32)
+    image = da.from_array(data, chunks=((10, 30, 10), (35, 35)))
+    path = write_ome_zarr(image, tmp_path / "c.ome.zarr", voxel_size=(1, 1), chunks=(32, 32))
+    group = zarr.open_group(str(path), mode="r")
+    assert group["0"].chunks == (32, 32)
+    np.testing.assert_array_equal(group["0"][...], data)
+
+
+def test_bad_arguments(tmp_path):
+    from tilefuse.errors import ImageDataError
+
+    with pytest.raises(ImageDataError, match="axes"):
+        write_ome_zarr(np.zeros((4, 4, 4)), tmp_path / "a.zarr", voxel_size=1, axes="xyz")
+    with pytest.raises(ImageDataError, match="voxel_size"):
+        write_ome_zarr(np.zeros((4, 4, 4)), tmp_path / "a.zarr", voxel_size=(1, 1))
+    with pytest.raises(ImageDataError, match="channel names"):
+        write_ome_zarr(
+            np.zeros((2, 4, 4)), tmp_path / "a.zarr", voxel_size=1, axes="cyx",
+            channel_names=["one"],
+        )
+    assert not (tmp_path / "a.zarr").exists()
+
+
+def test_progress_bar(tmp_path, capsys):
+    write_ome_zarr(np.zeros((64, 64), np.uint16), tmp_path / "p.zarr", voxel_size=1,
+                   chunks=16, progress=True)
+    err = capsys.readouterr().err
+    assert "p.zarr" in err and "chunk" in err
+
+
+def test_crash_in_pyramid_level_keeps_level0(tmp_path, monkeypatch):
+    import tilefuse.writers.ome_zarr as oz
+
+    data = np.random.default_rng(5).integers(0, 100, (64, 64), dtype=np.uint16)
+    path = tmp_path / "p.ome.zarr"
+
+    def broken(block, factors):
+        raise RuntimeError("crash while downsampling")
+
+    monkeypatch.setattr(oz, "block_mean", broken)
+    first = _FlakyBlocks(data, None)
+    with pytest.raises(RuntimeError, match="downsampling"):
+        write_ome_zarr(first.array((16, 16)), path, voxel_size=1)
+    assert first.calls == 16 and not path.exists()
+    monkeypatch.undo()
+    second = _FlakyBlocks(data, None)
+    write_ome_zarr(second.array((16, 16)), path, voxel_size=1)
+    assert second.calls == 0  # level 0 was complete: the input is not touched again
+    group = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(group["0"][...], data)
+    np.testing.assert_array_equal(group["1"][...], np.rint(_reference_mean(data.astype(float), (2, 2))))
