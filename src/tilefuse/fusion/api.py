@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
+import warnings
+
 import numpy as np
 
 from ..errors import FusionError, where
@@ -127,6 +129,15 @@ def _union_box(project: Project, views) -> Box:
     return box
 
 
+def _warn_missing(project: Project, views) -> None:
+    missing = project.missing_views
+    if missing:
+        warnings.warn(
+            f"{where(project.path, '<MissingViews>')}: {len(missing)} missing views are skipped",
+            stacklevel=3,
+        )
+
+
 def plan_fusion(
     project: Project,
     views: Sequence[ViewId] | None = None,
@@ -165,6 +176,7 @@ def plan_fusion(
         Apply the project's ``<IntensityAdjustments>`` per view.
     """
     views = list(project.views if views is None else views)
+    _warn_missing(project, views)
     views = [v for v in views if v not in project.missing_views]
     if not views:
         raise FusionError(f"{where(project.path)}: no views to fuse")

@@ -16,10 +16,13 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
+import warnings
+
 import numpy as np
 
 from ..errors import RegistrationError, where
-from ..geometry import Box, linear_part
+from ..geometry import Box
+from ..geometry.affine import linear_part
 from ..geometry.affine import to_xml_affine
 from ..project.project import Project
 from ..project.views import ViewId
@@ -82,6 +85,11 @@ def make_groups(
     id or name); the other views of a group still move with it.
     """
     views = list(project.views if views is None else views)
+    missing = project.missing_views
+    if missing:
+        warnings.warn(f"{where(project.path, '<MissingViews>')}: {len(missing)} missing views are skipped",
+                      stacklevel=2)
+        views = [v for v in views if v not in missing]
     groups = project.group_views(views, by=group_by)
     members, used, tps = {}, {}, {}
     for key, vs in groups.items():

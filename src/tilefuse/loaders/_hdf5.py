@@ -1,0 +1,358 @@
+"""``bdv.hdf5``: BigDataViewer HDF5 files, single-file and partitioned.
+
+Layout inside the file (bigdataviewer-core ``bdv/img/hdf5``)::
+
+    s{setup:02d}/resolutions     float64 [levels][3]  downsampling factors, x y z
+    s{setup:02d}/subdivisions    int32   [levels][3]  block shape, x y z
+    t{tp:05d}/s{setup:02d}/{level}/cells              the pixels, stored z y x
+
+Legacy files (no ``dataType`` attribute on ``s{setup:02d}``) store unsigned
+16-bit data as int16; the loader reinterprets those bits as uint16.  Files
+written since bigdataviewer-core 10.4.6 carry ``dataType`` (an N5 type name)
+and store that type natively.
+
+A partitioned project lists ``<partition>`` elements next to the master
+``<hdf5>`` path; each partition file holds some timepoints x setups, possibly
+under other ("mapped") ids.  Views covered by a partition are read straight
+from the partition file; all other views are read through the master file,
+whose external links h5py follows.
+
+The two path helpers at the bottom (:func:`read_path_element`,
+:func:`path_element`) are shared with the TIFF loader.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+import numpy as np
+from lxml import etree
+
+from ..errors import (
+    ImageDataError,
+    MissingDataError,
+    ProjectFormatError,
+    UnsupportedFormatError,
+    where,
+)
+from ..project.views import ViewId
+from . import register_loader
+from .base import ImageLoader, Region, cached_handle, normalize_region
+
+__all__ = ["Hdf5Loader", "Partition", "BDV_DATA_TYPES", "read_path_element", "path_element"]
+
+#: N5 / BDV ``dataType`` names; numpy spells them identically.
+BDV_DATA_TYPES = (
+    "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64",
+)
+
+
+@dataclass(frozen=True)
+class Partition:
+    """One partition file of a partitioned BDV HDF5 dataset.
+
+    ``timepoints``/``setups`` are the project ids the file holds (every
+    combination of them); ``timepoints_mapped``/``setups_mapped`` are the ids
+    used inside the file, element by element.
+    """
+
+    path: Path
+    timepoints: tuple[int, ...]
+    setups: tuple[int, ...]
+    timepoints_mapped: tuple[int, ...]
+    setups_mapped: tuple[int, ...]
+
+    def locate(self, view: ViewId) -> tuple[int, int] | None:
+        """``(timepoint, setup)`` inside the partition file, or None if not covered."""
+        try:
+            t = self.timepoints.index(view.timepoint)
+            s = self.setups.index(view.setup)
+        except ValueError:
+            return None
+        return self.timepoints_mapped[t], self.setups_mapped[s]
+
+
+@register_loader
+class Hdf5Loader(ImageLoader):
+    """Reads views from a BigDataViewer HDF5 file (``format="bdv.hdf5"``).
+
+    Parameters
+    ----------
+    path
+        The (master) ``.h5`` file.
+    partitions
+        Partition files for a partitioned dataset; empty for a single file.
+
+    Notes
+    -----
+    A missing master file raises :class:`~tilefuse.errors.MissingDataError`
+    from every method that needs the file, including :meth:`has_view`: the
+    whole dataset is absent, which is an error rather than a missing view.
+    A present file without a view's ``cells`` dataset gives ``has_view ==
+    False``.
+    """
+
+    format = "bdv.hdf5"
+
+    def __init__(self, path: str | os.PathLike, partitions: Iterable[Partition] = ()) -> None:
+        super().__init__()
+        self.path = Path(path)
+        self.partitions = tuple(partitions)
+
+    # -- construction ---------------------------------------------------
+    @classmethod
+    def for_file(
+        cls, path: str | os.PathLike, partitions: Iterable[Partition] = ()
+    ) -> "Hdf5Loader":
+        """A loader for an HDF5 file, without any XML (e.g. one just written)."""
+        return cls(path, partitions)
+
+    @classmethod
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "Hdf5Loader":
+        base_dir = Path(base_dir)
+        path = read_path_element(element, "hdf5", base_dir, xml_path)
+        partitions = [
+            _partition_from_xml(p, base_dir, xml_path, i)
+            for i, p in enumerate(element.findall("partition"))
+        ]
+        loader = cls(path, partitions)
+        loader.xml_path = Path(xml_path) if xml_path is not None else None
+        return loader
+
+    def to_xml(self, base_dir: Path):
+        elem = etree.Element("ImageLoader", format=self.format)
+        elem.append(path_element("hdf5", self.path, base_dir))
+        for part in self.partitions:
+            p = etree.SubElement(elem, "partition")
+            p.append(path_element("path", part.path, base_dir))
+            # Java writes the *Mapped vectors only when they differ.
+            _int_element(p, "timepoints", part.timepoints)
+            if part.timepoints_mapped != part.timepoints:
+                _int_element(p, "timepointsMapped", part.timepoints_mapped)
+            _int_element(p, "setups", part.setups)
+            if part.setups_mapped != part.setups:
+                _int_element(p, "setupsMapped", part.setups_mapped)
+        return elem
+
+    # -- file access ------------------------------------------------------
+    def _locate(self, view: ViewId) -> tuple[Path, int, int]:
+        """The file holding ``view`` and the (timepoint, setup) ids inside it."""
+        view = ViewId(*view)
+        for part in self.partitions:
+            ids = part.locate(view)
+            if ids is not None:
+                return part.path, ids[0], ids[1]
+        return self.path, view.timepoint, view.setup
+
+    def _file(self, path: Path):
+        return cached_handle((str(path), "h5"), lambda: _open_h5(path, self.xml_path))
+
+    def _cells(self, view: ViewId, level: int):
+        """The ``cells`` dataset of one level, or raise MissingDataError."""
+        path, tp, setup = self._locate(view)
+        f = self._file(path)
+        key = _cells_key(tp, setup, level)
+        try:
+            ds = f.get(key)
+        except KeyError:  # an external link whose target file is gone
+            ds = None
+        if ds is None:
+            n = len(self._resolutions(view))
+            if not 0 <= level < n:
+                raise ImageDataError(
+                    f"{path}: {ViewId(*view)} has {n} resolution level(s), level {level} requested"
+                )
+            raise MissingDataError(
+                f"{path}: {ViewId(*view)} has no pixel data (dataset {key} is missing)"
+            )
+        return ds
+
+    def _resolutions(self, view: ViewId) -> np.ndarray:
+        path, tp, setup = self._locate(view)
+        f = self._file(path)
+        key = f"s{setup:02d}/resolutions"
+        try:
+            present = key in f
+        except KeyError:  # an external link whose target file is gone
+            present = False
+        if not present:
+            raise MissingDataError(f"{path}: {ViewId(*view)}: dataset {key} is missing")
+        res = np.asarray(f[key][()], dtype=np.float64).reshape(-1, 3)
+        return res
+
+    # -- metadata ---------------------------------------------------------
+    def has_view(self, view: ViewId) -> bool:
+        path, tp, setup = self._locate(view)
+        f = self._file(path)
+        try:
+            return _cells_key(tp, setup, 0) in f
+        except KeyError:  # a dangling external link
+            return False
+
+    def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
+        return [tuple(float(v) for v in row[::-1]) for row in self._resolutions(view)]
+
+    def shape(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        return tuple(int(n) for n in self._cells(view, level).shape)
+
+    def dtype(self, view: ViewId) -> np.dtype:
+        path, tp, setup = self._locate(view)
+        f = self._file(path)
+        group = f.get(f"s{setup:02d}")
+        name = group.attrs.get("dataType") if group is not None else None
+        if name is not None:
+            name = name.decode() if isinstance(name, bytes) else str(name)
+            if name not in BDV_DATA_TYPES:
+                raise ImageDataError(
+                    f"{path}: group s{setup:02d} has unknown dataType {name!r} "
+                    f"(expected one of {', '.join(BDV_DATA_TYPES)})"
+                )
+            return np.dtype(name)
+        # Legacy BDV: no attribute; int16 storage means uint16 pixels.
+        ds = f.get(_cells_key(tp, setup, 0))
+        if ds is None or ds.dtype == np.int16:
+            return np.dtype(np.uint16)
+        return ds.dtype
+
+    def chunks(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
+        ds = self._cells(view, level)
+        if ds.chunks is not None:
+            return tuple(int(c) for c in ds.chunks)
+        # Contiguous storage: fall back on BDV's declared block shape.
+        path, _, setup = self._locate(view)
+        sub = np.asarray(self._file(path)[f"s{setup:02d}/subdivisions"][()]).reshape(-1, 3)
+        return tuple(int(c) for c in sub[level][::-1])
+
+    def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
+        ds = self._cells(view, level)
+        region = normalize_region(region, ds.shape)
+        # h5py slicing reads and decompresses only the chunks the region touches.
+        try:
+            arr = ds[region]
+        except OSError as exc:  # a damaged chunk or truncated file
+            path = self._locate(view)[0]
+            raise ImageDataError(
+                f"{path}: cannot read {ViewId(*view)} level {level} from {ds.name} ({exc})"
+            ) from exc
+        want = self.dtype(view)
+        if arr.dtype != want:
+            if arr.dtype.itemsize != want.itemsize or arr.dtype.kind not in "iu":
+                path = self._locate(view)[0]
+                raise ImageDataError(
+                    f"{path}: {ViewId(*view)} is stored as {arr.dtype} but declared {want}"
+                )
+            # Same-width integers: reinterpret the bits (legacy int16 -> uint16).
+            arr = arr.view(want)
+        return arr
+
+    def files(self) -> list[Path]:
+        return [self.path, *(p.path for p in self.partitions)]
+
+    def __repr__(self) -> str:
+        parts = f", partitions={len(self.partitions)}" if self.partitions else ""
+        return f"Hdf5Loader({str(self.path)!r}{parts})"
+
+    def token(self):
+        return (type(self).__name__, str(self.path), self.partitions)
+
+
+def _cells_key(tp: int, setup: int, level: int) -> str:
+    return f"t{tp:05d}/s{setup:02d}/{level}/cells"
+
+
+def _open_h5(path: Path, xml_path: Path | None):
+    import h5py
+
+    if not path.exists():
+        context = where(xml_path, '<ImageLoader format="bdv.hdf5">')
+        raise MissingDataError(f"{context}: HDF5 file {path} does not exist")
+    try:
+        return h5py.File(path, "r")
+    except OSError as exc:
+        raise ImageDataError(f"{path}: not a readable HDF5 file ({exc})") from exc
+
+
+def _int_element(parent, tag: str, values: Sequence[int]) -> None:
+    etree.SubElement(parent, tag).text = " ".join(str(int(v)) for v in values)
+
+
+def _int_list(elem, tag: str, xml_path, context: str, default=None) -> tuple[int, ...]:
+    child = elem.find(tag)
+    if child is None:
+        if default is not None:
+            return default
+        raise ProjectFormatError(f"{where(xml_path, context)}: missing <{tag}>")
+    try:
+        return tuple(int(v) for v in (child.text or "").split())
+    except ValueError:
+        raise ProjectFormatError(
+            f"{where(xml_path, context)}: <{tag}> must hold integers, got {child.text!r}"
+        ) from None
+
+
+def _partition_from_xml(elem, base_dir: Path, xml_path, index: int) -> Partition:
+    context = f"<partition> #{index}"
+    path = read_path_element(elem, "path", base_dir, xml_path, context=context)
+    tps = _int_list(elem, "timepoints", xml_path, context)
+    setups = _int_list(elem, "setups", xml_path, context)
+    tps_m = _int_list(elem, "timepointsMapped", xml_path, context, default=tps)
+    setups_m = _int_list(elem, "setupsMapped", xml_path, context, default=setups)
+    if len(tps_m) != len(tps) or len(setups_m) != len(setups):
+        raise ProjectFormatError(
+            f"{where(xml_path, context)}: mapped id lists differ in length from "
+            f"<timepoints>/<setups> ({len(tps_m)} vs {len(tps)}, {len(setups_m)} vs {len(setups)})"
+        )
+    return Partition(path, tps, setups, tps_m, setups_m)
+
+
+# -- path elements (shared with the TIFF loader) ------------------------------
+
+
+def read_path_element(
+    parent, tag: str, base_dir: Path, xml_path: Path | None, context: str | None = None
+) -> Path:
+    """Resolve a ``<tag type="relative|absolute">path</tag>`` child of ``parent``.
+
+    Relative paths resolve against ``base_dir``; surrounding whitespace is
+    ignored (real files wrap paths in newlines); ``file:`` URIs and Windows
+    separators are accepted.
+    """
+    if context is None:
+        context = '<ImageLoader format="%s">' % parent.get("format", "")
+    child = parent.find(tag)
+    if child is None or not (child.text or "").strip():
+        raise ProjectFormatError(f"{where(xml_path, context)}: missing or empty <{tag}> path")
+    text = child.text.strip()
+    if text.startswith("file:"):
+        from urllib.parse import unquote, urlparse
+
+        text = unquote(urlparse(text).path)
+    elif "://" in text:
+        raise UnsupportedFormatError(
+            f"{where(xml_path, context)}: <{tag}> {text!r} is a remote URI; only local files are supported"
+        )
+    if "\\" in text:
+        text = str(PurePosixPath(*PureWindowsPath(text).parts))
+    path = Path(text)
+    kind = child.get("type", "relative" if not path.is_absolute() else "absolute")
+    if kind == "relative" and not path.is_absolute():
+        path = Path(base_dir) / path
+    return path
+
+
+def path_element(tag: str, path: Path, base_dir: Path):
+    """A ``<tag type=...>`` element: relative to ``base_dir`` when inside it, else absolute."""
+    path = Path(path)
+    elem = etree.Element(tag)
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(base_dir))
+    except ValueError:
+        elem.set("type", "absolute")
+        elem.text = Path(os.path.abspath(path)).as_posix()
+    else:
+        elem.set("type", "relative")
+        elem.text = rel.as_posix() if rel.parts else "."
+    return elem
