@@ -187,3 +187,11 @@ def test_timepoint_forms(tmp_path):
     assert p.timepoints == [7, 3]
     with pytest.raises(errors.ProjectFormatError, match="unknown type"):
         open_project(_write(tmp_path, reg, timepoints='<Timepoints type="weird"/>'))
+
+
+@pytest.mark.parametrize("path", POSITIVE, ids=lambda p: p.name)
+def test_summary_of_every_example(path):
+    from tilefuse.project.summary import project_summary
+
+    text = project_summary(open_project(path), detail=2)
+    assert "views" in text and "registration" in text

@@ -6,6 +6,7 @@ from collections import Counter
 
 import numpy as np
 
+from ..errors import TilefuseError
 from .project import ATTRIBUTE_KINDS, Project
 
 __all__ = ["project_summary", "registration_state"]
@@ -103,8 +104,11 @@ def project_summary(project: Project, detail: int = 1) -> str:
             lines.append(f"layout       unavailable ({exc})")
     if detail >= 2:
         for v in views:
-            b = project.world_box(v)
-            lines.append(f"  {v}: {project.attributes(v)} world min {_fmt_vec(np.asarray(b.lo)[::-1], '{:.1f}')}")
+            try:
+                where = "world min " + _fmt_vec(np.asarray(project.world_box(v).lo)[::-1], "{:.1f}")
+            except TilefuseError as exc:
+                where = f"no position ({exc})"
+            lines.append(f"  {v}: {project.attributes(v)} {where}")
     return "\n".join(lines)
 
 
