@@ -30,4 +30,4 @@ def test_cluster_matches_threads(tmp_path):
     import zarr
 
     written = zarr.open_group(str(out), mode="r")["0"][...]
-    np.testing.assert_array_equal(written[:, :, 0], fused_local[:, :, 0])
+    np.testing.assert_array_equal(written, fused_local[:, :, 0])  # 2D is written as (t, c, y, x)

@@ -42,7 +42,7 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 def _add_register_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("registration")
     g.add_argument("--channel", default=None, help="register on this channel (id or name); default: average")
-    g.add_argument("--downsampling", type=_ints, default="auto",
+    g.add_argument("--downsampling", type=_ints, default=None,
                    help="z,y,x downsampling of the overlap crops (default: 1,1,1 in 2D, 1,2,2 in 3D)")
     g.add_argument("--min-overlap", type=float, default=0.05, help="minimum overlap fraction of a pair")
     g.add_argument("--neighbours-only", action="store_true", help="only face neighbours, no diagonal pairs")
@@ -56,7 +56,7 @@ def _add_register_options(p: argparse.ArgumentParser) -> None:
 
 
 def _register_options(args) -> dict:
-    return dict(channel=args.channel, downsampling=args.downsampling, min_overlap=args.min_overlap,
+    return dict(channel=args.channel, downsampling=args.downsampling or "auto", min_overlap=args.min_overlap,
                 neighbours_only=args.neighbours_only, n_peaks=args.peaks, preset=args.preset,
                 rel_threshold=args.rel_threshold, abs_threshold=args.abs_threshold,
                 min_correlation=args.min_correlation, max_shift=args.max_shift)

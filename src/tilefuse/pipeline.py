@@ -53,7 +53,7 @@ def cluster_client(scheduler: str | None = None, workers: int | None = None, thr
             yield client
         return
     with LocalCluster(n_workers=int(workers), threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
         yield client
 
 

@@ -1,0 +1,637 @@
+"""Translation between two overlapping crops by phase correlation.
+
+This is the pairwise step of stitching: two same-shape crops that cover the
+same nominal world region of two tiles go in, the residual translation between
+them comes out.  The algorithm follows BigStitcher's (Preibisch et al. 2009,
+doi:10.1093/bioinformatics/btp184; Hörl et al. 2019,
+doi:10.1038/s41592-019-0501-0), except where a change measurably improves
+accuracy (see ``_TAPER`` and ``_refine_overlap``):
+
+1. subtract the mean and taper the borders with a cosine (Tukey) window
+   (BigStitcher: blended mirror extension), so that the crop edges do not
+   put a spurious peak at zero shift;
+2. zero-pad to fast FFT sizes, compute the normalised cross-power spectrum
+   and its inverse, the phase-correlation matrix (PCM);
+3. take the top ``n_peaks`` periodic local maxima of the PCM; every peak ``p``
+   stands for ``2**ndim`` shifts (``p`` or ``p - N`` per axis) because the PCM
+   is periodic;
+4. score every candidate by the Pearson correlation of the two crops over
+   their actual overlap at that integer shift; the best wins;
+5. refine the winner to sub-pixel precision on the cross-correlation of the
+   two overlaps (BigStitcher: quadratic fit to the PCM, ``subpixel="quadratic"``).
+
+No I/O and no project knowledge: arrays in, a :class:`PairwiseShift` out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from itertools import product
+from typing import Sequence
+
+import numpy as np
+import scipy.fft as sfft
+from numpy.typing import ArrayLike
+from scipy import ndimage
+
+from ..errors import RegistrationError
+
+__all__ = ["PairwiseShift", "pairwise_shift"]
+
+# Border taper, in pixels per side (capped at a quarter of the axis), applied
+# to the centred crops before every FFT.  Measured on 64-96 px crops with
+# shifts up to +-15 px: 8 px is as good as 16 px and better than 4 px for the
+# sub-pixel step; for peak detection BigStitcher's 10 px blended mirror
+# extension fails as often as the taper (25 vs 27 of 250 noisy camera crops,
+# almost all of them flat, ill-posed regions) and costs larger FFTs.
+_TAPER = 8
+
+# Crops larger than this (pixels) get summed-area tables for the correlation.
+_TABLE_MIN_SIZE = 2**18
+
+# Sub-pixel grid of the upsampled cross-correlation (see _refine_overlap).
+_UPSAMPLE = 20
+
+# Relative magnitude below which a cross-power coefficient is treated as zero:
+# its phase is round-off, and whitening would amplify it to full weight.
+_EPS = 1e-7
+
+
+@dataclass(frozen=True, eq=False)
+class PairwiseShift:
+    """Result of :func:`pairwise_shift`.
+
+    Attributes
+    ----------
+    shift : ndarray of float64, shape (ndim,)
+        Translation in numpy axis order such that ``fixed[x] ≈ moving[x - shift]``
+        (add it to a point of ``moving`` to land on the matching point of
+        ``fixed``).  0 on singleton axes; NaN when ``valid`` is False.
+    correlation : float
+        Pearson correlation of the two crops over their overlap at the integer
+        part of the shift; ``-inf`` when no candidate had enough overlap,
+        ``nan`` when an image is constant.
+    overlap_fraction : float
+        Pixels in that overlap divided by pixels in a crop.
+    n_candidates : int
+        Number of distinct candidate shifts considered (peaks times their
+        periodic alternatives, before the overlap and max_shift tests).
+    valid : bool
+        False when no candidate could be scored; ``reason`` says why.
+    integer_shift : ndarray of int64, shape (ndim,)
+        The winning integer candidate (before sub-pixel refinement).
+    peak_height : float
+        PCM value at the winning peak (1.0 for a perfect, noise-free shift).
+    reason : str
+        Empty when valid, otherwise why no shift was found.
+    """
+
+    shift: np.ndarray
+    correlation: float
+    overlap_fraction: float
+    n_candidates: int
+    valid: bool
+    integer_shift: np.ndarray
+    peak_height: float
+    reason: str = ""
+
+
+def pairwise_shift(
+    fixed: ArrayLike,
+    moving: ArrayLike,
+    *,
+    n_peaks: int = 5,
+    subpixel: bool | str = True,
+    min_overlap: float = 0.1,
+    max_shift: float | Sequence[float] | None = None,
+    fixed_mask: ArrayLike | None = None,
+    moving_mask: ArrayLike | None = None,
+    workers: int | None = None,
+) -> PairwiseShift:
+    """Find the translation between two crops of the same world region.
+
+    Parameters
+    ----------
+    fixed, moving : array_like
+        Same-shape crops (any real dtype, 1-D to 3-D or more).  Axes of length
+        1 are ignored; the returned shift has 0 on them.
+    n_peaks : int, optional
+        How many local maxima of the phase-correlation matrix to check.  The
+        PCM only knows the shift modulo the padded size, so each peak is
+        expanded into its ``2**ndim`` periodic alternatives and every
+        alternative is scored by the Pearson correlation over its overlap.
+    subpixel : bool or {"cc", "quadratic"}, optional
+        Refine the winning shift.  ``True``/``"cc"``: climb to the integer
+        shift of highest overlap correlation, then locate the maximum of the
+        cross-correlation of the two aligned overlaps on a 1/20 px grid with an
+        upsampled DFT (most accurate, see Notes).  ``"quadratic"``: fit a
+        parabola to the PCM per axis around the peak, as BigStitcher does.
+        ``False``: integer shift of highest overlap correlation.
+    min_overlap : float, optional
+        Candidates whose overlap holds fewer than ``min_overlap`` times the
+        pixels of a crop are rejected.
+    max_shift : float or sequence of float, optional
+        Reject candidates with ``|shift[d]| > max_shift[d]`` (a scalar applies
+        to every axis; sequences are in numpy axis order, one per input axis).
+    fixed_mask, moving_mask : array_like of bool, optional
+        True where a crop holds real data.  Masked-out pixels are ignored in
+        the correlation and neutralised in the PCM; they may be non-finite.
+    workers : int, optional
+        Threads for :mod:`scipy.fft`.
+
+    Returns
+    -------
+    PairwiseShift
+        ``valid`` is False (and ``correlation`` is ``-inf`` or ``nan``) when no
+        candidate passes the overlap/max_shift tests or an image is constant.
+
+    Raises
+    ------
+    RegistrationError
+        On bad input: shapes differ, empty arrays, non-finite pixels, complex
+        data, bad parameters.
+
+    Notes
+    -----
+    Convention as in :func:`skimage.registration.phase_cross_correlation`:
+    ``scipy.ndimage.shift(moving, result.shift)`` approximates ``fixed``.
+
+    The PCM finds the shift robustly but its peak is biased on crops of
+    non-periodic, smooth or noisy data (whitening gives noise the weight of
+    signal, and the border taper pulls the peak towards 0).  The sub-pixel
+    step therefore works on the overlap of the aligned crops, with the plain
+    cross-correlation; on the test data this has 0.02-0.06 px mean error
+    against 0.1-0.3 px for the quadratic PCM fit.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from scipy import ndimage
+    >>> rng = np.random.default_rng(0)
+    >>> image = ndimage.gaussian_filter(rng.random((96, 96)), 2)
+    >>> fixed, moving = image[10:74, 10:74], image[13:77, 8:72]
+    >>> pairwise_shift(fixed, moving).shift.round(2)
+    array([ 3., -2.])
+    """
+    fixed_a, moving_a, keep, masks = _validate(fixed, moving, fixed_mask, moving_mask)
+    full_ndim = fixed_a.ndim
+    if n_peaks < 1:
+        raise RegistrationError(f"n_peaks must be >= 1, got {n_peaks}")
+    if not 0.0 <= min_overlap <= 1.0:
+        raise RegistrationError(f"min_overlap must be in [0, 1], got {min_overlap}")
+    method = _subpixel_method(subpixel)
+    limit = _max_shift_per_axis(max_shift, full_ndim)[keep]
+
+    shape = tuple(fixed_a.shape[d] for d in keep)
+    f = fixed_a.reshape(shape)
+    m = moving_a.reshape(shape)
+    if masks is not None:
+        masks = (masks[0].reshape(shape), masks[1].reshape(shape))
+
+    # Centred float64 copies: the scorer's sums stay well conditioned and the
+    # FFT input has no DC term to leak into the PCM.
+    f = _centred(f, None if masks is None else masks[0])
+    m = _centred(m, None if masks is None else masks[1])
+
+    def result(valid, corr, frac, n_cand, ishift, shift, height, reason=""):
+        # Re-insert the singleton axes that were dropped.
+        full_shift = np.zeros(full_ndim)
+        full_int = np.zeros(full_ndim, dtype=np.int64)
+        full_shift[keep] = shift
+        full_int[keep] = ishift
+        return PairwiseShift(full_shift, float(corr), float(frac), int(n_cand), bool(valid),
+                             full_int, float(height), reason)
+
+    pcm, fft_shape = _phase_correlation(f, m, workers)
+    peaks, heights = _periodic_peaks(pcm, n_peaks)
+    scorer = _OverlapScorer(f, m, masks)
+    total = math.prod(shape)
+    min_count = max(min_overlap * total, 2)
+
+    best = None  # (r, shift, peak height)
+    seen: set[tuple[int, ...]] = set()
+    for peak, height in zip(peaks, heights):
+        for cand in _candidates(peak, fft_shape, shape, limit):
+            if cand in seen:
+                continue
+            seen.add(cand)
+            if scorer.count(cand) < min_count:
+                continue
+            r = scorer.pearson(cand)
+            # NaN (constant overlap) only wins when nothing else was scored.
+            if best is None or r > best[0] or (np.isnan(best[0]) and not np.isnan(r)):
+                best = (r, cand, height)
+
+    n_scored = len(seen)
+    if best is None:
+        reason = "no candidate shift overlaps by at least min_overlap"
+        if max_shift is not None:
+            reason += " within max_shift"
+        return result(False, -np.inf, 0.0, n_scored, (0,) * len(shape), np.nan, np.nan, reason)
+    r, cand, height = best
+    if not np.isfinite(r):
+        return result(False, np.nan, scorer.count(cand) / total, n_scored, cand, np.nan, height,
+                      "an image is constant over the overlap; correlation is undefined")
+
+    if method == "quadratic":
+        shift = np.asarray(cand, dtype=np.float64) + _refine_quadratic(pcm, cand)
+    elif method is None:
+        cand, r = _hill_climb(scorer, cand, shape, limit, min_count)
+        shift = np.asarray(cand, dtype=np.float64)
+    else:
+        # The PCM peak can be an integer off the true shift (its bias towards
+        # 0, see _refine_overlap); re-centre when the maximum sits at the
+        # edge of the +-0.75 px search window.
+        centre = cand
+        for _ in range(4):
+            offset = _refine_overlap(f, m, masks, centre, workers)
+            shift = np.asarray(centre, dtype=np.float64) + offset
+            nearest = tuple(int(v) for v in np.round(shift))
+            if np.all(np.abs(offset) < 0.7) or scorer.count(nearest) < min_count:
+                break
+            centre = nearest
+        if nearest != cand and scorer.count(nearest) >= min_count:
+            cand, r = nearest, scorer.pearson(nearest)
+    return result(True, r, scorer.count(cand) / total, n_scored, cand, shift, height)
+
+
+# --------------------------------------------------------------------------
+# input handling
+
+
+def _validate(fixed, moving, fixed_mask, moving_mask):
+    f = np.asarray(fixed)
+    m = np.asarray(moving)
+    if f.shape != m.shape:
+        raise RegistrationError(
+            f"fixed and moving crops must have the same shape, got {f.shape} and {m.shape}")
+    if f.size == 0:
+        raise RegistrationError(f"crops are empty (shape {f.shape})")
+    for name, a in (("fixed", f), ("moving", m)):
+        if np.iscomplexobj(a):
+            raise RegistrationError(f"{name} crop is complex ({a.dtype}); pass real images")
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
+            raise RegistrationError(f"{name} crop has non-numeric dtype {a.dtype}")
+    keep = np.array([d for d, n in enumerate(f.shape) if n > 1], dtype=np.intp)
+    if keep.size == 0:
+        raise RegistrationError(f"crops of shape {f.shape} have no axis longer than 1")
+
+    masks = None
+    if fixed_mask is not None or moving_mask is not None:
+        fm = np.ones(f.shape, bool) if fixed_mask is None else np.asarray(fixed_mask, bool)
+        mm = np.ones(f.shape, bool) if moving_mask is None else np.asarray(moving_mask, bool)
+        for name, mk in (("fixed_mask", fm), ("moving_mask", mm)):
+            if mk.shape != f.shape:
+                raise RegistrationError(
+                    f"{name} has shape {mk.shape}, the crops have shape {f.shape}")
+        masks = (fm, mm)
+
+    for i, (name, a) in enumerate((("fixed", f), ("moving", m))):
+        if a.dtype.kind == "f":
+            finite = np.isfinite(a)
+            ok = finite.all() if masks is None else finite[masks[i]].all()
+            if not ok:
+                raise RegistrationError(
+                    f"{name} crop contains NaN or infinite values; pass "
+                    f"{name}_mask=np.isfinite({name}) to ignore them")
+    return f, m, keep, masks
+
+
+def _subpixel_method(subpixel) -> str | None:
+    if subpixel is True or subpixel == "cc":
+        return "cc"
+    if subpixel is False or subpixel is None:
+        return None
+    if subpixel == "quadratic":
+        return subpixel
+    raise RegistrationError(
+        f"subpixel must be True, False, 'cc' or 'quadratic', got {subpixel!r}")
+
+
+def _max_shift_per_axis(max_shift, ndim: int) -> np.ndarray:
+    if max_shift is None:
+        return np.full(ndim, np.inf)
+    limit = np.asarray(max_shift, dtype=np.float64)
+    if limit.ndim == 0:
+        return np.full(ndim, float(limit))
+    if limit.shape != (ndim,):
+        raise RegistrationError(
+            f"max_shift must be a scalar or have one value per axis ({ndim}), got {limit.tolist()}")
+    return limit
+
+
+def _centred(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """float64 copy with the (masked) mean removed and masked pixels at 0."""
+    out = np.array(a, dtype=np.float64)
+    if mask is None:
+        out -= out.mean()
+    else:
+        out[~mask] = 0.0
+        n = np.count_nonzero(mask)
+        if n:
+            out -= out.sum() / n
+        out[~mask] = 0.0
+    return out
+
+
+# --------------------------------------------------------------------------
+# phase correlation matrix and its peaks
+
+
+def _taper(shape: tuple[int, ...]) -> list[np.ndarray]:
+    """Per-axis Tukey windows: cosine ramps of ``_TAPER`` px at both ends."""
+    windows = []
+    for n in shape:
+        w = np.ones(n, dtype=np.float32)
+        k = min(_TAPER, n // 4)
+        if k > 0:
+            ramp = 0.5 * (1.0 - np.cos(np.pi * (np.arange(k) + 0.5) / k))
+            w[:k] = ramp
+            w[n - k:] = ramp[::-1]
+        windows.append(w)
+    return windows
+
+
+def _apodised(a: np.ndarray) -> np.ndarray:
+    out = a.astype(np.float32)
+    for axis, w in enumerate(_taper(a.shape)):
+        out *= w.reshape((-1,) + (1,) * (a.ndim - axis - 1))
+    return out
+
+
+def _phase_correlation(f: np.ndarray, m: np.ndarray, workers):
+    """Phase-correlation matrix of two centred crops, and its (padded) shape."""
+    fft_shape = tuple(sfft.next_fast_len(n, real=True) for n in f.shape)
+    axes = tuple(range(f.ndim))
+    ff = sfft.rfftn(_apodised(f), s=fft_shape, axes=axes, workers=workers)
+    fm = sfft.rfftn(_apodised(m), s=fft_shape, axes=axes, workers=workers)
+    # F1 conj(F2) / |F1 conj(F2)|: its inverse has a delta at d for
+    # f(x) = m(x - d).  Coefficients with negligible magnitude carry no
+    # reliable phase and are zeroed instead of amplified.
+    ff *= np.conj(fm)
+    mag = np.abs(ff)
+    tiny = mag <= _EPS * mag.max() if mag.size else mag
+    mag[tiny] = 1.0
+    ff /= mag
+    ff[tiny] = 0.0
+    pcm = sfft.irfftn(ff, s=fft_shape, axes=axes, workers=workers)
+    return pcm, fft_shape
+
+
+def _periodic_peaks(pcm: np.ndarray, n_peaks: int):
+    """Indices and values of the ``n_peaks`` highest local maxima (periodic).
+
+    A local maximum is >= its ``3**ndim - 1`` neighbours, with wrap-around
+    borders since the PCM is periodic.  Only the highest values can be the
+    highest maxima, so these are tested first (cheap); a full maximum filter
+    is the fallback when they hold too few maxima.
+    """
+    flat = pcm.ravel()
+    ndim = pcm.ndim
+    k = min(flat.size, 2 * 3**ndim * n_peaks + 16)
+    top = np.argpartition(flat, flat.size - k)[flat.size - k:] if k < flat.size else np.arange(flat.size)
+    coords = np.stack(np.unravel_index(top, pcm.shape), axis=1)  # (k, ndim)
+    steps = np.array([s for s in product((-1, 0, 1), repeat=ndim) if any(s)])
+    neigh = (coords[:, None, :] + steps[None]) % np.array(pcm.shape)
+    neigh_vals = pcm[tuple(np.moveaxis(neigh, -1, 0))]  # (k, 3**ndim - 1)
+    is_max = flat[top] >= neigh_vals.max(axis=1)
+    if np.count_nonzero(is_max) < n_peaks and k < flat.size:
+        mask = pcm >= ndimage.maximum_filter(pcm, size=3, mode="wrap")
+        top = np.flatnonzero(mask)
+    else:
+        top = top[is_max]
+    values = flat[top]
+    order = np.argsort(values)[::-1][:n_peaks]
+    peaks = np.stack(np.unravel_index(top[order], pcm.shape), axis=1)
+    return [tuple(int(v) for v in p) for p in peaks], values[order]
+
+
+def _candidates(peak, fft_shape, shape, limit):
+    """The periodic alternatives ``p`` or ``p - N`` per axis that can overlap."""
+    per_axis = []
+    for p, big, n, lim in zip(peak, fft_shape, shape, limit):
+        opts = [s for s in (p, p - big) if abs(s) < n and abs(s) <= lim]
+        if not opts:
+            return []
+        per_axis.append(opts)
+    return list(product(*per_axis))
+
+
+# --------------------------------------------------------------------------
+# Pearson correlation over the overlap
+
+
+def _overlap_slices(shift, shape):
+    """Slices of ``fixed`` and ``moving`` that overlap when fixed[x] = moving[x - shift]."""
+    sf, sm = [], []
+    for s, n in zip(shift, shape):
+        sf.append(slice(max(0, s), n + min(0, s)))
+        sm.append(slice(max(0, -s), n - max(0, s)))
+    return tuple(sf), tuple(sm)
+
+
+class _OverlapScorer:
+    """Pearson correlation of two crops over their overlap at integer shifts.
+
+    Without masks the first and second moments of both crops come from one
+    stacked summed-area table (``2**ndim`` look-ups per candidate); only the
+    cross term is a pass over the overlap, through strided views (no copies).
+    """
+
+    def __init__(self, f: np.ndarray, m: np.ndarray, masks):
+        self.f, self.m, self.shape = f, m, f.shape
+        self.masks = masks
+        ndim = f.ndim
+        self._sum_spec = "{0},{0}->".format("".join(chr(105 + d) for d in range(ndim)))
+        self.table = None
+        # Building the table costs ~30 passes over the crop (numpy's cumsum is
+        # slow); a direct evaluation costs 5.  With the ~10-30 evaluations of a
+        # typical call the table only pays off on large crops.
+        if masks is None and f.size > _TABLE_MIN_SIZE:
+            table = np.zeros((4,) + tuple(n + 1 for n in f.shape))
+            inner = (slice(1, None),) * ndim
+            table[(0,) + inner] = f
+            np.multiply(f, f, out=table[(1,) + inner])
+            table[(2,) + inner] = m
+            np.multiply(m, m, out=table[(3,) + inner])
+            for axis in range(1, ndim + 1):
+                np.cumsum(table, axis=axis, out=table)
+            self.table = table
+            self.bits = np.array(list(product((0, 1), repeat=ndim)), dtype=bool)
+            self.signs = (-1.0) ** (ndim - self.bits.sum(axis=1))
+
+    def _moments(self, which: slice, sl) -> np.ndarray:
+        """(sum, sum of squares) over box ``sl`` of the tables ``which``."""
+        lo = np.array([s.start for s in sl])
+        hi = np.array([s.stop for s in sl])
+        corners = np.where(self.bits, hi, lo)
+        return self.table[(which,) + tuple(corners.T)] @ self.signs
+
+    def count(self, shift) -> int:
+        sf, sm = _overlap_slices(shift, self.shape)
+        if self.masks is None:
+            return math.prod(s.stop - s.start for s in sf)
+        return int(np.count_nonzero(self.masks[0][sf] & self.masks[1][sm]))
+
+    def pearson(self, shift) -> float:
+        sf, sm = _overlap_slices(shift, self.shape)
+        a, b = self.f[sf], self.m[sm]
+        if self.table is not None:
+            n = a.size
+            sa, saa = self._moments(slice(0, 2), sf)
+            sb, sbb = self._moments(slice(2, 4), sm)
+            sab = float(np.einsum(self._sum_spec, a, b))
+        elif self.masks is None:
+            n = a.size
+            spec = self._sum_spec
+            sa, sb = a.sum(), b.sum()
+            saa, sbb, sab = (np.einsum(spec, a, a), np.einsum(spec, b, b), np.einsum(spec, a, b))
+        else:
+            w = self.masks[0][sf] & self.masks[1][sm]
+            n = np.count_nonzero(w)
+            if n < 2:
+                return float("nan")
+            a, b = a[w], b[w]
+            sa, saa, sb, sbb, sab = a.sum(), np.dot(a, a), b.sum(), np.dot(b, b), np.dot(a, b)
+        va = saa - sa * sa / n
+        vb = sbb - sb * sb / n
+        # Differences of summed-area tables carry rounding of the order of
+        # eps * (table magnitude); a variance below that is "constant".
+        floor = 1e-10 * (abs(saa) + abs(sbb) + 1e-300)
+        if va <= floor or vb <= floor:
+            return float("nan")
+        return float((sab - sa * sb / n) / math.sqrt(va * vb))
+
+
+# --------------------------------------------------------------------------
+# refinement
+
+
+def _hill_climb(scorer: _OverlapScorer, shift, shape, limit, min_count, max_steps=8):
+    """Move to the integer neighbour with the best correlation until none is better.
+
+    The PCM peak of two crops is pulled towards zero shift by the taper (the
+    windows of the two crops overlap best at zero), so its integer position can
+    be one pixel off the best-correlated one; the overlap correlation has no
+    such bias.
+    """
+    cur = tuple(shift)
+    cur_r = scorer.pearson(cur)
+    for _ in range(max_steps):
+        best, best_r = cur, cur_r
+        for d in range(len(shape)):
+            for step in (-1, 1):
+                s = list(cur)
+                s[d] += step
+                s = tuple(s)
+                if abs(s[d]) >= shape[d] or abs(s[d]) > limit[d] or scorer.count(s) < min_count:
+                    continue
+                r = scorer.pearson(s)
+                if r > best_r:
+                    best, best_r = s, r
+        if best == cur:
+            break
+        cur, cur_r = best, best_r
+    return cur, cur_r
+
+
+def _refine_overlap(f, m, masks, shift, workers) -> np.ndarray:
+    """Sub-pixel residual between the two crops aligned at integer ``shift``.
+
+    Cuts the overlap of both crops, so that what remains differs by less than
+    a pixel, and locates the maximum of their (tapered, not whitened)
+    cross-correlation on a 1/_UPSAMPLE px grid with an upsampled DFT, then a
+    parabola through that grid.  Why this and not the PCM:
+
+    * whitening gives noise-only high frequencies the same weight as signal,
+      which on smooth (optically band-limited) or noisy data shifts the PCM
+      peak by up to ~0.3 px; plain cross-correlation weights frequencies by
+      their power, which is the matched filter for white noise;
+    * the PCM of the full crops is biased towards zero shift by the taper,
+      which matters for shifts of several pixels but not for the < 1 px
+      residual of aligned crops.
+
+    Measured on shifts up to 15 px (64-96 px crops, Poisson noise): mean
+    error 0.02-0.06 px where BigStitcher's quadratic PCM fit gives 0.1-0.3 px.
+    """
+    sf, sm = _overlap_slices(shift, f.shape)
+    if masks is None:
+        a, b = f[sf] - f[sf].mean(), m[sm] - m[sm].mean()
+    else:
+        a, b = _centred(f[sf], masks[0][sf]), _centred(m[sm], masks[1][sm])
+    fft_shape = tuple(sfft.next_fast_len(n, real=True) for n in a.shape)
+    axes = tuple(range(a.ndim))
+    spectrum = sfft.rfftn(_apodised(a), s=fft_shape, axes=axes, workers=workers)
+    spectrum *= np.conj(sfft.rfftn(_apodised(b), s=fft_shape, axes=axes, workers=workers))
+    return _upsampled_peak(spectrum, fft_shape)
+
+
+def _upsampled_peak(spectrum: np.ndarray, fft_shape) -> np.ndarray:
+    """Position of the maximum of ``irfftn(spectrum)`` within +-0.75 px of 0.
+
+    The correlation is evaluated on ``(2*half+1)**ndim`` points ``j/u`` by
+    contracting one axis at a time with a small DFT matrix (the
+    matrix-multiply DFT of Guizar-Sicairos et al. 2008,
+    doi:10.1364/OL.33.000156), one pass over the spectrum instead of an FFT
+    of a ``u`` times larger array.  A parabola through the grid maximum and
+    its neighbours gives the final sub-grid position.
+    """
+    u = _UPSAMPLE
+    half = int(math.ceil(0.75 * u))
+    offsets = np.arange(-half, half + 1) / u
+    ndim = len(fft_shape)
+    data = spectrum
+    for axis in reversed(range(ndim)):
+        n = fft_shape[axis]
+        if axis == ndim - 1:
+            # rfft half spectrum: conjugate pairs fold into weight 2 (DC and
+            # Nyquist appear once); the real part is taken at the end.
+            k = np.arange(data.shape[axis])
+            weight = np.full(k.size, 2.0)
+            weight[0] = 1.0
+            if n % 2 == 0:
+                weight[-1] = 1.0
+        else:
+            k = sfft.fftfreq(n, 1.0 / n)
+            weight = np.ones(n)
+        # float32 phases are exact enough (|k x / n| <= 0.4 turns) and
+        # several times faster to evaluate than complex128 exponentials.
+        phase = np.outer(k, offsets).astype(np.float32) * np.float32(2 * np.pi / n)
+        kernel = np.empty(phase.shape, dtype=data.dtype)
+        kernel.real = np.cos(phase) * weight[:, None]
+        kernel.imag = np.sin(phase) * weight[:, None]
+        # matmul contracts the last axis; the result axes are rotated back
+        # into place after each step (the copy is of an already small array).
+        data = np.moveaxis(np.moveaxis(data, axis, -1) @ kernel, -1, axis)
+    values = data.real
+    best = np.unravel_index(int(np.argmax(values)), values.shape)
+    out = offsets[np.array(best)]
+    for d in range(ndim):
+        if 0 < best[d] < values.shape[d] - 1:
+            lo, hi = list(best), list(best)
+            lo[d] -= 1
+            hi[d] += 1
+            out[d] += _parabola_vertex(values[tuple(lo)], values[best], values[tuple(hi)]) / u
+    return out
+
+
+def _parabola_vertex(lo: float, mid: float, hi: float) -> float:
+    """Vertex offset of the parabola through (-1, lo), (0, mid), (1, hi), in [-0.5, 0.5]."""
+    denom = lo - 2.0 * mid + hi
+    if not denom < 0:  # not a maximum (or NaN)
+        return 0.0
+    return float(np.clip(0.5 * (lo - hi) / denom, -0.5, 0.5))
+
+
+def _refine_quadratic(pcm: np.ndarray, shift) -> np.ndarray:
+    """BigStitcher's refinement: per-axis parabola through the PCM at peak +- 1 (periodic)."""
+    idx = np.array(shift) % np.array(pcm.shape)
+    out = np.zeros(pcm.ndim)
+    mid = pcm[tuple(idx)]
+    for d in range(pcm.ndim):
+        lo_i, hi_i = idx.copy(), idx.copy()
+        lo_i[d] = (idx[d] - 1) % pcm.shape[d]
+        hi_i[d] = (idx[d] + 1) % pcm.shape[d]
+        out[d] = _parabola_vertex(pcm[tuple(lo_i)], mid, pcm[tuple(hi_i)])
+    return out

@@ -1,0 +1,129 @@
+"""Registration of whole projects against ground truth, link rejection, write-back, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import tilefuse
+from tilefuse import errors
+from tilefuse.demo import make_sample_project, score_registration
+from tilefuse.project import ViewId, open_project
+from tilefuse.registration.api import STITCHING_TRANSFORM
+from tilefuse.registration.pairs import overlapping_pairs
+from tilefuse.geometry import Box
+
+
+@pytest.fixture(scope="module")
+def sample_2d(tmp_path_factory):
+    out = tmp_path_factory.mktemp("s2d")
+    # tile 5 holds only background: its links must be rejected, and it must not drift
+    project = make_sample_project(out, ndim=2, grid=(3, 4), tile_shape=(256, 256), overlap=0.15,
+                                  max_offset=8.0, empty_tiles=(5,), seed=3, factors=[(1, 1, 1), (1, 2, 2)])
+    return project, out / "truth.json"
+
+
+def test_2d_positions_recovered(sample_2d):
+    project, truth = sample_2d
+    result = tilefuse.register(project)
+    registered = result.apply(project)
+    score = score_registration(registered, truth)
+    before = score_registration(project, truth)
+    assert before["mean"] > 3.0  # the stage positions really are off
+    assert score["mean"] < before["mean"] / 3, (score, before)
+    # tile 5 is empty: the others are scored on their own...
+    errors_by_tile = _tile_errors(registered, truth)
+    good = np.delete(errors_by_tile, 5)
+    assert good.mean() < 0.15 and good.max() < 0.5, errors_by_tile
+    empty_links = [link for link in result.links if 5 in (link.a[1], link.b[1])]
+    assert empty_links and not any(link.accepted for link in empty_links)
+    assert all(link.accepted for link in result.links if 5 not in (link.a[1], link.b[1]) and link.valid)
+    # ...and the empty tile keeps its stage position relative to its neighbours (no drift)
+    t = {key[1]: v for key, v in result.translations.items()}
+    np.testing.assert_allclose(t[5], np.mean([t[1], t[4], t[6], t[9]], axis=0), atol=1e-6)
+
+
+def _tile_errors(project, truth_path):
+    import json
+
+    truth = json.loads(open(truth_path).read())["tiles"]
+    true = np.array([t["true_zyx"] for t in truth])[:, -2:]
+    cur = np.array([project.model(project.select(tile=i)[0])[1:3, 3] for i in range(len(truth))])
+    d = cur - true
+    ok = [i for i in range(len(truth)) if i != 5]
+    d -= d[ok].mean(axis=0)
+    return np.linalg.norm(d, axis=1)
+
+
+def test_write_back_and_reopen(sample_2d, tmp_path):
+    project, _ = sample_2d
+    result = tilefuse.register(project)
+    out = tmp_path / "registered.xml"
+    result.apply(project).save(out)
+    again = open_project(out)
+    chain = again.transforms(ViewId(0, 1))
+    assert [vt.name for vt in chain] == [STITCHING_TRANSFORM, "Translation to Regular Grid", "calibration"]
+    stored = again.data.stitching_results
+    assert len(stored) == sum(link.valid for link in result.links)
+    first = stored[0]
+    assert first.overlap is not None and -1 <= first.correlation <= 1
+    # pixels are still reachable from the new location, and the input XML is untouched
+    assert again.image(ViewId(0, 0)).shape == project.image(ViewId(0, 0)).shape
+    assert STITCHING_TRANSFORM not in project.path.read_text()
+    # links can be re-read from the registered project only while their hash matches (stale here)
+    assert tilefuse.links_from_project(again) == []
+
+
+def test_separate_steps_equal_register(sample_2d):
+    project, _ = sample_2d
+    groups = tilefuse.make_groups(project)
+    links = tilefuse.pairwise(project, groups)
+    stepwise = tilefuse.solve(links, groups)
+    direct = tilefuse.register(project)
+    for key in groups.members:
+        np.testing.assert_allclose(stepwise.translations[key], direct.translations[key], atol=1e-9)
+
+
+def test_3d_anisotropic(tmp_path):
+    project = make_sample_project(tmp_path, ndim=3, grid=(1, 2, 2), tile_shape=(24, 128, 128), overlap=0.2,
+                                  max_offset=6.0, seed=5, factors=[(1, 1, 1), (1, 2, 2)])
+    assert project.setups[0].voxel_size[0] > project.setups[0].voxel_size[1]
+    result = tilefuse.register(project, downsampling=(1, 1, 1))
+    score = score_registration(result.apply(project), tmp_path / "truth.json")
+    assert score["mean"] < 0.3 and score["max"] < 0.6, score
+
+
+def test_no_overlap_and_bad_downsampling(tmp_path):
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 1000, (1, 64, 64), dtype=np.uint16) for _ in range(2)]
+    p = tilefuse.write_project(tmp_path / "far.xml", tiles, [(0, 0, 0), (0, 0, 500)], factors=[(1, 1, 1)])
+    result = tilefuse.register(p)
+    assert result.links == []  # no pair overlaps: nothing to register, positions kept
+    assert all(np.allclose(t, 0) for t in result.translations.values())
+    p = tilefuse.write_project(tmp_path / "near.xml", tiles, [(0, 0, 0), (0, 0, 50)], factors=[(1, 1, 1)])
+    with pytest.raises(errors.RegistrationError, match="larger than"):
+        tilefuse.register(p, downsampling=(1, 128, 128))
+
+
+def test_view_without_pixels(tmp_path):
+    rng = np.random.default_rng(0)
+    tiles = [rng.integers(0, 1000, (1, 64, 64), dtype=np.uint16) for _ in range(2)]
+    p = tilefuse.write_project(tmp_path / "d.xml", tiles, [(0, 0, 0), (0, 0, 50)], factors=[(1, 1, 1)])
+    import h5py
+
+    with h5py.File(tmp_path / "d.h5", "a") as f:
+        del f["t00000/s01"]
+    p = open_project(tmp_path / "d.xml")
+    with pytest.raises(errors.RegistrationError, match="setup 1.*no pixels"):
+        tilefuse.register(p)
+
+
+def test_overlapping_pairs_sweep_matches_brute_force():
+    rng = np.random.default_rng(4)
+    boxes = {}
+    for i in range(200):
+        lo = rng.uniform(0, 1000, 3)
+        boxes[i] = Box.from_arrays(lo, lo + rng.uniform(10, 120, 3))
+    fast = {(p.a, p.b) for p in overlapping_pairs(boxes)}
+    brute = {(i, j) for i in boxes for j in boxes if i < j and not boxes[i].intersect(boxes[j]).is_empty}
+    assert fast == brute
