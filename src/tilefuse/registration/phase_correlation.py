@@ -244,13 +244,19 @@ def pairwise_shift(
         # 0, see _refine_overlap); re-centre when the maximum sits at the
         # edge of the +-0.75 px search window.
         centre = cand
-        for _ in range(4):
+        for _ in range(4 if method == "cc" else 0):
             offset = _refine_overlap(f, m, masks, centre, workers)
             shift = np.asarray(centre, dtype=np.float64) + offset
             nearest = tuple(int(v) for v in np.round(shift))
             if np.all(np.abs(offset) < 0.7) or scorer.count(nearest) < min_count:
                 break
             centre = nearest
+        if method == "gradient":
+            # The PCM's integer winner can be a pixel or two off on narrow,
+            # tapered overlaps; climb the (unbiased) overlap correlation first.
+            cand, r = _hill_climb(scorer, cand, shape, limit, min_count)
+            shift = _refine_gradient(f, m, masks, np.asarray(cand, dtype=np.float64), min_count)
+            nearest = tuple(int(v) for v in np.round(shift))
         if nearest != cand and scorer.count(nearest) >= min_count:
             cand, r = nearest, scorer.pearson(nearest)
     return result(True, r, scorer.count(cand) / total, n_scored, cand, shift, height)
@@ -299,14 +305,16 @@ def _validate(fixed, moving, fixed_mask, moving_mask):
 
 
 def _subpixel_method(subpixel) -> str | None:
-    if subpixel is True or subpixel == "cc":
+    if subpixel is True or subpixel == "gradient":
+        return "gradient"
+    if subpixel == "cc":
         return "cc"
     if subpixel is False or subpixel is None:
         return None
     if subpixel == "quadratic":
         return subpixel
     raise RegistrationError(
-        f"subpixel must be True, False, 'cc' or 'quadratic', got {subpixel!r}")
+        f"subpixel must be True, False, 'gradient', 'cc' or 'quadratic', got {subpixel!r}")
 
 
 def _max_shift_per_axis(max_shift, ndim: int) -> np.ndarray:
@@ -534,6 +542,103 @@ def _hill_climb(scorer: _OverlapScorer, shift, shape, limit, min_count, max_step
             break
         cur, cur_r = best, best_r
     return cur, cur_r
+
+
+def _bspline3_weights(t: float) -> np.ndarray:
+    """Cubic B-spline weights of the four samples around a point at fraction ``t`` in [0, 1)."""
+    return np.array([(1 - t) ** 3, 4 - 6 * t**2 + 3 * t**3, 1 + 3 * t + 3 * t**2 - 3 * t**3, t**3]) / 6.0
+
+
+def _sample_shifted(coeffs: np.ndarray, region, offset) -> np.ndarray:
+    """Cubic-spline samples of ``coeffs`` at ``x + offset`` for ``x`` in ``region``.
+
+    A constant offset makes spline interpolation separable: per axis, a
+    4-tap weighted sum of shifted slices (indices clamped at the border, like
+    ``mode="nearest"``).  Several times faster than ``map_coordinates``,
+    which builds and walks a coordinate array per voxel.
+    """
+    out = coeffs
+    for axis, (sl, u) in enumerate(zip(region, offset)):
+        base = math.floor(u)
+        weights = _bspline3_weights(u - base)
+        idx = np.arange(sl.start, sl.stop) + base
+        n = out.shape[axis]
+        acc = None
+        for j, w in zip((-1, 0, 1, 2), weights):
+            part = np.take(out, np.clip(idx + j, 0, n - 1), axis=axis)
+            acc = part * w if acc is None else acc + part * w
+        out = acc
+    return out
+
+
+def _band_pass(a: np.ndarray, low: float = 1.0, high: float = 4.0) -> np.ndarray:
+    """Difference of Gaussians: drops pixel noise and smooth illumination (vignetting).
+
+    ``high`` was chosen by measurement: on the 3D demo sample and on shifted
+    ``camera`` crops, sigma 4 gave 0.01-0.03 px mean error, 8 gave 0.02-0.04
+    and 16 gave 0.03-0.07 (wider filters keep more of the illumination
+    difference between tiles, which biases the fit).
+    """
+    a = a.astype(np.float32, copy=False)
+    return ndimage.gaussian_filter(a, low, mode="nearest") - ndimage.gaussian_filter(a, high, mode="nearest")
+
+
+def _refine_gradient(f, m, masks, start, min_count, iterations: int = 8) -> np.ndarray:
+    """Gauss-Newton refinement of a sub-pixel shift on the aligned overlap.
+
+    Minimises ``sum w (f(x) - a*m(x - s) - b)^2`` over the shift ``s`` (and a
+    gain ``a`` and offset ``b``, which absorb uneven illumination), linearising
+    ``m`` around the current estimate and resampling it with cubic splines at
+    every step (Lucas-Kanade).  Both crops are smoothed by the same small
+    Gaussian first, which does not move the optimum but keeps noise out of the
+    gradients (noisy gradients bias the estimate towards zero).
+
+    Why not only the upsampled cross-correlation: its taper is a window shared
+    by both crops, and on narrow overlaps (a 25 px wide overlap of which 7 px
+    are lost to the shift) the window dominates and pulls the peak by up to
+    0.9 px.  Measured on the 3D demo sample: 0.03-0.06 px error with this step
+    against 0.5-0.9 px without it along the thin axis.
+    """
+    shift = np.asarray(start, dtype=np.float64).copy()
+    fs = _band_pass(f)
+    ms = _band_pass(m)
+    spline = ndimage.spline_filter(ms, order=3, mode="nearest")
+    for _ in range(iterations):
+        c = tuple(int(v) for v in np.round(shift))
+        sf, sm = _overlap_slices(c, f.shape)
+        # Interior of the overlap: 2 px away from the crop borders, where the
+        # resampled values are extrapolated.
+        inner = tuple(slice(a.start + 2, a.stop - 2) if a.stop - a.start > 6 else a for a in sf)
+        inner_m = tuple(slice(b.start + (i.start - a.start), b.start + (i.stop - a.start))
+                        for a, b, i in zip(sf, sm, inner))
+        target = fs[inner]
+        if target.size < max(min_count / 4, 16):
+            return np.asarray(start, dtype=np.float64)
+        delta = shift - np.asarray(c)
+        # g(x) = m(x - c - delta) on the overlap: sample the spline at x - delta.
+        g = _sample_shifted(spline, inner_m, -delta)
+        grads = np.gradient(g) if g.ndim > 1 else [np.gradient(g)]
+        w = None
+        if masks is not None:
+            w = (masks[0][inner] & masks[1][inner_m]).ravel().astype(np.float64)
+        # f ≈ a*g(x - d) + b ≈ a*g - a*(∇g·d) + b: linear in (a, b, p = a*d)
+        design = np.column_stack([g.ravel(), np.ones(g.size)] + [-gr.ravel() for gr in grads])
+        rhs = target.ravel()
+        if w is not None:
+            design, rhs = design * w[:, None], rhs * w
+        try:  # normal equations: a (ndim+2)-square system
+            sol = np.linalg.solve(design.T @ design, design.T @ rhs)
+        except np.linalg.LinAlgError:
+            return np.asarray(start, dtype=np.float64)
+        if not np.isfinite(sol).all() or abs(sol[0]) < 1e-6:
+            return np.asarray(start, dtype=np.float64)
+        step = sol[2:] / sol[0]
+        shift += step
+        if np.any(np.abs(shift - np.asarray(start)) > 1.5):
+            return np.asarray(start, dtype=np.float64)  # diverged: keep the robust estimate
+        if np.all(np.abs(step) < 1e-3):
+            break
+    return shift
 
 
 def _refine_overlap(f, m, masks, shift, workers) -> np.ndarray:
