@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-offset", type=float, default=8.0, help="largest stage error, world units")
     p.add_argument("--empty-tiles", type=_ints, default=(), help="tile indices holding only background")
     p.add_argument("--texture", choices=("procedural", "photo"), default="procedural")
-    p.add_argument("--format", choices=("hdf5", "n5", "zarr"), default="hdf5")
+    p.add_argument("--format", choices=("hdf5", "n5", "zarr", "tiff"), default="hdf5")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true")
     _add_common(p)
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--unit", default="µm")
     p.add_argument("--position-unit", choices=("physical", "voxel"), default=None,
                    help="units of the positions (default: voxel for TileConfiguration, physical for CSV)")
-    p.add_argument("--format", choices=("hdf5", "n5", "zarr"), default="hdf5")
+    p.add_argument("--format", choices=("hdf5", "n5", "zarr", "tiff"), default="hdf5")
     p.add_argument("--chunks", type=_ints, default=None, help="block shape z,y,x")
     p.add_argument("--overwrite", action="store_true")
     _add_common(p)

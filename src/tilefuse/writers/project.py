@@ -29,6 +29,7 @@ FORMATS = {
     "hdf5": ".h5",
     "n5": ".n5",
     "zarr": ".ome.zarr",
+    "tiff": "_tiff",  # a folder of one TIFF per view (spimreconstruction.filemap2), no pyramid
 }
 
 
@@ -105,7 +106,10 @@ def write_project(
         Images sharing all attributes but the timepoint share one ViewSetup.
     names : dict, optional
         Entity names, e.g. ``{"channel": {0: "488", 1: "561"}}``.
-    format : {"hdf5", "n5", "zarr"}
+    format : {"hdf5", "n5", "zarr", "tiff"}
+        ``"tiff"`` writes one TIFF per view in a folder and a
+        ``spimreconstruction.filemap2`` loader (BigStitcher reads it through
+        Bio-Formats); it has no resolution pyramid.
     factors : "auto" or sequence of (z, y, x) int
         Resolution pyramid; ``"auto"`` proposes BigStitcher-like levels.
     chunks : (z, y, x) int, optional
@@ -203,7 +207,9 @@ def write_project(
     path.parent.mkdir(parents=True, exist_ok=True)
     container = path.with_name(path.name.removesuffix(".xml") + FORMATS[format])
     shape0 = next(iter(views.values())).shape
-    if factors == "auto":
+    if format == "tiff":
+        factors = [(1, 1, 1)]
+    elif factors == "auto":
         from .bdv_hdf5 import propose_factors
 
         factors = propose_factors(shape0, voxel_size)
@@ -238,6 +244,19 @@ def _write_pixels(format, container, views, factors, chunks, compression, progre
 
         write_bdv_n5(container, views, compression=compression, voxel_size=voxel_size, **kwargs)
         return N5Loader.for_container(container)
+    if format == "tiff":
+        from ..loaders._tiff import FileMap2Loader
+        from ._atomic import atomic_output
+        from .tiff import write_tiff
+
+        files = {}
+        with atomic_output(container) as tmp:
+            tmp.mkdir()
+            for view, image in views.items():
+                name = f"t{view.timepoint}_s{view.setup}.tif"
+                write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um")
+                files[view] = container / name
+        return FileMap2Loader.for_files(files)
     from ..loaders._zarr import OmeZarrLoader
     from .bdv_zarr import write_bdv_omezarr
 
