@@ -47,6 +47,8 @@ def _add_register_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--min-overlap", type=float, default=0.05, help="minimum overlap fraction of a pair")
     g.add_argument("--neighbours-only", action="store_true", help="only face neighbours, no diagonal pairs")
     g.add_argument("--peaks", type=int, default=5, help="phase-correlation peaks to check (default 5)")
+    g.add_argument("--refine", choices=("translation", "rigid", "affine"), default=None,
+                   help="also refine every pair with SimpleITK (normalised correlation)")
     g.add_argument("--preset", choices=("strict", "relaxed", "none"), default="relaxed",
                    help="link rejection thresholds (BigStitcher's presets; default relaxed)")
     g.add_argument("--rel-threshold", type=float, default=None)
@@ -57,7 +59,7 @@ def _add_register_options(p: argparse.ArgumentParser) -> None:
 
 def _register_options(args) -> dict:
     return dict(channel=args.channel, downsampling=args.downsampling or "auto", min_overlap=args.min_overlap,
-                neighbours_only=args.neighbours_only, n_peaks=args.peaks, preset=args.preset,
+                neighbours_only=args.neighbours_only, n_peaks=args.peaks, refine=args.refine, preset=args.preset,
                 rel_threshold=args.rel_threshold, abs_threshold=args.abs_threshold,
                 min_correlation=args.min_correlation, max_shift=args.max_shift)
 

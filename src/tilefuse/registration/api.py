@@ -196,6 +196,7 @@ def register(
     min_overlap: float = 0.05,
     neighbours_only: bool = False,
     n_peaks: int = 5,
+    refine: str | None = None,
     preset: str = "relaxed",
     rel_threshold: float | None = None,
     abs_threshold: float | None = None,
@@ -220,6 +221,7 @@ def register(
     """
     groups = make_groups(project, views, group_by=group_by, channel=channel, illumination=illumination)
     links = pairwise(project, groups, downsampling=downsampling, min_overlap=min_overlap,
-                     neighbours_only=neighbours_only, n_peaks=n_peaks, client=client, progress=progress)
+                     neighbours_only=neighbours_only, n_peaks=n_peaks, refine=refine, client=client,
+                     progress=progress)
     return solve(links, groups, preset=preset, rel_threshold=rel_threshold, abs_threshold=abs_threshold,
                  min_correlation=min_correlation, max_shift=max_shift, fixed=fixed)

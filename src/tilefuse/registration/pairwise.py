@@ -167,16 +167,27 @@ def _read_group(loader, views, level, region, factors) -> np.ndarray:
     return _block_mean(acc, factors)
 
 
-def _register_pair(loader, views_a, views_b, level, region_a, region_b, factors, options):
-    """One dask task: read two overlap crops and phase-correlate them."""
+def _register_pair(loader, views_a, views_b, level, region_a, region_b, factors, options, refine=None):
+    """One dask task: read two overlap crops and phase-correlate them.
+
+    Returns the :class:`PairwiseShift` and, when ``refine`` is given as
+    ``(transform, spacing)``, the SimpleITK refinement (or None).
+    """
     fixed = _read_group(loader, views_a, level, region_a, factors)
     moving = _read_group(loader, views_b, level, region_b, factors)
     shape = tuple(min(p, q) for p, q in zip(fixed.shape, moving.shape))
     fixed = fixed[tuple(slice(0, n) for n in shape)]
     moving = moving[tuple(slice(0, n) for n in shape)]
     if min(shape) == 0:
-        return None
-    return pairwise_shift(fixed, moving, **options)
+        return None, None
+    result = pairwise_shift(fixed, moving, **options)
+    refinement = None
+    if refine is not None and result.valid:
+        from .sitk_refine import refine_with_sitk
+
+        transform, spacing = refine
+        refinement = refine_with_sitk(fixed, moving, result.shift, transform=transform, spacing=spacing)
+    return result, refinement
 
 
 def pairwise(
@@ -188,6 +199,7 @@ def pairwise(
     neighbours_only: bool = False,
     n_peaks: int = 5,
     subpixel: bool = True,
+    refine: str | None = None,
     client=None,
     progress: bool = False,
 ) -> list[Link]:
@@ -208,6 +220,13 @@ def pairwise(
         Only face neighbours (no diagonal pairs).
     n_peaks : int
         Phase-correlation peaks checked by cross-correlation.
+    subpixel : bool
+        Refine shifts to sub-pixel precision.
+    refine : {None, "translation", "rigid", "affine"}
+        Also refine each pair with SimpleITK (normalised correlation), starting
+        from the phase-correlation shift.  The global solve uses the
+        translation at the overlap centre; the fitted matrix is kept in
+        ``link.info["sitk_matrix"]`` (crop voxel units, numpy order).
     client : distributed.Client, optional
         Run the pairs on this cluster; default: local threads.
     progress : bool
@@ -250,15 +269,20 @@ def pairwise(
         raise RegistrationError(f"downsampling must be 3 positive integers (z, y, x), got {downsampling}")
     options = dict(n_peaks=n_peaks, subpixel=subpixel)
 
+    if refine is not None:
+        from .sitk_refine import SITK_TRANSFORMS
+
+        if refine not in SITK_TRANSFORMS:
+            raise RegistrationError(f"refine must be one of {SITK_TRANSFORMS} or None, got {refine!r}")
     tasks, metas = [], []
     for pair in pairs:
         task, meta = _pair_task(project, loader, groups, first, pair, downsampling, options)
-        tasks.append(task)
+        tasks.append(task + (None if refine is None else (refine, meta[0]),))
         metas.append(meta)
     results = compute(*[dask.delayed(_register_pair, pure=True)(*t) for t in tasks],
                       client=client, progress=progress, description="pairwise registration")
     links = []
-    for pair, meta, res in zip(pairs, metas, results):
+    for pair, meta, (res, refinement) in zip(pairs, metas, results):
         spacing, w0_a, w0_b = meta
         va, vb = tuple(groups.used[pair.a]), tuple(groups.used[pair.b])
         h = pair_hash(project.model(first[pair.a]), project.model(first[pair.b]))
@@ -266,10 +290,14 @@ def pairwise(
             links.append(Link(pair.a, pair.b, np.zeros(3), float("nan") if res is None else float(res.correlation),
                               pair.overlap, va, vb, h, valid=False, status="no valid shift"))
             continue
+        info = {"shift_voxels": np.asarray(res.shift), "spacing": spacing}
+        d = np.asarray(res.shift, dtype=np.float64)
+        if refinement is not None:
+            info.update(pc_shift_voxels=d, sitk_matrix=refinement.matrix, sitk_correlation=refinement.correlation)
+            d = np.asarray(refinement.shift, dtype=np.float64)
         # A_crop[x] ≈ B_crop[x - d]  =>  t_b - t_a = w0_a - w0_b + spacing * d
-        shift = (w0_a - w0_b) + spacing * np.asarray(res.shift, dtype=np.float64)
-        links.append(Link(pair.a, pair.b, shift, float(res.correlation), pair.overlap, va, vb, h,
-                          info={"shift_voxels": np.asarray(res.shift), "spacing": spacing}))
+        shift = (w0_a - w0_b) + spacing * d
+        links.append(Link(pair.a, pair.b, shift, float(res.correlation), pair.overlap, va, vb, h, info=info))
     return links
 
 
