@@ -17,7 +17,8 @@ from tilefuse.loaders import LOADERS
 from tilefuse.loaders._hdf5 import Hdf5Loader, Partition
 from tilefuse.loaders.base import drop_cached_handles
 from tilefuse.project.views import ViewId
-from tilefuse.writers.bdv_hdf5 import block_mean, propose_factors, write_bdv_hdf5
+from tilefuse.downsample import block_mean
+from tilefuse.writers.bdv_hdf5 import propose_factors, write_bdv_hdf5
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "bigstitcher_examples"
 PYBDV_H5 = EXAMPLES / "pybdv_example.h5"

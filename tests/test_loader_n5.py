@@ -187,7 +187,7 @@ def test_write_read_roundtrip(tmp_path, dtype):
 def _round(x, dtype):
     if np.dtype(dtype).kind == "f":
         return x.astype(dtype)
-    return np.floor(x + 0.5).astype(dtype)
+    return np.rint(x).astype(dtype)
 
 
 def test_written_attributes(tmp_path):

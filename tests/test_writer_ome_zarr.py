@@ -11,7 +11,8 @@ import pytest
 import zarr
 
 from tilefuse.writers._atomic import OutputExistsError, partial_path
-from tilefuse.writers.ome_zarr import block_mean, pyramid_plan, write_ome_zarr
+from tilefuse.downsample import block_mean
+from tilefuse.writers.ome_zarr import pyramid_plan, write_ome_zarr
 
 
 def _read_ngff(path):

@@ -14,16 +14,15 @@ at a time.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
-
 import warnings
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..downsample import block_mean
 from ..errors import RegistrationError, where
 from ..geometry import Box
-from ..geometry.affine import linear_part
-from ..geometry.affine import to_xml_affine
+from ..geometry.affine import linear_part, to_xml_affine
 from ..project.project import Project
 from ..project.views import ViewId
 from .pairs import OverlapPair, overlapping_pairs
@@ -147,16 +146,6 @@ def _crop_region(transform: np.ndarray, box: Box, shape) -> tuple[tuple[slice, .
     return tuple(slice(int(a), int(b) + 1) for a, b in zip(lo, hi)), t + s * lo
 
 
-def _block_mean(arr: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    if all(f == 1 for f in factors):
-        return arr
-    trimmed = arr[tuple(slice(0, (n // f) * f) for n, f in zip(arr.shape, factors))]
-    shape = []
-    for n, f in zip(trimmed.shape, factors):
-        shape += [n // f, f]
-    return trimmed.reshape(shape).mean(axis=tuple(range(1, 2 * len(factors), 2)))
-
-
 def _read_group(loader, views, level, region, factors) -> np.ndarray:
     """Average the views of a group over one region (float32), block-mean downsampled."""
     acc = None
@@ -164,7 +153,9 @@ def _read_group(loader, views, level, region, factors) -> np.ndarray:
         crop = loader.read(view, level, region).astype(np.float32)
         acc = crop if acc is None else acc + crop
     acc /= len(views)
-    return _block_mean(acc, factors)
+    if all(f == 1 for f in factors):
+        return acc
+    return block_mean(acc, factors, edge="trim")
 
 
 def _register_pair(loader, views_a, views_b, level, region_a, region_b, factors, options, refine=None):

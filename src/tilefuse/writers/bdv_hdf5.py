@@ -29,12 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..downsample import block_mean, cast_rounded
 from ..errors import ImageDataError, UnsupportedFormatError
 from ..loaders._hdf5 import BDV_DATA_TYPES
 from ..loaders.base import drop_cached_handles
 from ..project.views import ViewId
 
-__all__ = ["write_bdv_hdf5", "propose_factors", "block_mean"]
+__all__ = ["write_bdv_hdf5", "propose_factors"]
 
 Factors = tuple[int, int, int]
 
@@ -223,37 +224,7 @@ def propose_factors(
     return out
 
 
-def block_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Mean over ``factors``-sized windows, partial windows at the far edges.
-
-    Output shape is ``ceil(shape / factors)``; the result keeps ``block``'s
-    dtype (integers rounded to nearest and clipped).
-    """
-    out = np.asarray(block, dtype=np.float64)
-    for axis, fa in enumerate(factors):
-        fa = int(fa)
-        if fa == 1:
-            continue
-        n = out.shape[axis]
-        starts = np.arange(0, n, fa)
-        counts = np.minimum(starts + fa, n) - starts
-        sums = np.add.reduceat(out, starts, axis=axis)
-        # Separable: the mean over a box window is the mean of per-axis means.
-        shape = [1] * out.ndim
-        shape[axis] = len(starts)
-        out = sums / counts.reshape(shape)
-    return _cast(out, block.dtype)
-
-
 # -- helpers -----------------------------------------------------------------
-
-
-def _cast(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    return values.astype(dtype)
 
 
 def _downsample_dataset(ds, rel: Sequence[int], out_chunks: Sequence[int]):

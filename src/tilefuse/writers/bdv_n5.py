@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from ..downsample import block_mean
 from ..errors import ImageDataError
 from ..loaders._n5format import N5_DTYPES, N5_VERSION, create_dataset, normalize_compression, write_attributes
 from ..loaders.base import block_slices, drop_cached_handles
@@ -133,23 +134,6 @@ class _RegionTarget:
         self.write(tuple(key), np.asarray(value).astype(self.dtype, copy=False))
 
 
-def block_mean(block: np.ndarray, rel: Sequence[int], dtype: np.dtype) -> np.ndarray:
-    """Mean over non-overlapping ``rel`` boxes; integer output is rounded to nearest."""
-    out_shape = []
-    reshape = []
-    for n, r in zip(block.shape, rel):
-        # An axis shorter than its factor (a tiny image) collapses to one voxel.
-        r = min(r, n)
-        out_shape.append(n // r)
-        reshape += [n // r, r]
-    trimmed = block[tuple(slice(0, o * min(r, n)) for o, r, n in zip(out_shape, rel, block.shape))]
-    mean = trimmed.reshape(reshape).mean(axis=tuple(range(1, 2 * block.ndim, 2)), dtype=np.float64)
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        mean = np.clip(np.floor(mean + 0.5), info.min, info.max)
-    return mean.astype(dtype)
-
-
 def write_downsampled(
     read: Callable[[Region], np.ndarray],
     write: Callable[[Region, np.ndarray], None],
@@ -168,7 +152,7 @@ def write_downsampled(
         # Output voxel i averages source voxels [i*r, (i+1)*r); an axis shorter
         # than r (a single output voxel) averages what there is.
         src = tuple(slice(s.start * r, min(s.stop * r, n)) for s, r, n in zip(region, rel, src_shape))
-        write(region, block_mean(read(src), rel, dtype))
+        write(region, block_mean(read(src), rel, dtype=dtype, edge="trim"))
 
     _run_blocks(one, [r for _, r in block_slices(tuple(dst_shape), tuple(chunks))], desc, progress)
 

@@ -53,10 +53,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..downsample import block_mean
 from ..errors import ImageDataError, TilefuseError
 from ._atomic import OutputExistsError, atomic_output, remove_path
 
-__all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel", "block_mean"]
+__all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel"]
 
 NGFF_VERSION = "0.4"
 #: Chunks written per dask.compute call: bounds the memory held by finished
@@ -216,40 +217,6 @@ def pyramid_plan(
 # ----------------------------------------------------------------------------
 # pixels
 # ----------------------------------------------------------------------------
-def block_mean(block: np.ndarray, factors: Sequence[int]) -> np.ndarray:
-    """Mean over non-overlapping ``factors``-sized blocks, keeping the dtype.
-
-    Edge blocks that are cut short by the array border average only the voxels
-    they have (no padding bias).  Integer results are rounded to nearest.
-    """
-    factors = tuple(int(f) for f in factors)
-    if all(f == 1 for f in factors):
-        return block
-    shape = block.shape
-    out_shape = tuple(-(-n // f) for n, f in zip(shape, factors))
-    pad = [(0, o * f - n) for n, f, o in zip(shape, factors, out_shape)]
-    work = block.astype(np.float64, copy=False)
-    if any(p[1] for p in pad):
-        work = np.pad(work, pad)
-    split = []
-    for o, f in zip(out_shape, factors):
-        split += [o, f]
-    total = work.reshape(split).sum(axis=tuple(range(1, 2 * len(shape), 2)))
-    # voxels per output cell: separable, f everywhere but the last cell of each axis
-    count = np.ones(out_shape)
-    for ax, (n, f, o) in enumerate(zip(shape, factors, out_shape)):
-        c = np.full(o, float(f))
-        c[-1] = n - (o - 1) * f
-        count = count * c.reshape((-1,) + (1,) * (len(shape) - ax - 1))
-    mean = total / count
-    if np.issubdtype(block.dtype, np.integer):
-        info = np.iinfo(block.dtype)
-        mean = np.clip(np.rint(mean), info.min, info.max)
-    elif block.dtype == bool:
-        mean = mean >= 0.5
-    return mean.astype(block.dtype, copy=False)
-
-
 def _downsample(previous, step: tuple[int, ...], out_chunks: tuple[int, ...]):
     """Lazy next level from the zarr array of the previous one."""
     import dask.array as da
@@ -364,7 +331,7 @@ def _multiscales(
         "axes": axes_meta,
         "datasets": datasets,
         "type": "mean",
-        "metadata": {"method": "tilefuse.writers.ome_zarr.block_mean", "downscale": "block mean"},
+        "metadata": {"method": "tilefuse.downsample.block_mean", "downscale": "block mean"},
     }
 
 

@@ -1,0 +1,57 @@
+"""Block-mean downsampling, the one implementation every pyramid and crop uses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+__all__ = ["block_mean", "cast_rounded"]
+
+
+def cast_rounded(values: np.ndarray, dtype) -> np.ndarray:
+    """Cast to ``dtype``; integers are rounded to nearest and clipped, never wrapped."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
+    if dtype.kind == "b":
+        return values >= 0.5
+    return values.astype(dtype, copy=False)
+
+
+def block_mean(block: np.ndarray, factors: Sequence[int], *, dtype=None, edge: str = "partial") -> np.ndarray:
+    """Mean over non-overlapping ``factors``-sized windows.
+
+    Parameters
+    ----------
+    block : ndarray
+    factors : sequence of int
+        Window size per axis.
+    dtype : dtype, optional
+        Output type (default: ``block``'s); integers are rounded and clipped.
+        ``np.float32``/``np.float64`` keep the exact mean.
+    edge : {"partial", "trim"}
+        ``"partial"``: windows cut short by the border average the voxels they
+        have, output shape ``ceil(n / f)`` (no padding bias).  ``"trim"``: the
+        incomplete last window is dropped, shape ``floor(n / f)`` (at least 1),
+        as BigDataViewer's exporters size their levels.
+    """
+    factors = tuple(int(f) for f in factors)
+    dtype = block.dtype if dtype is None else np.dtype(dtype)
+    if edge == "trim":
+        block = block[tuple(slice(0, max(n // f, 1) * min(f, n)) for n, f in zip(block.shape, factors))]
+    elif edge != "partial":
+        raise ValueError(f"edge must be 'partial' or 'trim', got {edge!r}")
+    out = np.asarray(block, dtype=np.float64)
+    for axis, f in enumerate(factors):
+        if f == 1:
+            continue
+        n = out.shape[axis]
+        starts = np.arange(0, n, f)
+        counts = np.minimum(starts + f, n) - starts
+        # Separable: the mean over a box is the mean of per-axis means.
+        shape = [1] * out.ndim
+        shape[axis] = len(starts)
+        out = np.add.reduceat(out, starts, axis=axis) / counts.reshape(shape)
+    return cast_rounded(out, dtype)
