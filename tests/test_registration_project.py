@@ -127,3 +127,34 @@ def test_overlapping_pairs_sweep_matches_brute_force():
     fast = {(p.a, p.b) for p in overlapping_pairs(boxes)}
     brute = {(i, j) for i in boxes for j in boxes if i < j and not boxes[i].intersect(boxes[j]).is_empty}
     assert fast == brute
+
+
+def test_channels_move_together_and_timepoints_separately(tmp_path):
+    from tilefuse.sample_data import make_mosaic
+
+    mosaic = make_mosaic((1, 3), (96, 96), 0.3, max_offset=5.0, seed=8)
+    tiles = [mosaic.tile(i) for i in range(3)]
+    images, chans, tps, tile_ids = [], [], [], []
+    for t in (0, 1):
+        for i, tile in enumerate(tiles):
+            for c in (0, 1):
+                images.append(tile if c == 0 else (tile // 2).astype(tile.dtype))
+                chans.append(c)
+                tps.append(t)
+                tile_ids.append(i)
+    positions = [mosaic.stage_positions[i] for i in tile_ids]
+    project = tilefuse.write_project(tmp_path / "d.xml", images, np.asarray(positions), channels=chans,
+                                     timepoints=tps, tiles=tile_ids, voxel_size=(1, 1), factors=[(1, 1, 1)])
+    for kwargs in ({}, {"channel": 1}):
+        result = tilefuse.register(project, **kwargs)
+        assert len(result.groups.members) == 6  # 3 tiles x 2 timepoints, channels together
+        assert all(link.a[0] == link.b[0] for link in result.links), "no link across timepoints"
+        registered = result.apply(project)
+        for i in range(3):
+            models = [registered.model(v) for v in registered.select(tile=i)]
+            assert len(models) == 4
+            assert all(np.allclose(m, models[0]) for m in models), "channels and timepoints agree here"
+        got = [registered.model(registered.select(tile=i, timepoint=0, channel=0)[0])[1:3, 3] for i in range(3)]
+        d = np.asarray(got) - mosaic.true_positions
+        d -= d.mean(axis=0)
+        assert np.abs(d).max() < 0.3
