@@ -60,7 +60,6 @@ def test_misregistered_fusion_is_worse(tmp_path):
 
 
 def test_multichannel_multitimepoint_layout(tmp_path):
-    rng = np.random.default_rng(0)
     images, chans, tps, tiles, pos = [], [], [], [], []
     for t in (0, 3):
         for c in (0, 1):
@@ -140,7 +139,7 @@ def test_fusion_from_every_loader(tmp_path, fmt):
     mosaic = make_mosaic((1, 1, 2), (12, 48, 48), 0.25, max_offset=3.0, seed=4)
     min_res = min(mosaic.voxel_size)
     tiles = [mosaic.tile(i) for i in range(2)]
-    project = tilefuse.write_project(tmp_path / fmt / "d.xml", tiles, mosaic.true_positions * min_res,
+    tilefuse.write_project(tmp_path / fmt / "d.xml", tiles, mosaic.true_positions * min_res,
                                      voxel_size=mosaic.voxel_size, format=fmt,
                                      factors=[(1, 1, 1), (1, 2, 2)], chunks=(4, 16, 16))
     reference = tilefuse.write_project(tmp_path / "ref" / "d.xml", [np.asarray(t) for t in tiles],

@@ -10,7 +10,6 @@ import pytest
 import tifffile
 
 import tilefuse
-from conftest import EXAMPLES
 from tilefuse import errors
 from tilefuse.convert import convert_tiffs, read_tile_configuration
 from tilefuse.project import ViewId, open_project

@@ -6,18 +6,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["block_mean", "cast_rounded"]
+from ._numeric import cast_to_dtype
 
-
-def cast_rounded(values: np.ndarray, dtype) -> np.ndarray:
-    """Cast to ``dtype``; integers are rounded to nearest and clipped, never wrapped."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iu":
-        info = np.iinfo(dtype)
-        return np.clip(np.rint(values), info.min, info.max).astype(dtype)
-    if dtype.kind == "b":
-        return values >= 0.5
-    return values.astype(dtype, copy=False)
+__all__ = ["block_mean"]
 
 
 def block_mean(block: np.ndarray, factors: Sequence[int], *, dtype=None, edge: str = "partial") -> np.ndarray:
@@ -54,4 +45,4 @@ def block_mean(block: np.ndarray, factors: Sequence[int], *, dtype=None, edge: s
         shape = [1] * out.ndim
         shape[axis] = len(starts)
         out = np.add.reduceat(out, starts, axis=axis) / counts.reshape(shape)
-    return cast_rounded(out, dtype)
+    return cast_to_dtype(out, dtype)

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import FusionError, ImageDataError, UnsupportedFormatError
+from .._numeric import cast_to_dtype
 from .blending import adjust_blending, cosine_weights
 from .resample import (
     grid_affine,
@@ -225,23 +226,6 @@ def _read(src: FusionSource, region: tuple[slice, ...]) -> np.ndarray:
             f"{src.key}: reader returned shape {data.shape} for region {region}, expected {expected}"
         )
     return data
-
-
-def cast_to_dtype(values: np.ndarray, dtype) -> np.ndarray:
-    """Cast float results to ``dtype``: integers are rounded and clipped, never wrapped."""
-    dtype = np.dtype(dtype)
-    if dtype.kind in "iub":
-        if dtype.kind == "b":
-            lo, hi = 0.0, 1.0
-        else:
-            info = np.iinfo(dtype)
-            lo, hi = float(info.min), float(info.max)
-            if dtype.itemsize >= 4:
-                values = values.astype(np.float64)  # float32 cannot hold 2**31 - 1
-                while int(hi) > info.max:  # float(2**63 - 1) rounds up past the range
-                    hi = float(np.nextafter(hi, -np.inf))
-        values = np.clip(np.rint(values), lo, hi)
-    return values.astype(dtype, copy=False)
 
 
 def _sample_view(job: _ChunkJob, src: FusionSource, inv: np.ndarray):

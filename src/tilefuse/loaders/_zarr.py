@@ -304,7 +304,7 @@ def _open_image(group_path: Path, view: ViewId) -> _Image:
                 scale = [float(v) for v in t["scale"]][-3:]
         scales.append(scale)
     factors = []
-    for level, (arr, scale) in enumerate(zip(arrays, scales)):
+    for arr, scale in zip(arrays, scales):
         if scale is not None and scales[0] is not None and all(s > 0 for s in scales[0]):
             f = tuple(round(s / s0, 4) for s, s0 in zip(scale, scales[0]))
         else:

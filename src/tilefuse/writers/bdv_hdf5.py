@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..downsample import block_mean, cast_rounded
+from ..downsample import block_mean
 from ..errors import ImageDataError, UnsupportedFormatError
 from ..loaders._hdf5 import BDV_DATA_TYPES
 from ..loaders.base import drop_cached_handles
