@@ -150,3 +150,40 @@ def test_fusion_from_every_loader(tmp_path, fmt):
     assert fused.shape[2] == 12 and fused.shape[-1] > 48
     np.testing.assert_array_equal(fused, expected)
     assert fused[0, 0].mean() > 0.5 * np.mean(tiles[0])
+
+
+def test_interrupted_fusion_resumes_without_redoing_chunks(tmp_path, monkeypatch):
+    from tilefuse.loaders._hdf5 import Hdf5Loader
+
+    mosaic = make_mosaic((2, 2), (64, 64), 0.2, seed=9)
+    project = _project_at_truth(tmp_path, mosaic)
+    plan = tilefuse.plan_fusion(project, chunks=(32, 32))
+    expected = plan.to_dask().compute()
+    out = tmp_path / "f.ome.zarr"
+
+    original = Hdf5Loader.read
+    calls = {"n": 0}
+
+    def flaky(self, view, level, region):
+        calls["n"] += 1
+        if calls["n"] > 12:
+            raise KeyboardInterrupt("simulated Ctrl-C")
+        return original(self, view, level, region)
+
+    monkeypatch.setattr(Hdf5Loader, "read", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        tilefuse.write_fused(plan, out)
+    assert not out.exists(), "nothing under the final name after an interruption"
+    assert (tmp_path / "f.ome.zarr.partial").exists()
+
+    calls["n"] = -10**9  # no more failures; count the reads of the resumed run
+    start = calls["n"]
+    tilefuse.write_fused(plan, out)
+    resumed_reads = calls["n"] - start
+    calls["n"] = -10**9
+    tilefuse.write_fused(plan, tmp_path / "fresh.ome.zarr")
+    fresh_reads = calls["n"] + 10**9
+    assert resumed_reads < fresh_reads, (resumed_reads, fresh_reads)
+    import zarr
+
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][...], expected[:, :, 0])
