@@ -158,3 +158,20 @@ def test_channels_move_together_and_timepoints_separately(tmp_path):
         d = np.asarray(got) - mosaic.true_positions
         d -= d.mean(axis=0)
         assert np.abs(d).max() < 0.3
+
+
+def test_timepoints_registered_together_on_request(tmp_path):
+    from tilefuse.sample_data import make_mosaic
+
+    mosaic = make_mosaic((1, 2), (96, 96), 0.3, max_offset=5.0, seed=12)
+    tiles = [mosaic.tile(i) for i in range(2)]
+    project = tilefuse.write_project(tmp_path / "d.xml", tiles * 2, np.vstack([mosaic.stage_positions] * 2),
+                                     tiles=[0, 1, 0, 1], timepoints=[0, 0, 5, 5], voxel_size=(1, 1),
+                                     factors=[(1, 1, 1)])
+    result = tilefuse.register(project, group_by=("tile", "angle"))
+    assert len(result.groups.members) == 2 and len(result.links) == 1
+    assert all(len(views) == 2 for views in result.groups.members.values())
+    registered = result.apply(project)
+    for tile in (0, 1):
+        models = [registered.model(v) for v in registered.select(tile=tile)]
+        np.testing.assert_allclose(models[0], models[1])

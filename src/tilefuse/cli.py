@@ -42,6 +42,8 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 def _add_register_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("registration")
     g.add_argument("--channel", default=None, help="register on this channel (id or name); default: average")
+    g.add_argument("--all-timepoints-together", action="store_true",
+                   help="one registration for all timepoints (default: each timepoint on its own)")
     g.add_argument("--downsampling", type=_ints, default=None,
                    help="z,y,x downsampling of the overlap crops (default: 1,1,1 in 2D, 1,2,2 in 3D)")
     g.add_argument("--min-overlap", type=float, default=0.05, help="minimum overlap fraction of a pair")
@@ -58,7 +60,8 @@ def _add_register_options(p: argparse.ArgumentParser) -> None:
 
 
 def _register_options(args) -> dict:
-    return dict(channel=args.channel, downsampling=args.downsampling or "auto", min_overlap=args.min_overlap,
+    group_by = ("tile", "angle") if args.all_timepoints_together else ("timepoint", "tile", "angle")
+    return dict(channel=args.channel, group_by=group_by, downsampling=args.downsampling or "auto", min_overlap=args.min_overlap,
                 neighbours_only=args.neighbours_only, n_peaks=args.peaks, refine=args.refine, preset=args.preset,
                 rel_threshold=args.rel_threshold, abs_threshold=args.abs_threshold,
                 min_correlation=args.min_correlation, max_shift=args.max_shift)
