@@ -46,3 +46,40 @@ def test_refine_in_pairwise(tmp_path):
     assert score["mean"] < 0.2, score
     with pytest.raises(tilefuse.RegistrationError, match="refine must be one of"):
         tilefuse.register(project, refine="bspline")
+
+
+def test_global_rigid_model_recovers_a_rotated_tile(tmp_path):
+    """Three tiles cut from one image, the middle one rotated by 1 degree about its centre."""
+    big = _texture((200, 360), 3)
+    th = np.radians(1.0)
+    tiles, positions = [], []
+    for i, x0 in enumerate((0.0, 110.0, 220.0)):
+        yy, xx = np.mgrid[0:140, 0:140].astype(np.float64)
+        if i == 1:  # rotate sampling coordinates about the tile centre
+            cy, cx = 69.5, 69.5
+            y2 = cy + np.cos(th) * (yy - cy) - np.sin(th) * (xx - cx)
+            x2 = cx + np.sin(th) * (yy - cy) + np.cos(th) * (xx - cx)
+            yy, xx = y2, x2
+        tile = ndimage.map_coordinates(big, [yy + 30, xx + x0], order=3)
+        tiles.append(tile.astype(np.float32)[None])
+        positions.append((0, 30, x0))
+    project = tilefuse.write_project(tmp_path / "d.xml", tiles, positions, voxel_size=(1, 1, 1),
+                                     factors=[(1, 1, 1)])
+    plain = tilefuse.register(project)
+    rigid = tilefuse.register(project, refine="rigid", model="rigid")
+    m = rigid.transform((0, 1, 0))
+    angle = np.degrees(np.arctan2(m[1, 2], m[1, 1]))
+    assert abs(abs(angle) - 1.0) < 0.15, angle
+    assert np.allclose(plain.transform((0, 1, 0))[1:3, 1:3], np.eye(2))
+    # the rigid result maps the middle tile's corners where the truth puts them (< 0.5 px)
+    registered = rigid.apply(project)
+    model = registered.model(registered.views[1])
+    model0 = registered.model(registered.views[0])
+    for corner in ([0, 0, 0], [0, 139, 0], [0, 0, 139], [0, 139, 139]):
+        c = np.asarray(corner, float)
+        y, x = c[1], c[2]
+        cy = cx = 69.5
+        true_y = 30 + cy + np.cos(th) * (y - cy) - np.sin(th) * (x - cx)
+        true_x = 110 + cx + np.sin(th) * (y - cy) + np.cos(th) * (x - cx)
+        got = (model @ np.append(c, 1))[:3] - model0[:3, 3] + [0, 30, 0]
+        assert np.hypot(got[1] - true_y, got[2] - true_x) < 0.5, (corner, got, true_y, true_x)

@@ -51,6 +51,8 @@ def _add_register_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--peaks", type=int, default=5, help="phase-correlation peaks to check (default 5)")
     g.add_argument("--refine", choices=("translation", "rigid", "affine"), default=None,
                    help="also refine every pair with SimpleITK (normalised correlation)")
+    g.add_argument("--model", choices=("translation", "rigid", "affine"), default="translation",
+                   help="global model per tile (rigid/affine: best with --refine rigid/affine)")
     g.add_argument("--preset", choices=("strict", "relaxed", "none"), default="relaxed",
                    help="link rejection thresholds (BigStitcher's presets; default relaxed)")
     g.add_argument("--rel-threshold", type=float, default=None)
@@ -64,7 +66,7 @@ def _register_options(args) -> dict:
     return dict(channel=args.channel, group_by=group_by, downsampling=args.downsampling or "auto", min_overlap=args.min_overlap,
                 neighbours_only=args.neighbours_only, n_peaks=args.peaks, refine=args.refine, preset=args.preset,
                 rel_threshold=args.rel_threshold, abs_threshold=args.abs_threshold,
-                min_correlation=args.min_correlation, max_shift=args.max_shift)
+                min_correlation=args.min_correlation, max_shift=args.max_shift, model=args.model)
 
 
 def _add_fusion_options(p: argparse.ArgumentParser) -> None:

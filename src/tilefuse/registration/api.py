@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import product
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from ..errors import RegistrationError
 from ..geometry import translation_matrix
 from ..project.model import PairwiseResult
 from ..project.project import Project
+from .global_affine import GLOBAL_MODELS, PointMatches, solve_affine
 from .global_opt import PRESETS, Link as SolverLink, solve_translations
 from .pairwise import Link, RegistrationGroups, make_groups, pairwise
 
@@ -40,6 +42,14 @@ class RegistrationResult:
     mean_residual: float
     max_residual: float
     params: dict = field(default_factory=dict)
+    #: Per group, the world transform (4x4, zyx) when a rigid/affine model was solved.
+    transforms: dict[Hashable, np.ndarray] = field(default_factory=dict)
+
+    def transform(self, key: Hashable) -> np.ndarray:
+        """The world correction of a group as a 4x4 matrix (a translation unless a model was solved)."""
+        if key in self.transforms:
+            return self.transforms[key]
+        return translation_matrix(self.translations[key])
 
     @property
     def accepted(self) -> list[Link]:
@@ -59,11 +69,11 @@ class RegistrationResult:
         """
         target = project if inplace else project.copy()
         for key, views in self.groups.members.items():
-            t = self.translations.get(key)
-            if t is None:
+            if key not in self.translations:
                 continue
+            matrix = self.transform(key)
             for view in views:
-                target.preconcatenate(view, translation_matrix(t), name)
+                target.preconcatenate(view, matrix, name)
         target.data.stitching_results = [
             PairwiseResult(
                 views_a=tuple(link.views_a), views_b=tuple(link.views_b),
@@ -82,7 +92,7 @@ class RegistrationResult:
             key = link.status.split(" (")[0]
             reasons[key] = reasons.get(key, 0) + 1
         moves = np.array([np.linalg.norm(t) for t in self.translations.values()]) if self.translations else np.zeros(1)
-        corr = np.array([link.correlation for link in self.accepted]) if self.accepted else np.array([np.nan])
+        corr = [link.correlation for link in self.accepted]
         lines = [
             f"groups           {len(self.groups.members)}",
             f"links            {len(self.links)} ({len(self.accepted)} kept, {len(self.rejected)} rejected)",
@@ -90,7 +100,8 @@ class RegistrationResult:
         for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]):
             lines.append(f"  rejected       {n:5d}  {reason}")
         lines += [
-            f"correlation      kept links: min {np.nanmin(corr):.3f}, median {np.nanmedian(corr):.3f}",
+            (f"correlation      kept links: min {np.min(corr):.3f}, median {np.median(corr):.3f}" if corr
+             else "correlation      no link kept: every group keeps its stage position"),
             f"residual         mean {self.mean_residual:.3f}, max {self.max_residual:.3f} (world units)",
             f"correction       mean {moves.mean():.2f}, max {moves.max():.2f} (world units)",
         ]
@@ -107,6 +118,7 @@ def solve(
     min_correlation: float = 0.3,
     max_shift: float | Sequence[float] | None = None,
     fixed: Sequence[Hashable] | None = None,
+    model: str = "translation",
 ) -> RegistrationResult:
     """Global weighted least squares for one translation per group, rejecting bad links.
 
@@ -129,6 +141,11 @@ def solve(
     fixed : sequence of group keys, optional
         Groups that do not move (default: the first group of each connected
         set of groups).
+    model : {"translation", "rigid", "affine"}
+        After the translation solve has decided which links to keep, fit one
+        rigid or affine transform per group to the kept links' point matches
+        (:mod:`~tilefuse.registration.global_affine`).  Most useful with
+        pairs refined by SimpleITK (``pairwise(..., refine="rigid")``).
     """
     if preset not in PRESETS:
         raise RegistrationError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -154,12 +171,39 @@ def solve(
         if not link.valid and link.status == "accepted":
             link.status = "no valid shift"
     translations = {k: np.asarray(solution.translations[k], dtype=np.float64) for k in keys}
+    transforms = {}
+    if model != "translation":
+        if model not in GLOBAL_MODELS:
+            raise RegistrationError(f"model must be one of {GLOBAL_MODELS}, got {model!r}")
+        matches = [_point_matches(link) for link in links if link.accepted]
+        transforms = solve_affine(keys, matches, translations, model=model, fixed=fixed)
     return RegistrationResult(
         groups=groups, links=list(links), translations=translations,
         mean_residual=float(solution.mean_residual), max_residual=float(solution.max_residual),
         params=dict(preset=preset, rel_threshold=rel, abs_threshold=ab, min_correlation=min_correlation,
-                    max_shift=max_shift),
+                    max_shift=max_shift, model=model),
+        transforms=transforms,
     )
+
+
+def _point_matches(link: Link) -> PointMatches:
+    """The same content seen from group a and from group b, in their current world coordinates.
+
+    A translation link pairs the overlap corners ``p`` with ``p - shift``.  A
+    link refined with SimpleITK maps crop corners through its fitted matrix.
+    """
+    weight = float(np.clip(link.correlation, 0.01, 1.0)) if np.isfinite(link.correlation) else 0.01
+    info = link.info
+    if "sitk_matrix" in info:
+        f = np.asarray(info["sitk_matrix"])
+        shape = np.asarray(info["crop_shape"], dtype=np.float64)
+        corners = np.array(list(product(*[(0.0, n - 1.0) for n in shape])))
+        moved = corners @ f[:-1, :-1].T + f[:-1, -1]
+        p = np.asarray(info["origin_a"]) + corners * info["spacing"]
+        q = np.asarray(info["origin_b"]) + moved * info["spacing"]
+        return PointMatches(link.a, link.b, p, q, weight)
+    p = link.overlap.corners()
+    return PointMatches(link.a, link.b, p, p - np.asarray(link.shift), weight)
 
 
 def links_from_project(project: Project, groups: RegistrationGroups | None = None) -> list[Link]:
@@ -203,6 +247,7 @@ def register(
     min_correlation: float = 0.3,
     max_shift=None,
     fixed=None,
+    model: str = "translation",
     client=None,
     progress: bool = False,
 ) -> RegistrationResult:
@@ -224,4 +269,4 @@ def register(
                      neighbours_only=neighbours_only, n_peaks=n_peaks, refine=refine, client=client,
                      progress=progress)
     return solve(links, groups, preset=preset, rel_threshold=rel_threshold, abs_threshold=abs_threshold,
-                 min_correlation=min_correlation, max_shift=max_shift, fixed=fixed)
+                 min_correlation=min_correlation, max_shift=max_shift, fixed=fixed, model=model)

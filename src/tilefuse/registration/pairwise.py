@@ -274,14 +274,15 @@ def pairwise(
                       client=client, progress=progress, description="pairwise registration")
     links = []
     for pair, meta, (res, refinement) in zip(pairs, metas, results):
-        spacing, w0_a, w0_b = meta
+        spacing, w0_a, w0_b = meta[:3]
         va, vb = tuple(groups.used[pair.a]), tuple(groups.used[pair.b])
         h = pair_hash(project.model(first[pair.a]), project.model(first[pair.b]))
         if res is None or not res.valid:
             links.append(Link(pair.a, pair.b, np.zeros(3), float("nan") if res is None else float(res.correlation),
                               pair.overlap, va, vb, h, valid=False, status="no valid shift"))
             continue
-        info = {"shift_voxels": np.asarray(res.shift), "spacing": spacing}
+        info = {"shift_voxels": np.asarray(res.shift), "spacing": spacing, "origin_a": w0_a, "origin_b": w0_b,
+                "crop_shape": meta[3]}
         d = np.asarray(res.shift, dtype=np.float64)
         if refinement is not None:
             info.update(pc_shift_voxels=d, sitk_matrix=refinement.matrix, sitk_correlation=refinement.correlation)
@@ -310,6 +311,12 @@ def _pair_task(project, loader, groups, first, pair: OverlapPair, downsampling, 
     region_a, w0_a = _crop_region(ta, pair.overlap, shape_a)
     region_b, w0_b = _crop_region(tb, pair.overlap, shape_b)
     spacing = np.diag(ta)[:-1] * np.asarray(rest_a)
+    # block-averaged crop voxel i sits at w0 + spacing * i + (level spacing) * (r - 1) / 2
+    w0_a = w0_a + np.diag(ta)[:-1] * (np.asarray(rest_a) - 1) / 2
+    w0_b = w0_b + np.diag(tb)[:-1] * (np.asarray(rest_a) - 1) / 2
+    # the crops as _register_pair will see them: common size, then block-averaged
+    crop_shape = tuple(max(min(p.stop - p.start, q.stop - q.start) // r, 1)
+                       for p, q, r in zip(region_a, region_b, rest_a))
     task = (loader, tuple(groups.used[pair.a]), tuple(groups.used[pair.b]), level_a, region_a, region_b,
             rest_a, options)
-    return task, (spacing, w0_a, w0_b)
+    return task, (spacing, w0_a, w0_b, crop_shape)
