@@ -60,9 +60,10 @@ from ._atomic import OutputExistsError, atomic_output, remove_path
 __all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel"]
 
 NGFF_VERSION = "0.4"
-#: Chunks written per dask.compute call: bounds the memory held by finished
-#: blocks and how much work a crash can lose, and paces the progress bar.
-BATCH_BLOCKS = 64
+#: Chunks written per dask.compute call, per worker thread: enough to keep
+#: every thread busy (a cluster gets proportionally larger batches), small
+#: enough to bound the blocks in flight and the work a crash can lose.
+BATCH_BLOCKS_PER_THREAD = 4
 
 _DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}
 _UNIT_ALIASES = {
@@ -244,6 +245,21 @@ def _store_block(block: np.ndarray, target, region: tuple[slice, ...], marker: s
     return 1
 
 
+def _worker_threads() -> int:
+    """Threads that compute blocks: the cluster's when a distributed scheduler is active."""
+    import dask
+
+    scheduler = dask.config.get("scheduler", None)
+    if scheduler is not None and hasattr(scheduler, "nthreads"):
+        return max(1, sum(scheduler.nthreads().values()))
+    try:
+        from distributed import default_client
+
+        return max(1, sum(default_client().nthreads().values()))
+    except (ImportError, ValueError):
+        return os.cpu_count() or 1
+
+
 def _write_level(src, target, done_dir: Path, bar) -> None:
     import dask
 
@@ -257,8 +273,9 @@ def _write_level(src, target, done_dir: Path, bar) -> None:
     starts = [np.concatenate([[0], np.cumsum(c)]) for c in src.chunks]
     pieces = src.to_delayed(optimize_graph=True)
     store = dask.delayed(_store_block, pure=False)
-    for first in range(0, len(missing), BATCH_BLOCKS):
-        batch = missing[first : first + BATCH_BLOCKS]
+    batch_size = BATCH_BLOCKS_PER_THREAD * _worker_threads()
+    for first in range(0, len(missing), batch_size):
+        batch = missing[first : first + batch_size]
         tasks = []
         for b in batch:
             region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, b))
