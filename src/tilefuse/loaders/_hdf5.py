@@ -16,9 +16,6 @@ A partitioned project lists ``<partition>`` elements next to the master
 under other ("mapped") ids.  Views covered by a partition are read straight
 from the partition file; all other views are read through the master file,
 whose external links h5py follows.
-
-The two path helpers at the bottom (:func:`read_path_element`,
-:func:`path_element`) are shared with the TIFF loader.
 """
 
 from __future__ import annotations
@@ -26,7 +23,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 from lxml import etree
@@ -35,14 +32,14 @@ from ..errors import (
     ImageDataError,
     MissingDataError,
     ProjectFormatError,
-    UnsupportedFormatError,
     where,
 )
 from ..project.views import ViewId
 from . import register_loader
+from ..project.paths import path_element, read_path_element
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
-__all__ = ["Hdf5Loader", "Partition", "BDV_DATA_TYPES", "read_path_element", "path_element"]
+__all__ = ["Hdf5Loader", "Partition", "BDV_DATA_TYPES"]
 
 #: N5 / BDV ``dataType`` names; numpy spells them identically.
 BDV_DATA_TYPES = (
@@ -309,50 +306,3 @@ def _partition_from_xml(elem, base_dir: Path, xml_path, index: int) -> Partition
 
 
 # -- path elements (shared with the TIFF loader) ------------------------------
-
-
-def read_path_element(
-    parent, tag: str, base_dir: Path, xml_path: Path | None, context: str | None = None
-) -> Path:
-    """Resolve a ``<tag type="relative|absolute">path</tag>`` child of ``parent``.
-
-    Relative paths resolve against ``base_dir``; surrounding whitespace is
-    ignored (real files wrap paths in newlines); ``file:`` URIs and Windows
-    separators are accepted.
-    """
-    if context is None:
-        context = '<ImageLoader format="%s">' % parent.get("format", "")
-    child = parent.find(tag)
-    if child is None or not (child.text or "").strip():
-        raise ProjectFormatError(f"{where(xml_path, context)}: missing or empty <{tag}> path")
-    text = child.text.strip()
-    if text.startswith("file:"):
-        from urllib.parse import unquote, urlparse
-
-        text = unquote(urlparse(text).path)
-    elif "://" in text:
-        raise UnsupportedFormatError(
-            f"{where(xml_path, context)}: <{tag}> {text!r} is a remote URI; only local files are supported"
-        )
-    if "\\" in text:
-        text = str(PurePosixPath(*PureWindowsPath(text).parts))
-    path = Path(text)
-    kind = child.get("type", "relative" if not path.is_absolute() else "absolute")
-    if kind == "relative" and not path.is_absolute():
-        path = Path(base_dir) / path
-    return path
-
-
-def path_element(tag: str, path: Path, base_dir: Path):
-    """A ``<tag type=...>`` element: relative to ``base_dir`` when inside it, else absolute."""
-    path = Path(path)
-    elem = etree.Element(tag)
-    try:
-        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(base_dir))
-    except ValueError:
-        elem.set("type", "absolute")
-        elem.text = Path(os.path.abspath(path)).as_posix()
-    else:
-        elem.set("type", "relative")
-        elem.text = rel.as_posix() if rel.parts else "."
-    return elem

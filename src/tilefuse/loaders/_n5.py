@@ -22,10 +22,8 @@ when pixels are needed.
 from __future__ import annotations
 
 import os
-import re
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 from lxml import etree
@@ -34,61 +32,12 @@ from ..errors import ImageDataError, MissingDataError, ProjectFormatError, Unsup
 from ..project.views import ViewId
 from . import register_loader
 from ._n5format import N5_DTYPES, N5Dataset, read_attributes
+from ..project.paths import parse_location, path_element, same_dir
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["N5Loader"]
 
 _ELEMENT = '<ImageLoader format="bdv.n5">'
-_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
-
-
-# -- path elements shared with the OME-Zarr loader ------------------------------
-def parse_location(text: str | None, kind: str | None, base_dir: Path) -> tuple[Path | None, str | None]:
-    """Resolve a spimdata path element's text to ``(local_path, remote_uri)``.
-
-    Exactly one of the two is not ``None``.  Surrounding whitespace is
-    trimmed (real files wrap the path in newlines).  ``file:`` URIs become
-    local paths; other schemes (``s3://``, ``gs://``, ``https://``) are
-    returned as remote URIs.
-    """
-    text = (text or "").strip()
-    if not text:
-        return None, None
-    is_windows = re.match(r"^[A-Za-z]:[\\/]", text) is not None or "\\" in text
-    if not is_windows and _SCHEME.match(text):
-        parsed = urlparse(text)
-        if parsed.scheme.lower() == "file":
-            return Path(unquote(parsed.path)), None
-        return None, text
-    path = Path(PureWindowsPath(text).as_posix()) if is_windows else Path(text)
-    if kind == "relative" and not path.is_absolute():
-        path = Path(base_dir) / path
-    return Path(os.path.normpath(path)), None
-
-
-def path_element(tag: str, path: Path, base_dir: Path | None):
-    """A spimdata path element: relative when ``path`` lies under ``base_dir``."""
-    el = etree.Element(tag)
-    path = Path(os.path.normpath(Path(path).absolute()))
-    if base_dir is not None:
-        base = Path(os.path.normpath(Path(base_dir).absolute()))
-        try:
-            rel = path.relative_to(base)
-        except ValueError:
-            rel = None
-        if rel is not None:
-            el.set("type", "relative")
-            el.text = rel.as_posix() if str(rel) != "." else "."
-            return el
-    el.set("type", "absolute")
-    el.text = path.as_posix()
-    return el
-
-
-def _same_dir(a: Path | None, b: Path | None) -> bool:
-    if a is None or b is None:
-        return False
-    return os.path.normpath(Path(a).absolute()) == os.path.normpath(Path(b).absolute())
 
 
 @register_loader
@@ -133,7 +82,7 @@ class N5Loader(ImageLoader):
         return loader
 
     def to_xml(self, base_dir: Path):
-        if self._xml_text is not None and (self.uri is not None or _same_dir(base_dir, self._xml_base)):
+        if self._xml_text is not None and (self.uri is not None or same_dir(base_dir, self._xml_base)):
             return etree.fromstring(self._xml_text)
         el = etree.Element("ImageLoader", format=self.format, version=self.version)
         el.append(path_element("n5", self.path, base_dir))

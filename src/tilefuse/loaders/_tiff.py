@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..project.views import ViewId
 from . import register_loader
-from ._hdf5 import path_element, read_path_element
+from ..project.paths import path_element, read_path_element
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["FileMap2Loader", "TiffEntry"]

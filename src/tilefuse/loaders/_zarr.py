@@ -36,7 +36,7 @@ from lxml import etree
 from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
 from ..project.views import ViewId
 from . import register_loader
-from ._n5 import _same_dir, parse_location, path_element
+from ..project.paths import parse_location, path_element, same_dir
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["OmeZarrLoader", "ZGroup"]
@@ -166,7 +166,7 @@ class OmeZarrLoader(ImageLoader):
         return loader
 
     def to_xml(self, base_dir: Path):
-        if self._xml_text is not None and (self.uri is not None or _same_dir(base_dir, self._xml_base)):
+        if self._xml_text is not None and (self.uri is not None or same_dir(base_dir, self._xml_base)):
             return etree.fromstring(self._xml_text)
         # Written as version 3.0, the form current BigStitcher writes.
         el = etree.Element("ImageLoader", format=self.format, version="3.0")

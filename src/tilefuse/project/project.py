@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from ..errors import ImageDataError, MissingDataError, TilefuseError, UnsupportedFormatError, where
 from ..geometry import Box, compose_chain, mipmap_transform, view_box
 from .model import Entity, SpimData, ViewTransform
+from .paths import parse_location
 from .views import ViewId
 from .xml_read import read_spimdata
 from .xml_write import write_spimdata
@@ -29,7 +29,6 @@ __all__ = ["Project", "open_project", "squeeze_z", "ATTRIBUTE_KINDS"]
 #: Attribute kinds usable in :meth:`Project.select` and :meth:`Project.group_views`.
 ATTRIBUTE_KINDS = ("channel", "illumination", "tile", "angle")
 
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]+:")
 _MAX_BACKUPS = 5
 
 
@@ -122,18 +121,13 @@ class Project:
     @property
     def base_dir(self) -> Path:
         """The resolved ``<BasePath>``: the folder image loader paths are relative to."""
-        base = self.data.base_path.strip() or "."
-        if base.startswith("file:"):
-            base = re.sub(r"^file:(//)?", "", base)
-            return Path(base)
-        if _URI.match(base) and not re.match(r"^[a-zA-Z]:\\", base):
-            raise UnsupportedFormatError(
-                f"{where(self.path, '<BasePath>')}: remote base path {base!r} is not supported"
-            )
-        if self.data.base_path_type == "absolute" or Path(base).is_absolute():
-            return Path(base)
         root = self.path.parent if self.path is not None else Path.cwd()
-        return (root / base).resolve()
+        path, uri = parse_location(self.data.base_path or ".", self.data.base_path_type, root)
+        if uri is not None:
+            raise UnsupportedFormatError(
+                f"{where(self.path, '<BasePath>')}: remote base path {uri!r} is not supported"
+            )
+        return path.resolve()
 
     @property
     def loader(self):
