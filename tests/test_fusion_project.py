@@ -187,3 +187,19 @@ def test_interrupted_fusion_resumes_without_redoing_chunks(tmp_path, monkeypatch
     import zarr
 
     np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["0"][...], expected[:, :, 0])
+
+
+def test_missing_view_is_skipped_with_a_warning(tmp_path):
+    mosaic = make_mosaic((1, 3), (64, 64), 0.25, seed=5)
+    project = _project_at_truth(tmp_path, mosaic)
+    gone = project.views[2]
+    project.data.missing_views = {gone}
+    project.save()
+    project = open_project(tmp_path / "dataset.xml")
+    assert gone not in project.views
+    with pytest.warns(UserWarning, match="1 missing views are skipped"):
+        result = tilefuse.register(project)
+    assert len(result.groups.members) == 2 and len(result.links) == 1
+    with pytest.warns(UserWarning, match="missing views are skipped"):
+        fused = tilefuse.fuse(project).compute()
+    assert fused.shape[-1] < 3 * 64  # the missing tile's area is not part of the output
