@@ -175,3 +175,15 @@ def test_timepoints_registered_together_on_request(tmp_path):
     for tile in (0, 1):
         models = [registered.model(v) for v in registered.select(tile=tile)]
         np.testing.assert_allclose(models[0], models[1])
+
+
+def test_solve_does_not_change_the_callers_links(sample_2d):
+    project, _ = sample_2d
+    groups = tilefuse.make_groups(project)
+    links = tilefuse.pairwise(project, groups)
+    before = [link.status for link in links]
+    strict = tilefuse.solve(links, groups, preset="strict", min_correlation=0.99)
+    assert [link.status for link in links] == before
+    assert any(not link.accepted for link in strict.links)
+    relaxed = tilefuse.solve(links, groups)
+    assert sum(link.accepted for link in relaxed.links) > sum(link.accepted for link in strict.links)

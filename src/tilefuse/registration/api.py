@@ -13,7 +13,7 @@ or all at once with :func:`register`.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import product
 
 import numpy as np
@@ -149,6 +149,10 @@ def solve(
     """
     if preset not in PRESETS:
         raise RegistrationError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if model not in GLOBAL_MODELS:
+        raise RegistrationError(f"model must be one of {GLOBAL_MODELS}, got {model!r}")
+    # Copies: the statuses set below belong to this result, not to the caller's links.
+    links = [replace(link, info=dict(link.info)) for link in links]
     rel, ab = PRESETS[preset]
     rel = rel if rel_threshold is None else float(rel_threshold)
     ab = ab if abs_threshold is None else float(abs_threshold)
@@ -173,8 +177,6 @@ def solve(
     translations = {k: np.asarray(solution.translations[k], dtype=np.float64) for k in keys}
     transforms = {}
     if model != "translation":
-        if model not in GLOBAL_MODELS:
-            raise RegistrationError(f"model must be one of {GLOBAL_MODELS}, got {model!r}")
         matches = [_point_matches(link) for link in links if link.accepted]
         transforms = solve_affine(keys, matches, translations, model=model, fixed=fixed)
     return RegistrationResult(
