@@ -10,6 +10,9 @@ from ._numeric import cast_to_dtype
 
 __all__ = ["block_mean"]
 
+#: Elements averaged at once; larger blocks are processed in slabs (see block_mean).
+_SLAB_ELEMENTS = 4 * 2**20
+
 
 def block_mean(block: np.ndarray, factors: Sequence[int], *, dtype=None, edge: str = "partial") -> np.ndarray:
     """Mean over non-overlapping ``factors``-sized windows.
@@ -34,6 +37,20 @@ def block_mean(block: np.ndarray, factors: Sequence[int], *, dtype=None, edge: s
         block = block[tuple(slice(0, max(n // f, 1) * min(f, n)) for n, f in zip(block.shape, factors))]
     elif edge != "partial":
         raise ValueError(f"edge must be 'partial' or 'trim', got {edge!r}")
+    axis = next((d for d, (n, f) in enumerate(zip(block.shape, factors)) if n > f), None)
+    if axis is not None and block.size > _SLAB_ELEMENTS:
+        # Large blocks (3D pyramid levels read 4x an output chunk) are averaged
+        # in slabs of whole windows along the first axis longer than its
+        # window, so the float working copies stay small instead of two or
+        # three times the block.
+        plane = block.size // block.shape[axis]
+        step = max(1, _SLAB_ELEMENTS // (plane * factors[axis])) * factors[axis]
+        index = [slice(None)] * block.ndim
+        slabs = []
+        for i in range(0, block.shape[axis], step):
+            index[axis] = slice(i, i + step)
+            slabs.append(block_mean(block[tuple(index)], factors, dtype=dtype, edge="partial"))
+        return np.concatenate(slabs, axis=axis)
     # float32 holds every 8/16-bit value and their window sums exactly enough
     # (relative error 6e-8) at half the memory of float64; wider types need float64.
     work = np.float32 if block.dtype.itemsize <= 2 or block.dtype == np.float32 else np.float64
