@@ -21,8 +21,10 @@ whose external links h5py follows.
 from __future__ import annotations
 
 import os
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import product
 from pathlib import Path
 
 import numpy as np
@@ -34,9 +36,9 @@ from ..errors import (
     ProjectFormatError,
     where,
 )
+from ..project.paths import path_element, read_path_element
 from ..project.views import ViewId
 from . import register_loader
-from ..project.paths import path_element, read_path_element
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["Hdf5Loader", "Partition", "BDV_DATA_TYPES"]
@@ -226,10 +228,10 @@ class Hdf5Loader(ImageLoader):
     def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
         ds = self._cells(view, level)
         region = normalize_region(region, ds.shape)
-        # h5py slicing reads and decompresses only the chunks the region touches.
+        # Only the chunks the region touches are read and decompressed.
         try:
-            arr = ds[region]
-        except OSError as exc:  # a damaged chunk or truncated file
+            arr = _read_region(ds, region)
+        except (OSError, zlib.error) as exc:  # a damaged chunk or truncated file
             path = self._locate(view)[0]
             raise ImageDataError(
                 f"{path}: cannot read {ViewId(*view)} level {level} from {ds.name} ({exc})"
@@ -254,6 +256,67 @@ class Hdf5Loader(ImageLoader):
 
     def token(self):
         return (type(self).__name__, str(self.path), self.partitions)
+
+
+def _direct_chunk_filters(ds) -> tuple[bool, bool] | None:
+    """``(deflate, shuffle)`` if the chunks can be decoded here, else None.
+
+    Only BDV's own encodings (deflate, optionally after byte shuffle) are
+    decoded by hand; anything else (fletcher32, scale-offset, szip,
+    plugins) goes through h5py.
+    """
+    if ds.chunks is None or ds.fletcher32 or ds.scaleoffset is not None:
+        return None
+    if ds.compression not in (None, "gzip"):
+        return None
+    filters = set(ds._filters)  # noqa: SLF001 - h5py's parsed filter pipeline
+    if filters - {"gzip", "shuffle"}:
+        return None
+    return ds.compression == "gzip", bool(ds.shuffle)
+
+
+def _read_region(ds, region) -> np.ndarray:
+    """Read a region of a chunked dataset, decompressing chunks outside h5py's lock.
+
+    h5py decompresses inside its global lock, so with several dask threads
+    reading deflate-compressed BDV files, decompression runs on one core at a
+    time.  Reading the raw chunks (``read_direct_chunk``, cheap) and inflating
+    them with :mod:`zlib` (which releases the GIL) lets the threads decompress
+    in parallel: measured on 2 cores, reading all 16 views of 128x512x512 (gzip,
+    32x128x128 blocks) 7.0 -> 4.2 s, and the 3D fusion + OME-Zarr write 25.4 -> 21.0 s.
+    Small 2D blocks (1x128x128) gain nothing and lose nothing.
+    """
+    codec = _direct_chunk_filters(ds)
+    if codec is None:
+        return ds[region]
+    deflate, shuffle = codec
+    chunks = ds.chunks
+    dtype = ds.dtype
+    shape = tuple(s.stop - s.start for s in region)
+    out = np.empty(shape, dtype=dtype)
+    if 0 in shape:
+        return out
+    first = [s.start // c for s, c in zip(region, chunks)]
+    last = [(s.stop - 1) // c for s, c in zip(region, chunks)]
+    n_items = int(np.prod(chunks))
+    for idx in product(*[range(a, b + 1) for a, b in zip(first, last)]):
+        offset = tuple(i * c for i, c in zip(idx, chunks))
+        src = tuple(slice(max(s.start - o, 0), min(s.stop - o, c)) for s, o, c in zip(region, offset, chunks))
+        dst = tuple(slice(o + a.start - s.start, o + a.stop - s.start) for s, o, a in zip(region, offset, src))
+        try:
+            mask, raw = ds.id.read_direct_chunk(offset)
+        except (KeyError, RuntimeError, ValueError):  # chunk never written: the fill value
+            out[dst] = ds.fillvalue
+            continue
+        if mask:  # a filter was skipped for this chunk: let HDF5 decode it
+            out[dst] = ds[tuple(slice(o, min(o + c, n)) for o, c, n in zip(offset, chunks, ds.shape))][src]
+            continue
+        data = zlib.decompress(raw) if deflate else raw
+        if shuffle and dtype.itemsize > 1:
+            data = np.frombuffer(data, np.uint8).reshape(dtype.itemsize, n_items).T.tobytes()
+        block = np.frombuffer(data, dtype=dtype, count=n_items).reshape(chunks)
+        out[dst] = block[src]
+    return out
 
 
 def _cells_key(tp: int, setup: int, level: int) -> str:
