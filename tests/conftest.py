@@ -22,3 +22,28 @@ def examples_dir() -> Path:
     if not EXAMPLES.is_dir():
         pytest.skip("../shared/bigstitcher_examples is not available")
     return EXAMPLES
+
+
+@pytest.fixture(autouse=True)
+def _fresh_handles():
+    """Loaders cache file handles per path and tests rewrite files: start and end clean."""
+    from tilefuse.loaders.base import drop_cached_handles
+
+    drop_cached_handles()
+    yield
+    drop_cached_handles()
+
+
+def loader_element(xml_file: Path):
+    """The ``<ImageLoader>`` element of a project XML."""
+    from lxml import etree
+
+    return etree.parse(str(xml_file)).getroot().find("SequenceDescription/ImageLoader")
+
+
+def example_loader_element(name: str):
+    """The ``<ImageLoader>`` of a shared example; skips when the examples are absent."""
+    path = EXAMPLES / name
+    if not path.is_file():
+        pytest.skip(f"{path} not available")
+    return loader_element(path)

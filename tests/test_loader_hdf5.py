@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from lxml import etree
 
+from conftest import EXAMPLES, loader_element
 from tilefuse.errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from tilefuse.loaders import LOADERS
 from tilefuse.loaders._hdf5 import Hdf5Loader, Partition
@@ -20,7 +21,6 @@ from tilefuse.project.views import ViewId
 from tilefuse.downsample import block_mean
 from tilefuse.writers.bdv_hdf5 import propose_factors, write_bdv_hdf5
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "bigstitcher_examples"
 PYBDV_H5 = EXAMPLES / "pybdv_example.h5"
 KIDNEY_H5 = EXAMPLES / "npy2bdv_kidney.h5"
 needs_examples = pytest.mark.skipif(
@@ -29,18 +29,6 @@ needs_examples = pytest.mark.skipif(
 
 V0 = ViewId(0, 0)
 ALL = (slice(None),) * 3
-
-
-@pytest.fixture(autouse=True)
-def _fresh_handles():
-    # Handles are cached per path; tests rewrite files, so start and end clean.
-    drop_cached_handles()
-    yield
-    drop_cached_handles()
-
-
-def _xml_element(xml_file: Path):
-    return etree.parse(str(xml_file)).getroot().find("SequenceDescription/ImageLoader")
 
 
 # -- real example files ---------------------------------------------------------
@@ -107,7 +95,7 @@ def test_from_xml_resolves_relative_paths_and_round_trips(tmp_path):
     # The XMLs name example.h5 / kidney.h5; stage the shared files under those names.
     (tmp_path / "example.h5").symlink_to(PYBDV_H5)
     xml = EXAMPLES / "pybdv_example.xml"
-    loader = Hdf5Loader.from_xml(_xml_element(xml), tmp_path, xml)
+    loader = Hdf5Loader.from_xml(loader_element(xml), tmp_path, xml)
     assert loader.path == tmp_path / "example.h5"
     assert loader.files() == [tmp_path / "example.h5"]
     with h5py.File(PYBDV_H5, "r") as f:
@@ -127,7 +115,7 @@ def test_from_xml_resolves_relative_paths_and_round_trips(tmp_path):
 @needs_examples
 def test_missing_file_names_file_and_xml(tmp_path):
     xml = EXAMPLES / "pybdv_example.xml"
-    loader = Hdf5Loader.from_xml(_xml_element(xml), tmp_path, xml)
+    loader = Hdf5Loader.from_xml(loader_element(xml), tmp_path, xml)
     with pytest.raises(MissingDataError) as err:
         loader.has_view(V0)
     msg = str(err.value)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from lxml import etree
 
+from conftest import EXAMPLES, example_loader_element
 from tilefuse.errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from tilefuse.loaders import LOADERS
 from tilefuse.loaders import _n5format
@@ -21,8 +22,6 @@ from tilefuse.project.views import ViewId
 from tilefuse.writers._atomic import OutputExistsError
 from tilefuse.writers.bdv_n5 import level_shapes, write_bdv_n5
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EXAMPLES = SHARED / "bigstitcher_examples"
 FULL = (slice(None),) * 3
 
 # The 1x2x3 uint16 block (values 1..6) of the N5 specification's README
@@ -275,15 +274,10 @@ def test_loader_pickles_and_xml(tmp_path):
 
 
 # -- XML parsing -------------------------------------------------------------------
-def _example_loader_element(name):
-    path = EXAMPLES / name
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    return etree.parse(str(path)).find(".//ImageLoader")
 
 
 def test_real_xml_with_whitespace_path(tmp_path):
-    el = _example_loader_element("pydbs_n5_15tiles_interestpoints.xml")
+    el = example_loader_element("pydbs_n5_15tiles_interestpoints.xml")
     loader = N5Loader.from_xml(el, tmp_path, EXAMPLES / "x.xml")
     assert loader.path == tmp_path / "dataset.n5" and loader.version == "1.0"
     assert etree.tostring(loader.to_xml(tmp_path)) == etree.tostring(el, with_tail=False)  # verbatim when unchanged

@@ -3,37 +3,25 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 from lxml import etree
 
+from conftest import EXAMPLES, loader_element
 from tilefuse.errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError
 from tilefuse.loaders import LOADERS
 from tilefuse.loaders._tiff import FileMap2Loader, TiffEntry
 from tilefuse.loaders.base import drop_cached_handles
 from tilefuse.project.views import ViewId
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "shared" / "bigstitcher_examples"
 RHAPSO = EXAMPLES / "rhapso_filemap2_7angles_2tp.xml"
 RHAPSO_EMPTY = EXAMPLES / "rhapso_filemap2_no_filemapping_listtp.xml"
 needs_examples = pytest.mark.skipif(not RHAPSO.exists(), reason="shared BigStitcher examples not present")
 
 V0 = ViewId(0, 0)
 ALL = (slice(None),) * 3
-
-
-@pytest.fixture(autouse=True)
-def _fresh_handles():
-    drop_cached_handles()
-    yield
-    drop_cached_handles()
-
-
-def _element(xml_file: Path):
-    return etree.parse(str(xml_file)).getroot().find("SequenceDescription/ImageLoader")
 
 
 @pytest.fixture
@@ -175,7 +163,7 @@ def test_bad_series_channel_and_files(stacks):
 
 @needs_examples
 def test_rhapso_example_parses_and_reports_missing_tiffs(tmp_path):
-    loader = FileMap2Loader.from_xml(_element(RHAPSO), tmp_path, RHAPSO)
+    loader = FileMap2Loader.from_xml(loader_element(RHAPSO), tmp_path, RHAPSO)
     assert len(loader.files_map) == 14
     assert {v.timepoint for v in loader.files_map} == {18, 30}
     assert {v.setup for v in loader.files_map} == set(range(7))
@@ -195,7 +183,7 @@ def test_rhapso_example_parses_and_reports_missing_tiffs(tmp_path):
 @needs_examples
 def test_empty_files_element_is_a_format_error(tmp_path):
     with pytest.raises(ProjectFormatError) as err:
-        FileMap2Loader.from_xml(_element(RHAPSO_EMPTY), tmp_path, RHAPSO_EMPTY)
+        FileMap2Loader.from_xml(loader_element(RHAPSO_EMPTY), tmp_path, RHAPSO_EMPTY)
     msg = str(err.value)
     assert "rhapso_filemap2_no_filemapping_listtp.xml" in msg and "<files>" in msg
 

@@ -11,14 +11,13 @@ import pytest
 import zarr
 from lxml import etree
 
+from conftest import example_loader_element
 from tilefuse.errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError
 from tilefuse.loaders import LOADERS
 from tilefuse.loaders._zarr import OmeZarrLoader, ZGroup
 from tilefuse.project.views import ViewId
 from tilefuse.writers.bdv_zarr import ngff_multiscales, write_bdv_omezarr
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-EXAMPLES = SHARED / "bigstitcher_examples"
 FULL = (slice(None),) * 3
 
 
@@ -29,16 +28,11 @@ def ramp(shape, dtype, seed=0):
     return rng.integers(0, min(np.iinfo(dtype).max, 60000), shape, dtype=dtype)
 
 
-def _example_loader_element(name):
-    path = EXAMPLES / name
-    if not path.is_file():
-        pytest.skip(f"{path} not available")
-    return etree.parse(str(path)).find(".//ImageLoader")
 
 
 # -- XML ---------------------------------------------------------------------------
 def test_parse_v1_example(tmp_path):
-    el = _example_loader_element("pydbs_multimgzarr_v1_15tiles.xml")
+    el = example_loader_element("pydbs_multimgzarr_v1_15tiles.xml")
     loader = OmeZarrLoader.from_xml(el, tmp_path, None)
     assert loader.version == "1.0"
     assert loader.path == Path("/data/foo_dataset/SPIM.ome.zarr")
@@ -52,7 +46,7 @@ def test_parse_v1_example(tmp_path):
 
 
 def test_parse_v3_example(tmp_path):
-    el = _example_loader_element("pydbs_multimgzarr_v3_mesospim_2x2_2ch_2illum.xml")
+    el = example_loader_element("pydbs_multimgzarr_v3_mesospim_2x2_2ch_2illum.xml")
     loader = OmeZarrLoader.from_xml(el, tmp_path, None)
     assert loader.version == "3.0"
     assert loader.path == tmp_path / "Reuss-MousBrain2x2tiles-2ch.ome.zarr"
