@@ -203,3 +203,15 @@ def test_missing_view_is_skipped_with_a_warning(tmp_path):
     with pytest.warns(UserWarning, match="missing views are skipped"):
         fused = tilefuse.fuse(project).compute()
     assert fused.shape[-1] < 3 * 64  # the missing tile's area is not part of the output
+
+
+def test_channel_missing_at_one_timepoint_is_filled(tmp_path):
+    images = [np.full((2, 8, 8), v, np.uint8) for v in (10, 20, 30)]
+    project = tilefuse.write_project(tmp_path / "d.xml", images, [(0, 0, 0)] * 3, channels=[0, 1, 0],
+                                     timepoints=[0, 0, 1], tiles=[0, 0, 0], factors=[(1, 1, 1)])
+    assert project.missing_views == {tilefuse.ViewId(1, 1)}
+    with pytest.warns(UserWarning, match="1 missing views"):
+        fused = tilefuse.fuse(project).compute()
+    assert fused.dtype == np.uint8 and fused.shape == (2, 2, 2, 8, 8)
+    assert fused[0, 0].max() == 10 and fused[0, 1].max() == 20 and fused[1, 0].max() == 30
+    assert fused[1, 1].max() == 0  # channel 1 was not acquired at timepoint 1

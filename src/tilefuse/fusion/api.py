@@ -53,6 +53,14 @@ class FusionPlan:
         ents = self.project.entities("channel")
         return [str(ents[c].name) if c in ents and ents[c].name else str(c) for c in self.channels]
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The output type: the one asked for, else the common type of the views."""
+        if self.options.get("dtype") is not None:
+            return np.dtype(self.options["dtype"])
+        loader = self.project.loader
+        return np.result_type(*{loader.dtype(v) for views in self.volumes.values() for v in views})
+
     def sources(self, views: Sequence[ViewId]) -> list[FusionSource]:
         """Fusion sources of some views, reading the pyramid level that suits the spacing."""
         return [_source(self.project, v, self.spacing, self.ndim, self.options.get("intensity", False))
@@ -62,10 +70,10 @@ class FusionPlan:
         """The lazy fused ``(z, y, x)`` volume of one timepoint and channel."""
         views = self.volumes.get((timepoint, channel), [])
         opts = {k: v for k, v in self.options.items() if k != "intensity"}
-        if not views:
+        if not views:  # e.g. a channel not acquired at this timepoint: fill_value, like uncovered voxels
             import dask.array as da
 
-            return da.zeros(self.shape, dtype=opts.get("dtype") or np.uint16, chunks=opts.get("chunks") or "auto")
+            return da.zeros(self.shape, dtype=self.dtype, chunks=opts.get("chunks") or "auto")
         grid_shape = self.shape if self.ndim == 3 else self.shape[1:]
         origin = self.origin if self.ndim == 3 else self.origin[1:]
         spacing = self.spacing if self.ndim == 3 else self.spacing[1:]

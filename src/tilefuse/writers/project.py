@@ -200,7 +200,8 @@ def write_project(
         data.attribute_blocks[kind] = block
     tp_ids = sorted({int(t) for t in tps})
     data.timepoints = Timepoints(type="pattern", ids=tp_ids, pattern=format_integer_pattern(tp_ids))
-    data.missing_views = set()
+    # A (timepoint, setup) with no image (a channel not acquired at some timepoint) is a missing view.
+    data.missing_views = {ViewId(t, sid) for t in tp_ids for sid in data.setups} - set(views)
     # BigStitcher's ViewRegistrations are sorted by (timepoint, setup).
     data.registrations = dict(sorted(data.registrations.items()))
 
