@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,7 +84,14 @@ def run(
     output = Path(output)
     result = None
     xml_out = None
+    stages = 1 if skip_registration else 2
+
+    def announce(i: int, text: str) -> None:
+        if progress:  # one numbered line per stage above its bar
+            print(f"[{i}/{stages}] {text}", file=sys.stderr, flush=True)
+
     if not skip_registration:
+        announce(1, f"registering {len(project.views)} views")
         timer.start("register")
         result = register(project, client=client, progress=progress, **(register_options or {}))
         project = result.apply(project)
@@ -92,6 +100,8 @@ def run(
         project.save(xml_out)
     timer.start("fuse + write")
     plan = plan_fusion(project, **(fusion_options or {}))
+    announce(stages, f"fusing {len(plan.timepoints)}x{len(plan.channels)} volumes of "
+                     f"{' x '.join(map(str, plan.shape))} voxels into {output}")
     write_fused(plan, output, progress=progress, overwrite=overwrite, resume=resume, client=client)
     timer.stop()
     shape = (len(plan.timepoints), len(plan.channels)) + tuple(plan.shape)
