@@ -45,7 +45,8 @@ def _add_register_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--all-timepoints-together", action="store_true",
                    help="one registration for all timepoints (default: each timepoint on its own)")
     g.add_argument("--downsampling", type=_ints, default=None,
-                   help="z,y,x downsampling of the overlap crops (default: 1,1,1 in 2D, 1,2,2 in 3D)")
+                   help="z,y,x downsampling of the overlap crops (default: 1,1,1 in 2D; 1,2,2 in 3D "
+                        "unless an overlap is narrower than 40 voxels)")
     g.add_argument("--min-overlap", type=float, default=0.05, help="minimum overlap fraction of a pair")
     g.add_argument("--neighbours-only", action="store_true", help="only face neighbours, no diagonal pairs")
     g.add_argument("--peaks", type=int, default=5, help="phase-correlation peaks to check (default 5)")

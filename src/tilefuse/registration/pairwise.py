@@ -203,8 +203,9 @@ def pairwise(
         Default: :func:`make_groups` (channels and illuminations of a tile
         together, registered on their average).
     downsampling : (z, y, x) int or "auto"
-        Downsampling of the overlap crops.  ``"auto"``: full resolution in 2D,
-        ``(1, 2, 2)`` in 3D.  Uses the file's pyramid level when one matches.
+        Downsampling of the overlap crops.  ``"auto"``: full resolution in 2D;
+        ``(1, 2, 2)`` in 3D unless an overlap is narrower than 40 voxels in y
+        or x.  Uses the file's pyramid level when one matches.
     min_overlap : float
         Minimum overlap (fraction of the smaller group's volume) for a pair.
     neighbours_only : bool
@@ -252,7 +253,7 @@ def pairwise(
                               same=groups.timepoint)
     ndim = project.ndim
     if downsampling == "auto":
-        downsampling = (1, 1, 1) if ndim == 2 else (1, 2, 2)
+        downsampling = _auto_downsampling(project, first, pairs, ndim)
     downsampling = tuple(int(f) for f in downsampling)
     if len(downsampling) == 2:
         downsampling = (1,) + downsampling
@@ -291,6 +292,28 @@ def pairwise(
         shift = (w0_a - w0_b) + spacing * d
         links.append(Link(pair.a, pair.b, shift, float(res.correlation), pair.overlap, va, vb, h, info=info))
     return links
+
+
+#: In 3D, overlaps at least this many voxels wide in y and x are registered at half resolution.
+_AUTO_MIN_WIDTH = 40
+
+
+def _auto_downsampling(project: Project, first, pairs, ndim: int) -> tuple[int, int, int]:
+    """Full resolution in 2D; in 3D half resolution in y/x unless an overlap is narrow.
+
+    Measured on the 3D samples: 16 tiles of 128x512x512 with 51 px overlaps
+    register 4.5x faster at (1, 2, 2) for 0.010 instead of 0.006 px mean
+    error, but 26 px overlaps lose too much at half resolution (0.122 against
+    0.022 px), so narrow overlaps keep full resolution.
+    """
+    if ndim == 2 or not pairs:
+        return (1, 1, 1)
+    widths = []
+    for pair in pairs:
+        scale = np.diag(project.model(first[pair.a]))[:3]
+        extent = (np.asarray(pair.overlap.hi) - np.asarray(pair.overlap.lo)) / scale + 1
+        widths.append(min(extent[1], extent[2]))
+    return (1, 2, 2) if min(widths) >= _AUTO_MIN_WIDTH else (1, 1, 1)
 
 
 def _pair_task(project, loader, groups, first, pair: OverlapPair, downsampling, options):
