@@ -275,6 +275,7 @@ def _refine_best(f, m, masks, scorer, scored, score_peaks, n_peaks, shape, limit
     """
     ranked = sorted(scored, key=lambda c: -c[0])
     tried: set[tuple[int, ...]] = set()
+    prepared = None
     for expand in (False, True):
         if expand:
             more = [c for c in score_peaks(4 * n_peaks) if np.isfinite(c[0])]
@@ -286,7 +287,9 @@ def _refine_best(f, m, masks, scorer, scored, score_peaks, n_peaks, shape, limit
             if cand in tried:
                 continue
             tried.add(cand)
-            shift, converged = _refine_gradient(f, m, masks, np.asarray(cand, dtype=np.float64), min_count)
+            if prepared is None:
+                prepared = _prepare_refinement(f, m)
+            shift, converged = _refine_gradient(*prepared, masks, np.asarray(cand, dtype=np.float64), min_count)
             if converged:
                 nearest = tuple(int(v) for v in np.round(shift))
                 if nearest != cand and scorer.count(nearest) >= min_count:
@@ -625,11 +628,22 @@ def _band_pass(a: np.ndarray, low: float = 1.0, high: float = 4.0) -> np.ndarray
     # the mean/max position error from 0.114/0.252 to 0.052/0.116 px.
     # Intensities must be positive for the ratio; shift them if they are not.
     flat = a if a.min() > 0 else a - a.min() + max(float(np.ptp(a)) * 1e-3, 1e-6)
-    flat = flat / ndimage.gaussian_filter(flat, 4 * high, mode="nearest")
-    return ndimage.gaussian_filter(flat, low, mode="nearest") - ndimage.gaussian_filter(flat, high, mode="nearest")
+    # The illumination estimate only needs to be smooth: a kernel cut at 2 sigma
+    # (65 taps instead of 129) costs half and changes nothing measurable.
+    flat = flat / ndimage.gaussian_filter(flat, 4 * high, mode="nearest", truncate=2.0)
+    return (ndimage.gaussian_filter(flat, low, mode="nearest")
+            - ndimage.gaussian_filter(flat, high, mode="nearest", truncate=3.0))
 
 
-def _refine_gradient(f, m, masks, start, min_count, iterations: int = 8) -> tuple[np.ndarray, bool]:
+def _prepare_refinement(f: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Band-passed fixed crop and cubic-spline coefficients of the band-passed moving crop.
+
+    Computed once per pair and shared by every candidate :func:`_refine_gradient` tries.
+    """
+    return _band_pass(f), ndimage.spline_filter(_band_pass(m), order=3, mode="nearest")
+
+
+def _refine_gradient(fs, spline, masks, start, min_count, iterations: int = 8) -> tuple[np.ndarray, bool]:
     """Gauss-Newton refinement of a sub-pixel shift on the aligned overlap.
 
     Minimises ``sum w (f(x) - a*m(x - s) - b)^2`` over the shift ``s`` (and a
@@ -646,12 +660,9 @@ def _refine_gradient(f, m, masks, start, min_count, iterations: int = 8) -> tupl
     against 0.5-0.9 px without it along the thin axis.
     """
     shift = np.asarray(start, dtype=np.float64).copy()
-    fs = _band_pass(f)
-    ms = _band_pass(m)
-    spline = ndimage.spline_filter(ms, order=3, mode="nearest")
     for _ in range(iterations):
         c = tuple(int(v) for v in np.round(shift))
-        sf, sm = _overlap_slices(c, f.shape)
+        sf, sm = _overlap_slices(c, fs.shape)
         # Interior of the overlap: 2 px away from the crop borders, where the
         # resampled values are extrapolated.
         inner = tuple(slice(a.start + 4, a.stop - 4) if a.stop - a.start > 3 * 4 else a for a in sf)
