@@ -32,7 +32,7 @@ from ..errors import ImageDataError, MissingDataError, ProjectFormatError, Unsup
 from ..project.views import ViewId
 from . import register_loader
 from ._n5format import N5_DTYPES, N5Dataset, read_attributes
-from ..project.paths import parse_location, path_element, same_dir
+from ..project.paths import parse_location, path_element
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["N5Loader"]
@@ -54,11 +54,6 @@ class N5Loader(ImageLoader):
         self.path = Path(path) if path is not None else None
         self.uri = uri
         self.version = version
-        # The element this loader came from (as text, so the loader pickles)
-        # and the base dir it was resolved against: an unchanged project
-        # writes the element back verbatim.
-        self._xml_text: bytes | None = None
-        self._xml_base: Path | None = None
 
     # -- construction ---------------------------------------------------------
     @classmethod
@@ -77,13 +72,13 @@ class N5Loader(ImageLoader):
         path, uri = parse_location(n5.text, n5.get("type"), Path(base_dir))
         loader = cls(path, version=element.get("version", "1.0"), uri=uri)
         loader.xml_path = xml_path
-        loader._xml_text = etree.tostring(element, with_tail=False)
-        loader._xml_base = Path(base_dir)
+        loader._remember_xml(element, base_dir)
         return loader
 
     def to_xml(self, base_dir: Path):
-        if self._xml_text is not None and (self.uri is not None or same_dir(base_dir, self._xml_base)):
-            return etree.fromstring(self._xml_text)
+        original = self._verbatim_xml(base_dir, remote=self.uri is not None)
+        if original is not None:
+            return original
         el = etree.Element("ImageLoader", format=self.format, version=self.version)
         el.append(path_element("n5", self.path, base_dir))
         return el

@@ -36,7 +36,7 @@ from lxml import etree
 from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
 from ..project.views import ViewId
 from . import register_loader
-from ..project.paths import parse_location, path_element, same_dir
+from ..project.paths import parse_location, path_element
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["OmeZarrLoader", "ZGroup"]
@@ -87,8 +87,6 @@ class OmeZarrLoader(ImageLoader):
         self.uri = uri
         self.version = version
         self.zgroups: dict[ViewId, ZGroup] = {ViewId(*k): ZGroup(*v) for k, v in zgroups.items()}
-        self._xml_text: bytes | None = None
-        self._xml_base: Path | None = None
 
     # -- construction ---------------------------------------------------------
     @classmethod
@@ -161,13 +159,13 @@ class OmeZarrLoader(ImageLoader):
             zgroups[ViewId(tp, setup)] = ZGroup(gpath.strip(), indices)
         loader = cls(path, zgroups, version=version or "2.0", uri=uri)
         loader.xml_path = xml_path
-        loader._xml_text = etree.tostring(element, with_tail=False)
-        loader._xml_base = Path(base_dir)
+        loader._remember_xml(element, base_dir)
         return loader
 
     def to_xml(self, base_dir: Path):
-        if self._xml_text is not None and (self.uri is not None or same_dir(base_dir, self._xml_base)):
-            return etree.fromstring(self._xml_text)
+        original = self._verbatim_xml(base_dir, remote=self.uri is not None)
+        if original is not None:
+            return original
         # Written as version 3.0, the form current BigStitcher writes.
         el = etree.Element("ImageLoader", format=self.format, version="3.0")
         el.append(path_element("zarr", self.path, base_dir))

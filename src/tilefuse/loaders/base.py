@@ -102,6 +102,10 @@ class ImageLoader(ABC):
 
     def __init__(self) -> None:
         self.xml_path: Path | None = None
+        # The element this loader came from (as text, so the loader pickles) and
+        # the base dir it was resolved against; see _remember_xml.
+        self._xml_text: bytes | None = None
+        self._xml_base: Path | None = None
 
     # -- construction ---------------------------------------------------
     @classmethod
@@ -141,6 +145,24 @@ class ImageLoader(ABC):
     @abstractmethod
     def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
         """Read ``region`` (three slices, step 1, inside the shape) of one level."""
+
+    # -- the element a loader came from ------------------------------------------
+    def _remember_xml(self, element, base_dir: Path) -> None:
+        """Keep the ``<ImageLoader>`` element (as text, so the loader pickles) for :meth:`_verbatim_xml`."""
+        from lxml import etree
+
+        self._xml_text = etree.tostring(element, with_tail=False)
+        self._xml_base = Path(base_dir)
+
+    def _verbatim_xml(self, base_dir: Path, *, remote: bool = False):
+        """The remembered element if it is still valid against ``base_dir`` (or the path is remote), else None."""
+        from lxml import etree
+
+        from ..project.paths import same_dir
+
+        if self._xml_text is not None and (remote or same_dir(base_dir, self._xml_base)):
+            return etree.fromstring(self._xml_text)
+        return None
 
     # -- derived ------------------------------------------------------------
     def files(self) -> list[Path]:
