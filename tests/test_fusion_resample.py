@@ -138,6 +138,34 @@ def test_fast_path_equals_affine_on_crop_beyond_edges():
         np.testing.assert_array_equal(a0, b0)
 
 
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.int32, np.float64])
+def test_fast_path_folds_separable_weights(dtype):
+    """``axis_weights`` multiply the result by their outer product, fractional or integral shifts."""
+    rng = np.random.default_rng(8)
+    crop = (rng.random((9, 12, 10)) * 1000).astype(dtype)
+    out_shape = (6, 8, 7)
+    for shift in [(1.3, 2.7, 0.2), (1.0, 2.5, 2.0), (2.0, 1.0, 1.0), (-1.4, 0.5, 5.9)]:
+        weights = [rng.random(n).astype(np.float32) for n in out_shape]
+        weights[1] = None if shift[1] == 1.0 else weights[1]
+        plain = resample_shift(crop, (0, 0, 0), shift, out_shape)
+        w = np.ones(out_shape)
+        for d, v in enumerate(weights):
+            if v is not None:
+                w = w * v.reshape((-1,) + (1,) * (2 - d))
+        folded = resample_shift(crop, (0, 0, 0), shift, out_shape, axis_weights=weights)
+        assert folded.dtype == np.float32 and folded.shape == out_shape
+        np.testing.assert_allclose(folded, plain * w, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="axis_weights"):
+        resample_shift(crop, (0, 0, 0), (1.5, 1, 1), out_shape, axis_weights=[np.ones(3), None, None])
+
+
+def test_fast_path_never_returns_a_view_of_the_input():
+    crop = np.arange(60, dtype=np.float32).reshape(6, 10)
+    out = resample_shift(crop, (0, 0), (1.0, 2.0), (3, 4))
+    out[:] = -1
+    assert crop.min() == 0
+
+
 def test_integral_shift_is_exact_slice():
     tile = np.arange(100, dtype=np.float32).reshape(10, 10)
     out = resample_shift(tile[2:8, 1:9], (2, 1), (3.0, 2.0), (4, 5), order=1)

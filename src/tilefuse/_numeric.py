@@ -7,8 +7,12 @@ import numpy as np
 __all__ = ["cast_to_dtype"]
 
 
-def cast_to_dtype(values: np.ndarray, dtype) -> np.ndarray:
-    """Cast float results to ``dtype``: integers are rounded and clipped, never wrapped."""
+def cast_to_dtype(values: np.ndarray, dtype, *, overwrite: bool = False) -> np.ndarray:
+    """Cast float results to ``dtype``: integers are rounded and clipped, never wrapped.
+
+    With ``overwrite=True`` the rounding and clipping happen in ``values``
+    itself (a float array the caller owns), saving two temporaries.
+    """
     dtype = np.dtype(dtype)
     if dtype.kind in "iub":
         if dtype.kind == "b":
@@ -20,5 +24,9 @@ def cast_to_dtype(values: np.ndarray, dtype) -> np.ndarray:
                 values = values.astype(np.float64)  # float32 cannot hold 2**31 - 1
                 while int(hi) > info.max:  # float(2**63 - 1) rounds up past the range
                     hi = float(np.nextafter(hi, -np.inf))
-        values = np.clip(np.rint(values), lo, hi)
+        if overwrite and values.dtype.kind == "f":
+            np.rint(values, out=values)
+            np.clip(values, lo, hi, out=values)
+        else:
+            values = np.clip(np.rint(values), lo, hi)
     return values.astype(dtype, copy=False)

@@ -83,6 +83,7 @@ def cosine_weights(
     border_vox=0.0,
     *,
     view_shape: Sequence[int] | None = None,
+    floor: float = 0.0,
 ) -> np.ndarray:
     """Cosine blending weights of a view, on its own grid or at given coordinates.
 
@@ -98,6 +99,9 @@ def cosine_weights(
         Ramp width and border per axis, in voxels of the view.
     view_shape : tuple of int, optional
         The view's shape; required when coordinates are given.
+    floor : float
+        Lower bound applied to each axis's profile before the product (the
+        fusion engine's :data:`~tilefuse.fusion.engine.EDGE_WEIGHT`).
 
     Returns
     -------
@@ -125,7 +129,7 @@ def cosine_weights(
     weights = np.ones(out_shape, dtype=np.float32)
     for c, n, r, b in zip(coords, view_shape, ranges, borders):
         if n > 1:
-            weights = weights * cosine_profile(c, int(n), float(r), float(b))
+            weights = weights * np.maximum(cosine_profile(c, int(n), float(r), float(b)), np.float32(floor))
     return weights
 
 

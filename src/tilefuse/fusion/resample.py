@@ -33,8 +33,9 @@ Two paths compute the values:
 * :func:`resample_shift` — ``L`` is the identity (pure translation, and output
   spacing equal to the view's voxel size, the usual stitching case).  Every
   output voxel is then the same sub-voxel shift away from a source voxel, so
-  linear interpolation is a weighted sum of ``2**ndim`` shifted slices of the
-  crop (one plain slice where the shift is integral).  No coordinate arrays.
+  linear interpolation is separable: one two-tap pass per axis over shifted
+  slices of the crop (no pass where the shift is integral), with separable
+  blending weights folded into the taps.  No coordinate arrays.
 """
 
 from __future__ import annotations
@@ -250,27 +251,57 @@ def resample_affine(
 
 
 def resample_shift(
-    crop: np.ndarray, crop_start: Sequence[int], shift: Sequence[float], out_shape: Sequence[int], order: int = 1
+    crop: np.ndarray,
+    crop_start: Sequence[int],
+    shift: Sequence[float],
+    out_shape: Sequence[int],
+    order: int = 1,
+    axis_weights: Sequence[np.ndarray | None] | None = None,
 ) -> np.ndarray:
-    """Fast path for ``y = x + shift``: weighted sum of shifted slices of ``crop``.
+    """Fast path for ``y = x + shift``: linear interpolation one axis at a time.
 
     Per axis the crop-local shift ``t = shift - crop_start`` splits into an
-    integer ``k`` and a fraction ``f``.  Linear interpolation is then
-    ``out = sum over corners c in {0,1}^ndim of prod_d w_d(c_d) * crop[x + k + c]``
-    with ``w_d(0) = 1 - f_d`` and ``w_d(1) = f_d``; axes with ``f_d == 0`` take
-    one tap.  Nearest takes the one tap ``k = floor(t + 1/2)``.  Where the taps
-    run past the crop (only at the view's own edges, or beyond it) the crop is
-    edge-padded once, which reproduces scipy's ``mode="nearest"``.
+    integer ``k`` and a fraction ``f``.  With a pure translation every output
+    voxel sits the same fraction ``f`` past a source voxel, so linear
+    interpolation is separable: along each axis in turn,
+    ``v <- (1 - f) * v[k : k + n] + f * v[k + 1 : k + 1 + n]`` (one plain slice
+    where ``f == 0``).  That is ``ndim`` passes of two products and a sum,
+    against ``2**ndim`` products and sums for the corner-by-corner form, and
+    no coordinate arrays.  Nearest takes the one tap ``k = floor(t + 1/2)``.
+    Where the taps run past the crop (only at the view's own edges, or beyond
+    it) the crop is edge-padded once, which reproduces scipy's ``mode="nearest"``.
+
+    Parameters
+    ----------
+    crop : ndarray
+        Region of the view starting at voxel ``crop_start``.
+    crop_start : sequence of int
+    shift : sequence of float
+        ``y = x + shift`` in view voxels (not crop-local).
+    out_shape : tuple of int
+    order : {0, 1}
+    axis_weights : sequence of 1D arrays (or None), optional
+        Separable weights ``w = prod_d axis_weights[d][x_d]`` to multiply the
+        result by, one vector of length ``out_shape[d]`` per axis (``None`` for
+        an axis with weight 1).  They are folded into each axis's two taps,
+        so ``w * values`` costs nothing extra - this is how the fusion engine
+        applies blending weights.
 
     Returns
     -------
     values : float32 ndarray of ``out_shape``
     """
     order = _check_order(order)
-    crop = np.asarray(crop, dtype=np.float32)
+    crop = np.asarray(crop)
     if crop.size == 0:
         raise ValueError("cannot resample an empty crop")
+    if not (crop.dtype == np.float32 or (crop.dtype.kind in "uib" and crop.dtype.itemsize <= 2)):
+        # numpy would promote wider integers and float64 with float32 taps to float64
+        crop = crop.astype(np.float32)
+    nd = crop.ndim
     out_shape = tuple(int(n) for n in out_shape)
+    if axis_weights is None:
+        axis_weights = (None,) * nd
     t = np.asarray(shift, dtype=np.float64) - np.asarray(crop_start, dtype=np.float64)
     if order == 0:
         k = np.floor(t + 0.5)
@@ -290,18 +321,39 @@ def resample_shift(
     if np.any(pad_before) or np.any(pad_after):
         crop = np.pad(crop, list(zip(pad_before, pad_after)), mode="edge")
         k = k + pad_before
-    out = None
-    for corner in product(*[range(n) for n in taps]):
-        w = 1.0
-        for d, c in enumerate(corner):
-            if taps[d] == 2:
-                w *= f[d] if c else 1.0 - f[d]
-        sl = tuple(slice(k[d] + c, k[d] + c + out_shape[d]) for d, c in enumerate(corner))
-        if out is None:
-            out = crop[sl].copy() if w == 1.0 else crop[sl] * np.float32(w)
-        else:
-            out += np.float32(w) * crop[sl]
-    return out
+    # Restrict every axis to the taps' reach first, so the passes below touch
+    # only what they use.
+    v = crop[tuple(slice(k[d], k[d] + out_shape[d] + taps[d] - 1) for d in range(nd))]
+    fresh = False  # whether v is a new array yet (else a view of the caller's crop)
+    # Interpolate the last (contiguous) axis first: its pass reads the most data.
+    for d in reversed(range(nd)):
+        n = out_shape[d]
+        bcast = (slice(None),) + (None,) * (nd - d - 1)
+        w = axis_weights[d]
+        if w is not None:
+            w = np.asarray(w, dtype=np.float32)
+            if w.shape != (n,):
+                raise ValueError(f"axis_weights[{d}] has shape {w.shape}, expected ({n},)")
+        lo = tuple(slice(None) for _ in range(d)) + (slice(0, n),)
+        if taps[d] == 1:
+            if w is None:
+                continue  # a plain slice: v already holds it
+            v = np.multiply(v[lo], w[bcast], dtype=np.float32)
+            fresh = True
+            continue
+        hi = tuple(slice(None) for _ in range(d)) + (slice(1, n + 1),)
+        a = np.full(n, 1.0 - f[d], dtype=np.float32)
+        b = np.full(n, f[d], dtype=np.float32)
+        if w is not None:
+            a *= w
+            b *= w
+        out = np.multiply(v[lo], a[bcast], dtype=np.float32)
+        out += np.multiply(v[hi], b[bcast], dtype=np.float32)
+        v = out
+        fresh = True
+    if not fresh:  # integral shift without weights: a copy, never a view of the input
+        v = v.astype(np.float32)
+    return v
 
 
 def resample(

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
+from ._deflate import DeflateError, inflate_members
 
 __all__ = [
     "N5_DTYPES",
@@ -149,16 +150,8 @@ def _decompress(data: bytes, comp: Mapping[str, Any]) -> bytes:
     kind = comp.get("type", "raw")
     if kind == "raw":
         return data
-    if kind == "gzip":
-        # wbits 47 auto-detects gzip and zlib headers (N5's "useZlib" flag).
-        d = zlib.decompressobj(47)
-        out = d.decompress(data)
-        # Java's gzip reader accepts concatenated members; so do we.
-        while d.unused_data:
-            rest = d.unused_data
-            d = zlib.decompressobj(47)
-            out += d.decompress(rest)
-        return out
+    if kind == "gzip":  # gzip or zlib header (N5's "useZlib" flag)
+        return inflate_members(data)
     if kind == "zstd":
         from numcodecs import Zstd
 
@@ -241,7 +234,7 @@ def decode_block(data: bytes, dtype: np.dtype, compression: Mapping[str, Any],
         raise UnsupportedFormatError(f"{source}: {exc}") from None
     except ImageDataError as exc:
         raise ImageDataError(f"{source}: {exc}") from None
-    except (zlib.error, OSError, lzma.LZMAError, ValueError, RuntimeError) as exc:
+    except (*DeflateError, OSError, lzma.LZMAError, ValueError, RuntimeError) as exc:
         raise ImageDataError(f"{source}: cannot decompress N5 block ({exc})") from None
     big = np.dtype(dtype).newbyteorder(">")
     if len(raw) < count * big.itemsize:

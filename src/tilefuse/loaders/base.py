@@ -48,7 +48,13 @@ def cached_handle(key: tuple[str, Any], opener: Callable[[], Any]) -> Any:
 
 
 def drop_cached_handles(prefix: str | None = None) -> None:
-    """Forget (and close when possible) cached handles whose key starts with ``prefix``."""
+    """Forget (and close when possible) cached handles whose key starts with ``prefix``.
+
+    Decoded blocks cached from those files are dropped too.
+    """
+    from ._blockcache import clear_block_cache
+
+    clear_block_cache(prefix)
     with _HANDLES_LOCK:
         for key in list(_HANDLES):
             if prefix is None or str(key[0]).startswith(prefix):

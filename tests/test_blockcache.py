@@ -1,0 +1,99 @@
+"""The per-process cache of decoded storage blocks, alone and behind the HDF5 loader."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from tilefuse.loaders import _blockcache as bc
+from tilefuse.loaders._deflate import BACKEND, inflate
+from tilefuse.loaders._hdf5 import Hdf5Loader
+from tilefuse.project.views import ViewId
+from tilefuse.writers.bdv_hdf5 import write_bdv_hdf5
+
+
+@pytest.fixture
+def cache():
+    info = bc.block_cache_info()
+    bc.clear_block_cache()
+    bc.set_block_cache_size(1.0)  # MiB
+    yield bc
+    bc.clear_block_cache()
+    bc.set_block_cache_size(info["budget"] / 2**20)
+
+
+def test_hits_skip_decoding_and_blocks_are_read_only(cache):
+    calls = []
+    hits = cache.block_cache_info()["hits"]
+
+    def decode(value):
+        def f():
+            calls.append(value)
+            return np.full(1000, value, np.float32)
+        return f
+
+    a = cache.cached_block(("f.h5", "x", 0), decode(1))
+    b = cache.cached_block(("f.h5", "x", 0), decode(99))  # hit: the decoder is not called
+    assert calls == [1] and b is a and b[0] == 1
+    with pytest.raises(ValueError):
+        a[0] = 5
+    info = cache.block_cache_info()
+    assert (info["hits"] - hits, info["blocks"], info["bytes"]) == (1, 1, 4000)
+
+
+def test_budget_evicts_least_recently_used(cache):
+    cache.set_block_cache_size(3 * 400_000 / 2**20)  # room for 3 blocks of 400 kB
+    for i in range(3):
+        cache.cached_block(("f", i), lambda: np.zeros(100_000, np.float32))
+    cache.cached_block(("f", 0), lambda: pytest.fail("block 0 is still cached"))  # now most recent
+    cache.cached_block(("f", 3), lambda: np.zeros(100_000, np.float32))  # evicts block 1
+    info = cache.block_cache_info()
+    assert info["blocks"] == 3 and info["bytes"] == 1_200_000
+    evicted = []
+    cache.cached_block(("f", 1), lambda: evicted.append(1) or np.zeros(100_000, np.float32))
+    assert evicted == [1]
+
+
+def test_zero_budget_disables_and_prefix_clears(cache):
+    cache.cached_block(("/data/a.h5", 0), lambda: np.zeros(10))
+    cache.cached_block(("/data/b.h5", 0), lambda: np.zeros(10))
+    cache.clear_block_cache("/data/a")
+    assert cache.block_cache_info()["blocks"] == 1
+    cache.set_block_cache_size(0)
+    assert cache.block_cache_info()["blocks"] == 0
+    calls = []
+    for _ in range(2):
+        cache.cached_block(("/data/b.h5", 0), lambda: calls.append(1) or np.zeros(10))
+    assert calls == [1, 1]
+
+
+def test_hdf5_reads_reuse_blocks_and_see_rewritten_files(cache, tmp_path):
+    """Neighbouring regions share decoded blocks; rewriting the file through a writer drops them."""
+    cache.set_block_cache_size(64)
+    rng = np.random.default_rng(0)
+    first = rng.integers(0, 60000, (20, 40, 50)).astype(np.uint16)
+    path = tmp_path / "data.h5"
+    write_bdv_hdf5(path, {ViewId(0, 0): first}, chunks=(8, 16, 16))
+    loader = Hdf5Loader.for_file(path)
+    view = ViewId(0, 0)
+    region_a = (slice(0, 20), slice(0, 20), slice(0, 30))
+    region_b = (slice(0, 20), slice(10, 40), slice(20, 50))
+    before = cache.block_cache_info()
+    np.testing.assert_array_equal(loader.read(view, 0, region_a), first[region_a])
+    middle = cache.block_cache_info()
+    assert middle["misses"] - before["misses"] == 3 * 2 * 2  # z blocks 0-2, y 0-1, x 0-1
+    np.testing.assert_array_equal(loader.read(view, 0, region_b), first[region_b])
+    after = cache.block_cache_info()
+    # region b: z 0-2, y 0-2, x 1-3 = 27 blocks, of which z 0-2, y 0-1, x 1 were decoded for region a
+    assert (after["hits"] - middle["hits"], after["misses"] - middle["misses"]) == (6, 21)
+    second = first[::-1].copy()
+    write_bdv_hdf5(path, {ViewId(0, 0): second}, chunks=(8, 16, 16))
+    np.testing.assert_array_equal(Hdf5Loader.for_file(path).read(view, 0, region_a), second[region_a])
+
+
+def test_inflate_backend_decodes_zlib_streams():
+    import zlib
+
+    raw = np.arange(50_000, dtype=np.uint16).tobytes()
+    assert inflate(zlib.compress(raw, 4)) == raw
+    assert BACKEND in ("isal", "zlib")
