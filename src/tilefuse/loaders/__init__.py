@@ -9,9 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import UnsupportedFormatError, where
+from ._blockcache import block_cache_info, clear_block_cache, set_block_cache_size
 from .base import ImageLoader
 
-__all__ = ["ImageLoader", "LOADERS", "loader_class", "loader_from_xml", "register_loader"]
+__all__ = [
+    "ImageLoader", "LOADERS", "loader_class", "loader_from_xml", "register_loader",
+    "set_block_cache_size", "block_cache_info", "clear_block_cache",
+]
 
 #: format attribute -> loader class
 LOADERS: dict[str, type[ImageLoader]] = {}
