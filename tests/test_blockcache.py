@@ -97,3 +97,24 @@ def test_inflate_backend_decodes_zlib_streams():
     raw = np.arange(50_000, dtype=np.uint16).tobytes()
     assert inflate(zlib.compress(raw, 4)) == raw
     assert BACKEND in ("isal", "zlib")
+
+
+def test_n5_reads_reuse_blocks_and_see_rewritten_blocks(cache, tmp_path):
+    from tilefuse.loaders._n5format import create_dataset
+
+    cache.set_block_cache_size(64)
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 60000, (12, 30, 40)).astype(np.uint16)
+    ds = create_dataset(tmp_path / "s0", data.shape, (6, 10, 10), "uint16", compression="gzip")
+    for index in np.ndindex(2, 3, 4):
+        ds.write_block(index, data[ds.block_region(index)])
+    before = cache.block_cache_info()
+    np.testing.assert_array_equal(ds.read((slice(0, 12), slice(0, 20), slice(0, 15))),
+                                  data[:, :20, :15])  # blocks z 0-1, y 0-1, x 0-1: 8
+    np.testing.assert_array_equal(ds.read((slice(0, 12), slice(5, 30), slice(12, 40))),
+                                  data[:, 5:, 12:])  # z 0-1, y 0-2, x 1-3: 18, of which 4 cached
+    after = cache.block_cache_info()
+    assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (8 + 14, 4)
+    # rewriting a block drops its decoded copy
+    ds.write_block((0, 0, 0), np.zeros((6, 10, 10), np.uint16))
+    assert ds.read((slice(0, 6), slice(0, 10), slice(0, 10))).max() == 0

@@ -6,9 +6,11 @@ output chunks need the same edge blocks.  On the 3D benchmark (output chunks
 128x256x256, HDF5 blocks 32x128x128) every block was inflated 2.25 times on
 average.  Keeping recently decoded blocks removes most of that repetition.
 
-The cache lives in the module (one per process, like the file handles of
-:func:`tilefuse.loaders.base.cached_handle`), holds read-only arrays, and
-evicts least recently used blocks beyond its byte budget.  The budget is
+Keys are tuples whose first item is the absolute path of the file or
+dataset the block comes from.  The cache lives in the module (one per
+process, like the file handles of :func:`tilefuse.loaders.base.cached_handle`),
+holds read-only arrays, and evicts least recently used blocks beyond its
+byte budget.  The budget is
 ``TILEFUSE_BLOCK_CACHE_MB`` (default 256; 0 disables it) or
 :func:`set_block_cache_size`.
 """
@@ -22,7 +24,7 @@ from collections.abc import Callable, Hashable
 
 import numpy as np
 
-__all__ = ["cached_block", "set_block_cache_size", "block_cache_info", "clear_block_cache"]
+__all__ = ["cached_block", "forget_block", "set_block_cache_size", "block_cache_info", "clear_block_cache"]
 
 
 def _default_budget() -> int:
@@ -37,12 +39,13 @@ _BLOCKS: OrderedDict[Hashable, np.ndarray] = OrderedDict()
 _STATE = {"budget": _default_budget(), "bytes": 0, "hits": 0, "misses": 0}
 
 
-def cached_block(key: Hashable, decode: Callable[[], np.ndarray]) -> np.ndarray:
+def cached_block(key: Hashable, decode: Callable[[], np.ndarray | None]) -> np.ndarray | None:
     """The decoded block for ``key``, decoding it with ``decode()`` on a miss.
 
     Two threads missing the same key at once may both decode it; the second
     result replaces the first.  Decoding happens outside the lock, so codecs
-    that release the GIL run in parallel.
+    that release the GIL run in parallel.  A ``None`` from ``decode`` (a block
+    that does not exist) is returned but not cached.
     """
     if _STATE["budget"] <= 0:
         return decode()
@@ -54,6 +57,8 @@ def cached_block(key: Hashable, decode: Callable[[], np.ndarray]) -> np.ndarray:
             return block
         _STATE["misses"] += 1
     block = decode()
+    if block is None:
+        return None
     block.setflags(write=False)
     with _LOCK:
         old = _BLOCKS.pop(key, None)
@@ -65,6 +70,14 @@ def cached_block(key: Hashable, decode: Callable[[], np.ndarray]) -> np.ndarray:
             _, gone = _BLOCKS.popitem(last=False)
             _STATE["bytes"] -= gone.nbytes
     return block
+
+
+def forget_block(key: Hashable) -> None:
+    """Drop one block (its file is being rewritten)."""
+    with _LOCK:
+        old = _BLOCKS.pop(key, None)
+        if old is not None:
+            _STATE["bytes"] -= old.nbytes
 
 
 def set_block_cache_size(megabytes: float) -> None:
@@ -79,9 +92,12 @@ def set_block_cache_size(megabytes: float) -> None:
 def clear_block_cache(prefix: str | None = None) -> None:
     """Drop cached blocks whose key starts with a path starting with ``prefix`` (all if None).
 
-    Keys are tuples whose first item is the file's path, so the writers'
-    :func:`~tilefuse.loaders.base.drop_cached_handles` drops a rewritten file's blocks too.
+    Keys are tuples whose first item is the file's absolute path, so the
+    writers' :func:`~tilefuse.loaders.base.drop_cached_handles` drops a
+    rewritten file's blocks too.
     """
+    if prefix is not None:
+        prefix = os.path.abspath(prefix)
     with _LOCK:
         for key in list(_BLOCKS):
             if prefix is None or str(key[0]).startswith(prefix):

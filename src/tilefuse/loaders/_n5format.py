@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
+from ._blockcache import cached_block, forget_block
 from ._deflate import DeflateError, inflate_members
 
 __all__ = [
@@ -277,6 +278,7 @@ class N5Dataset:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._cache_key = os.path.abspath(self.path)  # for the decoded-block cache
         attrs = read_attributes(self.path)
         if not attrs:
             if not self.path.exists():
@@ -350,7 +352,8 @@ class N5Dataset:
             return out
         ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, self.chunks)]
         for index in product(*ranges):
-            block = self.read_block(index)
+            # Neighbouring regions (fusion chunks) share edge blocks: decode each once.
+            block = cached_block((self._cache_key, index), lambda index=index: self.read_block(index))
             if block is None:
                 continue
             src, dst = [], []
@@ -375,6 +378,7 @@ class N5Dataset:
             )
         file = self.block_path(index)
         file.parent.mkdir(parents=True, exist_ok=True)
+        forget_block((self._cache_key, index))
         file.write_bytes(encode_block(array.astype(self.dtype, copy=False), self.compression))
 
 
