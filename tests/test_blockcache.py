@@ -78,17 +78,20 @@ def test_hdf5_reads_reuse_blocks_and_see_rewritten_files(cache, tmp_path):
     view = ViewId(0, 0)
     region_a = (slice(0, 20), slice(0, 20), slice(0, 30))
     region_b = (slice(0, 20), slice(10, 40), slice(20, 50))
-    before = cache.block_cache_info()
     np.testing.assert_array_equal(loader.read(view, 0, region_a), first[region_a])
+    assert cache.block_cache_info()["blocks"] == 0  # plain reads do not fill the cache
+    before = cache.block_cache_info()
+    np.testing.assert_array_equal(loader.read(view, 0, region_a, cache=True), first[region_a])
     middle = cache.block_cache_info()
     assert middle["misses"] - before["misses"] == 3 * 2 * 2  # z blocks 0-2, y 0-1, x 0-1
-    np.testing.assert_array_equal(loader.read(view, 0, region_b), first[region_b])
+    np.testing.assert_array_equal(loader.read(view, 0, region_b, cache=True), first[region_b])
     after = cache.block_cache_info()
     # region b: z 0-2, y 0-2, x 1-3 = 27 blocks, of which z 0-2, y 0-1, x 1 were decoded for region a
     assert (after["hits"] - middle["hits"], after["misses"] - middle["misses"]) == (6, 21)
     second = first[::-1].copy()
     write_bdv_hdf5(path, {ViewId(0, 0): second}, chunks=(8, 16, 16))
-    np.testing.assert_array_equal(Hdf5Loader.for_file(path).read(view, 0, region_a), second[region_a])
+    np.testing.assert_array_equal(Hdf5Loader.for_file(path).read(view, 0, region_a, cache=True),
+                                  second[region_a])
 
 
 def test_inflate_backend_decodes_zlib_streams():
@@ -109,12 +112,12 @@ def test_n5_reads_reuse_blocks_and_see_rewritten_blocks(cache, tmp_path):
     for index in np.ndindex(2, 3, 4):
         ds.write_block(index, data[ds.block_region(index)])
     before = cache.block_cache_info()
-    np.testing.assert_array_equal(ds.read((slice(0, 12), slice(0, 20), slice(0, 15))),
+    np.testing.assert_array_equal(ds.read((slice(0, 12), slice(0, 20), slice(0, 15)), cache=True),
                                   data[:, :20, :15])  # blocks z 0-1, y 0-1, x 0-1: 8
-    np.testing.assert_array_equal(ds.read((slice(0, 12), slice(5, 30), slice(12, 40))),
+    np.testing.assert_array_equal(ds.read((slice(0, 12), slice(5, 30), slice(12, 40)), cache=True),
                                   data[:, 5:, 12:])  # z 0-1, y 0-2, x 1-3: 18, of which 4 cached
     after = cache.block_cache_info()
     assert (after["misses"] - before["misses"], after["hits"] - before["hits"]) == (8 + 14, 4)
     # rewriting a block drops its decoded copy
     ds.write_block((0, 0, 0), np.zeros((6, 10, 10), np.uint16))
-    assert ds.read((slice(0, 6), slice(0, 10), slice(0, 10))).max() == 0
+    assert ds.read((slice(0, 6), slice(0, 10), slice(0, 10)), cache=True).max() == 0

@@ -164,11 +164,11 @@ def test_interrupted_fusion_resumes_without_redoing_chunks(tmp_path, monkeypatch
     original = Hdf5Loader.read
     calls = {"n": 0}
 
-    def flaky(self, view, level, region):
+    def flaky(self, view, level, region, **kwargs):
         calls["n"] += 1
         if calls["n"] > 12:
             raise KeyboardInterrupt("simulated Ctrl-C")
-        return original(self, view, level, region)
+        return original(self, view, level, region, **kwargs)
 
     monkeypatch.setattr(Hdf5Loader, "read", flaky)
     with pytest.raises(KeyboardInterrupt):

@@ -94,9 +94,10 @@ class FusionPlan:
 
 
 def _read_region(loader, view, level, ndim, region):
+    # Neighbouring output chunks read overlapping regions: let the loader keep decoded blocks.
     if ndim == 2:
-        return loader.read(view, level, (slice(0, 1),) + tuple(region))[0]
-    return loader.read(view, level, tuple(region))
+        return loader.read(view, level, (slice(0, 1),) + tuple(region), cache=True)[0]
+    return loader.read(view, level, tuple(region), cache=True)
 
 
 def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, intensity: bool) -> FusionSource:

@@ -5,13 +5,21 @@ boundaries rarely coincide with the file's block boundaries, so neighbouring
 output chunks need the same edge blocks.  On the 3D benchmark (output chunks
 128x256x256, HDF5 blocks 32x128x128) every block was inflated 2.25 times on
 average.  Keeping recently decoded blocks removes most of that repetition.
+Readers opt in per read (``loader.read(..., cache=True)``; the fusion engine
+does), so registration and whole-view reads, which rarely come back to a
+block, do not fill it.
+
+The budget trades memory for speed.  Fusing the 3D benchmark (16 views of
+128x512x512) into memory on 2 threads: no cache 5.7-6.2 s, 64 MiB 5.1-5.3 s,
+128 MiB 4.9-5.1 s, 256 MiB 4.8-4.9 s, for a peak RSS 125, 215 and 400 MB
+higher than without.
 
 Keys are tuples whose first item is the absolute path of the file or
 dataset the block comes from.  The cache lives in the module (one per
 process, like the file handles of :func:`tilefuse.loaders.base.cached_handle`),
 holds read-only arrays, and evicts least recently used blocks beyond its
 byte budget.  The budget is
-``TILEFUSE_BLOCK_CACHE_MB`` (default 256; 0 disables it) or
+``TILEFUSE_BLOCK_CACHE_MB`` (default 128; 0 disables it) or
 :func:`set_block_cache_size`.
 """
 
@@ -29,9 +37,9 @@ __all__ = ["cached_block", "forget_block", "set_block_cache_size", "block_cache_
 
 def _default_budget() -> int:
     try:
-        return max(0, int(float(os.environ.get("TILEFUSE_BLOCK_CACHE_MB", "256")) * 2**20))
+        return max(0, int(float(os.environ.get("TILEFUSE_BLOCK_CACHE_MB", "128")) * 2**20))
     except ValueError:
-        return 256 * 2**20
+        return 128 * 2**20
 
 
 _LOCK = threading.Lock()

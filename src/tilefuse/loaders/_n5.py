@@ -169,10 +169,10 @@ class N5Loader(ImageLoader):
     def chunks(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
         return tuple(self._dataset(view, level).chunks)
 
-    def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
+    def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
         ds = self._dataset(view, level)
         region = normalize_region(region, ds.shape)
-        return ds.read(region).astype(self.dtype(view), copy=False)
+        return ds.read(region, cache=cache).astype(self.dtype(view), copy=False)
 
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []

@@ -336,8 +336,12 @@ class N5Dataset:
             block = out
         return block
 
-    def read(self, region: tuple[slice, ...] | None = None) -> np.ndarray:
-        """Read a region (tuple of step-1 slices, numpy order), opening only the blocks it needs."""
+    def read(self, region: tuple[slice, ...] | None = None, *, cache: bool = False) -> np.ndarray:
+        """Read a region (tuple of step-1 slices, numpy order), opening only the blocks it needs.
+
+        ``cache=True`` keeps decoded blocks in the per-process block cache
+        (for neighbouring reads that share edge blocks).
+        """
         if region is None:
             region = (slice(None),) * self.ndim
         region = tuple(region) + (slice(None),) * (self.ndim - len(region))
@@ -352,8 +356,10 @@ class N5Dataset:
             return out
         ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, self.chunks)]
         for index in product(*ranges):
-            # Neighbouring regions (fusion chunks) share edge blocks: decode each once.
-            block = cached_block((self._cache_key, index), lambda index=index: self.read_block(index))
+            if cache:
+                block = cached_block((self._cache_key, index), lambda index=index: self.read_block(index))
+            else:
+                block = self.read_block(index)
             if block is None:
                 continue
             src, dst = [], []

@@ -200,7 +200,7 @@ class FileMap2Loader(ImageLoader):
         cz = max(1, min(nz, _MAX_Z_BLOCK, _BLOCK_BYTES // plane))
         return (int(cz), cy, cx)
 
-    def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
+    def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
         _check_level(level, view)
         arr, (zax, yax, xax, fixed) = self._layout(view)
         shape = self.shape(view)

@@ -251,7 +251,7 @@ class OmeZarrLoader(ImageLoader):
     def chunks(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
         return tuple(int(c) for c in self._level(view, level).chunks[-3:])
 
-    def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
+    def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
         arr = self._level(view, level)
         region = normalize_region(region, arr.shape[-3:])
         return np.asarray(arr[self._select(view, arr, region)])

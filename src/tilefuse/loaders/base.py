@@ -149,8 +149,14 @@ class ImageLoader(ABC):
         """The file's own block shape ``(z, y, x)`` for one level."""
 
     @abstractmethod
-    def read(self, view: ViewId, level: int, region: Region) -> np.ndarray:
-        """Read ``region`` (three slices, step 1, inside the shape) of one level."""
+    def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
+        """Read ``region`` (three slices, step 1, inside the shape) of one level.
+
+        ``cache=True`` hints that overlapping reads will follow (neighbouring
+        fusion chunks): loaders that decode compressed blocks then keep them
+        in the per-process cache of :mod:`tilefuse.loaders._blockcache`.
+        Loaders without such blocks ignore it.
+        """
 
     # -- the element a loader came from ------------------------------------------
     def _remember_xml(self, element, base_dir: Path) -> None:
