@@ -121,3 +121,16 @@ def test_n5_reads_reuse_blocks_and_see_rewritten_blocks(cache, tmp_path):
     # rewriting a block drops its decoded copy
     ds.write_block((0, 0, 0), np.zeros((6, 10, 10), np.uint16))
     assert ds.read((slice(0, 6), slice(0, 10), slice(0, 10)), cache=True).max() == 0
+
+
+def test_fusion_caches_only_views_whose_blocks_chunks_would_decode_repeatedly():
+    from tilefuse.fusion.api import _block_cache_pays
+
+    # 3D benchmark layout: chunks 128x256x256 over 128x512x512 views in 32x128x128 blocks
+    assert _block_cache_pays((32, 128, 128), (128, 512, 512), (128, 256, 256))
+    # a whole 512² tile inside one 1448² chunk: each block is decoded once per chunk it meets
+    assert not _block_cache_pays((128, 128), (512, 512), (1448, 1448))
+    # huge chunks over small blocks: 1 + 64/2048 per axis
+    assert not _block_cache_pays((64, 64, 64), (4096, 4096, 4096), (2048, 2048, 2048))
+    # chunk extents in view voxels, not output voxels: a 4x-downsampled output of 64-voxel chunks
+    assert _block_cache_pays((128, 128), (2048, 2048), (256, 256))

@@ -63,6 +63,7 @@ from .resample import (
 
 __all__ = [
     "FusionSource",
+    "output_chunks",
     "fuse_sources",
     "source_world_boxes",
     "plan_chunks",
@@ -291,7 +292,7 @@ def _blend_shifted_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, range_
         return
     shape = tuple(b.stop - b.start for b in box)
     offset = split_affine(m)[1] + np.array([b.start for b in box], dtype=np.float64)
-    m = grid_affine(np.zeros(len(shape)), 1.0, np.zeros(len(shape)))
+    m = np.eye(len(shape) + 1)  # box voxel -> view voxel: a pure shift by offset
     m[:-1, -1] = offset
     region = source_region(m, shape, src.shape, job.order)
     if region is None:
@@ -408,6 +409,14 @@ def _normalise(num: np.ndarray, den: np.ndarray, fill_value, dtype) -> np.ndarra
 # the public entry point
 
 
+def output_chunks(chunks, shape: Sequence[int]) -> tuple[tuple[int, ...], ...]:
+    """Normalised dask chunks of a fused output; ``None`` gives about 8 MiB of float32 per chunk."""
+    import dask.array as da
+
+    return da.core.normalize_chunks("auto" if chunks is None else chunks, shape=tuple(shape),
+                                    limit=_DEFAULT_CHUNK_BYTES, dtype=np.float32)
+
+
 def _probe_dtype(src: FusionSource) -> np.dtype:
     return _read(src, tuple(slice(0, 1) for _ in src.shape)).dtype
 
@@ -500,9 +509,7 @@ def fuse_sources(
         dtype = np.result_type(*types) if types else np.dtype(np.float32)
     dtype = np.dtype(dtype)
 
-    if chunks is None:
-        chunks = "auto"
-    chunks = da.core.normalize_chunks(chunks, shape=shape, limit=_DEFAULT_CHUNK_BYTES, dtype=np.float32)
+    chunks = output_chunks(chunks, shape)
 
     order = INTERPOLATIONS[interpolation]
     items = []
