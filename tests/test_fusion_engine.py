@@ -188,6 +188,34 @@ def test_3d_translation_fast_path_in_slabs_matches_reference(monkeypatch, slab_v
     assert (fused[2:-2, 3:-3, 3:-3] > 0).all()
 
 
+@pytest.mark.parametrize("slab_voxels", [None, 300])
+def test_isotropic_output_of_anisotropic_views_matches_reference(monkeypatch, slab_voxels):
+    """z voxels 3x coarser, fused on an isotropic grid: the diagonal (scaling) fast path."""
+    from tilefuse.fusion import engine
+
+    if slab_voxels is not None:
+        monkeypatch.setattr(engine, "_SLAB_VOXELS", slab_voxels)
+
+    def no_scipy(*args, **kwargs):
+        raise AssertionError("an axis-aligned scaling must not take the general affine path")
+
+    monkeypatch.setattr("tilefuse.fusion.resample.resample_affine", no_scipy)
+    rng = np.random.default_rng(13)
+    tiles = []
+    for j in range(3):
+        arr = rng.integers(0, 3000, (6, 22, 26)).astype(np.uint16)
+        t = (rng.uniform(-0.5, 0.5), rng.uniform(-0.5, 0.5), j * 20 + rng.uniform(-0.5, 0.5))
+        tiles.append((arr, _affine(np.diag([3.0, 1.0, 1.0]), t), (1.0, 0.0) if j != 1 else (1.2, 5.0)))
+    origin, shape = (-0.5, -1.0, -1.0), (17, 24, 70)
+    for blending in ("cosine", "average"):
+        fused = _fuse(tiles, origin=origin, spacing=1.0, shape=shape, chunks=(6, 11, 29), dtype=np.float32,
+                      blend_range=7.0, blending=blending).compute(scheduler="threads")
+        ref = reference_fuse([(a.astype(np.float64), m, k) for a, m, k in tiles], origin, 1.0, shape,
+                             blending=blending, blend_range=7.0)
+        np.testing.assert_allclose(fused, ref, rtol=2e-5, atol=2e-2)
+        assert (fused[2:14, 2:20, 2:-5] > 0).all()
+
+
 def test_downsampled_output_matches_reference():
     rng = np.random.default_rng(3)
     tiles = _mosaic_2d(rng, grid=(2, 2))

@@ -32,8 +32,9 @@ it changes the result by less than float32 rounding, and where the view is
 alone its value is kept.  The same floor makes ``blend_border > 0``
 *de-weight* border voxels rather than punch holes where no other view covers
 them.  Flooring per axis, not the product, keeps the weights separable, so
-the translation fast path folds them into its interpolation taps
-(:func:`~tilefuse.fusion.resample.resample_shift`) instead of building and
+the fast paths for translated and axis-aligned scaled views fold them into
+their interpolation taps (:func:`~tilefuse.fusion.resample.resample_shift`,
+:func:`~tilefuse.fusion.resample.resample_diagonal`) instead of building and
 multiplying a chunk-sized weight array.
 """
 
@@ -53,8 +54,8 @@ from .resample import (
     inside_box,
     inside_mask,
     is_diagonal,
-    is_shift,
     resample,
+    resample_diagonal,
     resample_shift,
     source_coordinates,
     source_region,
@@ -278,40 +279,46 @@ def _sample_view(job: _ChunkJob, src: FusionSource, inv: np.ndarray):
     return box, values, coords, valid
 
 
-def _blend_shifted_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, range_vox, border_vox,
-                        num: np.ndarray, den: np.ndarray) -> None:
-    """Cosine/average blending of a view that only translates relative to the chunk grid.
+def _blend_separable_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, range_vox, border_vox,
+                          num: np.ndarray, den: np.ndarray) -> None:
+    """Cosine/average blending of a view that only translates or scales along the chunk's axes.
 
-    The inside region is a box, the weights are a product of per-axis
-    profiles, and both are folded into :func:`resample_shift`'s separable
-    taps: ``num[box] += w * I`` and ``den[box] += w`` with no chunk-sized
-    coordinate or weight arrays beyond ``w`` itself.
+    With a diagonal ``m`` (chunk voxel -> view voxel) the inside region is a
+    box, the weights are a product of per-axis profiles, and both are folded
+    into the separable taps of :func:`resample_shift` (translation) or
+    :func:`resample_diagonal` (scaling): ``num[box] += w * I`` and
+    ``den[box] += w`` with no chunk-sized coordinate or weight arrays beyond
+    ``w`` itself.
     """
     box = inside_box(m, job.out_shape, src.shape)
     if box is None:
         return
+    nd = len(job.out_shape)
     shape = tuple(b.stop - b.start for b in box)
-    offset = split_affine(m)[1] + np.array([b.start for b in box], dtype=np.float64)
-    m = np.eye(len(shape) + 1)  # box voxel -> view voxel: a pure shift by offset
+    lin, offset = split_affine(m)
+    scale = np.diag(lin).copy()
+    offset = offset + scale * np.array([b.start for b in box], dtype=np.float64)
+    m = np.diag(np.append(scale, 1.0))  # box voxel -> view voxel
     m[:-1, -1] = offset
     region = source_region(m, shape, src.shape, job.order)
     if region is None:
         return
+    shift_only = bool(np.allclose(scale, 1.0, rtol=0.0, atol=1e-9))  # as resample.is_shift
     profiles = []
     for d, n in enumerate(shape):
         if job.mode == "average" or src.shape[d] == 1:
             profiles.append(None)
             continue
-        coords = np.arange(n, dtype=np.float64) + offset[d]
+        coords = scale[d] * np.arange(n, dtype=np.float64) + offset[d]
         p = cosine_profile(coords, src.shape[d], float(range_vox[d]), float(border_vox[d]))
         profiles.append(np.maximum(p, np.float32(EDGE_WEIGHT)))
     crop = _read(src, region)
     crop_start = np.array([r.start for r in region])
     # Cross-section weight (all axes but the first), shared by every slab.
-    plane_weight = np.ones((1,) * (len(shape) - 1), dtype=np.float32)
+    plane_weight = np.ones((1,) * (nd - 1), dtype=np.float32)
     for d, p in enumerate(profiles[1:], start=1):
         if p is not None:
-            plane_weight = plane_weight * p.reshape((-1,) + (1,) * (len(shape) - d - 1))
+            plane_weight = plane_weight * p.reshape((-1,) + (1,) * (nd - d - 1))
     a, b = src.intensity
     num_box, den_box = num[box], den[box]
     # Slabs along the first axis keep every temporary of the separable passes
@@ -322,19 +329,25 @@ def _blend_shifted_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, range_
     step = max(1, _SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
     for s0 in range(0, shape[0], step):
         s1 = min(shape[0], s0 + step)
-        slab_shift = offset.copy()
-        slab_shift[0] += s0
-        lo = int(np.floor(slab_shift[0])) - int(crop_start[0])
-        hi = int(np.floor(slab_shift[0] + (s1 - s0 - 1))) + 2 - int(crop_start[0])
+        slab_offset = offset.copy()
+        slab_offset[0] += scale[0] * s0
+        ends = slab_offset[0] + scale[0] * np.array([0.0, s1 - s0 - 1])
+        lo = int(np.floor(ends.min())) - int(crop_start[0])
+        hi = int(np.floor(ends.max())) + 2 - int(crop_start[0])
         lo = min(max(lo, 0), crop.shape[0] - 1)
         hi = max(min(hi, crop.shape[0]), lo + 1)
         sub_start = crop_start.copy()
         sub_start[0] += lo
         weights = [None if profiles[0] is None else profiles[0][s0:s1], *profiles[1:]]
-        values = resample_shift(crop[lo:hi], sub_start, slab_shift, (s1 - s0,) + shape[1:], job.order,
-                                axis_weights=weights)
+        slab_shape = (s1 - s0,) + shape[1:]
+        if shift_only:
+            values = resample_shift(crop[lo:hi], sub_start, slab_offset, slab_shape, job.order,
+                                    axis_weights=weights)
+        else:
+            values = resample_diagonal(crop[lo:hi], sub_start, scale, slab_offset, slab_shape, job.order,
+                                       axis_weights=weights)
         weight = plane_weight if profiles[0] is None else profiles[0][s0:s1].reshape(
-            (-1,) + (1,) * (len(shape) - 1)) * plane_weight
+            (-1,) + (1,) * (nd - 1)) * plane_weight
         if (a, b) != (1.0, 0.0):  # sum w * (a I + b) = a * sum w I + b * w
             values *= np.float32(a)
             values += np.float32(b) * weight
@@ -354,8 +367,8 @@ def _fuse_chunk(job: _ChunkJob) -> np.ndarray:
     for src, inv, range_vox, border_vox in job.items:
         if mode in ("cosine", "average") and job.fast:
             m = inv @ job.out_affine
-            if is_shift(m):
-                _blend_shifted_view(job, src, m, range_vox, border_vox, num, den)
+            if is_diagonal(m):
+                _blend_separable_view(job, src, m, range_vox, border_vox, num, den)
                 continue
         sampled = _sample_view(job, src, inv)
         if sampled is None:

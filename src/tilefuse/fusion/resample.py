@@ -26,7 +26,7 @@ Sampling rules (the same for both paths, and equal to
   validity mask from :func:`inside_mask` is returned separately, so callers
   set weights to 0 outside instead of dealing with NaN.
 
-Two paths compute the values:
+Three paths compute the values:
 
 * :func:`resample_affine` — any affine, through ``scipy.ndimage.affine_transform``
   on the crop;
@@ -36,6 +36,9 @@ Two paths compute the values:
   linear interpolation is separable: one two-tap pass per axis over shifted
   slices of the crop (no pass where the shift is integral), with separable
   blending weights folded into the taps.  No coordinate arrays.
+* :func:`resample_diagonal` — ``L`` is diagonal (axis-aligned scaling, e.g. an
+  isotropic output of anisotropic views): still separable, with per-index
+  taps gathered along each axis.
 """
 
 from __future__ import annotations
@@ -60,6 +63,7 @@ __all__ = [
     "inside_box",
     "resample_affine",
     "resample_shift",
+    "resample_diagonal",
     "resample",
 ]
 
@@ -356,6 +360,68 @@ def resample_shift(
     return v
 
 
+def resample_diagonal(
+    crop: np.ndarray,
+    crop_start: Sequence[int],
+    scale: Sequence[float],
+    offset: Sequence[float],
+    out_shape: Sequence[int],
+    order: int = 1,
+    axis_weights: Sequence[np.ndarray | None] | None = None,
+) -> np.ndarray:
+    """Fast path for ``y_d = scale_d * x_d + offset_d``: separable taps gathered per axis.
+
+    Axis-aligned scaling (an isotropic output of anisotropic views, a
+    downsampled output without a matching pyramid level) keeps linear
+    interpolation separable, but every output index now has its own two
+    source indices and fraction, so each axis's pass gathers with
+    :func:`numpy.take` instead of slicing.  Axes that shrink the data most
+    go first.  Indices are clamped at the crop's edges (scipy's
+    ``mode="nearest"``).  Equal to :func:`resample_affine` within float
+    rounding; ``axis_weights`` as in :func:`resample_shift`.  Pure
+    translations should use :func:`resample_shift` (slices are cheaper).
+
+    Returns
+    -------
+    values : float32 ndarray of ``out_shape``
+    """
+    order = _check_order(order)
+    crop = np.asarray(crop)
+    if crop.size == 0:
+        raise ValueError("cannot resample an empty crop")
+    if not (crop.dtype == np.float32 or (crop.dtype.kind in "uib" and crop.dtype.itemsize <= 2)):
+        crop = crop.astype(np.float32)
+    nd = crop.ndim
+    out_shape = tuple(int(n) for n in out_shape)
+    scale = np.asarray(scale, dtype=np.float64)
+    local = np.asarray(offset, dtype=np.float64) - np.asarray(crop_start, dtype=np.float64)
+    if axis_weights is None:
+        axis_weights = (None,) * nd
+    v = crop
+    # most shrinking axis first: later passes then work on less data
+    for d in sorted(range(nd), key=lambda a: -abs(scale[a])):
+        n, m = out_shape[d], v.shape[d]
+        coords = scale[d] * np.arange(n, dtype=np.float64) + local[d]
+        w = axis_weights[d]
+        w = np.ones(n, dtype=np.float32) if w is None else np.asarray(w, dtype=np.float32)
+        if w.shape != (n,):
+            raise ValueError(f"axis_weights[{d}] has shape {w.shape}, expected ({n},)")
+        bcast = (slice(None),) + (None,) * (nd - d - 1)
+        if order == 0:
+            idx = np.clip(np.floor(coords + 0.5).astype(np.int64), 0, m - 1)
+            v = np.multiply(np.take(v, idx, axis=d), w[bcast], dtype=np.float32)
+            continue
+        i0 = np.floor(coords)
+        f = (coords - i0).astype(np.float32)
+        i0 = i0.astype(np.int64)
+        lo = np.take(v, np.clip(i0, 0, m - 1), axis=d)
+        hi = np.take(v, np.clip(i0 + 1, 0, m - 1), axis=d)
+        out = np.multiply(lo, ((1.0 - f) * w)[bcast], dtype=np.float32)
+        out += np.multiply(hi, (f * w)[bcast], dtype=np.float32)
+        v = out
+    return v
+
+
 def resample(
     crop: np.ndarray,
     crop_start: Sequence[int],
@@ -366,8 +432,14 @@ def resample(
 ) -> np.ndarray:
     """Resample ``crop`` onto the output grid, choosing the fast path when it applies.
 
-    ``fast=False`` always uses :func:`resample_affine` (for tests and benchmarks).
+    Translations go through :func:`resample_shift`, axis-aligned scalings
+    through :func:`resample_diagonal`, anything else through
+    :func:`resample_affine`; ``fast=False`` always uses the latter (for
+    tests and benchmarks).
     """
     if fast and is_shift(matrix):
         return resample_shift(crop, crop_start, split_affine(matrix)[1], out_shape, order)
+    if fast and is_diagonal(matrix):
+        lin, offset = split_affine(matrix)
+        return resample_diagonal(crop, crop_start, np.diag(lin), offset, out_shape, order)
     return resample_affine(crop, crop_start, matrix, out_shape, order)
