@@ -134,3 +134,21 @@ def test_fusion_caches_only_views_whose_blocks_chunks_would_decode_repeatedly():
     assert not _block_cache_pays((64, 64, 64), (4096, 4096, 4096), (2048, 2048, 2048))
     # chunk extents in view voxels, not output voxels: a 4x-downsampled output of 64-voxel chunks
     assert _block_cache_pays((128, 128), (2048, 2048), (256, 256))
+
+
+def test_deflate_streams_are_standard():
+    """What the writers encode decodes with the standard library, zlib and gzip containers."""
+    import gzip
+    import zlib
+
+    from tilefuse.loaders._deflate import deflate, isal_level
+
+    raw = np.random.default_rng(2).integers(0, 300, 200_000).astype(np.uint16).tobytes()
+    for level in (0, 1, 4, 6, 9):
+        z = deflate(raw, level)
+        assert zlib.decompress(z) == raw and inflate(z) == raw
+        g = deflate(raw, level, gzip=True)
+        assert gzip.decompress(g) == raw
+        if level:
+            assert len(z) < 0.8 * len(raw)  # it compresses
+    assert [isal_level(v) for v in (1, 2, 4, 6, 7, 9)] == [1, 2, 2, 2, 3, 3]

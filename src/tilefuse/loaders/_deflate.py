@@ -1,11 +1,17 @@
-"""Deflate (zlib stream) decoding, through ISA-L when it is installed.
+"""Deflate (zlib and gzip streams), through ISA-L when it is installed.
 
 BDV HDF5 and N5 files are usually gzip/deflate compressed, and inflating
 their blocks is the largest cost of reading them.  ``isal`` (python-isal,
 Intel's ISA-L) decodes the same streams 2.2x faster than :mod:`zlib`
 (measured: 32x128x128 uint16 blocks, 424 vs 193 MB/s on one core) and, like
-zlib, releases the GIL.  Its output is byte-identical; where it is not
-available we fall back on zlib.
+zlib, releases the GIL.  Decoding is byte-identical.
+
+Encoding is 7.5x faster too, at a slightly better ratio: the same blocks at
+zlib level 4 (BDV's writers' usual level) 49 MB/s, ratio 1.53; ISA-L level 2
+371 MB/s, ratio 1.55.  ISA-L has levels 0-3 only, so zlib levels map onto
+them (:func:`isal_level`); the streams are standard deflate, which every
+HDF5 and N5 reader decodes.  Where isal is not available we fall back on
+zlib.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ try:  # pragma: no cover - depends on the platform's wheels
 except ImportError:  # pragma: no cover
     _impl = zlib
 
-__all__ = ["inflate", "inflate_members", "DeflateError", "BACKEND"]
+__all__ = ["inflate", "inflate_members", "deflate", "isal_level", "DeflateError", "BACKEND"]
 
 #: The module doing the work: ``"isal"`` or ``"zlib"``.
 BACKEND = "isal" if _impl is not zlib else "zlib"
@@ -44,3 +50,21 @@ def inflate_members(data: bytes) -> bytes:
         if not d.unused_data:
             return out
         data = d.unused_data
+
+
+def isal_level(level: int) -> int:
+    """The ISA-L level (0-3) standing in for a zlib level (1-9): 1 -> 1, 2-6 -> 2, 7-9 -> 3."""
+    return 1 if level <= 1 else 2 if level <= 6 else 3
+
+
+def deflate(raw: bytes, level: int, *, gzip: bool = False) -> bytes:
+    """Encode ``raw`` as one zlib-wrapped (or, with ``gzip=True``, gzip) deflate stream.
+
+    ``level`` is a zlib level; 0 stores without compression (zlib does that).
+    """
+    wbits = 31 if gzip else 15
+    if level <= 0 or _impl is zlib:
+        c = zlib.compressobj(level, zlib.DEFLATED, wbits)
+    else:
+        c = _impl.compressobj(isal_level(level), _impl.DEFLATED, wbits)
+    return c.compress(raw) + c.flush()

@@ -27,7 +27,6 @@ import json
 import lzma
 import os
 import struct
-import zlib
 from collections.abc import Mapping
 from itertools import product
 from pathlib import Path
@@ -37,7 +36,7 @@ import numpy as np
 
 from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from ._blockcache import cached_block, forget_block
-from ._deflate import DeflateError, inflate_members
+from ._deflate import DeflateError, deflate, inflate_members
 
 __all__ = [
     "N5_DTYPES",
@@ -125,11 +124,8 @@ def _compress(raw: bytes, comp: Mapping[str, Any]) -> bytes:
     if kind == "raw":
         return raw
     if kind == "gzip":
-        level = int(comp.get("level", 6))
-        # wbits 31 = gzip container; 15 = zlib container (N5's "useZlib").
-        wbits = 15 if comp.get("useZlib", False) else 31
-        c = zlib.compressobj(level, zlib.DEFLATED, wbits)
-        return c.compress(raw) + c.flush()
+        # gzip container, or zlib's with N5's "useZlib"
+        return deflate(raw, int(comp.get("level", 6)), gzip=not comp.get("useZlib", False))
     if kind == "zstd":
         from numcodecs import Zstd
 

