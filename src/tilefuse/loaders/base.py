@@ -148,6 +148,16 @@ class ImageLoader(ABC):
     def chunks(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
         """The file's own block shape ``(z, y, x)`` for one level."""
 
+    def mipmap_transform(self, view: ViewId, level: int) -> np.ndarray:
+        """Level voxel -> full-resolution voxel, ``(z, y, x, 1)`` 4x4.
+
+        BigDataViewer's convention from the level's downsampling factors;
+        loaders whose levels are offset otherwise (split views) override it.
+        """
+        from ..geometry.affine import mipmap_transform
+
+        return mipmap_transform(self.levels(view)[level])
+
     @abstractmethod
     def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
         """Read ``region`` (three slices, step 1, inside the shape) of one level.

@@ -267,10 +267,16 @@ class Project:
         return [tuple(float(f) for f in lv) for lv in self.loader.levels(view)]
 
     def transform(self, view: ViewId, level: int = 0) -> np.ndarray:
-        """Voxel -> world matrix of a resolution level: ``model @ mipmap(factors)``."""
+        """Voxel -> world matrix of a resolution level: ``model @ mipmap``.
+
+        ``mipmap`` is BigDataViewer's transform for the level's downsampling
+        factors, or the loader's own (:meth:`ImageLoader.mipmap_transform`).
+        """
         model = self.model(view)
         if level == 0:
             return model
+        if self._loader is not None:
+            return model @ self._loader.mipmap_transform(view, level)
         return model @ mipmap_transform(self.levels(view)[level])
 
     def preconcatenate(self, view: ViewId, matrix: np.ndarray, name: str) -> None:
