@@ -31,7 +31,7 @@ def _import_builtin_loaders() -> None:
     # Imported for their registration side effect; each is a small module.
     import importlib
 
-    for name in ("_hdf5", "_n5", "_tiff", "_zarr", "_split"):
+    for name in ("_hdf5", "_n5", "_tiff", "_zarr", "_split", "_flatfield"):
         importlib.import_module(f"{__name__}.{name}")
 
 
