@@ -314,7 +314,8 @@ def _read_region(ds, region, *, cache: bool = False) -> np.ndarray:
     return out
 
 
-def _decode_chunk(ds, offset, deflate: bool, shuffle: bool):
+def _decode_chunk(ds, offset, deflate: bool, shuffle: bool) -> np.ndarray:
+    """The whole chunk at ``offset`` (chunk-shaped, edge chunks padded as HDF5 stores them)."""
     chunks, dtype = ds.chunks, ds.dtype
     n_items = int(np.prod(chunks))
     try:

@@ -769,8 +769,7 @@ def _refine_gradient(fs, spline, masks, start, min_count, iterations: int = 8) -
         # vignetting that made every step overshoot by ~1.8x, oscillating
         # around the answer past the iteration limit.)
         if axes01 is None or axes01[0].shape != g.shape:
-            axes01 = [x for x in np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in g.shape],
-                                             indexing="ij")]
+            axes01 = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in g.shape], indexing="ij")
         gain_prev = gain[0] + sum(r * x for r, x in zip(gain[1], axes01)) if gain is not None else None
         # The design matrix, one row per unknown (contiguous rows fill and
         # multiply faster than column_stack's interleaved columns):
