@@ -399,9 +399,12 @@ def _peak_bytes(size):
 
 def test_peak_memory_is_bounded_by_chunks():
     _peak_bytes(512)  # warm-up: first-call imports and caches inflate the first peak
-    small, _ = _peak_bytes(1024)
-    large, nbytes = _peak_bytes(3072)  # 9x the voxels, same 512^2 chunks (~10 MiB peak each)
-    assert 0.7 * small < large < 1.3 * small
+    # Two threads hold one to a few chunks each depending on scheduling: take
+    # the smaller of two runs, and allow that jitter (a peak that grew with the
+    # volume would be ~9x).
+    small = min(_peak_bytes(1024)[0] for _ in range(2))
+    large, nbytes = min(_peak_bytes(3072) for _ in range(2))  # 9x the voxels, same 512^2 chunks
+    assert 0.6 * small < large < 1.5 * small
     assert large < 0.5 * nbytes  # the output (36 MiB) is never held at once
 
 
