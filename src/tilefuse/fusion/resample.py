@@ -254,6 +254,21 @@ def resample_affine(
     )
 
 
+def _separable_inputs(crop, out_shape, axis_weights):
+    """Shared checks of the separable paths: a non-empty crop whose products with
+    float32 taps stay float32, the output shape as ints, one weight slot per axis."""
+    crop = np.asarray(crop)
+    if crop.size == 0:
+        raise ValueError("cannot resample an empty crop")
+    if not (crop.dtype == np.float32 or (crop.dtype.kind in "uib" and crop.dtype.itemsize <= 2)):
+        # numpy would promote wider integers and float64 with float32 taps to float64
+        crop = crop.astype(np.float32)
+    out_shape = tuple(int(n) for n in out_shape)
+    if axis_weights is None:
+        axis_weights = (None,) * crop.ndim
+    return crop, out_shape, axis_weights
+
+
 def resample_shift(
     crop: np.ndarray,
     crop_start: Sequence[int],
@@ -296,16 +311,8 @@ def resample_shift(
     values : float32 ndarray of ``out_shape``
     """
     order = _check_order(order)
-    crop = np.asarray(crop)
-    if crop.size == 0:
-        raise ValueError("cannot resample an empty crop")
-    if not (crop.dtype == np.float32 or (crop.dtype.kind in "uib" and crop.dtype.itemsize <= 2)):
-        # numpy would promote wider integers and float64 with float32 taps to float64
-        crop = crop.astype(np.float32)
+    crop, out_shape, axis_weights = _separable_inputs(crop, out_shape, axis_weights)
     nd = crop.ndim
-    out_shape = tuple(int(n) for n in out_shape)
-    if axis_weights is None:
-        axis_weights = (None,) * nd
     t = np.asarray(shift, dtype=np.float64) - np.asarray(crop_start, dtype=np.float64)
     if order == 0:
         k = np.floor(t + 0.5)
@@ -386,17 +393,10 @@ def resample_diagonal(
     values : float32 ndarray of ``out_shape``
     """
     order = _check_order(order)
-    crop = np.asarray(crop)
-    if crop.size == 0:
-        raise ValueError("cannot resample an empty crop")
-    if not (crop.dtype == np.float32 or (crop.dtype.kind in "uib" and crop.dtype.itemsize <= 2)):
-        crop = crop.astype(np.float32)
+    crop, out_shape, axis_weights = _separable_inputs(crop, out_shape, axis_weights)
     nd = crop.ndim
-    out_shape = tuple(int(n) for n in out_shape)
     scale = np.asarray(scale, dtype=np.float64)
     local = np.asarray(offset, dtype=np.float64) - np.asarray(crop_start, dtype=np.float64)
-    if axis_weights is None:
-        axis_weights = (None,) * nd
     v = crop
     # most shrinking axis first: later passes then work on less data
     for d in sorted(range(nd), key=lambda a: -abs(scale[a])):
