@@ -131,8 +131,7 @@ def test_split_project_round_trips_and_fuses_like_the_original(projects, tmp_pat
     split.save(base / "orig" / "split_again.xml")
     assert xml_differences(parse(base / "orig" / "split.xml"), parse(base / "orig" / "split_again.xml")) == []
     # saved elsewhere, the nested loader's path is rewritten and the pixels still read
-    (tmp_path / "moved").mkdir()
-    split.save(tmp_path / "moved" / "split.xml")
+    split.save(tmp_path / "moved" / "split.xml")  # the folder is created
     moved = tilefuse.open_project(tmp_path / "moved" / "split.xml")
     np.testing.assert_array_equal(moved.image(ViewId(0, 3)).compute(), split.image(ViewId(0, 3)).compute())
     # fused, the split views give the original fusion inside the shared box

@@ -369,12 +369,13 @@ class Project:
         (older backups shift to ``~2``...``~5``), as BigStitcher does; the new
         file is written under a temporary name and renamed into place.
         Saving into another folder keeps the pixels reachable by rewriting a
-        relative ``<BasePath>``.
+        relative ``<BasePath>``; the folder is created if needed.
         """
         target = Path(path) if path is not None else self.path
         if target is None:
             raise TilefuseError("the project has no path: give save() one")
         target = target.resolve()
+        target.parent.mkdir(parents=True, exist_ok=True)
         data = self.data
         old_base = self.base_dir if (self.path is not None or self._loader is not None) else None
         if (
