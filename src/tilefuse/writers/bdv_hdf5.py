@@ -10,12 +10,12 @@ input array (numpy or dask), and each further level is computed from the
 level just written, one output chunk from one aligned input block, so views
 larger than memory never need to fit in memory.
 
-Downsampling is a block mean.  At the far edge of an axis whose length is
-not a multiple of the factor, the last window is partial and its mean is
-taken over the voxels that exist (no padding, no dropped voxels): level
-shape = ``ceil(n / f)``, matching BDV's mipmap transform, which centres
-output voxel ``i`` at ``f*i + (f-1)/2``.  Integer types are rounded to
-nearest and clipped to the type's range.
+Downsampling is a block mean, sized as BigDataViewer's exporters size their
+levels: each level is ``max(n // r, 1)`` voxels of the previous one along an
+axis downsampled by ``r``, so an incomplete last window is dropped and every
+voxel ``i`` of a level is exactly the block that BDV's mipmap transform
+centres at ``f*i + (f-1)/2`` (the N5 and OME-Zarr project writers do the
+same).  Integer types are rounded to nearest and clipped to the type's range.
 """
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def write_bdv_hdf5(
                 group.attrs["dataType"] = np.bytes_(dtype.name)
                 # Views of one setup may differ in shape; declare the largest one's blocks.
                 shape0 = np.max([a.shape for v, a in views.items() if v.setup == setup], axis=0)
-                level_chunks = [_level_chunks(_level_shape(shape0, fl), chunks) for fl in levels]
+                level_chunks = [_level_chunks(s, chunks) for s in _level_shapes(shape0, levels)]
                 # BDV metadata is x y z.
                 group.create_dataset(
                     "resolutions", data=np.array([fl[::-1] for fl in levels], dtype=np.float64)
@@ -120,8 +120,7 @@ def write_bdv_hdf5(
 
             datasets = {}
             for view, arr in sorted(views.items()):
-                for level, fl in enumerate(levels):
-                    shape = _level_shape(arr.shape, fl)
+                for level, shape in enumerate(_level_shapes(arr.shape, levels)):
                     kwargs = {}
                     if compression == "gzip":
                         kwargs = {"compression": "gzip", "compression_opts": _GZIP_LEVEL}
@@ -228,12 +227,19 @@ def propose_factors(
 
 
 def _downsample_dataset(ds, rel: Sequence[int], out_chunks: Sequence[int]):
-    """Dask array of ``ds`` block-mean downsampled by ``rel``, chunked ``out_chunks``."""
+    """Dask array of ``ds`` block-mean downsampled by ``rel``, chunked ``out_chunks``.
+
+    The incomplete last window of an axis is dropped (``max(n // r, 1)``
+    voxels, as BDV sizes levels); an axis shorter than its window keeps one
+    voxel, the mean of what there is.
+    """
     import dask.array as da
 
+    usable = tuple(n // r * r if n >= r else n for n, r in zip(ds.shape, rel))
     # Input blocks of out_chunk * rel voxels map onto exactly one output chunk.
-    in_chunks = tuple(min(c * r, n) for c, r, n in zip(out_chunks, rel, ds.shape))
+    in_chunks = tuple(min(c * r, n) for c, r, n in zip(out_chunks, rel, usable))
     src = da.from_array(ds, chunks=in_chunks, lock=False, asarray=True)
+    src = src[tuple(slice(0, n) for n in usable)]
     chunks = tuple(tuple(-(-c // r) for c in cs) for cs, r in zip(src.chunks, rel))
     return src.map_blocks(block_mean, tuple(rel), chunks=chunks, dtype=ds.dtype)
 
@@ -288,8 +294,13 @@ def _setup_dtypes(views, path: Path) -> dict[int, np.dtype]:
     return dtypes
 
 
-def _level_shape(shape, factors) -> tuple[int, int, int]:
-    return tuple(-(-int(n) // int(fa)) for n, fa in zip(shape, factors))
+def _level_shapes(shape, levels) -> list[tuple[int, int, int]]:
+    """Every level's shape: ``max(n // r, 1)`` of the previous level per axis (BDV's exporters)."""
+    shapes = [tuple(int(n) for n in shape)]
+    for prev, fl in zip(levels, levels[1:]):
+        rel = [b // a for a, b in zip(prev, fl)]
+        shapes.append(tuple(max(n // r, 1) for n, r in zip(shapes[-1], rel)))
+    return shapes
 
 
 def _level_chunks(shape, chunks) -> tuple[int, int, int]:
