@@ -158,6 +158,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(p)
     _add_cluster(p)
 
+    p = sub.add_parser("intensity", help="match the views' intensities over their overlaps "
+                                         "(<IntensityAdjustments>, applied by fuse --intensity-adjustment)")
+    p.add_argument("xml", type=Path)
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="XML with the adjustments (default: overwrite the input, keeping a ~1 backup)")
+    p.add_argument("--model", choices=("affine", "gain"), default="affine",
+                   help="a*I + b per view (default), or a*I")
+    p.add_argument("--downsample", type=float, default=4.0,
+                   help="grid spacing of the overlap samples, world units (4)")
+    _add_common(p)
+
     p = sub.add_parser("fuse", help="fuse the views into one volume (OME-Zarr, TIFF or BDV project)")
     p.add_argument("xml", type=Path)
     p.add_argument("output", type=Path, help="out.ome.zarr, out.tif or out.xml")
@@ -257,6 +268,22 @@ def _cmd_register(args) -> None:
         print(f"link plot        {plot_links(project, result.links, args.plot, result.groups)}")
 
 
+def _cmd_intensity(args) -> None:
+    from .intensity import match_intensities
+    from .project import open_project
+
+    project = open_project(args.xml)
+    result = match_intensities(project, model=args.model, downsampling=args.downsample, progress=args.progress)
+    gains = [a for a, _ in result.models.values()]
+    print(f"pairs            {len(result.pairs)} overlaps matched")
+    print(f"gains            min {min(gains):.3f}, max {max(gains):.3f}")
+    print(f"mismatch         {result.mismatch_before:.4f} -> {result.mismatch_after:.4f} "
+          "(mean |difference| of matched quantiles / median intensity)")
+    out = args.output or args.xml
+    result.apply(project).save(out)
+    print(f"adjusted XML     {out}  (fuse with --intensity-adjustment)")
+
+
 def _cmd_fuse(args) -> None:
     from .fusion.api import plan_fusion
     from .project import open_project
@@ -314,6 +341,7 @@ def _cmd_demo(args) -> None:
 
 
 COMMANDS = {"info": _cmd_info, "sample": _cmd_sample, "convert": _cmd_convert, "register": _cmd_register,
+            "intensity": _cmd_intensity,
             "fuse": _cmd_fuse, "run": _cmd_run, "demo": _cmd_demo}
 
 

@@ -466,6 +466,7 @@ class Mosaic:
             "background": self.background,
             "signal": self.signal,
             "photo_scale": self.photo_scale,
+            "vignetting": self.vignetting,
         }
 
     def save_truth(self, path: str | os.PathLike) -> Path:
@@ -599,6 +600,7 @@ def make_mosaic(
     background: float | None = None,
     signal: float | None = None,
     photo_scale: float = 2.0,
+    vignetting: float = 0.35,
 ) -> Mosaic:
     """Describe a synthetic tiled acquisition with known tile positions.
 
@@ -636,6 +638,9 @@ def make_mosaic(
         2000 (10 and 150 for uint8).
     photo_scale : float
         World units per photo pixel for ``texture="photo"``.
+    vignetting : float
+        Depth of the vignetting when ``illumination`` is on (0: the random
+        per-tile gain alone).
 
     Returns
     -------
@@ -711,6 +716,7 @@ def make_mosaic(
         signal=float(signal),
         photo_scale=float(photo_scale),
         max_offset=float(max_offset),
+        vignetting=float(vignetting),
         _gains=gains,
         _vignette_centres=centres,
     )

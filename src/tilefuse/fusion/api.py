@@ -23,7 +23,7 @@ from ..project.project import Project
 from ..project.views import ViewId
 from .engine import FusionSource, fuse_sources, output_chunks
 
-__all__ = ["FusionPlan", "plan_fusion", "fuse"]
+__all__ = ["FusionPlan", "plan_fusion", "fuse", "fusion_sources"]
 
 
 @dataclass
@@ -98,6 +98,17 @@ class FusionPlan:
         return da.stack(
             [da.stack([self.volume(t, c) for c in self.channels]) for t in self.timepoints]
         )
+
+
+def fusion_sources(project: Project, views: Sequence[ViewId], spacing: Sequence[float]) -> list[FusionSource]:
+    """Fusion sources of ``views`` for an output grid of ``spacing`` (world units, z y x).
+
+    Each reads the pyramid level that suits the spacing; 2D projects give 2D
+    sources.  For resampling single views onto grids of one's own (e.g.
+    :func:`tilefuse.intensity.match_intensities` renders overlaps with them).
+    """
+    spacing = np.broadcast_to(np.asarray(spacing, dtype=np.float64), (3,))
+    return [_source(project, ViewId(*v), spacing, project.ndim, False) for v in views]
 
 
 def _read_region(loader, view, level, ndim, cache, region):
