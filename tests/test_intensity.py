@@ -73,3 +73,15 @@ def test_bad_parameters(registered):
         match_intensities(project, model="poly")
     with pytest.raises(TilefuseError, match="downsampling"):
         match_intensities(project, downsampling=0)
+
+
+def test_run_matches_intensities_before_fusing(registered, tmp_path):
+    from tilefuse.pipeline import run
+
+    base, project, _ = registered
+    report = run(base / "registered.xml", tmp_path / "out.ome.zarr", skip_registration=True,
+                 match_intensity=True)
+    assert report.intensity is not None and report.intensity.mismatch_after < report.intensity.mismatch_before
+    saved = tilefuse.open_project(report.registered_xml)
+    assert saved.data.intensity_adjustments == report.intensity.models
+    assert (tmp_path / "out.ome.zarr").is_dir() and "mismatch" in report.summary()

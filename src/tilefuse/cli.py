@@ -180,6 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("xml", type=Path)
     p.add_argument("output", type=Path)
     p.add_argument("--no-register", action="store_true", help="fuse the current registration only")
+    p.add_argument("--match-intensity", action="store_true",
+                   help="after registering, match the tiles' intensities (see 'tilefuse intensity') and fuse "
+                        "with those adjustments")
     _add_register_options(p)
     _add_fusion_options(p)
     _add_common(p)
@@ -308,6 +311,7 @@ def _cmd_run(args) -> None:
     with _client(args) as client:
         report = run(args.xml, args.output, register_options=_register_options(args),
                      fusion_options=_fusion_options(args), skip_registration=args.no_register,
+                     match_intensity=args.match_intensity,
                      client=client, progress=args.progress, overwrite=args.overwrite,
                      resume=not args.no_resume)
     print(report.summary())

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .demo import StageTimer
 from .fusion.api import plan_fusion
+from .intensity import IntensityResult, match_intensities
 from .project.project import Project, open_project
 from .registration.api import RegistrationResult, register
 from .writers.fused import write_fused
@@ -26,11 +27,17 @@ class RunReport:
     output_shape: tuple
     output_voxel_size: tuple
     timer: StageTimer = field(default_factory=StageTimer)
+    intensity: IntensityResult | None = None
 
     def summary(self) -> str:
         lines = []
         if self.registration is not None:
-            lines += ["registration", self.registration.summary(), f"registered XML   {self.registered_xml}"]
+            lines += ["registration", self.registration.summary()]
+        if self.intensity is not None:
+            lines += [f"intensities      {len(self.intensity.pairs)} overlaps matched, mismatch "
+                      f"{self.intensity.mismatch_before:.4f} -> {self.intensity.mismatch_after:.4f}"]
+        if self.registered_xml is not None:
+            lines += [f"registered XML   {self.registered_xml}"]
         lines += [f"output           {self.output}",
                   f"output shape     {self.output_shape} (t, c, z, y, x)",
                   f"voxel size       {tuple(round(v, 4) for v in self.output_voxel_size)} (z, y, x)",
@@ -65,6 +72,7 @@ def run(
     register_options: dict | None = None,
     fusion_options: dict | None = None,
     skip_registration: bool = False,
+    match_intensity: bool = False,
     registered_xml: str | Path | None = None,
     client=None,
     progress: bool = False,
@@ -73,9 +81,11 @@ def run(
 ) -> RunReport:
     """Register a project, save the registered XML beside the output, and fuse it.
 
-    The registered XML goes to ``registered_xml`` (default:
-    ``<output stem>.registered.xml`` beside the output); the input XML is
-    never modified.
+    With ``match_intensity`` the tiles' intensities are matched after
+    registration (:func:`tilefuse.intensity.match_intensities`) and fused
+    with those adjustments.  The registered (and adjusted) XML goes to
+    ``registered_xml`` (default: ``<output stem>.registered.xml`` beside the
+    output); the input XML is never modified.
     """
     timer = StageTimer()
     timer.start("open")
@@ -84,25 +94,37 @@ def run(
     output = Path(output)
     result = None
     xml_out = None
-    stages = 1 if skip_registration else 2
+    stages = 1 + (not skip_registration) + bool(match_intensity)
+    stage = 0
 
     def announce(i: int, text: str) -> None:
         if progress:  # one numbered line per stage above its bar
             print(f"[{i}/{stages}] {text}", file=sys.stderr, flush=True)
 
     if not skip_registration:
-        announce(1, f"registering {len(project.views)} views")
+        stage += 1
+        announce(stage, f"registering {len(project.views)} views")
         timer.start("register")
         result = register(project, client=client, progress=progress, **(register_options or {}))
         project = result.apply(project)
+    intensity = None
+    fusion_options = dict(fusion_options or {})
+    if match_intensity:
+        stage += 1
+        announce(stage, "matching tile intensities over the overlaps")
+        timer.start("match intensities")
+        intensity = match_intensities(project, progress=progress)
+        project = intensity.apply(project)
+        fusion_options["intensity_adjustment"] = True
+    if result is not None or intensity is not None:
         stem = output.name.split(".")[0]
         xml_out = Path(registered_xml) if registered_xml else output.with_name(f"{stem}.registered.xml")
         project.save(xml_out)
     timer.start("fuse + write")
-    plan = plan_fusion(project, **(fusion_options or {}))
+    plan = plan_fusion(project, **fusion_options)
     announce(stages, f"fusing {len(plan.timepoints)}x{len(plan.channels)} volumes of "
                      f"{' x '.join(map(str, plan.shape))} voxels into {output}")
     write_fused(plan, output, progress=progress, overwrite=overwrite, resume=resume, client=client)
     timer.stop()
     shape = (len(plan.timepoints), len(plan.channels)) + tuple(plan.shape)
-    return RunReport(result, xml_out, output, shape, plan.voxel_size, timer)
+    return RunReport(result, xml_out, output, shape, plan.voxel_size, timer, intensity)
