@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from tilefuse.cli import main
 from tilefuse.project import open_project
@@ -49,6 +50,16 @@ def test_register_fuse_and_run(sample, capsys, tmp_path):
     assert main(["run", str(xml), str(tmp_path / "run.ome.zarr"), "-q"]) == 0
     assert (tmp_path / "run.registered.xml").exists()
     assert "time per stage" in capsys.readouterr().out
+
+    # the options that change the weights: content-based fusion and matched intensities
+    assert main(["run", str(xml), str(tmp_path / "cb.ome.zarr"), "--content-based", "--match-intensity",
+                 "--downsample", "2", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "intensities" in text and "mismatch" in text
+    assert "IntensityAdjustments" in (tmp_path / "cb.registered.xml").read_text()
+    plain = zarr.open_group(str(tmp_path / "f.ome.zarr"), mode="r")["0"][...]
+    weighted = zarr.open_group(str(tmp_path / "cb.ome.zarr"), mode="r")["0"][...]
+    assert plain.shape == weighted.shape and not np.array_equal(plain, weighted)
 
 
 def test_convert_command(tmp_path, capsys):

@@ -85,6 +85,8 @@ def _add_fusion_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--chunks", type=_ints, default=None, help="output chunk shape z,y,x")
     g.add_argument("--intensity-adjustment", action="store_true",
                    help="apply the project's <IntensityAdjustments>")
+    g.add_argument("--content-based", action="store_true",
+                   help="weigh views by local contrast too (BigStitcher's content-based fusion)")
     g.add_argument("--container", choices=("hdf5", "n5", "zarr"), default="hdf5",
                    help="pixel container when the output is a .xml project")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
@@ -97,7 +99,7 @@ def _fusion_options(args) -> dict:
     return dict(bounding_box=args.bounding_box, downsampling=ds, preserve_anisotropy=not args.isotropic,
                 blending=args.blending, blend_range=args.blend_range, blend_border=args.blend_border,
                 interpolation=args.interpolation, dtype=args.dtype, chunks=args.chunks,
-                intensity_adjustment=args.intensity_adjustment)
+                intensity_adjustment=args.intensity_adjustment, content_based=args.content_based)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from ..geometry.affine import axis_scales
 from ..geometry.affine import linear_part
 from ..project.project import Project
 from ..project.views import ViewId
+from .content import CONTENT_SIGMAS, content_weights
 from .engine import FusionSource, fuse_sources, output_chunks
 
 __all__ = ["FusionPlan", "plan_fusion", "fuse", "fusion_sources"]
@@ -69,12 +70,12 @@ class FusionPlan:
         decoded-block cache (see :func:`_block_cache_pays`).
         """
         return [_source(self.project, v, self.spacing, self.ndim, self.options.get("intensity", False),
-                        chunk_world) for v in views]
+                        chunk_world, self.options.get("content")) for v in views]
 
     def volume(self, timepoint: int, channel: int):
         """The lazy fused ``(z, y, x)`` volume of one timepoint and channel."""
         views = self.volumes.get((timepoint, channel), [])
-        opts = {k: v for k, v in self.options.items() if k != "intensity"}
+        opts = {k: v for k, v in self.options.items() if k not in ("intensity", "content")}
         if not views:  # e.g. a channel not acquired at this timepoint: fill_value, like uncovered voxels
             import dask.array as da
 
@@ -139,8 +140,45 @@ def _block_cache_pays(block: Sequence[int], shape: Sequence[int], chunk_vox: Seq
     return bool(factor >= _CACHE_REDUNDANCY)
 
 
+def _content(loader, view, level, ndim, factor, sigma1, sigma2, to_source):
+    """One view's content-based weights (a task of its own): whole level read, block-averaged by ``factor``."""
+    from ..downsample import block_mean
+
+    image = loader.read(view, level, (slice(None),) * 3).astype(np.float32)
+    if ndim == 2:
+        image = image[0]
+    if any(f > 1 for f in factor):
+        image = block_mean(image, factor, dtype=np.float32, edge="trim")
+    return content_weights(image, sigma1, sigma2), to_source
+
+
+def _content_source(project: Project, view: ViewId, source_affine: np.ndarray, ndim: int, sigmas):
+    """A picklable callable computing ``view``'s content weights near 4 world units per voxel."""
+    loader = project.loader
+    levels = [np.asarray(f, dtype=np.float64) for f in loader.levels(view)]
+    scales0 = axis_scales(project.transform(view, 0))
+    target = 4.0 / scales0  # source voxels per weight voxel wanted, per axis (4 world units)
+    ok = [i for i, f in enumerate(levels) if np.all(f <= np.maximum(target, 1.0) + 1e-9)]
+    level = max(ok, key=lambda i: float(np.prod(levels[i]))) if ok else 0
+    factor = np.maximum(np.floor(np.maximum(target, 1.0) / levels[level]), 1).astype(int)
+    if ndim == 2:
+        factor[0] = 1
+    # weight voxel -> world: the level's transform after the block means (f*i + (f-1)/2)
+    grid = np.diag(np.append(factor.astype(np.float64), 1.0))
+    grid[:3, 3] = (factor - 1) / 2.0
+    to_world = project.transform(view, level) @ grid
+    scales = axis_scales(to_world)
+    sigma1, sigma2 = (float(s) / scales for s in sigmas)
+    if ndim == 2:
+        to_world = np.delete(np.delete(to_world, 0, axis=0), 0, axis=1)
+        sigma1, sigma2, factor = sigma1[1:], sigma2[1:], factor[1:]
+    to_source = np.linalg.inv(source_affine) @ to_world
+    return partial(_content, loader, view, level, ndim, tuple(int(f) for f in factor), tuple(sigma1),
+                   tuple(sigma2), to_source)
+
+
 def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, intensity: bool,
-            chunk_world: Sequence[float] | None = None) -> FusionSource:
+            chunk_world: Sequence[float] | None = None, content: tuple[float, float] | None = None) -> FusionSource:
     loader = project.loader
     level = _choose_fusion_level(project, view, spacing)
     affine = project.transform(view, level)
@@ -156,7 +194,8 @@ def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, inte
         block, shape, np.asarray(chunk_world, dtype=np.float64) / axis_scales(affine))
     return FusionSource(key=view, shape=shape, affine=affine,
                         reader=partial(_read_region, loader, view, level, ndim, cache),
-                        intensity=adjust, dtype=loader.dtype(view))
+                        intensity=adjust, dtype=loader.dtype(view),
+                        content=None if content is None else _content_source(project, view, affine, ndim, content))
 
 
 def _choose_fusion_level(project: Project, view: ViewId, spacing: np.ndarray) -> int:
@@ -204,6 +243,8 @@ def plan_fusion(
     dtype=None,
     chunks=None,
     intensity_adjustment: bool = False,
+    content_based: bool = False,
+    content_sigmas: tuple[float, float] = CONTENT_SIGMAS,
 ) -> FusionPlan:
     """Decide the output grid and group the views by (timepoint, channel).
 
@@ -228,6 +269,13 @@ def plan_fusion(
         input block about once), about 8 MiB of float32 in 2D.
     intensity_adjustment : bool
         Apply the project's ``<IntensityAdjustments>`` per view.
+    content_based : bool
+        Multiply the blending weights by BigStitcher's content-based weights
+        (local contrast, :mod:`tilefuse.fusion.content`), so that where views
+        overlap the sharper one dominates.  Computed once per view on a pyramid
+        level about 4 world units per voxel (or 4x block means of the finest).
+    content_sigmas : (float, float)
+        ``sigma1, sigma2`` of the content weights, world units (20, 40).
     """
     views = list(project.views if views is None else views)
     _warn_missing(project, views)
@@ -285,7 +333,8 @@ def plan_fusion(
         # 35 s, (128, 256, 256) 19 s, (128, 512, 512) 16.5 s but 2x the memory.
         chunks = (min(shape[0], 128), 256, 256)
     options = dict(blending=blending, blend_range=blend_range, blend_border=blend_border,
-                   interpolation=interpolation, dtype=dtype, chunks=chunks, intensity=intensity_adjustment)
+                   interpolation=interpolation, dtype=dtype, chunks=chunks, intensity=intensity_adjustment,
+                   content=tuple(float(s) for s in content_sigmas) if content_based else None)
     return FusionPlan(project, volumes, timepoints, channels, origin, spacing, shape, voxel_size, unit, ndim,
                       options)
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from ..errors import FusionError, ImageDataError, UnsupportedFormatError
 from .._numeric import cast_to_dtype
@@ -106,6 +107,12 @@ class FusionSource:
         Intensity correction ``a * I + b`` applied before blending.
     dtype : numpy dtype, optional
         The view's pixel type; picks the default output dtype without reading.
+    content : callable, optional
+        For content-based fusion: ``content()`` returns ``(weights, matrix)``,
+        a small float array of weights in ``[0, 1]`` and the homogeneous
+        matrix from its voxels to this view's voxels
+        (:mod:`tilefuse.fusion.content`).  Called once per view, in its own
+        task; cosine and average blending multiply their weights by it.
     """
 
     key: Hashable
@@ -114,6 +121,7 @@ class FusionSource:
     reader: Callable[[tuple[slice, ...]], np.ndarray]
     intensity: tuple[float, float] = (1.0, 0.0)
     dtype: Any = field(default=None)
+    content: Callable[[], tuple[np.ndarray, np.ndarray]] | None = None
 
     def __post_init__(self) -> None:
         shape = tuple(int(n) for n in self.shape)
@@ -279,8 +287,26 @@ def _sample_view(job: _ChunkJob, src: FusionSource, inv: np.ndarray):
     return box, values, coords, valid
 
 
+def _content_task(content: Callable[[], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    weights, matrix = content()
+    return np.asarray(weights, dtype=np.float32), np.asarray(matrix, dtype=np.float64)
+
+
+def _content_on_grid(content, m: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    """Content weights (floored at EDGE_WEIGHT) at the voxels of a grid mapped to the view by ``m``."""
+    weights, to_view = content
+    mw = np.linalg.inv(to_view) @ m  # grid voxel -> weights voxel
+    if is_diagonal(mw):
+        lin, offset = split_affine(mw)
+        c = resample_diagonal(weights, np.zeros(weights.ndim), np.diag(lin), offset, shape, 1)
+    else:
+        coords = np.array(np.broadcast_arrays(*source_coordinates(mw, shape)))
+        c = ndimage.map_coordinates(weights, coords, order=1, mode="nearest", output=np.float32)
+    return np.maximum(c, np.float32(EDGE_WEIGHT))
+
+
 def _blend_separable_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, range_vox, border_vox,
-                          num: np.ndarray, den: np.ndarray) -> None:
+                          num: np.ndarray, den: np.ndarray, content=None) -> None:
     """Cosine/average blending of a view that only translates or scales along the chunk's axes.
 
     With a diagonal ``m`` (chunk voxel -> view voxel) the inside region is a
@@ -348,6 +374,12 @@ def _blend_separable_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, rang
                                        axis_weights=weights)
         weight = plane_weight if profiles[0] is None else profiles[0][s0:s1].reshape(
             (-1,) + (1,) * (nd - 1)) * plane_weight
+        if content is not None:  # not separable: one more factor on the slab
+            m_slab = np.diag(np.append(scale, 1.0))
+            m_slab[:-1, -1] = slab_offset
+            c = _content_on_grid(content, m_slab, slab_shape)
+            values *= c
+            weight = weight * c
         if (a, b) != (1.0, 0.0):  # sum w * (a I + b) = a * sum w I + b * w
             values *= np.float32(a)
             values += np.float32(b) * weight
@@ -355,7 +387,7 @@ def _blend_separable_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, rang
         den_box[s0:s1] += weight
 
 
-def _fuse_chunk(job: _ChunkJob) -> np.ndarray:
+def _fuse_chunk(job: _ChunkJob, contents: Sequence | None = None) -> np.ndarray:
     shape = job.out_shape
     mode = job.mode
     if mode in ("cosine", "average"):
@@ -364,11 +396,13 @@ def _fuse_chunk(job: _ChunkJob) -> np.ndarray:
     else:
         acc = np.full(shape, -np.inf if mode == "max" else np.nan, dtype=np.float32)
         hit = np.zeros(shape, dtype=bool)
-    for src, inv, range_vox, border_vox in job.items:
+    if contents is None:
+        contents = [None] * len(job.items)
+    for (src, inv, range_vox, border_vox), content in zip(job.items, contents):
         if mode in ("cosine", "average") and job.fast:
             m = inv @ job.out_affine
             if is_diagonal(m):
-                _blend_separable_view(job, src, m, range_vox, border_vox, num, den)
+                _blend_separable_view(job, src, m, range_vox, border_vox, num, den, content)
                 continue
         sampled = _sample_view(job, src, inv)
         if sampled is None:
@@ -380,6 +414,9 @@ def _fuse_chunk(job: _ChunkJob) -> np.ndarray:
                 w = np.array(np.broadcast_to(w, values.shape))
             else:
                 w = np.ones(values.shape, dtype=np.float32)
+            if content is not None:
+                m_box = inv @ job.out_affine @ grid_affine(np.zeros(len(shape)), 1.0, [b.start for b in box])
+                w *= _content_on_grid(content, m_box, values.shape)
             if valid is not None:
                 w[~valid] = 0.0
             values *= w
@@ -537,6 +574,13 @@ def fuse_sources(
     )
     offsets = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]
     dsk = {}
+    # Content-based weights: one task per view that has them, shared by its chunks.
+    content_keys = [None] * len(sources)
+    if blending in ("cosine", "average"):
+        for i, src in enumerate(sources):
+            if src.content is not None:
+                content_keys[i] = ("content-" + name, i)
+                dsk[content_keys[i]] = (_content_task, src.content)
     for idx, hits in plan_chunks(los, his, chunks, origin, spacing):
         start = tuple(int(offsets[d][i]) for d, i in enumerate(idx))
         cshape = tuple(int(chunks[d][i]) for d, i in enumerate(idx))
@@ -544,6 +588,7 @@ def fuse_sources(
             grid_affine(origin, spacing, start), cshape, tuple(items[i] for i in hits),
             blending, order, fill_value, dtype, bool(fast_path),
         )
-        dsk[(name, *idx)] = (_fuse_chunk, job)
+        keys = [content_keys[i] for i in hits]
+        dsk[(name, *idx)] = (_fuse_chunk, job, keys) if any(k is not None for k in keys) else (_fuse_chunk, job)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     return da.Array(graph, name, chunks, dtype=dtype)
