@@ -62,12 +62,13 @@ def cosine_profile(coords: np.ndarray, n: int, blend_range: float, border: float
     dist = np.minimum(coords - border, (n - 1) - coords - border)
     if blend_range <= 0:
         return (dist > 0).astype(np.float32)
-    # Clip before the cosine so points beyond the ramp evaluate cos(0) -> 1
-    # and points outside the border evaluate cos(pi) -> 0 without masking.
-    frac = np.clip(dist / blend_range, 0.0, 1.0)
-    w = 0.5 * (1.0 + np.cos((1.0 - frac) * np.pi))
+    w = np.ones(coords.shape, dtype=np.float32)
+    # The cosine only where the ramp is: most voxels of a view lie beyond it.
+    ramp = dist < blend_range
+    d = dist[ramp]
+    w[ramp] = 0.5 * (1.0 + np.cos((1.0 - np.clip(d / blend_range, 0.0, 1.0)) * np.pi))
     w[dist <= 0] = 0.0  # exactly 0 at and beyond the border, as in BigStitcher
-    return w.astype(np.float32)
+    return w
 
 
 def _per_axis(value, ndim: int, name: str) -> np.ndarray:

@@ -387,6 +387,52 @@ def _blend_separable_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, rang
         den_box[s0:s1] += weight
 
 
+def _blend_general_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, range_vox, border_vox,
+                        num: np.ndarray, den: np.ndarray, content=None) -> None:
+    """Cosine/average blending of any view (rotated, sheared), slab by slab along the chunk's first axis.
+
+    The crop the chunk needs is read once; each slab is resampled from it
+    (``scipy.ndimage.affine_transform`` unless a fast path applies), and its
+    coordinates, inside mask and weights are slab-sized: a rotated view no
+    longer costs three chunk-sized float64 coordinate arrays (measured: two
+    128x256x256 chunks of two rotated views on one thread, 6.6 -> 4.1 s and
+    peak traced memory 643 -> 142 MiB; scipy's resampling is now most of it).
+    """
+    shape = job.out_shape
+    region = source_region(m, shape, src.shape, job.order)
+    if region is None:
+        return
+    crop = _read(src, region)
+    crop_start = [r.start for r in region]
+    nd = len(shape)
+    a, b = src.intensity
+    step = max(1, _SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
+    for s0 in range(0, shape[0], step):
+        s1 = min(shape[0], s0 + step)
+        slab_shape = (s1 - s0,) + tuple(shape[1:])
+        m_slab = m @ grid_affine(np.zeros(nd), 1.0, [s0] + [0] * (nd - 1))
+        coords = source_coordinates(m_slab, slab_shape)
+        valid = np.broadcast_to(inside_mask(coords, src.shape), slab_shape)
+        if not valid.any():
+            continue
+        values = resample(crop, crop_start, m_slab, slab_shape, job.order, fast=job.fast)
+        if job.mode == "cosine":
+            w = cosine_weights(coords, range_vox, border_vox, view_shape=src.shape, floor=EDGE_WEIGHT)
+            w = np.array(np.broadcast_to(w, slab_shape))
+        else:
+            w = np.ones(slab_shape, dtype=np.float32)
+        if content is not None:
+            w *= _content_on_grid(content, m_slab, slab_shape)
+        w[~valid] = 0.0
+        if (a, b) != (1.0, 0.0):
+            values *= np.float32(a)
+            values += np.float32(b)
+        values *= w
+        values[~valid] = 0.0  # edge-extended values, or NaN input, must not leak
+        num[s0:s1] += values
+        den[s0:s1] += w
+
+
 def _fuse_chunk(job: _ChunkJob, contents: Sequence | None = None) -> np.ndarray:
     shape = job.out_shape
     mode = job.mode
@@ -399,42 +445,28 @@ def _fuse_chunk(job: _ChunkJob, contents: Sequence | None = None) -> np.ndarray:
     if contents is None:
         contents = [None] * len(job.items)
     for (src, inv, range_vox, border_vox), content in zip(job.items, contents):
-        if mode in ("cosine", "average") and job.fast:
+        if mode in ("cosine", "average"):
             m = inv @ job.out_affine
-            if is_diagonal(m):
+            if job.fast and is_diagonal(m):
                 _blend_separable_view(job, src, m, range_vox, border_vox, num, den, content)
-                continue
+            else:
+                _blend_general_view(job, src, m, range_vox, border_vox, num, den, content)
+            continue
         sampled = _sample_view(job, src, inv)
         if sampled is None:
             continue
         box, values, coords, valid = sampled
-        if mode in ("cosine", "average"):
-            if mode == "cosine":
-                w = cosine_weights(coords, range_vox, border_vox, view_shape=src.shape, floor=EDGE_WEIGHT)
-                w = np.array(np.broadcast_to(w, values.shape))
-            else:
-                w = np.ones(values.shape, dtype=np.float32)
-            if content is not None:
-                m_box = inv @ job.out_affine @ grid_affine(np.zeros(len(shape)), 1.0, [b.start for b in box])
-                w *= _content_on_grid(content, m_box, values.shape)
-            if valid is not None:
-                w[~valid] = 0.0
-            values *= w
-            if valid is not None:
-                values[~valid] = 0.0  # edge-extended values, or NaN input, must not leak
-            num[box] += values
-            den[box] += w
-        else:
-            sub_acc, sub_hit = acc[box], hit[box]
-            inside = np.ones(values.shape, dtype=bool) if valid is None else valid
-            if mode == "max":
-                np.maximum(sub_acc, values, out=sub_acc, where=inside)
-            else:  # first
-                take = inside & ~sub_hit
-                sub_acc[take] = values[take]
-            sub_hit |= inside
-            if mode == "first" and hit.all():
-                break
+        # max / first
+        sub_acc, sub_hit = acc[box], hit[box]
+        inside = np.ones(values.shape, dtype=bool) if valid is None else valid
+        if mode == "max":
+            np.maximum(sub_acc, values, out=sub_acc, where=inside)
+        else:  # first
+            take = inside & ~sub_hit
+            sub_acc[take] = values[take]
+        sub_hit |= inside
+        if mode == "first" and hit.all():
+            break
     if mode in ("cosine", "average"):
         return _normalise(num, den, job.fill_value, job.dtype)
     out = np.where(hit, acc, np.float32(job.fill_value))
