@@ -121,13 +121,16 @@ def pairwise_shift(
         PCM only knows the shift modulo the padded size, so each peak is
         expanded into its ``2**ndim`` periodic alternatives and every
         alternative is scored by the Pearson correlation over its overlap.
-    subpixel : bool or {"cc", "quadratic"}, optional
-        Refine the winning shift.  ``True``/``"cc"``: climb to the integer
-        shift of highest overlap correlation, then locate the maximum of the
-        cross-correlation of the two aligned overlaps on a 1/20 px grid with an
-        upsampled DFT (most accurate, see Notes).  ``"quadratic"``: fit a
-        parabola to the PCM per axis around the peak, as BigStitcher does.
-        ``False``: integer shift of highest overlap correlation.
+    subpixel : bool or {"gradient", "cc", "quadratic"}, optional
+        Refine the winning shift.  ``True``/``"gradient"`` (default): rank the
+        best candidates on band-passed crops, climb to the integer shift of
+        highest overlap correlation, then Gauss-Newton on the band-passed
+        overlap with a gain ramp and an offset (most accurate, see Notes);
+        a candidate whose refinement diverges gives way to the next.
+        ``"cc"``: the maximum of the cross-correlation of the two aligned
+        overlaps on a 1/20 px grid (upsampled DFT).  ``"quadratic"``: a
+        parabola through the PCM per axis around the peak, as BigStitcher
+        does.  ``False``: integer shift of highest overlap correlation.
     min_overlap : float, optional
         Candidates whose overlap holds fewer than ``min_overlap`` times the
         pixels of a crop are rejected.
@@ -160,9 +163,9 @@ def pairwise_shift(
     The PCM finds the shift robustly but its peak is biased on crops of
     non-periodic, smooth or noisy data (whitening gives noise the weight of
     signal, and the border taper pulls the peak towards 0).  The sub-pixel
-    step therefore works on the overlap of the aligned crops, with the plain
-    cross-correlation; on the test data this has 0.02-0.06 px mean error
-    against 0.1-0.3 px for the quadratic PCM fit.
+    step therefore works on the overlap of the aligned crops; on the test
+    data it has 0.01-0.06 px mean error against 0.1-0.3 px for the quadratic
+    PCM fit.
 
     Examples
     --------
