@@ -59,12 +59,8 @@ def _reference(raw, bright, dark, factors=(1, 1)):
 
     b = shrink(bright) if bright is not None else None
     d = shrink(dark) if dark is not None else None
-    if b is not None:
-        dd = d[np.ix_(np.minimum(np.arange(b.shape[0]), d.shape[0] - 1),
-                      np.minimum(np.arange(b.shape[1]), d.shape[1] - 1))] if d is not None else 0.0
-        mean = np.mean(b - dd)
-    else:
-        mean = np.mean(1.0 - at(d))
+    # the mean of (bright - dark) over the view's plane, both border-extended to it
+    mean = np.mean((at(b) if b is not None else 1.0) - (at(d) if d is not None else 0.0))
     bp = at(b) if b is not None else 1.0
     dp = at(d) if d is not None else 0.0
     out = np.where(bp - dp == 0, 0.0, (raw - dp) * mean / np.where(bp - dp == 0, 1, bp - dp))
@@ -80,9 +76,10 @@ def project(tmp_path_factory):
     bright = 0.6 + 0.4 * np.exp(-((yy - 20) ** 2 + (xx - 25) ** 2) / 600.0)
     dark = 90.0 + (xx % 3)
     bright[0, 0] = dark[0, 0]  # bright == dark: 0 there
-    tifffile.imwrite(base / "bright.tif", bright.astype(np.float32))
-    tifffile.imwrite(base / "dark.tif", dark[:30, :45].astype(np.uint16))  # smaller: border repeats
-    return base, bright.astype(np.float32).astype(np.float64), dark[:30, :45].astype(np.float64)
+    # both smaller than the 40 x 50 plane: their borders repeat, in the correction and its mean
+    tifffile.imwrite(base / "bright.tif", bright[:36].astype(np.float32))
+    tifffile.imwrite(base / "dark.tif", dark[:30, :45].astype(np.uint16))
+    return base, bright[:36].astype(np.float32).astype(np.float64), dark[:30, :45].astype(np.float64)
 
 
 def test_correction_matches_the_formula_at_every_level(project):

@@ -173,14 +173,12 @@ class FlatFieldLoader(ImageLoader):
         bright_path, dark_path = self.images[view]
         bright = None if bright_path is None else _downsampled(bright_path, factors, self.xml_path)
         dark = None if dark_path is None else _downsampled(dark_path, factors, self.xml_path)
-        if bright is not None:  # over the bright image's own grid
-            rows, cols = np.arange(bright.shape[0]), np.arange(bright.shape[1])
-            d = _border_take(dark, rows, cols) if dark is not None else 0.0
-            mean = float(np.mean(bright - d))
-        else:  # a constant 1 over the view's plane
-            rows, cols = np.arange(plane[0]), np.arange(plane[1])
-            mean = float(np.mean(1.0 - _border_take(dark, rows, cols)))
-        return bright, dark, mean
+        # The mean runs over the view's plane, both images border-extended to it (Java views
+        # them through extendBorder over the source interval).
+        rows, cols = np.arange(plane[0]), np.arange(plane[1])
+        b = _border_take(bright, rows, cols) if bright is not None else 1.0
+        d = _border_take(dark, rows, cols) if dark is not None else 0.0
+        return bright, dark, float(np.mean(b - d))
 
 
 def _boolean(text: str) -> bool:
