@@ -51,6 +51,9 @@ def test_adjustments_are_stored_and_fusion_applies_them(registered, tmp_path):
     adjusted = tilefuse.open_project(out)
     models = adjusted.data.intensity_adjustments
     assert set(models) == set(project.views)
+    from tilefuse.project.summary import project_summary
+
+    assert f"intensities  {len(models)} views adjusted" in project_summary(adjusted)
     # fused with the adjustments, tile interiors agree on the clean image's scale
     plan = tilefuse.plan_fusion(adjusted, dtype=np.float32)
     plain = plan.to_dask()[0, 0, 0].compute()

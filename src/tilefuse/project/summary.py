@@ -84,6 +84,11 @@ def project_summary(project: Project, detail: int = 1) -> str:
         except Exception as exc:  # a summary must not fail on one bad view
             lines.append(f"levels       unavailable ({exc})")
     lines.append(f"registration {registration_state(project)}")
+    adjustments = data.intensity_adjustments or {}
+    if adjustments:
+        gains = [a for a, _ in adjustments.values()]
+        lines.append(f"intensities  {len(adjustments)} views adjusted (gain {min(gains):.3f} – {max(gains):.3f}; "
+                     "applied by fuse --intensity-adjustment)")
     if detail >= 1:
         chains = Counter(
             " → ".join(vt.name or "(unnamed)" for vt in chain) for chain in data.registrations.values()
