@@ -103,6 +103,7 @@ def match_intensities(
     TilefuseError
         Unknown ``model`` or bad parameters.
     """
+    import dask
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import lsqr
 
@@ -127,33 +128,41 @@ def match_intensities(
     sources = dict(zip(views, fusion_sources(project, views, spacing)))
 
     levels = np.linspace(0.05, 0.95, int(n_quantiles))
+
+    def renderings(pair):
+        """Both views of a pair on one grid over their overlap (lazy, NaN outside a view)."""
+        lo, hi = np.asarray(pair.overlap.lo), np.asarray(pair.overlap.hi)
+        sp = spacing
+        if ndim == 2:
+            lo, hi, sp = lo[1:], hi[1:], spacing[1:]
+        shape = tuple(int(n) for n in np.floor((hi - lo) / sp).astype(int) + 1)
+        return [fuse_sources([sources[v]], origin=lo, spacing=sp, shape=shape, blending="first",
+                             dtype=np.float32, fill_value=np.nan, chunks=shape) for v in (pair.a, pair.b)]
+
     matched = []  # (i, j, qa, qb)
     used = []
-    iterator = pairs
+    bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        iterator = tqdm(pairs, desc="matching intensities", unit="pair")
-    for pair in iterator:
-        lo, hi = np.asarray(pair.overlap.lo), np.asarray(pair.overlap.hi)
-        if ndim == 2:
-            lo, hi, sp = lo[1:], hi[1:], spacing[1:]
-        else:
-            sp = spacing
-        shape = tuple(int(n) for n in np.floor((hi - lo) / sp).astype(int) + 1)
-        renders = []
-        for v in (pair.a, pair.b):
-            arr = fuse_sources([sources[v]], origin=lo, spacing=sp, shape=shape, blending="first",
-                               dtype=np.float32, fill_value=np.nan, chunks=shape).compute()
-            renders.append(arr)
-        valid = np.isfinite(renders[0]) & np.isfinite(renders[1])
-        n = int(valid.sum())
-        if n < min_samples:
-            continue
-        qa = np.quantile(renders[0][valid], levels)
-        qb = np.quantile(renders[1][valid], levels)
-        matched.append((index[pair.a], index[pair.b], qa, qb))
-        used.append((pair.a, pair.b, n))
+        bar = tqdm(total=len(pairs), desc="matching intensities", unit="pair")
+    batch = 64  # pairs rendered per dask.compute: parallel, with little in memory at once
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start:start + batch]
+        rendered = dask.compute(*[r for pair in chunk for r in renderings(pair)])
+        for k, pair in enumerate(chunk):
+            a, b = rendered[2 * k], rendered[2 * k + 1]
+            valid = np.isfinite(a) & np.isfinite(b)
+            n = int(valid.sum())
+            if n < min_samples:
+                continue
+            matched.append((index[pair.a], index[pair.b], np.quantile(a[valid], levels),
+                            np.quantile(b[valid], levels)))
+            used.append((pair.a, pair.b, n))
+        if bar is not None:
+            bar.update(len(chunk))
+    if bar is not None:
+        bar.close()
 
     n_views = len(views)
     if not matched:
