@@ -315,3 +315,26 @@ def test_crash_in_pyramid_level_keeps_level0(tmp_path, monkeypatch):
     group = zarr.open_group(str(path), mode="r")
     np.testing.assert_array_equal(group["0"][...], data)
     np.testing.assert_array_equal(group["1"][...], np.rint(_reference_mean(data.astype(float), (2, 2))))
+
+
+def test_empty_chunks_are_left_out_and_stale_ones_removed(tmp_path):
+    """All-zero chunks are not stored (zarr reads the fill value); a stale chunk file left by an
+    interrupted run is removed when its recomputed block turns out empty."""
+    data = np.zeros((64, 64), dtype=np.uint16)
+    data[:32, :32] = np.arange(32 * 32).reshape(32, 32)
+    path = tmp_path / "e.ome.zarr"
+    write_ome_zarr(da.from_array(data, chunks=32), path, voxel_size=1.0, chunks=(32, 32))
+    level0 = path / "0"
+    assert (level0 / "0" / "0").is_file()  # the chunk with data
+    assert not (level0 / "1").exists() and not (level0 / "0" / "1").exists()  # empty ones absent
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][...], data)
+
+    from tilefuse.writers.ome_zarr import _store_block
+
+    arr = zarr.open_group(str(path), mode="r+")["0"]
+    arr[32:, 32:] = 9  # a stale chunk, as an interrupted run might leave
+    assert (level0 / "1" / "1").is_file()
+    _store_block(np.zeros((32, 32), np.uint16), arr.with_config({"write_empty_chunks": True}),
+                 (slice(32, 64), slice(32, 64)), str(tmp_path / "marker"))
+    assert not (level0 / "1" / "1").exists() and (tmp_path / "marker").exists()
+    np.testing.assert_array_equal(arr[32:, 32:], 0)

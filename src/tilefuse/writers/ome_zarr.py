@@ -239,7 +239,13 @@ def _store_block(block: np.ndarray, target, region: tuple[slice, ...], marker: s
         raise ImageDataError(
             f"{marker}: block of shape {block.shape} computed for a region of shape {expected}"
         )
-    target[region] = block
+    if block.any():
+        target[region] = block
+    else:
+        # All fill value (0): let zarr leave the chunk out (and remove a stale one
+        # from an interrupted run).  Only here do we pay zarr's emptiness check,
+        # a full comparison that cost 35 of 57 ms per 128x256x256 uint16 chunk.
+        target.with_config({"write_empty_chunks": False})[region] = block
     # The marker is the only proof that the chunk is complete: create it last.
     Path(marker).touch()
     return 1
@@ -447,7 +453,7 @@ def _level_array(group, level: int, shape, chunks, dtype, codec):
     if name in group:
         arr = group[name]
         if arr.shape == tuple(shape) and arr.chunks == chunks and arr.dtype == dtype:
-            return arr
+            return arr.with_config({"write_empty_chunks": True})  # _store_block checks emptiness
     return group.create_array(
         name,
         shape=tuple(shape),
@@ -457,6 +463,7 @@ def _level_array(group, level: int, shape, chunks, dtype, codec):
         fill_value=0,
         chunk_key_encoding={"name": "v2", "separator": "/"},
         overwrite=True,
+        config={"write_empty_chunks": True},  # _store_block checks emptiness itself, faster
     )
 
 
