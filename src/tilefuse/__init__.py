@@ -2,7 +2,7 @@
 
 The data flow, one subpackage per stage::
 
-    project (XML model)  ->  loaders (pixels as dask)  ->  registration  ->  fusion  ->  writers
+    project (XML model)  ->  loaders (pixels as dask)  ->  registration  ->  intensity  ->  fusion  ->  writers
 
 Typical use::
 
@@ -27,6 +27,8 @@ from .errors import (
 # Public names are imported on first use (PEP 562), so `import tilefuse` stays
 # fast and a stage's dependencies load only when that stage is used.
 _LAZY = {
+    "IntensityResult": "intensity",
+    "match_intensities": "intensity",
     "FusionPlan": "fusion.api",
     "fuse": "fusion.api",
     "plan_fusion": "fusion.api",
