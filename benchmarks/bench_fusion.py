@@ -15,6 +15,9 @@ process-tree RSS from psutil sampling), all in the same run:
   each fusion row's "x floor" is relative to the floor with the same writer;
 * ``tilefuse -> OME-Zarr``: ``plan_fusion`` + ``write_fused`` (cosine
   blending, linear interpolation; multiscale pyramid included);
+* ``tilefuse content-based -> zarr (level 0)``: the same with
+  ``content_based=True`` (BigStitcher's local-contrast weights on top of the
+  cosine blending: one weights task per view, interpolated per chunk);
 * ``tilefuse -> zarr (level 0)`` and ``multiview-stitcher -> zarr (level 0)``:
   the lazy fused array of each tool stored with ``dask.array.to_zarr`` (same
   chunk shape, threaded scheduler) - the like-for-like comparison.  The
@@ -137,7 +140,7 @@ def task_tilefuse_zarr0(task: dict) -> dict:
 
     t0 = time.perf_counter()
     project = tilefuse.open_project(task["xml"])
-    plan = _plan(project)
+    plan = tilefuse.plan_fusion(project, content_based=True) if task.get("content") else _plan(project)
     fused = _level0(plan.to_dask(), plan.ndim)
     da.to_zarr(fused, task["out"], overwrite=True)
     t = time.perf_counter() - t0
@@ -242,6 +245,7 @@ def task_quality(task: dict) -> dict:
 
 
 TASKS = {"floor": task_floor, "floor_zarr0": task_floor, "tilefuse_omezarr": task_tilefuse_omezarr, "tilefuse_zarr0": task_tilefuse_zarr0,
+         "tilefuse_content_zarr0": task_tilefuse_zarr0,
          "peer_zarr0": task_peer_zarr0, "quality": task_quality}
 
 
@@ -269,10 +273,12 @@ def main() -> None:
         xml = C.sample_project(workdir, **kw)
         print(f"{dim}: {kw['grid']} tiles of {kw['tile_shape']}")
         results = {}
-        order = ["floor", "tilefuse_omezarr", "floor_zarr0", "tilefuse_zarr0"] + (["peer_zarr0"] if peer else [])
+        order = ["floor", "tilefuse_omezarr", "floor_zarr0", "tilefuse_zarr0", "tilefuse_content_zarr0"] + (
+            ["peer_zarr0"] if peer else [])
         for kind in order:
             task = {"kind": kind, "name": f"{dim} {kind}", "xml": str(xml),
-                    "out": str(out_dir / f"{dim}_{kind}.zarr"), "writer": kind.partition("_")[2] or "omezarr"}
+                    "out": str(out_dir / f"{dim}_{kind}.zarr"), "writer": kind.partition("_")[2] or "omezarr",
+                    "content": "content" in kind}
             if kind == "peer_zarr0":
                 task["chunks"] = results["tilefuse_zarr0"].get("chunks")
             r = C.run_child(SCRIPT, task)
