@@ -192,6 +192,18 @@ def run_child(script: str | Path, task: dict, *, timeout: float | None = None, q
     return result
 
 
+def start(parser: argparse.ArgumentParser, tasks: dict) -> tuple[argparse.Namespace, Path, str, dict]:
+    """Every script's opening: parse; as a child run the task and exit; else check the
+    work directory and print the machine.  Returns ``(args, workdir, size, machine info)``."""
+    args = parser.parse_args()
+    if args.child:
+        child_main(tasks)  # exits
+    workdir = check_workdir(args.workdir)
+    info = machine_info()
+    print_machine(info)
+    return args, workdir, "quick" if args.quick else "full", info
+
+
 def child_main(tasks: dict) -> None:
     """Entry point of a child: run ``tasks[task["kind"]](task)`` and write its result."""
     task = json.loads(sys.argv[sys.argv.index("--child") + 1])

@@ -127,15 +127,8 @@ def main() -> None:
     p.add_argument("--no-workers", action="store_true", help="skip the --workers 2 variant")
     p.add_argument("--no-growth", action="store_true", help="skip the growing-mosaic memory series")
     p.add_argument("--profile", metavar="OUT", help="also run the 2D case under py-spy (raw stacks to OUT)")
-    args = p.parse_args()
-    if args.child:
-        C.child_main(TASKS)
-        return
-    workdir = C.check_workdir(args.workdir)
-    size = "quick" if args.quick else "full"
+    args, workdir, size, info = C.start(p, TASKS)
     cfg = CONFIGS[size]
-    info = C.machine_info()
-    C.print_machine(info)
     out_dir = workdir / "out" / "e2e"
     out_dir.mkdir(parents=True, exist_ok=True)
     rows, floors, growth = [], [], []

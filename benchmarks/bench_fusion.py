@@ -253,16 +253,9 @@ TASKS = {"floor": task_floor, "floor_zarr0": task_floor, "tilefuse_omezarr": tas
 # parent
 # ----------------------------------------------------------------------------
 def main() -> None:
-    args = C.parser(__doc__.splitlines()[0]).parse_args()
-    if args.child:
-        C.child_main(TASKS)
-        return
-    workdir = C.check_workdir(args.workdir)
-    size = "quick" if args.quick else "full"
+    args, workdir, size, info = C.start(C.parser(__doc__.splitlines()[0]), TASKS)
     cfg = CONFIGS[size]
     peer = C.peer_available() and not args.no_peer
-    info = C.machine_info()
-    C.print_machine(info)
     if not peer:
         print("multiview-stitcher not installed (or --no-peer): peer rows skipped")
     out_dir = workdir / "out" / "fusion"

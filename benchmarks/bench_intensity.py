@@ -72,14 +72,7 @@ TASKS = {"match": task_match}
 
 
 def main() -> None:
-    args = C.parser(__doc__.splitlines()[0]).parse_args()
-    if args.child:
-        C.child_main(TASKS)
-        return
-    workdir = C.check_workdir(args.workdir)
-    size = "quick" if args.quick else "full"
-    info = C.machine_info()
-    C.print_machine(info)
+    args, workdir, size, info = C.start(C.parser(__doc__.splitlines()[0]), TASKS)
     rows = []
     for name, kw in CONFIGS[size].items():
         xml = C.sample_project(workdir, C.dataset_name(kw) + ("_gains" if "vignetting" in kw else ""), **kw)

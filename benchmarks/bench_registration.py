@@ -198,15 +198,8 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--peer-large", action="store_true", help="also run multiview-stitcher on the 600-tile grid")
     p.add_argument("--peer-timeout", type=float, default=1200, help="seconds before a peer run is abandoned")
-    args = p.parse_args()
-    if args.child:
-        C.child_main(TASKS)
-        return
-    workdir = C.check_workdir(args.workdir)
-    size = "quick" if args.quick else "full"
+    args, workdir, size, info = C.start(p, TASKS)
     peer = C.peer_available() and not args.no_peer
-    info = C.machine_info()
-    C.print_machine(info)
     rows = []
     for purpose in ("accuracy", "speed"):
         for label, kw in CONFIGS[size][purpose].items():
