@@ -288,6 +288,7 @@ def _refine_best(f, m, masks, scorer, scored, score_peaks, n_peaks, shape, limit
     """
     prepared = _prepare_refinement(f, m)
     tried: set[tuple[int, ...]] = set()
+    converged_at = []  # (band-passed r, candidate, r, shift, peak height) of weak convergences
     ranked = scored
     for expand in (False, True):
         if expand:
@@ -296,8 +297,12 @@ def _refine_best(f, m, masks, scorer, scored, score_peaks, n_peaks, shape, limit
         ranked = sorted(ranked, key=lambda c: -_band_passed_r(prepared, masks, c[1], min_count))
         for _, cand0, height in ranked[:3]:
             # The PCM's integer winner can be a pixel or two off on narrow,
-            # tapered overlaps; climb the (unbiased) overlap correlation first.
-            cand, r = _hill_climb(scorer, cand0, shape, limit, min_count)
+            # tapered overlaps; climb the correlation of the band-passed crops
+            # first (the raw one leans with opposite vignetting: a photo link
+            # climbed to 1.9 px from the truth, past the refinement's reach).
+            cand, _ = _hill_climb(scorer, cand0, shape, limit, min_count,
+                                  score=lambda s: _band_passed_r(prepared, masks, s, min_count))
+            r = scorer.pearson(cand)
             if cand in tried:
                 continue
             tried.add(cand)
@@ -307,12 +312,25 @@ def _refine_best(f, m, masks, scorer, scored, score_peaks, n_peaks, shape, limit
                 nearest = tuple(int(v) for v in np.round(shift))
                 if nearest != cand and scorer.count(nearest) >= min_count:
                     cand, r = nearest, scorer.pearson(nearest)
-                return cand, r, shift, height
+                r_bp = _band_passed_r(prepared, masks, cand, min_count)
+                if r_bp >= _CONFIDENT_R:
+                    return cand, r, shift, height
+                # Converging alone no longer proves a candidate right (the fit
+                # with a gain ramp also settles on a spurious corner of a
+                # repetitive photo: a link 60 px off, r = 0.31, where the
+                # true one, r = 0.84, lay among 4x the peaks); keep looking.
+                converged_at.append((r_bp, cand, r, shift, height))
+    if converged_at:  # only weak ones: the most similar after band-passing
+        _, cand, r, shift, height = max(converged_at, key=lambda c: c[0])
+        return cand, r, shift, height
     # Nothing converged (flat or noise-only overlap): the best integer shift.
     r, cand, height = max(scored + ranked, key=lambda c: c[0])
     cand, r = _hill_climb(scorer, cand, shape, limit, min_count)
     return cand, r, np.asarray(cand, dtype=np.float64), height
 
+
+#: A converged candidate whose band-passed crops correlate at least this well is taken at once.
+_CONFIDENT_R = 0.5
 
 #: Candidates (best by overlap correlation) re-ranked on the band-passed crops.
 _RERANKED = 6
@@ -592,16 +610,17 @@ class _OverlapScorer:
 # refinement
 
 
-def _hill_climb(scorer: _OverlapScorer, shift, shape, limit, min_count, max_steps=8):
+def _hill_climb(scorer: _OverlapScorer, shift, shape, limit, min_count, max_steps=8, score=None):
     """Move to the integer neighbour with the best correlation until none is better.
 
     The PCM peak of two crops is pulled towards zero shift by the taper (the
     windows of the two crops overlap best at zero), so its integer position can
     be one pixel off the best-correlated one; the overlap correlation has no
-    such bias.
+    such bias.  ``score(shift)`` replaces the overlap correlation when given.
     """
+    score = scorer.pearson if score is None else score
     cur = tuple(shift)
-    cur_r = scorer.pearson(cur)
+    cur_r = score(cur)
     for _ in range(max_steps):
         best, best_r = cur, cur_r
         for d in range(len(shape)):
@@ -611,7 +630,7 @@ def _hill_climb(scorer: _OverlapScorer, shift, shape, limit, min_count, max_step
                 s = tuple(s)
                 if abs(s[d]) >= shape[d] or abs(s[d]) > limit[d] or scorer.count(s) < min_count:
                     continue
-                r = scorer.pearson(s)
+                r = score(s)
                 if r > best_r:
                     best, best_r = s, r
         if best == cur:
