@@ -173,12 +173,18 @@ class FlatFieldLoader(ImageLoader):
         bright_path, dark_path = self.images[view]
         bright = None if bright_path is None else _downsampled(bright_path, factors, self.xml_path)
         dark = None if dark_path is None else _downsampled(dark_path, factors, self.xml_path)
-        # The mean runs over the view's plane, both images border-extended to it (Java views
-        # them through extendBorder over the source interval).
-        rows, cols = np.arange(plane[0]), np.arange(plane[1])
-        b = _border_take(bright, rows, cols) if bright is not None else 1.0
-        d = _border_take(dark, rows, cols) if dark is not None else 0.0
-        return bright, dark, float(np.mean(b - d))
+
+        def plane_mean():
+            # Over the view's plane, both images border-extended to it (Java views them
+            # through extendBorder over the source interval).
+            rows, cols = np.arange(plane[0]), np.arange(plane[1])
+            b = _border_take(bright, rows, cols) if bright is not None else 1.0
+            d = _border_take(dark, rows, cols) if dark is not None else 0.0
+            return float(np.mean(b - d))
+
+        # Once per (images, level, plane), not per region read: fusion reads many regions.
+        key = (str(bright_path), "flatfield-mean", str(dark_path), factors, tuple(plane))
+        return bright, dark, cached_handle(key, plane_mean)
 
 
 def _boolean(text: str) -> bool:

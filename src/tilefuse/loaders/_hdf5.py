@@ -301,7 +301,7 @@ def _read_region(ds, region, *, cache: bool = False) -> np.ndarray:
         return out
     first = [s.start // c for s, c in zip(region, chunks)]
     last = [(s.stop - 1) // c for s, c in zip(region, chunks)]
-    key = (os.path.abspath(ds.file.filename), ds.name)  # dropped with the file's handle
+    key = (os.path.abspath(ds.file.filename), ds.name) if cache else None  # dropped with the file's handle
     for idx in product(*[range(a, b + 1) for a, b in zip(first, last)]):
         offset = tuple(i * c for i, c in zip(idx, chunks))
         src = tuple(slice(max(s.start - o, 0), min(s.stop - o, c)) for s, o, c in zip(region, offset, chunks))
