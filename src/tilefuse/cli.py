@@ -1,15 +1,21 @@
 """The ``tilefuse`` command line: a thin layer over the public API.
 
-Each subcommand parses its options and calls one library function; errors
-of type :class:`~tilefuse.errors.TilefuseError` are printed as one line and
-exit with status 2.  Tests call :func:`main` with a list of arguments.
+Each subcommand parses its options and calls one library function.  Errors
+of type :class:`~tilefuse.errors.TilefuseError` (bad input) are printed as
+one paragraph and exit with status 2; any other exception is a bug or an
+input no check caught: one paragraph too, status 1.  ``--debug`` adds the
+traceback.  Messages from the library's loggers go to stderr (``-q`` keeps
+only warnings, ``-v`` adds details).  Tests call :func:`main` with a list of
+arguments.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from .errors import TilefuseError
@@ -30,6 +36,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="count", default=0, help="more messages")
     p.add_argument("-q", "--quiet", action="count", default=0, help="fewer messages, no progress bar")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
 def _add_cluster(p: argparse.ArgumentParser) -> None:
@@ -90,8 +97,17 @@ def _add_fusion_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--container", choices=("hdf5", "n5", "zarr"), default="hdf5",
                    help="pixel container when the output is a .xml project")
     g.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    g.add_argument("--no-resume", action="store_true", help="start over instead of resuming a partial output")
+    resume = g.add_mutually_exclusive_group()
+    resume.add_argument("--resume", action="store_true",
+                        help="require that a partial output left by an interrupted run is continued: refuse if "
+                             "it was made from other inputs or options (default: continue it if it matches, "
+                             "else start over)")
+    resume.add_argument("--no-resume", action="store_true", help="start over instead of resuming a partial output")
     g.add_argument("--preview", default=None, help="also save a downsampled PNG picture of the result")
+
+
+def _resume_mode(args) -> str:
+    return "require" if args.resume else "never" if args.no_resume else "auto"
 
 
 def _fusion_options(args) -> dict:
@@ -301,7 +317,7 @@ def _cmd_fuse(args) -> None:
           f" {plan.unit}")
     with _client(args) as client:
         out = write_fused(plan, args.output, container=args.container, progress=args.progress,
-                          resume=not args.no_resume, overwrite=args.overwrite, client=client)
+                          resume=_resume_mode(args), overwrite=args.overwrite, client=client)
     print(f"wrote            {out}")
     if args.preview:
         _preview(out, args.preview)
@@ -315,7 +331,7 @@ def _cmd_run(args) -> None:
                      fusion_options=_fusion_options(args), skip_registration=args.no_register,
                      match_intensity=args.match_intensity,
                      client=client, progress=args.progress, overwrite=args.overwrite,
-                     resume=not args.no_resume)
+                     resume=_resume_mode(args))
     print(report.summary())
     if args.preview:
         _preview(report.output, args.preview)
@@ -351,22 +367,53 @@ COMMANDS = {"info": _cmd_info, "sample": _cmd_sample, "convert": _cmd_convert, "
             "fuse": _cmd_fuse, "run": _cmd_run, "demo": _cmd_demo}
 
 
+class _MessageFormatter(logging.Formatter):
+    """Plain messages for information, ``warning: ...`` for warnings and errors."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def _log_to_stderr(verbose: int, quiet: int) -> logging.Handler:
+    """Show the library's messages: information by default, warnings only with -q, details with -v."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_MessageFormatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO - 10 * verbose + 10 * quiet)
+    log.propagate = False  # the command line is the application: no second copy through the root logger
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    level = logging.WARNING - 10 * args.verbose + 10 * args.quiet
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    handler = _log_to_stderr(args.verbose, args.quiet)
     args.progress = args.quiet == 0  # a bar on the command line unless -q
     try:
         COMMANDS[args.command](args)
     except TilefuseError as exc:
+        if args.debug:
+            traceback.print_exc()
         print(f"tilefuse {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"tilefuse {args.command}: interrupted; partial outputs keep their .partial names",
               file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `tilefuse info x.xml | head`: the reader has gone, nothing to report
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+        return 0
+    except Exception as exc:  # a bug, or damage no check recognised: still one paragraph, no traceback
+        if args.debug:
+            traceback.print_exc()
+        print(f"tilefuse {args.command}: internal error: {type(exc).__name__}: {exc}\n"
+              f"  This is a bug in tilefuse or damage it does not recognise; an output it was writing keeps "
+              f"its .partial name. Run again with --debug for the traceback and please report it.", file=sys.stderr)
+        return 1
+    finally:
+        log.removeHandler(handler)
     return 0
 
 

@@ -7,18 +7,20 @@ output grid; :func:`~tilefuse.fusion.engine.fuse_sources` does the work.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
-
-import warnings
+from typing import Any
 
 import numpy as np
 
+from .._version import __version__
 from ..errors import FusionError, where
 from ..geometry import Box
-from ..geometry.affine import axis_scales
-from ..geometry.affine import linear_part
+from ..geometry.affine import axis_scales, linear_part
 from ..project.project import Project
 from ..project.views import ViewId
 from .content import CONTENT_SIGMAS, content_weights
@@ -92,6 +94,52 @@ class FusionPlan:
                              shape=grid_shape, chunks=chunks, **opts)
         return fused if self.ndim == 3 else fused[None]
 
+    def fingerprint(self) -> dict[str, Any]:
+        """Everything that decides the fused pixels, for keying resumable outputs.
+
+        Sections (a resumed write names the ones that differ):
+
+        ``tilefuse``
+            the version that fuses;
+        ``grid``
+            origin, spacing, shape, dtype, timepoints and channels of the output;
+        ``options``
+            blending, ramp, border, interpolation, chunks, intensity and content options;
+        ``views``
+            per output volume, the views with the pyramid level read, the full
+            voxel -> world matrix of that level (the transform chain and
+            mipmap), the level's shape, the intensity adjustment applied, and
+            the loader (its files and, for split views, their boxes);
+        ``pixels``
+            per view, :meth:`ImageLoader.data_identity` (size and modification
+            time of the files holding it).
+
+        ``grid``, ``views`` and ``pixels`` are sha1 digests (a project of
+        10,000 views would otherwise store megabytes); ``options`` is kept as
+        is so that a message can say which option changed.
+        """
+        loader = self.project.loader
+        use_intensity = bool(self.options.get("intensity")) and bool(self.project.data.intensity_adjustments)
+        volumes, pixels = [], []
+        for (t, c), views in sorted(self.volumes.items()):
+            entries = []
+            for v in views:
+                level = _choose_fusion_level(self.project, v, self.spacing)
+                adjust = self.project.data.intensity_adjustments.get(v, (1.0, 0.0)) if use_intensity else None
+                entries.append([list(v), level, self.project.transform(v, level).tolist(),
+                                list(loader.shape(v, level)), adjust and [float(a) for a in adjust]])
+                pixels.append([list(v), loader.data_identity(v)])
+            volumes.append([t, c, entries])
+        grid = {"origin": self.origin.tolist(), "spacing": self.spacing.tolist(), "shape": list(self.shape),
+                "ndim": self.ndim, "dtype": self.dtype.str, "timepoints": list(self.timepoints),
+                "channels": list(self.channels)}
+        options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.options.items())
+                   if k != "dtype"}  # dtype: in the grid, as resolved
+        if options.get("chunks") is not None:
+            options["chunks"] = [int(n) for n in options["chunks"]]
+        return {"tilefuse": __version__, "grid": _digest(grid), "options": options,
+                "views": _digest([repr(loader.token()), volumes]), "pixels": _digest(pixels)}
+
     def to_dask(self):
         """The whole result, ``(t, c, z, y, x)``."""
         import dask.array as da
@@ -99,6 +147,11 @@ class FusionPlan:
         return da.stack(
             [da.stack([self.volume(t, c) for c in self.channels]) for t in self.timepoints]
         )
+
+
+def _digest(obj) -> str:
+    """sha1 of the canonical JSON of ``obj`` (floats written exactly, as ``repr``)."""
+    return hashlib.sha1(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
 def fusion_sources(project: Project, views: Sequence[ViewId], spacing: Sequence[float]) -> list[FusionSource]:

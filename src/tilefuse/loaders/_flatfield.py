@@ -148,6 +148,10 @@ class FlatFieldLoader(ImageLoader):
         extra = sorted({p for pair in self.images.values() for p in pair if p is not None})
         return self.wrapped.files() + extra
 
+    def data_files(self, view: ViewId) -> list[Path]:
+        own = [p for p in self.images.get(ViewId(*view), (None, None)) if p is not None]
+        return self.wrapped.data_files(view) + own
+
     # -- pixels ---------------------------------------------------------------
     def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
         view = ViewId(*view)

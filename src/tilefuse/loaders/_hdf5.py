@@ -251,6 +251,10 @@ class Hdf5Loader(ImageLoader):
     def files(self) -> list[Path]:
         return [self.path, *(p.path for p in self.partitions)]
 
+    def data_files(self, view: ViewId) -> list[Path]:
+        # The master file too: its external links decide which file a view is read from.
+        return sorted({self.path, self._locate(view)[0]})
+
     def __repr__(self) -> str:
         parts = f", partitions={len(self.partitions)}" if self.partitions else ""
         return f"Hdf5Loader({str(self.path)!r}{parts})"

@@ -176,3 +176,10 @@ class N5Loader(ImageLoader):
 
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []
+
+    def data_files(self, view: ViewId) -> list[Path]:
+        if self.path is None:
+            return []
+        view = ViewId(*view)
+        setup = self.path / f"setup{view.setup}"
+        return [setup / "attributes.json", setup / f"timepoint{view.timepoint}"]

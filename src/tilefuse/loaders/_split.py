@@ -186,6 +186,9 @@ class SplitLoader(ImageLoader):
     def files(self) -> list[Path]:
         return self.underlying.files()
 
+    def data_files(self, view: ViewId) -> list[Path]:
+        return self.underlying.data_files(self._old(view))
+
 
 @register_loader
 class _SplitImgLoader(SplitLoader):

@@ -226,6 +226,10 @@ class FileMap2Loader(ImageLoader):
     def files(self) -> list[Path]:
         return sorted({e.path for e in self.files_map.values()})
 
+    def data_files(self, view: ViewId) -> list[Path]:
+        entry = self.files_map.get(ViewId(*view))
+        return [entry.path] if entry is not None else self.files()
+
     def __repr__(self) -> str:
         return f"FileMap2Loader({len(self.files_map)} views)"
 

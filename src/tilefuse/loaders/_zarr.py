@@ -259,6 +259,12 @@ class OmeZarrLoader(ImageLoader):
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []
 
+    def data_files(self, view: ViewId) -> list[Path]:
+        zg = self.zgroups.get(ViewId(*view))
+        if self.path is None or zg is None:
+            return self.files()
+        return [self.path / zg.path]  # the view's whole multiscale group: metadata and every level
+
 
 # -- opening one view's image ---------------------------------------------------
 def _multiscales(attrs: Mapping[str, Any]) -> list | None:

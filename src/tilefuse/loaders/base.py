@@ -12,9 +12,11 @@ has ``z == 1``.
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from itertools import product
 from pathlib import Path
 from typing import Any, ClassVar
@@ -23,7 +25,7 @@ import numpy as np
 
 from ..project.views import ViewId
 
-__all__ = ["ImageLoader", "cached_handle", "block_slices", "normalize_region"]
+__all__ = ["ImageLoader", "cached_handle", "block_slices", "normalize_region", "path_identity"]
 
 Region = tuple[slice, slice, slice]
 
@@ -65,6 +67,31 @@ def drop_cached_handles(prefix: str | None = None) -> None:
                         close()
                     except Exception:  # pragma: no cover - best effort
                         pass
+
+
+def path_identity(paths: Iterable[str | os.PathLike]) -> str:
+    """Hash of name, size and modification time of files, and of every file inside folders.
+
+    A missing path hashes as missing, so a deleted file changes the identity too.
+    """
+    digest = hashlib.sha1()
+    for root in sorted({os.path.abspath(p) for p in paths}):
+        entries = []
+        if os.path.isdir(root):
+            for folder, _, names in os.walk(root):
+                for name in names:
+                    full = os.path.join(folder, name)
+                    st = os.stat(full)
+                    entries.append(f"{os.path.relpath(full, root)}\0{st.st_size}\0{st.st_mtime_ns}")
+            entries.sort()
+        elif os.path.exists(root):
+            st = os.stat(root)
+            entries.append(f"\0{st.st_size}\0{st.st_mtime_ns}")
+        else:
+            entries.append("\0missing")
+        digest.update(root.encode("utf-8", "surrogateescape") + b"\n")
+        digest.update("\n".join(entries).encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()
 
 
 def normalize_region(region, shape) -> Region:
@@ -190,6 +217,26 @@ class ImageLoader(ABC):
     def files(self) -> list[Path]:
         """The files or containers this loader reads (for ``tilefuse info``)."""
         return []
+
+    def data_files(self, view: ViewId) -> list[Path]:
+        """The files and folders holding one view's pixels (every level).
+
+        What :meth:`data_identity` looks at; loaders narrow it to the view
+        where the layout allows (one TIFF, one N5 timepoint folder), so that
+        fingerprinting a fusion of thousands of views does not walk a whole
+        container per view.
+        """
+        return self.files()
+
+    def data_identity(self, view: ViewId) -> str:
+        """A cheap identity of one view's pixels: changes when their files change.
+
+        Size and modification time (ns) of every file of :meth:`data_files`
+        (folders walked), hashed; used to key resumable outputs
+        (:meth:`tilefuse.FusionPlan.fingerprint`).  Reading the pixels would be
+        the only proof, and costs as much as the fusion itself.
+        """
+        return path_identity(self.data_files(view))
 
     def image(self, view: ViewId, level: int = 0, chunks=None):
         """A lazy dask array of one level, chunked like the file's blocks.

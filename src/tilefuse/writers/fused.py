@@ -43,7 +43,7 @@ def write_fused(
     *,
     container: str = "hdf5",
     progress: bool = False,
-    resume: bool = True,
+    resume: bool | str = True,
     overwrite: bool = False,
     client=None,
     n_levels: int | None = None,
@@ -60,8 +60,12 @@ def write_fused(
         Pixel container when writing a BigStitcher project.
     progress : bool
         Show a progress bar.
-    resume : bool
-        OME-Zarr only: continue an interrupted run, skipping finished chunks.
+    resume : bool or {"auto", "require", "never"}
+        OME-Zarr only: continue an interrupted run, skipping finished chunks,
+        if it was fusing the same thing (:meth:`FusionPlan.fingerprint`);
+        a partial output from other work is deleted (``True``/``"auto"``) or
+        refused (``"require"``), never mixed in.  See
+        :func:`~tilefuse.writers.ome_zarr.write_ome_zarr`.
     overwrite : bool
         Replace an existing output.
     client : distributed.Client, optional
@@ -85,7 +89,7 @@ def write_fused(
                 voxel_size, origin = voxel_size[1:], origin[1:]
             return write_ome_zarr(image, path, voxel_size=voxel_size, origin=origin, unit=plan.unit, axes=axes,
                                   channel_names=plan.channel_names, progress=progress, resume=resume,
-                                  overwrite=overwrite, n_levels=n_levels)
+                                  overwrite=overwrite, n_levels=n_levels, fingerprint=plan.fingerprint())
         if kind == "tiff":
             from .tiff import write_tiff
 

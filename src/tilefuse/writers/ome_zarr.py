@@ -33,21 +33,30 @@ level-0 voxel 0).
 Atomic writing and resuming
 ---------------------------
 Everything is written to ``<path>.partial`` and renamed at the end.  Next to
-the arrays the partial group keeps ``.tilefuse/manifest.json`` (shape, dtype,
-chunks, pyramid plan, compressor) and one empty marker file per chunk, created
-only *after* that chunk has been stored.  A run killed mid-write therefore
-leaves at worst a half-written chunk *without* its marker; a resumed run with
-the same manifest trusts only marked chunks and recomputes the rest (the input
-itself is assumed unchanged - it cannot be checked without recomputing it).
+the arrays the partial group keeps ``.tilefuse/manifest.json`` and one empty
+marker file per chunk, created only *after* that chunk has been stored.  A run
+killed mid-write therefore leaves at worst a half-written chunk *without* its
+marker.
+
+The manifest holds the output layout (shape, dtype, chunks, pyramid plan,
+compressor) and a *fingerprint* of the work: for a fusion
+(:meth:`tilefuse.FusionPlan.fingerprint`) the tilefuse version, the output
+grid, every fusion option, the views with their transform chains, pyramid
+levels and intensity adjustments, and the size and modification time of
+every input file.  A later run continues the partial output only if both are
+equal, and then trusts only marked chunks; any difference means other work,
+and its chunks are never mixed in: the partial output is deleted and the
+write starts over with a warning naming what differs, or, with
+``resume="require"``, the write is refused and the partial output kept.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -57,7 +66,9 @@ from ..downsample import block_mean
 from ..errors import ImageDataError, TilefuseError
 from ._atomic import OutputExistsError, atomic_output, remove_path
 
-__all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel"]
+__all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel", "ResumeMismatchError"]
+
+log = logging.getLogger(__name__)
 
 NGFF_VERSION = "0.4"
 #: Chunks written per dask.compute call, per worker thread: enough to keep
@@ -81,6 +92,10 @@ _UNIT_ALIASES = {
 }
 _COLORS = ["FFFFFF", "00FF00", "FF00FF", "00FFFF", "FF0000", "0000FF", "FFFF00"]
 _META_DIR = ".tilefuse"
+
+
+class ResumeMismatchError(TilefuseError, FileExistsError):
+    """A partial output from other work is in the way and resuming was required."""
 
 
 class PyramidLevel(NamedTuple):
@@ -415,8 +430,40 @@ def _write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
-def _open_partial(tmp: Path, manifest: dict, final: Path):
-    """Open ``tmp`` as a resumable group, or start a fresh one."""
+def _manifest_differences(old: Any, new: dict) -> list[str]:
+    """What differs between the manifest of a partial output and this run's, in words."""
+    if not isinstance(old, dict) or old.get("format") != new["format"]:
+        return ["it was written by another tilefuse version or its manifest is unreadable"]
+    reasons = []
+    if old.get("layout") != new["layout"]:
+        reasons.append("the output layout differs (shape, dtype, chunks, pyramid or compressor)")
+    before, now = old.get("fingerprint") or {}, new["fingerprint"]
+    if before.get("tilefuse") != now.get("tilefuse"):
+        reasons.append(f"tilefuse {before.get('tilefuse')} wrote it, this is {now.get('tilefuse')}")
+    if before.get("options") != now.get("options"):
+        a, b = before.get("options") or {}, now.get("options") or {}
+        changed = [f"{k} {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        reasons.append("other fusion options (" + ", ".join(changed) + ")")
+    labels = {
+        "grid": "another output grid (box, spacing or dtype)",
+        "views": "other views or view transforms",
+        "pixels": "input image files that have changed since",
+        "data": "another input array",
+    }
+    for key, text in labels.items():
+        if before.get(key) != now.get(key):
+            reasons.append(text)
+    return reasons or ["its manifest differs"]
+
+
+def _open_partial(tmp: Path, manifest: dict, final: Path, resume: str):
+    """Open ``tmp`` to continue it, or start a fresh group; returns ``(group, resumed)``.
+
+    A partial output is continued only if its manifest equals this run's:
+    same layout and same fingerprint of the inputs.  Otherwise it is deleted
+    and the write starts over (``resume="auto"``) or the write is refused and
+    the partial output kept (``resume="require"``).
+    """
     import zarr
 
     meta = tmp / _META_DIR / "manifest.json"
@@ -424,15 +471,17 @@ def _open_partial(tmp: Path, manifest: dict, final: Path):
         if meta.exists():
             try:
                 old = json.loads(meta.read_text())
-            except ValueError:
+            except (OSError, ValueError):
                 old = None
             if old == manifest:
-                return zarr.open_group(str(tmp), mode="r+", zarr_format=2)
-            warnings.warn(
-                f"{tmp}: partial output of a different image (shape, dtype, chunks or "
-                "pyramid differ); starting over",
-                stacklevel=3,
-            )
+                return zarr.open_group(str(tmp), mode="r+", zarr_format=2), True
+            reasons = "; ".join(_manifest_differences(old, manifest))
+            if resume == "require":
+                raise ResumeMismatchError(
+                    f"{tmp}: cannot resume: the partial output was made from other work ({reasons}). "
+                    "It is kept; delete it, or run without resume=\"require\" (--resume) to start over"
+                )
+            log.warning("%s: partial output made from other work (%s); starting over", tmp, reasons)
             remove_path(tmp)
         elif tmp.is_dir() and not any(tmp.iterdir()):
             tmp.rmdir()
@@ -444,7 +493,33 @@ def _open_partial(tmp: Path, manifest: dict, final: Path):
     group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
     (tmp / _META_DIR).mkdir()
     _write_json(meta, manifest)
-    return group
+    return group, False
+
+
+def _chunks_done(tmp: Path, n_levels: int) -> int:
+    """Chunks of a partial output whose completion marker exists."""
+    done = 0
+    for level in range(n_levels):
+        folder = tmp / _META_DIR / f"level{level}"
+        if folder.is_dir():
+            done += sum(1 for _ in os.scandir(folder))
+    return done
+
+
+def _resume_mode(resume: bool | str) -> str:
+    modes = {True: "auto", False: "never", "auto": "auto", "never": "never", "require": "require"}
+    try:
+        return modes[resume]
+    except (KeyError, TypeError):
+        raise ValueError(f"resume must be True, False, 'auto', 'require' or 'never', got {resume!r}") from None
+
+
+def _input_fingerprint(image) -> dict[str, str]:
+    """Identity of an input given without a fingerprint: its dask name (a hash of its graph) or contents."""
+    from dask.base import tokenize
+
+    name = getattr(image, "name", None)
+    return {"data": name if isinstance(name, str) else tokenize(np.asarray(image))}
 
 
 def _level_array(group, level: int, shape, chunks, dtype, codec):
@@ -483,10 +558,11 @@ def write_ome_zarr(
     downscale: int = 2,
     channel_names: Sequence[str] | None = None,
     progress: bool = False,
-    resume: bool = True,
+    resume: bool | str = True,
     overwrite: bool = False,
     compressor: Any = "default",
     name: str | None = None,
+    fingerprint: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``image`` as an OME-NGFF 0.4 multiscale image (zarr v2 layout).
 
@@ -524,9 +600,13 @@ def write_ome_zarr(
         has a ``c`` axis or names are given).
     progress : bool
         Show a tqdm progress bar counting written chunks.
-    resume : bool
-        Continue a matching ``<path>.partial`` left by an interrupted run
-        instead of starting over.
+    resume : bool or {"auto", "require", "never"}
+        What to do with a ``<path>.partial`` left by an interrupted run.
+        ``True``/``"auto"``: continue it if it was made from the same work
+        (same layout and ``fingerprint``), else delete it and start over
+        with a warning; ``"require"``: continue it if it matches, else raise
+        :class:`ResumeMismatchError` and keep it; ``False``/``"never"``: start
+        over.
     overwrite : bool
         Replace an existing output at ``path``.
     compressor : "default", None or numcodecs codec
@@ -534,6 +614,11 @@ def write_ome_zarr(
         ``numcodecs.Blosc("zstd", 5, Blosc.BITSHUFFLE)`` for ~5% smaller files).
     name : str, optional
         ``multiscales`` name, default the file name without extension.
+    fingerprint : mapping, optional
+        What determines the pixels (JSON-serialisable), stored in the partial
+        output and compared on resume; :func:`tilefuse.write_fused` passes
+        :meth:`FusionPlan.fingerprint`.  By default the dask array's name (a
+        hash of its graph) or a hash of a numpy array's contents.
 
     Returns
     -------
@@ -545,6 +630,8 @@ def write_ome_zarr(
     OutputExistsError
         ``path`` exists and ``overwrite`` is False, or a partial output not
         written by tilefuse is in the way.
+    ResumeMismatchError
+        ``resume="require"`` and the partial output was made from other work.
     ImageDataError
         ``image``, ``axes``, ``voxel_size``, ``chunks`` or ``channel_names``
         disagree.
@@ -559,6 +646,7 @@ def write_ome_zarr(
     from tqdm.auto import tqdm
 
     path = Path(path)
+    mode = _resume_mode(resume)
     if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
         image = np.asarray(image)
     axes = _check_axes(axes, image.ndim, path)
@@ -595,20 +683,27 @@ def write_ome_zarr(
     )
     codec = _compressor(compressor)
     manifest = {
-        "format": "tilefuse-ome-zarr-partial/1",
-        "axes": axes,
-        "dtype": dtype.str,
-        "chunks": list(chunk_shape),
-        "levels": [[list(lv.shape), list(lv.step)] for lv in plan],
-        "compressor": None if codec is None else codec.get_config(),
+        "format": "tilefuse-ome-zarr-partial/2",
+        "layout": {
+            "axes": axes,
+            "dtype": dtype.str,
+            "chunks": list(chunk_shape),
+            "levels": [[list(lv.shape), list(lv.step)] for lv in plan],
+            "compressor": None if codec is None else codec.get_config(),
+        },
+        # Round-tripped through JSON so that it compares equal to the stored copy.
+        "fingerprint": json.loads(json.dumps(dict(fingerprint) if fingerprint is not None
+                                             else _input_fingerprint(image))),
     }
 
-    with atomic_output(path, resume=resume, overwrite=overwrite) as tmp:
+    with atomic_output(path, resume=mode != "never", overwrite=overwrite) as tmp:
         tmp = tmp.absolute()  # markers and arrays are also reached from dask workers
-        group = _open_partial(tmp, manifest, path)
+        group, resumed = _open_partial(tmp, manifest, path, mode)
         total = sum(
             math.prod(-(-n // c) for n, c in zip(lv.shape, chunk_shape)) for lv in plan
         )
+        if resumed:
+            log.info("resuming %s: %d of %d chunks already written", tmp, _chunks_done(tmp, len(plan)), total)
         with tqdm(total=total, disable=not progress, desc=path.name, unit="chunk") as bar:
             target = None
             for level, lv in enumerate(plan):
