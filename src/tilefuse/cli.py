@@ -252,7 +252,9 @@ def _cmd_info(args) -> None:
 
 def _cmd_sample(args):
     from .demo import make_sample_project
+    from .writers._atomic import check_outputs
 
+    check_outputs([args.outdir / "dataset.xml"])
     project = make_sample_project(args.outdir, ndim=3 if args.three_d else 2, grid=args.grid,
                                   tile_shape=args.tile, overlap=args.overlap, max_offset=args.max_offset,
                                   empty_tiles=args.empty_tiles, texture=args.texture, format=args.format,
@@ -275,12 +277,16 @@ def _cmd_convert(args) -> None:
 def _cmd_register(args) -> None:
     from .project import open_project
     from .registration.api import register
+    from .writers._atomic import check_outputs, input_paths
 
     project = open_project(args.xml)
+    out = args.output or args.xml
+    # Before computing: the XML may replace the input XML (with backups), never its pixels.
+    check_outputs([out], input_paths(project, xml=False))
+    check_outputs([args.plot], input_paths(project))
     with _client(args) as client:
         result = register(project, client=client, progress=args.progress, **_register_options(args))
     print(result.summary())
-    out = args.output or args.xml
     result.apply(project).save(out)
     print(f"registered XML   {out}")
     if args.plot:
@@ -292,15 +298,17 @@ def _cmd_register(args) -> None:
 def _cmd_intensity(args) -> None:
     from .intensity import match_intensities
     from .project import open_project
+    from .writers._atomic import check_outputs, input_paths
 
     project = open_project(args.xml)
+    out = args.output or args.xml
+    check_outputs([out], input_paths(project, xml=False))  # before computing; see _cmd_register
     result = match_intensities(project, model=args.model, downsampling=args.downsample, progress=args.progress)
     gains = [a for a, _ in result.models.values()]
     print(f"pairs            {len(result.pairs)} overlaps matched")
     print(f"gains            min {min(gains):.3f}, max {max(gains):.3f}")
     print(f"mismatch         {result.mismatch_before:.4f} -> {result.mismatch_after:.4f} "
           "(mean |difference| of matched quantiles / median intensity)")
-    out = args.output or args.xml
     result.apply(project).save(out)
     print(f"adjusted XML     {out}  (fuse with --intensity-adjustment)")
 
@@ -308,9 +316,11 @@ def _cmd_intensity(args) -> None:
 def _cmd_fuse(args) -> None:
     from .fusion.api import plan_fusion
     from .project import open_project
+    from .writers._atomic import check_outputs, input_paths
     from .writers.fused import write_fused
 
     project = open_project(args.xml)
+    check_outputs([args.output, args.preview], input_paths(project))  # before any work
     plan = plan_fusion(project, **_fusion_options(args))
     print(f"output           {len(plan.timepoints)} timepoints × {len(plan.channels)} channels × "
           f"{' × '.join(map(str, plan.shape))} (z, y, x), voxel {tuple(round(v, 4) for v in plan.voxel_size)}"
@@ -325,9 +335,13 @@ def _cmd_fuse(args) -> None:
 
 def _cmd_run(args) -> None:
     from .pipeline import run
+    from .project import open_project
+    from .writers._atomic import check_outputs, input_paths
 
+    project = open_project(args.xml)
+    check_outputs([args.preview], input_paths(project))  # run() checks its own outputs first thing
     with _client(args) as client:
-        report = run(args.xml, args.output, register_options=_register_options(args),
+        report = run(project, args.output, register_options=_register_options(args),
                      fusion_options=_fusion_options(args), skip_registration=args.no_register,
                      match_intensity=args.match_intensity,
                      client=client, progress=args.progress, overwrite=args.overwrite,

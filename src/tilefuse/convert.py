@@ -150,5 +150,7 @@ def convert_tiffs(
     for a in _ATTRS:
         if all(v is not None for v in attrs[a]):
             extra[a + "s"] = attrs[a]
+    # The new container may not replace or sit inside the TIFFs or the positions file it is made from.
+    inputs = [positions] + [folder / e.file for e in entries]
     return write_project(output, images, pos, voxel_size=voxel_size, unit=unit, position_unit=position_unit,
-                         format=format, progress=progress, overwrite=overwrite, **extra, **kwargs)
+                         format=format, progress=progress, overwrite=overwrite, inputs=inputs, **extra, **kwargs)

@@ -20,6 +20,7 @@ __all__ = [
     "MissingDataError",
     "RegistrationError",
     "FusionError",
+    "OutputError",
     "where",
 ]
 
@@ -50,6 +51,14 @@ class RegistrationError(TilefuseError, ValueError):
 
 class FusionError(TilefuseError, ValueError):
     """Fusion cannot run on the given input (empty box, bad parameters)."""
+
+
+class OutputError(TilefuseError, OSError):
+    """An output cannot be written: full disk, read-only or unwritable folder, quota.
+
+    The message names the output, the cause and what was kept, e.g.
+    ``out/fused.h5: cannot write: no space left on device; ...``.
+    """
 
 
 def where(path: str | Path | None, element: str | None = None) -> str:

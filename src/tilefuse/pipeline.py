@@ -12,7 +12,9 @@ from .fusion.api import plan_fusion
 from .intensity import IntensityResult, match_intensities
 from .project.project import Project, open_project
 from .registration.api import RegistrationResult, register
-from .writers.fused import write_fused
+from .writers._atomic import check_outputs, input_paths
+from .writers.fused import output_format, write_fused
+from .writers.project import container_path
 
 __all__ = ["RunReport", "run", "cluster_client"]
 
@@ -86,6 +88,12 @@ def run(
     with those adjustments.  The registered (and adjusted) XML goes to
     ``registered_xml`` (default: ``<output stem>.registered.xml`` beside the
     output); the input XML is never modified.
+
+    Before any computation the outputs are checked: none may be, contain or
+    lie inside an input (the XML or a file the loader reads), and every
+    output folder must be writable; otherwise a
+    :class:`~tilefuse.writers._atomic.OutputIsInputError` or
+    :class:`~tilefuse.errors.OutputError` is raised at once.
     """
     timer = StageTimer()
     timer.start("open")
@@ -94,6 +102,14 @@ def run(
     output = Path(output)
     result = None
     xml_out = None
+    if not skip_registration or match_intensity:
+        stem = output.name.split(".")[0]
+        xml_out = Path(registered_xml) if registered_xml else output.with_name(f"{stem}.registered.xml")
+    # Hours of registration and fusion must not end in "read-only file system".
+    outputs = [output, xml_out]
+    if output_format(output) == "bdv":
+        outputs.append(container_path(output))  # write_fused's default container
+    check_outputs(outputs, input_paths(project))
     stages = 1 + (not skip_registration) + bool(match_intensity)
     stage = 0
 
@@ -116,9 +132,7 @@ def run(
         intensity = match_intensities(project, progress=progress)
         project = intensity.apply(project)
         fusion_options["intensity_adjustment"] = True
-    if result is not None or intensity is not None:
-        stem = output.name.split(".")[0]
-        xml_out = Path(registered_xml) if registered_xml else output.with_name(f"{stem}.registered.xml")
+    if xml_out is not None:
         project.save(xml_out)
     timer.start("fuse + write")
     plan = plan_fusion(project, **fusion_options)

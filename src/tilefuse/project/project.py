@@ -365,17 +365,29 @@ class Project:
     def save(self, path: str | Path | None = None, *, backup: bool = True) -> Path:
         """Write the project XML.
 
-        Saving over an existing file first renames it to ``dataset.xml~1``
-        (older backups shift to ``~2``...``~5``), as BigStitcher does; the new
-        file is written under a temporary name and renamed into place.
-        Saving into another folder keeps the pixels reachable by rewriting a
-        relative ``<BasePath>``; the folder is created if needed.
+        The new XML is first written completely (flushed and synced to disk)
+        under a temporary name beside the target.  Only then does an existing
+        file become ``dataset.xml~1`` (older backups shift to ``~2``...``~5``,
+        as BigStitcher names them) and the new file take its name.  A failure
+        at any point (full disk, read-only folder) leaves the target and every
+        backup exactly as they were; a crash may leave a stray temporary file
+        but never loses the current file.  Saving into another folder keeps
+        the pixels reachable by rewriting a relative ``<BasePath>``; the
+        folder is created if needed.
+
+        Raises
+        ------
+        OutputError
+            The XML cannot be written (no space, read-only, no permission);
+            nothing was changed.
         """
+        # Imported here: the writers package imports this module.
+        from ..writers._atomic import check_outputs, fsync_path, output_errors
+
         target = Path(path) if path is not None else self.path
         if target is None:
             raise TilefuseError("the project has no path: give save() one")
         target = target.resolve()
-        target.parent.mkdir(parents=True, exist_ok=True)
         data = self.data
         old_base = self.base_dir if (self.path is not None or self._loader is not None) else None
         if (
@@ -391,9 +403,23 @@ class Project:
         loader_element = None
         if self._loader is not None and self.data.image_loader is None:
             loader_element = self._loader.to_xml(old_base if old_base is not None else target.parent)
-        if backup and target.exists():
-            _rotate_backups(target)
-        write_spimdata(data, target, image_loader=loader_element)
+        if not target.parent.is_dir():
+            check_outputs([target])  # a clear error when the folder cannot be created
+        staged = target.with_name(f".{target.name}.saving-{os.getpid()}")
+        nothing = f"nothing was changed ({target.name} and its backups are as they were)"
+        with output_errors(target, nothing, watch=[staged]):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                write_spimdata(data, staged, image_loader=loader_element)
+                fsync_path(staged)
+                if backup and target.exists():
+                    _rotate_backups(target, staged)
+                else:
+                    os.replace(staged, target)
+                fsync_path(target.parent)
+            finally:
+                if staged.exists():
+                    staged.unlink()
         if self.path is None:
             self.path = target
         return target
@@ -409,12 +435,35 @@ class Project:
         )
 
 
-def _rotate_backups(target: Path) -> None:
-    """dataset.xml -> dataset.xml~1, ~1 -> ~2 ... keeping at most five."""
-    for i in range(_MAX_BACKUPS - 1, 0, -1):
-        older = target.with_name(f"{target.name}~{i}")
-        if older.exists():
-            os.replace(older, target.with_name(f"{target.name}~{i + 1}"))
-    shutil.copy2(target, target.with_name(f"{target.name}~1"))
+def _rotate_backups(target: Path, new: Path) -> None:
+    """Install ``new`` as ``target``, which becomes ``target~1`` (``~1`` -> ``~2`` ... ``~5``).
 
+    All or nothing: the renames are undone if one fails, and the oldest
+    backup is deleted only after the new file is in place.  ``target`` keeps
+    its name throughout (the new ``~1`` starts as a hard link to it), so even a
+    crash half-way never leaves the project without its current XML.
+    """
+    from ..writers._atomic import fsync_path, rename_all
 
+    def name(i: int) -> Path:
+        return target.with_name(f"{target.name}~{i}")
+
+    pid = os.getpid()
+    first = target.with_name(f".{target.name}~1.saving-{pid}")
+    dropped = target.with_name(f".{target.name}~{_MAX_BACKUPS}.dropping-{pid}")
+    try:
+        try:
+            os.link(target, first)
+        except OSError:  # no hard links here (FAT, some network shares): a copy, synced
+            shutil.copy2(target, first)
+            fsync_path(first)
+        # ~4 -> ~5 replaces the oldest backup: keep it aside until the new file is in place.
+        full = name(_MAX_BACKUPS - 1).exists() and name(_MAX_BACKUPS).exists()
+        moves = [(name(_MAX_BACKUPS), dropped)] if full else []
+        moves += [(name(i), name(i + 1)) for i in range(_MAX_BACKUPS - 1, 0, -1) if name(i).exists()]
+        moves += [(first, name(1)), (new, target)]
+        rename_all(moves)
+    finally:
+        for leftover in (first, dropped):
+            if leftover.exists():
+                leftover.unlink()

@@ -34,6 +34,7 @@ from ..loaders._hdf5 import BDV_DATA_TYPES
 from ..loaders._deflate import deflate
 from ..loaders.base import drop_cached_handles
 from ..project.views import ViewId
+from ._atomic import raise_if_write_error
 
 __all__ = ["write_bdv_hdf5", "propose_factors"]
 
@@ -55,7 +56,9 @@ def write_bdv_hdf5(
     ----------
     path
         Output ``.h5`` file.  It is written as ``<name>.tmp`` next to it and
-        renamed at the end; an existing file is replaced.
+        renamed at the end; an existing file is replaced.  A failed write
+        (full disk, read-only folder) removes ``<name>.tmp`` and raises
+        :class:`~tilefuse.errors.OutputError`.
     images
         ``ViewId`` (or ``(timepoint, setup)``) -> 3D array ``(z, y, x)``
         (numpy, dask or anything :func:`dask.array.asarray` accepts; 2D arrays
@@ -156,9 +159,12 @@ def write_bdv_hdf5(
                 with dask.config.set(scheduler="threads"):
                     # The targets lock only around the write; compression runs in parallel.
                     da.store(sources, targets, lock=False)
-    except BaseException:
+    except BaseException as exc:
         if tmp.exists():
             tmp.unlink()
+        # A full disk or read-only folder: say so in one line, not a traceback from inside HDF5.
+        raise_if_write_error(exc, path, f"removed the incomplete {tmp.name}; an existing {path.name} is "
+                             "untouched", watch=[tmp])
         raise
     finally:
         if bar is not None:

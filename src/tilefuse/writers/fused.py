@@ -15,6 +15,7 @@ import numpy as np
 
 from ..errors import FusionError
 from ..fusion.api import FusionPlan
+from ._atomic import check_outputs, input_paths
 
 __all__ = ["write_fused", "output_format"]
 
@@ -75,6 +76,8 @@ def write_fused(
     """
     path = Path(path)
     kind = output_format(path)
+    inputs = input_paths(plan.project)
+    check_outputs([path], inputs)  # before any work: never replace or write into an input
     fused = plan.to_dask()  # (t, c, z, y, x)
     voxel_size = tuple(float(v) for v in plan.voxel_size)
     scale = np.asarray(voxel_size) / plan.spacing
@@ -115,5 +118,5 @@ def write_fused(
         names = {"channel": dict(zip(plan.channels, plan.channel_names))}
         write_project(path, images, positions, voxel_size=voxel_size, unit=plan.unit, tiles=[0] * len(images),
                       channels=chans, timepoints=tps, names=names, format=container, progress=progress,
-                      overwrite=overwrite)
+                      overwrite=overwrite, inputs=inputs)
         return path

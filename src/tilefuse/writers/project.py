@@ -4,8 +4,13 @@ The pixels go to BDV HDF5 (default: BigDataViewer and BigStitcher open it
 directly), N5 or BigStitcher's OME-Zarr layout, each view with a resolution
 pyramid; the XML gets the ViewTransforms BigStitcher's dataset definition
 writes: ``Translation to Regular Grid`` (tile position) in front of
-``calibration`` (voxel size relative to the finest voxel axis).  The XML is
-written last, so an interrupted conversion leaves no valid-looking project.
+``calibration`` (voxel size relative to the finest voxel axis).
+
+The container and then the XML are written under temporary names
+(``<name>.partial``) and renamed into place together at the very end
+(:func:`~tilefuse.writers._atomic.atomic_outputs`): an interrupted run leaves
+no valid-looking project, and with ``overwrite=True`` the previous project
+(XML and pixels) stays intact and usable until the new one is complete.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import TilefuseError
+from ..loaders.base import drop_cached_handles
 from ..geometry import scale_matrix, translation_matrix
 from ..project.model import STANDARD_ATTRIBUTES, AttributeBlock, Entity, SpimData, Timepoints, ViewSetup, ViewTransform
 from ..project.project import Project
 from ..project.timepoints import format_integer_pattern
 from ..project.views import ViewId
+from ._atomic import atomic_outputs, check_outputs
 
-__all__ = ["write_project", "calibration_matrix", "FORMATS"]
+__all__ = ["write_project", "calibration_matrix", "container_path", "FORMATS"]
 
 #: Output formats: name -> suffix of the pixel container written beside the XML
 FORMATS = {
@@ -31,6 +38,12 @@ FORMATS = {
     "zarr": ".ome.zarr",
     "tiff": "_tiff",  # a folder of one TIFF per view (spimreconstruction.filemap2), no pyramid
 }
+
+
+def container_path(path: str | Path, format: str = "hdf5") -> Path:
+    """The pixel container written beside the project XML ``path``: ``dataset.xml`` -> ``dataset.h5``."""
+    path = Path(path)
+    return path.with_name(path.name.removesuffix(".xml") + FORMATS[format])
 
 
 def calibration_matrix(voxel_size: Sequence[float], min_resolution: float | None = None) -> np.ndarray:
@@ -80,6 +93,7 @@ def write_project(
     compression: str = "gzip",
     progress: bool = False,
     overwrite: bool = False,
+    inputs: Sequence[str | Path] = (),
 ) -> Project:
     """Write tiles and their positions as a new BigStitcher project.
 
@@ -114,17 +128,34 @@ def write_project(
         Resolution pyramid; ``"auto"`` proposes BigStitcher-like levels.
     chunks : (z, y, x) int, optional
         Block shape of the written data.
+    overwrite : bool
+        Replace an existing project (XML and container).  The old one is
+        replaced only once the new one is completely written.
+    inputs : sequence of path-like
+        Files or containers the images are read from (e.g. the
+        :func:`~tilefuse.writers._atomic.input_paths` of a project being
+        fused): the XML and the container may not be, contain or lie inside
+        any of them.
 
     Returns
     -------
     Project
         The new project, opened from the written XML.
+
+    Raises
+    ------
+    OutputExistsError
+        The XML or the container exists and ``overwrite`` is False.
+    OutputIsInputError
+        The output would replace or be written into one of ``inputs``.
+    OutputError
+        The output folder is not writable, or writing failed (full disk).
     """
     path = Path(path)
     if format not in FORMATS:
         raise TilefuseError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
-    if path.exists() and not overwrite:
-        raise TilefuseError(f"{path}: already exists; pass overwrite=True to replace it")
+    container = container_path(path, format)
+    check_outputs([path, container], inputs)
     images = [_as_3d(im) for im in images]
     n = len(images)
     if n == 0:
@@ -205,8 +236,6 @@ def write_project(
     # BigStitcher's ViewRegistrations are sorted by (timepoint, setup).
     data.registrations = dict(sorted(data.registrations.items()))
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    container = path.with_name(path.name.removesuffix(".xml") + FORMATS[format])
     shape0 = next(iter(views.values())).shape
     if format == "tiff":
         factors = [(1, 1, 1)]
@@ -215,21 +244,23 @@ def write_project(
 
         factors = propose_factors(shape0, voxel_size)
     factors = [tuple(int(f) for f in lv) for lv in factors]
-    loader = _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite,
-                           voxel_size)
-    project = Project(data, path=None, loader=loader)
-    project.path = path.resolve()
-    project.save(path, backup=False)
+    # Pixels first, then the XML, both under temporary names; the old project is
+    # replaced only by the final renames.
+    with atomic_outputs([container, path], overwrite=overwrite) as (tmp_container, tmp_xml):
+        loader = _write_pixels(format, tmp_container, container, views, factors, chunks, compression,
+                               progress, voxel_size)
+        project = Project(data, path=None, loader=loader)
+        project.path = path.resolve()
+        project.save(tmp_xml, backup=False)
+    # Loaders may hold handles on the container this one replaced.
+    drop_cached_handles(str(container))
+    drop_cached_handles(str(container.resolve()))
     return Project.open(path)
 
 
-def _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite, voxel_size):
-    if container.exists():
-        if not overwrite:
-            raise TilefuseError(f"{container}: already exists; pass overwrite=True to replace it")
-        from ._atomic import remove_path
-
-        remove_path(container)
+def _write_pixels(format, tmp, container, views, factors, chunks, compression, progress, voxel_size):
+    """Write the views into ``tmp``; return a loader for them once ``tmp`` is renamed ``container``."""
+    container = container.resolve()
     kwargs = dict(factors=factors, progress=progress)
     if chunks is not None:
         kwargs["chunks"] = tuple(int(c) for c in chunks)
@@ -237,29 +268,27 @@ def _write_pixels(format, container, views, factors, chunks, compression, progre
         from ..loaders._hdf5 import Hdf5Loader
         from .bdv_hdf5 import write_bdv_hdf5
 
-        write_bdv_hdf5(container, views, compression=compression, **kwargs)
+        write_bdv_hdf5(tmp, views, compression=compression, **kwargs)
         return Hdf5Loader.for_file(container)
     if format == "n5":
         from ..loaders._n5 import N5Loader
         from .bdv_n5 import write_bdv_n5
 
-        write_bdv_n5(container, views, compression=compression, voxel_size=voxel_size, **kwargs)
+        write_bdv_n5(tmp, views, compression=compression, voxel_size=voxel_size, **kwargs)
         return N5Loader.for_container(container)
     if format == "tiff":
         from ..loaders._tiff import FileMap2Loader
-        from ._atomic import atomic_output
         from .tiff import write_tiff
 
         files = {}
-        with atomic_output(container) as tmp:
-            tmp.mkdir()
-            for view, image in views.items():
-                name = f"t{view.timepoint}_s{view.setup}.tif"
-                write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um")
-                files[view] = container / name
+        tmp.mkdir()
+        for view, image in views.items():
+            name = f"t{view.timepoint}_s{view.setup}.tif"
+            write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um")
+            files[view] = container / name
         return FileMap2Loader.for_files(files)
     from ..loaders._zarr import OmeZarrLoader
     from .bdv_zarr import write_bdv_omezarr
 
-    write_bdv_omezarr(container, views, voxel_size=voxel_size, **kwargs)
-    return OmeZarrLoader.for_container(container)
+    written = write_bdv_omezarr(tmp, views, voxel_size=voxel_size, **kwargs)
+    return OmeZarrLoader.for_container(container, written.zgroups)
