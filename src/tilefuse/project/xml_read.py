@@ -600,7 +600,9 @@ def _parse_psfs(ctx: _Ctx, el, data: SpimData) -> list[PsfFile]:
         first_seen[view] = child
         parts, extras = _split_children(child, {"File"})
         by_tag = _singletons(ctx, parts, label)
-        file = (_optional_value(ctx, by_tag, "File", label) or "").strip()
+        if "File" not in by_tag:
+            raise ctx.error(label, "has no <File>")
+        file = _value(ctx, by_tag["File"], f"{label} <File>").strip()
         out.append(PsfFile(view=view, file=file, extras=extras))
     return out
 
@@ -638,10 +640,13 @@ def _parse_stitching(ctx: _Ctx, el, data: SpimData) -> list[PairwiseResult]:
             shift_numbers = [1, 0, 0, shift_numbers[0], 0, 1, 0, shift_numbers[1], 0, 0, 1, shift_numbers[2]]
         elif len(shift_numbers) != 12:
             raise ctx.error(f"{label} <shift>", f"has {len(shift_numbers)} numbers, expected 12 or 3")
+        for tag in ("correlation", "hash"):  # BigStitcher cannot read a result without them either
+            if tag not in by_tag:
+                raise ctx.error(label, f"has no <{tag}>")
         # A correlation may be NaN (unknown); the hash is a sum of model entries.
-        corr_text = _optional_value(ctx, by_tag, "correlation", label) or "nan"
-        corr = _floats(ctx, corr_text, 1, f"{label} <correlation>", allow_nan=True)[0]
-        hsh = _floats(ctx, _optional_value(ctx, by_tag, "hash", label) or "0", 1, f"{label} <hash>")[0]
+        corr = _floats(ctx, _value(ctx, by_tag["correlation"], f"{label} <correlation>"), 1,
+                       f"{label} <correlation>", allow_nan=True)[0]
+        hsh = _floats(ctx, _value(ctx, by_tag["hash"], f"{label} <hash>"), 1, f"{label} <hash>")[0]
         overlap = None
         if "overlap_boundingbox" in by_tag:
             olabel = f"{label} <overlap_boundingbox>"
