@@ -77,6 +77,8 @@ READER_TAGS = set(TAGS["sample2d"] + TAGS["sample3d"]) - {"hdf5"} | {
     "first", "last", "axis", "degrees", "MissingView"}
 #: Elements of which a second copy is legitimate: a chain may repeat a transform.
 REPEATABLE = {"ViewTransform"}
+#: Path elements inside <ImageLoader> that must not repeat either (project/paths.py).
+LOADER_PATHS = {"hdf5", "file"}
 #: Numbers that must be integers / finite wherever the XML reader reads them.
 INT_TAGS = {"size", "id", "first", "last", "min", "max", "illumination", "channel", "tile", "angle"}
 NUMBER_TAGS = INT_TAGS | {"affine", "location", "axis", "degrees", "model", "shift", "hash",
@@ -167,7 +169,7 @@ def _damage(data: bytes, op: str, arg):
             el.getparent().remove(el)
         elif op == "duplicate":
             el.addnext(copy.deepcopy(el))
-            must_fail = interpreted and arg not in REPEATABLE
+            must_fail = (interpreted and arg not in REPEATABLE) or arg in LOADER_PATHS
         else:
             el.tag = arg + "Renamed"
     elif op.startswith("number="):

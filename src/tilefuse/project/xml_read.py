@@ -489,7 +489,7 @@ def _parse_timepoints(ctx: _Ctx, el) -> Timepoints:
             raise ctx.error(plabel, str(exc)) from None
     else:
         raise ctx.error("<Timepoints>", f"unknown type {kind!r} (expected range, list or pattern)")
-    for tid in (tp.ids[0], tp.ids[-1]) if tp.ids else ():
+    for tid in tp.ids:  # at most MAX_TIMEPOINTS
         if not _INT_MIN <= tid <= _INT_MAX:
             raise ctx.error(label, f"timepoint {tid} is outside the range of a Java int")
     if len(set(tp.ids)) != len(tp.ids):
