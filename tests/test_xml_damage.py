@@ -399,3 +399,12 @@ def test_valid_edge_cases_still_open(tmp_path):
     project = open_project(path)
     assert project.setups[0].size == (2, 3, 4)
     np.testing.assert_array_equal(project.model(ViewId(0, 0))[2, 2], -1.0)
+
+
+def test_xinclude_stays_after_the_last_transform_when_the_chain_grows(tmp_path):
+    path = _project_xml(tmp_path, inner=XI)
+    project = open_project(path)
+    project.preconcatenate(ViewId(0, 0), np.eye(4), "Stitching Transform")
+    saved = project.save(tmp_path / "saved.xml", backup=False)
+    reg = etree.parse(str(saved)).getroot().find("ViewRegistrations/ViewRegistration")
+    assert [etree.QName(c).localname for c in reg] == ["ViewTransform", "ViewTransform", "include"]

@@ -5,8 +5,8 @@ converted by :mod:`tilefuse.project.xml_read` and :mod:`~tilefuse.project.xml_wr
 only.  Elements tilefuse does not understand (an ``<xi:include>``, another
 tool's additions, comments) are kept as lxml elements in ``extras`` lists of
 ``(anchor, element)`` pairs, where ``anchor`` is ``(tag, n)``: they followed
-the ``n``-th (from 0) known sibling with that tag (``None``: they came first),
-so that saving an unchanged project writes them back in place.
+the ``n``-th (from 0; ``-1``: the last) known sibling with that tag (``None``:
+they came first), so that saving an unchanged project writes them back in place.
 """
 
 from __future__ import annotations

@@ -176,6 +176,8 @@ def _split_children(el, known: set[str]) -> tuple[list, Extras]:
             counts[child.tag] = anchor[1] + 1
         else:
             extras.append((anchor, child))
+    # After the last of its tag: -1, so that it stays there when the list grows.
+    extras = [(a if a is None or a[1] + 1 < counts[a[0]] else (a[0], -1), e) for a, e in extras]
     return found, extras
 
 

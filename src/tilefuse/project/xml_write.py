@@ -48,8 +48,9 @@ def _sub(parent, tag: str, text: str | None = None, **attrib):
 def _arrange(parent, known: list, extras: Extras) -> None:
     """Append known children in order, with each unknown child after its anchor.
 
-    An anchor ``(tag, n)`` is the ``n``-th known child with ``tag``; when the
-    project now has fewer of them, the last one; when none, the end.
+    An anchor ``(tag, n)`` is the ``n``-th known child with ``tag`` (``-1``: the
+    last); when the project now has fewer of them, the last one; when none,
+    the end.
     """
     leading: list = []
     by_anchor: dict = {}
@@ -67,7 +68,8 @@ def _arrange(parent, known: list, extras: Extras) -> None:
     orphans: list = []
     for (tag, n), els in by_anchor.items():
         if tag in counts:
-            placed.setdefault((tag, min(n, counts[tag] - 1)), []).extend(els)
+            last = counts[tag] - 1
+            placed.setdefault((tag, last if n < 0 else min(n, last)), []).extend(els)
         else:
             orphans.extend(els)
     for el in leading:
