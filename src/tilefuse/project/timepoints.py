@@ -11,7 +11,8 @@ __all__ = ["parse_integer_pattern", "format_integer_pattern", "MAX_TIMEPOINTS"]
 #: for ``0-10000000``); real time-lapse projects have at most a few thousand.
 MAX_TIMEPOINTS = 100_000
 
-_TERM = re.compile(r"^\s*(-?\d+)\s*(?:-\s*(-?\d+)\s*(?::\s*(\d+)\s*)?)?$")
+# Numbers of at most 18 digits: ids are Java ints, and int() of thousands of digits is refused.
+_TERM = re.compile(r"^\s*(-?\d{1,18})\s*(?:-\s*(-?\d{1,18})\s*(?::\s*(\d{1,18})\s*)?)?$")
 
 
 def _terms(pattern: str) -> list[tuple[int, int, int]]:
@@ -20,7 +21,7 @@ def _terms(pattern: str) -> list[tuple[int, int, int]]:
     for term in pattern.split(","):
         m = _TERM.match(term)
         if m is None:
-            raise ValueError(f"bad term {term.strip()!r} in timepoint pattern {pattern!r}")
+            raise ValueError(f"bad term {_short(term)!r} in timepoint pattern {_short(pattern)!r}")
         a = int(m.group(1))
         if m.group(2) is None:
             out.append((a, a, 1))
@@ -28,7 +29,7 @@ def _terms(pattern: str) -> list[tuple[int, int, int]]:
         b = int(m.group(2))
         step = int(m.group(3)) if m.group(3) else 1
         if step <= 0:
-            raise ValueError(f"step must be positive in {term.strip()!r} of pattern {pattern!r}")
+            raise ValueError(f"step must be positive in {_short(term)!r} of pattern {_short(pattern)!r}")
         out.append((a, b, step))
     return out
 

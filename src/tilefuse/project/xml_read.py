@@ -105,10 +105,11 @@ def _value(ctx: _Ctx, el, label: str) -> str:
 def _int_token(ctx: _Ctx, token: str, label: str, text: str) -> int:
     if not _INTEGER.fullmatch(token):
         raise ctx.error(label, f"expected an integer, got {_short(text)!r}")
-    value = int(token.split(".")[0])
-    if not _INT_MIN <= value <= _INT_MAX:
-        raise ctx.error(label, f"{value} is outside the range of a Java int")
-    return value
+    integral = token.split(".")[0]
+    # Length first: int() of thousands of digits is slow, then refused by Python itself.
+    if len(integral.lstrip("+-").lstrip("0")) > 10 or not _INT_MIN <= int(integral) <= _INT_MAX:
+        raise ctx.error(label, f"{_short(integral, 30)} is outside the range of a Java int")
+    return int(integral)
 
 
 def _int(ctx: _Ctx, text: str | None, label: str) -> int:
