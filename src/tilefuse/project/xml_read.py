@@ -584,7 +584,7 @@ def _parse_bounding_boxes(ctx: _Ctx, el, data: SpimData) -> list[BoundingBox]:
         lo = _xyz_to_zyx(_ints(ctx, _value(ctx, by_tag["min"], f"{label} <min>"), 3, f"{label} <min>"))
         hi = _xyz_to_zyx(_ints(ctx, _value(ctx, by_tag["max"], f"{label} <max>"), 3, f"{label} <max>"))
         if any(a > b for a, b in zip(lo, hi)):
-            raise ctx.error(label, f"<min> is above <max> on some axis: the box is empty")
+            raise ctx.error(label, "<min> is above <max> on some axis: the box is empty")
         out.append(BoundingBox(name=name, lo=lo, hi=hi, extras=extras))
     return out
 
