@@ -2,10 +2,11 @@
 
 Every vector here is in numpy order ``(z, y, x)``; the XML's ``(x, y, z)`` is
 converted by :mod:`tilefuse.project.xml_read` and :mod:`~tilefuse.project.xml_write`
-only.  Elements tilefuse does not understand are kept as lxml elements in
-``extras`` lists of ``(anchor, element)`` pairs, where ``anchor`` is the tag of
-the known sibling they followed (``None``: they came first), so that saving an
-unchanged project writes them back in place.
+only.  Elements tilefuse does not understand (an ``<xi:include>``, another
+tool's additions, comments) are kept as lxml elements in ``extras`` lists of
+``(anchor, element)`` pairs, where ``anchor`` is ``(tag, n)``: they followed
+the ``n``-th (from 0; ``-1``: the last) known sibling with that tag (``None``:
+they came first), so that saving an unchanged project writes them back in place.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ __all__ = [
     "STANDARD_ATTRIBUTES",
 ]
 
-#: (anchor tag, element) pairs of unknown XML children, see the module docstring.
+#: ((tag, n) anchor, element) pairs of unknown XML children, see the module docstring.
 Extras = list[tuple[Any, Any]]
 
 #: The attribute kinds BigStitcher knows, with the element name of their entities.
@@ -86,6 +87,8 @@ class ViewSetup:
     order: tuple[str, ...] = ("id", "name", "size", "voxelSize", "attributes")
     extras: Extras = field(default_factory=list)
     voxel_size_extras: Extras = field(default_factory=list)
+    #: Unknown children of ``<attributes>`` (an ``<xi:include>``, comments).
+    attributes_extras: Extras = field(default_factory=list)
 
 
 @dataclass
@@ -101,6 +104,8 @@ class ViewTransform:
     matrix: np.ndarray | None
     type: str = "affine"
     element: Any = None
+    #: Unknown children of an affine ``<ViewTransform>``, kept in place.
+    extras: Extras = field(default_factory=list)
 
 
 @dataclass
@@ -114,6 +119,8 @@ class Timepoints:
     #: The original integer pattern text, kept to write it back verbatim.
     pattern: str | None = None
     extras: Extras = field(default_factory=list)
+    #: Unknown children of each ``list`` entry ``<Timepoint>``, by timepoint id.
+    entry_extras: dict[int, Extras] = field(default_factory=dict)
 
 
 @dataclass
@@ -190,5 +197,9 @@ class SpimData:
     intensity_adjustments: dict[ViewId, tuple[float, float]] | None = field(default_factory=dict)
     #: Unknown children of each container, keyed by the container's tag.
     extras: dict[str, Extras] = field(default_factory=dict)
-    #: Attributes of containers we regenerate (e.g. ``ViewRegistration``), kept verbatim.
+    #: Unknown children of each ``<ViewRegistration>``, kept in place.
     registration_extras: dict[ViewId, Extras] = field(default_factory=dict)
+    #: Unknown children of each ``<MissingView>``.
+    missing_view_extras: dict[ViewId, Extras] = field(default_factory=dict)
+    #: Unknown children of each ``<IntensityAdjustments>`` entry.
+    intensity_extras: dict[ViewId, Extras] = field(default_factory=dict)

@@ -48,13 +48,19 @@ def read_path_element(parent, tag: str, base_dir: Path, xml_path: Path | None, c
     Raises
     ------
     ProjectFormatError
-        The child is missing or empty.
+        The child is missing, empty or given twice.
     UnsupportedFormatError
         It names a remote URI.
     """
     if context is None:
         context = f'<ImageLoader format="{parent.get("format", "")}">'
-    child = parent.find(tag)
+    found = parent.findall(tag)
+    if len(found) > 1:  # which file is meant? (a reader taking the first would guess)
+        raise ProjectFormatError(
+            f"{where(xml_path, context)}: <{tag}> appears {len(found)} times (lines "
+            f"{', '.join(str(c.sourceline) for c in found)}); tilefuse refuses an ambiguous project"
+        )
+    child = found[0] if found else None
     path, uri = parse_location(None if child is None else child.text, None if child is None else child.get("type"),
                                base_dir)
     if uri is not None:

@@ -46,21 +46,40 @@ def _sub(parent, tag: str, text: str | None = None, **attrib):
 
 
 def _arrange(parent, known: list, extras: Extras) -> None:
-    """Append known children in order, with each unknown child after its anchor."""
+    """Append known children in order, with each unknown child after its anchor.
+
+    An anchor ``(tag, n)`` is the ``n``-th known child with ``tag`` (``-1``: the
+    last); when the project now has fewer of them, the last one; when none,
+    the end.
+    """
+    leading: list = []
     by_anchor: dict = {}
     for anchor, el in extras:
-        by_anchor.setdefault(anchor, []).append(el)
-    for el in by_anchor.pop(None, []):
+        if anchor is None:
+            leading.append(el)
+        else:
+            by_anchor.setdefault(anchor, []).append(el)
+    counts: dict[str, int] = {}
+    keys = []
+    for el in known:
+        keys.append((el.tag, counts.get(el.tag, 0)))
+        counts[el.tag] = keys[-1][1] + 1
+    placed: dict = {}
+    orphans: list = []
+    for (tag, n), els in by_anchor.items():
+        if tag in counts:
+            last = counts[tag] - 1
+            placed.setdefault((tag, last if n < 0 else min(n, last)), []).extend(els)
+        else:
+            orphans.extend(els)
+    for el in leading:
         parent.append(copy.deepcopy(el))
-    for i, el in enumerate(known):
+    for el, key in zip(known, keys):
         parent.append(el)
-        last_of_tag = i + 1 == len(known) or known[i + 1].tag != el.tag
-        if last_of_tag:
-            for extra in by_anchor.pop(el.tag, []):
-                parent.append(copy.deepcopy(extra))
-    for rest in by_anchor.values():  # anchors that are gone: keep the elements at the end
-        for el in rest:
-            parent.append(copy.deepcopy(el))
+        for extra in placed.pop(key, []):
+            parent.append(copy.deepcopy(extra))
+    for el in orphans:  # anchors that are gone: keep the elements at the end
+        parent.append(copy.deepcopy(el))
 
 
 def _element(tag: str, attrib=None):
@@ -115,7 +134,8 @@ def _sequence(data: SpimData, image_loader):
     if data.missing_views is not None:
         mv = _element("MissingViews")
         for view in sorted(data.missing_views):
-            _sub(mv, "MissingView", timepoint=view.timepoint, setup=view.setup)
+            entry = _sub(mv, "MissingView", timepoint=view.timepoint, setup=view.setup)
+            _arrange(entry, [], data.missing_view_extras.get(view, []))
         _arrange(mv, [], data.extras.get("MissingViews", []))
         known.append(mv)
     _arrange(seq, known, data.extras.get("SequenceDescription", []))
@@ -148,8 +168,11 @@ def _setup(setup: ViewSetup):
         parts["voxelSize"] = vs
     if setup.attributes or "attributes" in setup.order:
         attrs = _element("attributes")
+        kinds = []
         for kind, eid in setup.attributes.items():
-            _sub(attrs, kind, str(eid))
+            kinds.append(_element(kind))
+            kinds[-1].text = str(eid)
+        _arrange(attrs, kinds, setup.attributes_extras)
         parts["attributes"] = attrs
     order = list(setup.order) + [t for t in ("id", "name", "size", "voxelSize", "attributes") if t not in setup.order]
     _arrange(el, [parts[t] for t in order if t in parts], setup.extras)
@@ -202,9 +225,12 @@ def _timepoints(data: SpimData):
     elif tp.type == "list":
         for tid in tp.ids:
             t = _element("Timepoint")
-            _sub(t, "id", str(tid))
+            entry = [_element("id")]
+            entry[0].text = str(tid)
             if tid in tp.names:
-                _sub(t, "name", tp.names[tid])
+                entry.append(_element("name"))
+                entry[1].text = tp.names[tid]
+            _arrange(t, entry, tp.entry_extras.get(tid, []))
             known.append(t)
     else:
         p = _element("integerpattern")
@@ -228,9 +254,13 @@ def _registrations(data: SpimData):
                 chain.append(copy.deepcopy(vt.element))
                 continue
             t = _element("ViewTransform", {"type": "affine"})
+            parts = []
             if vt.name is not None:
-                _sub(t, "Name", vt.name)
-            _sub(t, "affine", " ".join(format_number(v) for v in to_xml_affine(vt.matrix)))
+                parts.append(_element("Name"))
+                parts[-1].text = vt.name
+            parts.append(_element("affine"))
+            parts[-1].text = " ".join(format_number(v) for v in to_xml_affine(vt.matrix))
+            _arrange(t, parts, vt.extras)
             chain.append(t)
         _arrange(reg, chain, data.registration_extras.get(view, []))
         known.append(reg)
@@ -314,7 +344,9 @@ def _intensities(data: SpimData):
     for view in sorted(data.intensity_adjustments):
         m00, m01 = data.intensity_adjustments[view]
         e = _element("IntensityAdjustments", {"timepoint": str(view.timepoint), "setup": str(view.setup)})
-        _sub(e, "model", f"{format_number(m00)} {format_number(m01)}")
+        model = _element("model")
+        model.text = f"{format_number(m00)} {format_number(m01)}"
+        _arrange(e, [model], data.intensity_extras.get(view, []))
         known.append(e)
     _arrange(el, known, data.extras.get("IntensityAdjustments", []))
     return el

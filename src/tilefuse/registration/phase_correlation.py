@@ -335,6 +335,10 @@ _CONFIDENT_R = 0.5
 #: Candidates (best by overlap correlation) re-ranked on the band-passed crops.
 _RERANKED = 6
 
+#: Voxels an overlap window needs along an axis for :func:`_refine_gradient` to refine
+#: that axis (a finite difference needs 2).
+_MIN_REFINE_DEPTH = 2
+
 
 def _band_passed_r(prepared, masks, cand, min_count) -> float:
     """Pearson correlation of the band-passed crops overlapping at integer shift ``cand``."""
@@ -775,7 +779,15 @@ def _refine_gradient(fs, spline, masks, start, min_count, iterations: int = 8) -
         delta = shift - np.asarray(c)
         # g(x) = m(x - c - delta) on the overlap: sample the spline at x - delta.
         g = _sample_shifted(spline, inner_m, -delta)
-        grads = np.gradient(g) if g.ndim > 1 else [np.gradient(g)]
+        # Only axes along which the overlap is a few voxels deep can be
+        # refined: a narrow nominal overlap (10 % of a 64 px tile is 6 px) at
+        # a candidate shift of 5 px leaves one voxel, where no gradient exists
+        # (np.gradient raised) and a gain ramp would duplicate the gain.
+        # Those axes keep their current (integer) shift.
+        active = [k for k, n in enumerate(g.shape) if n >= _MIN_REFINE_DEPTH]
+        if not active:
+            return np.asarray(start, dtype=np.float64), False
+        grads = [np.gradient(g, axis=k) for k in active]
         w = None
         if masks is not None:
             w = (masks[0][inner] & masks[1][inner_m]).ravel().astype(np.float64)
@@ -790,8 +802,11 @@ def _refine_gradient(fs, spline, masks, start, min_count, iterations: int = 8) -
         # ignores the ramp's share of G: on a low-texture overlap with strong
         # vignetting that made every step overshoot by ~1.8x, oscillating
         # around the answer past the iteration limit.)
-        if axes01 is None or axes01[0].shape != g.shape:
+        if axes01 is None or axes01[0].shape != g.shape or len(axes01) != len(active):
+            if gain is not None and len(gain[1]) != len(active):
+                gain = None  # ramps along other axes than this window's
             axes01 = np.meshgrid(*[np.linspace(-1.0, 1.0, n, dtype=np.float32) for n in g.shape], indexing="ij")
+            axes01 = [axes01[k] for k in active]
         gain_prev = gain[0] + sum(r * x for r, x in zip(gain[1], axes01)) if gain is not None else None
         # The design matrix, one row per unknown (contiguous rows fill and
         # multiply faster than column_stack's interleaved columns):
@@ -816,7 +831,7 @@ def _refine_gradient(fs, spline, masks, start, min_count, iterations: int = 8) -
             return np.asarray(start, dtype=np.float64), False
         gain = (sol[0], sol[2 + n_ax:])
         step = sol[2 : 2 + n_ax]
-        shift += step
+        shift[active] += step
         if np.any(np.abs(shift - np.asarray(start)) > 1.5):
             return np.asarray(start, dtype=np.float64), False  # diverged: not this candidate
         if np.all(np.abs(step) < 1e-3):
