@@ -144,6 +144,15 @@ class FlatFieldLoader(ImageLoader):
     def mipmap_transform(self, view: ViewId, level: int) -> np.ndarray:
         return self.wrapped.mipmap_transform(view, level)
 
+    def check_view(self, view: ViewId) -> None:
+        """The wrapped loader's view passes the whole validation."""
+        from .validate import check_view
+
+        check_view(self.wrapped, view)
+
+    def view_files(self, view: ViewId) -> list[Path]:
+        return self.wrapped.view_files(view)
+
     def files(self) -> list[Path]:
         extra = sorted({p for pair in self.images.values() for p in pair if p is not None})
         return self.wrapped.files() + extra
