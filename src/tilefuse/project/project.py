@@ -287,7 +287,8 @@ class Project:
         self.data.registrations.setdefault(view, []).insert(0, ViewTransform(name=name, matrix=matrix))
 
     def shape(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
-        """Voxel shape ``(z, y, x)``: from the image file (checked, see :meth:`check_view`) when there is one, else the XML size."""
+        """Voxel shape ``(z, y, x)``: from the image file when there is one (checked, see :meth:`check_view`),
+        else the XML size."""
         if self._loader is not None and self._loader.has_view(view):
             levels = self.check_view(view).shapes
             if not 0 <= level < len(levels):
