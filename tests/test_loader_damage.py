@@ -769,3 +769,21 @@ def test_each_view_is_checked_once_per_process(pristine, tmp_path, monkeypatch):
     tilefuse.loaders.base.drop_cached_handles(str(work))
     project.image(project.views[0])
     assert len(calls) == 3
+
+
+def test_split_box_outside_the_original_view_is_refused(pristine):
+    from tilefuse.errors import ImageDataError
+    from tilefuse.loaders._hdf5 import Hdf5Loader
+    from tilefuse.loaders._split import SplitLoader
+    from tilefuse.loaders.validate import check_view
+    from tilefuse.project.views import ViewId
+
+    root, reference = pristine["hdf5"]
+    original = Hdf5Loader.for_file(root / "dataset.h5")
+    view = ViewId(0, 0)
+    inside = SplitLoader(original, {0: 0}, {0: ((0, 4, 10), (7, 31, 39))})
+    assert check_view(inside, view).shapes[0] == (8, 28, 30)
+    np.testing.assert_array_equal(inside.read(view, 0, (slice(None),) * 3), reference[("image", view, 0)][:, 4:, 10:])
+    beyond = SplitLoader(original, {0: 0}, {0: ((0, 4, 10), (7, 31, 45))})  # x up to 45 in a 40-wide view
+    with pytest.raises(ImageDataError, match=r"setup 0 is the box 10 4 0 \.\. 45 31 7 .*only 40 32 8 .*dataset\.h5"):
+        check_view(beyond, view)

@@ -282,9 +282,11 @@ class _SeriesHandle:
 def _check_extent(tif, series, entry: TiffEntry, view: ViewId) -> None:
     """Refuse a series whose pixel bytes do not all lie inside the file (a truncated TIFF).
 
-    tifffile reads what a truncated file still holds and, depending on the
-    layout, fails later or fills the rest; checking every page's strips or
-    tiles against the file size when the file is opened refuses it up front.
+    tifffile opens a truncated file without complaint: an ImageJ stack whose
+    later pages are cut off shrinks to its first page, other layouts fail
+    only when a missing strip is read (or decompressed).  Checking every
+    page's strips or tiles against the file size when the file is opened
+    refuses it up front.
     """
     size = tif.filehandle.size
     if series.dataoffset is not None:  # contiguous: one range for the whole series

@@ -92,16 +92,19 @@ def check_view(loader: ImageLoader, view: ViewId, size: tuple[int, int, int] | N
 
     Notes
     -----
-    The result is cached per process, keyed on the loader's files, the view and
-    ``size``; writers that rewrite a file drop it with the file's handles
+    The result is cached per process, keyed on the view's file, the loader, the
+    view and ``size``; writers that rewrite a file drop it with the file's handles
     (:func:`~tilefuse.loaders.base.drop_cached_handles`).  Failures are not
     cached.
     """
+    from dask.base import tokenize
+
     view = ViewId(*view)
     size = None if size is None else tuple(int(n) for n in size)
-    files = loader.files()
+    # Anchored on the view's file, so that rewriting it drops the check; tokenized, as tokens need not hash.
+    files = loader.view_files(view)
     anchor = str(files[0]) if files else repr(loader)
-    key = (anchor, ("check_view", type(loader).__name__, loader.token(), view, size))
+    key = (anchor, ("check_view", type(loader).__name__, tokenize(loader.token()), view, size))
     return cached_value(key, lambda: _check(loader, view, size, xml_path))
 
 
