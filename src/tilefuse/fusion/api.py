@@ -127,7 +127,7 @@ class FusionPlan:
                 level = _choose_fusion_level(self.project, v, self.spacing)
                 adjust = self.project.data.intensity_adjustments.get(v, (1.0, 0.0)) if use_intensity else None
                 entries.append([list(v), level, self.project.transform(v, level).tolist(),
-                                list(loader.shape(v, level)), adjust and [float(a) for a in adjust]])
+                                list(self.project.check_view(v).shapes[level]), adjust and [float(a) for a in adjust]])
                 pixels.append([list(v), loader.data_identity(v)])
             volumes.append([t, c, entries])
         grid = {"origin": self.origin.tolist(), "spacing": self.spacing.tolist(), "shape": list(self.shape),
@@ -208,7 +208,7 @@ def _content(loader, view, level, ndim, factor, sigma1, sigma2, to_source):
 def _content_source(project: Project, view: ViewId, source_affine: np.ndarray, ndim: int, sigmas):
     """A picklable callable computing ``view``'s content weights near 4 world units per voxel."""
     loader = project.loader
-    levels = [np.asarray(f, dtype=np.float64) for f in loader.levels(view)]
+    levels = [np.asarray(f, dtype=np.float64) for f in project.check_view(view).levels]
     scales0 = axis_scales(project.transform(view, 0))
     target = 4.0 / scales0  # source voxels per weight voxel wanted, per axis (4 world units)
     ok = [i for i, f in enumerate(levels) if np.all(f <= np.maximum(target, 1.0) + 1e-9)]
@@ -233,10 +233,11 @@ def _content_source(project: Project, view: ViewId, source_affine: np.ndarray, n
 def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, intensity: bool,
             chunk_world: Sequence[float] | None = None, content: tuple[float, float] | None = None) -> FusionSource:
     loader = project.loader
+    # Checked against the XML first: a view whose data cannot be trusted is refused, not fused.
+    data = project.check_view(view)
     level = _choose_fusion_level(project, view, spacing)
     affine = project.transform(view, level)
-    shape = tuple(loader.shape(view, level))
-    block = tuple(loader.chunks(view, level))
+    shape, block = data.shapes[level], data.chunks[level]
     adjust = (1.0, 0.0)
     if intensity and project.data.intensity_adjustments:
         adjust = project.data.intensity_adjustments.get(view, (1.0, 0.0))
@@ -247,7 +248,7 @@ def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, inte
         block, shape, np.asarray(chunk_world, dtype=np.float64) / axis_scales(affine))
     return FusionSource(key=view, shape=shape, affine=affine,
                         reader=partial(_read_region, loader, view, level, ndim, cache),
-                        intensity=adjust, dtype=loader.dtype(view),
+                        intensity=adjust, dtype=data.dtype,
                         content=None if content is None else _content_source(project, view, affine, ndim, content))
 
 

@@ -41,12 +41,15 @@ def inflate_members(data: bytes) -> bytes:
     """Decode gzip- or zlib-wrapped data (header auto-detected), concatenated gzip members included.
 
     Java's gzip reader accepts several members one after another (N5 blocks
-    written in pieces), so we do too.
+    written in pieces), so we do too.  Each member must be complete (raises
+    one of :data:`DeflateError` otherwise).
     """
     out = b""
     while True:
         d = _impl.decompressobj(47)  # wbits 32 + 15: detect the gzip or zlib header
         out += d.decompress(data)
+        if not d.eof:  # a stream cut short may still yield every sample: refuse it anyway
+            raise zlib.error("incomplete or truncated stream")
         if not d.unused_data:
             return out
         data = d.unused_data

@@ -144,13 +144,19 @@ class FlatFieldLoader(ImageLoader):
     def mipmap_transform(self, view: ViewId, level: int) -> np.ndarray:
         return self.wrapped.mipmap_transform(view, level)
 
+    def check_view(self, view: ViewId) -> None:
+        """The wrapped loader's view passes the whole validation."""
+        from .validate import check_view
+
+        check_view(self.wrapped, view)
+
     def files(self) -> list[Path]:
         extra = sorted({p for pair in self.images.values() for p in pair if p is not None})
         return self.wrapped.files() + extra
 
-    def data_files(self, view: ViewId) -> list[Path]:
+    def view_files(self, view: ViewId) -> list[Path]:
         own = [p for p in self.images.get(ViewId(*view), (None, None)) if p is not None]
-        return self.wrapped.data_files(view) + own
+        return self.wrapped.view_files(view) + own
 
     # -- pixels ---------------------------------------------------------------
     def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:

@@ -168,6 +168,8 @@ class Hdf5Loader(ImageLoader):
             raise MissingDataError(
                 f"{path}: {ViewId(*view)} has no pixel data (dataset {key} is missing)"
             )
+        if not _is_dataset(ds):
+            raise ImageDataError(f"{path}: {ViewId(*view)}: {key} is a {type(ds).__name__}, not a dataset")
         return ds
 
     def _resolutions(self, view: ViewId) -> np.ndarray:
@@ -180,8 +182,16 @@ class Hdf5Loader(ImageLoader):
             present = False
         if not present:
             raise MissingDataError(f"{path}: {ViewId(*view)}: dataset {key} is missing")
-        res = np.asarray(f[key][()], dtype=np.float64).reshape(-1, 3)
-        return res
+        ds = f[key]
+        # BDV writes double[levels][3]; anything else would be silently reshaped into other factors.
+        if not _is_dataset(ds) or ds.dtype.kind not in "iuf" or not (
+            (ds.ndim == 2 and ds.shape[1] == 3 and ds.shape[0] >= 1) or ds.shape == (3,)
+        ):
+            kind = f"{ds.dtype} {ds.shape}" if _is_dataset(ds) else type(ds).__name__
+            raise ImageDataError(
+                f"{path}: {ViewId(*view)}: {key} must be a numeric [levels][3] dataset, found {kind}"
+            )
+        return np.asarray(ds[()], dtype=np.float64).reshape(-1, 3)
 
     # -- metadata ---------------------------------------------------------
     def has_view(self, view: ViewId) -> bool:
@@ -223,8 +233,14 @@ class Hdf5Loader(ImageLoader):
             return tuple(int(c) for c in ds.chunks)
         # Contiguous storage: fall back on BDV's declared block shape.
         path, _, setup = self._locate(view)
-        sub = np.asarray(self._file(path)[f"s{setup:02d}/subdivisions"][()]).reshape(-1, 3)
-        return tuple(int(c) for c in sub[level][::-1])
+        key = f"s{setup:02d}/subdivisions"
+        sub = self._file(path).get(key)
+        if not _is_dataset(sub) or sub.dtype.kind not in "iu" or sub.size < 3 * (level + 1):
+            raise ImageDataError(
+                f"{path}: {ViewId(*view)} level {level} is stored contiguously and {key} gives no "
+                f"integer block shape for it"
+            )
+        return tuple(int(c) for c in np.asarray(sub[()]).reshape(-1, 3)[level][::-1])
 
     def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
         ds = self._cells(view, level)
@@ -248,12 +264,56 @@ class Hdf5Loader(ImageLoader):
             arr = arr.view(want)
         return arr
 
+    def check_view(self, view: ViewId) -> None:
+        """Every level's ``cells`` a 3D dataset in the file; no data outside the files the XML lists.
+
+        HDF5 can store a dataset's bytes in any other file (*external storage*,
+        virtual datasets) or link to objects of other files (*external links*).
+        BDV uses only external links from a partitioned master file to its
+        partitions, so anything else would read pixels the project does not
+        name, and is refused unless ``TILEFUSE_ALLOW_EXTERNAL_DATA=1``.
+        """
+        from .validate import ALLOW_EXTERNAL_ENV, allow_external_data
+
+        view = ViewId(*view)
+        path, tp, setup = self._locate(view)
+        f = self._file(path)
+        n_levels = len(self._resolutions(view))
+        external_ok = allow_external_data()
+        if not external_ok:
+            listed = {os.path.normpath(p.absolute()) for p in self.files()}
+            for key in [f"s{setup:02d}/resolutions"] + [_cells_key(tp, setup, i) for i in range(n_levels)]:
+                _check_links(f, path, key, listed, view)
+        for level in range(n_levels):
+            ds = self._cells(view, level)
+            if ds.ndim != 3:
+                raise ImageDataError(f"{path}: {view}: {ds.name} is {ds.ndim}D, expected 3D (z y x)")
+            if external_ok:
+                continue
+            if ds.external:
+                raise ImageDataError(
+                    f"{path}: {view}: {ds.name} keeps its bytes in other file(s) "
+                    f"({', '.join(str(e[0]) for e in ds.external)}: HDF5 external storage); refused because "
+                    f"it reads files the project does not list (set {ALLOW_EXTERNAL_ENV}=1 to allow)"
+                )
+            if ds.is_virtual:
+                raise ImageDataError(
+                    f"{path}: {view}: {ds.name} is a virtual dataset mapping other files; refused because "
+                    f"it reads files the project does not list (set {ALLOW_EXTERNAL_ENV}=1 to allow)"
+                )
+        # Pixels stored in another type than the declared one would be misread (same-width
+        # integers are fine: legacy BDV stores uint16 as int16).
+        stored, want = self._cells(view, 0).dtype, self.dtype(view)
+        if stored != want and not (stored.kind in "iu" and want.kind in "iu" and stored.itemsize == want.itemsize):
+            raise ImageDataError(f"{path}: {view} is stored as {stored} but declared {want}")
+
     def files(self) -> list[Path]:
         return [self.path, *(p.path for p in self.partitions)]
 
-    def data_files(self, view: ViewId) -> list[Path]:
+    def view_files(self, view: ViewId) -> list[Path]:
+        located = self._locate(view)[0]
         # The master file too: its external links decide which file a view is read from.
-        return sorted({self.path, self._locate(view)[0]})
+        return [located] if located == self.path else [located, self.path]
 
     def __repr__(self) -> str:
         parts = f", partitions={len(self.partitions)}" if self.partitions else ""
@@ -322,16 +382,25 @@ def _decode_chunk(ds, offset, deflate: bool, shuffle: bool) -> np.ndarray:
     """The whole chunk at ``offset`` (chunk-shaped, edge chunks padded as HDF5 stores them)."""
     chunks, dtype = ds.chunks, ds.dtype
     n_items = int(np.prod(chunks))
+    if ds.id.get_chunk_info_by_coord(offset).byte_offset is None:  # never written: the fill value
+        return np.full(chunks, ds.fillvalue, dtype=dtype)
+    where_ = f"{ds.file.filename}: {ds.name} chunk at {offset}"
     try:
         mask, raw = ds.id.read_direct_chunk(offset)
-    except (KeyError, RuntimeError, ValueError):  # chunk never written: the fill value
-        return np.full(chunks, ds.fillvalue, dtype=dtype)
+    except (KeyError, RuntimeError, ValueError, OSError) as exc:  # allocated but unreadable
+        raise ImageDataError(f"{where_}: cannot read the chunk ({exc})") from exc
     if mask:  # a filter was skipped for this chunk: let HDF5 decode it
         edge = tuple(slice(o, min(o + c, n)) for o, c, n in zip(offset, chunks, ds.shape))
         block = np.zeros(chunks, dtype=dtype)
         block[tuple(slice(0, s.stop - s.start) for s in edge)] = ds[edge]
         return block
     data = inflate(raw) if deflate else raw
+    # Exactly one chunk of samples: more or fewer bytes means the chunk is not what the dataset says.
+    if len(data) != n_items * dtype.itemsize:
+        raise ImageDataError(
+            f"{where_}: decodes to {len(data)} bytes, expected {n_items * dtype.itemsize} "
+            f"({'x'.join(map(str, chunks))} {dtype}); the file is damaged"
+        )
     if shuffle and dtype.itemsize > 1:
         data = np.frombuffer(data, np.uint8).reshape(dtype.itemsize, n_items).T.tobytes()
     return np.frombuffer(data, dtype=dtype, count=n_items).reshape(chunks)
@@ -339,6 +408,36 @@ def _decode_chunk(ds, offset, deflate: bool, shuffle: bool) -> np.ndarray:
 
 def _cells_key(tp: int, setup: int, level: int) -> str:
     return f"t{tp:05d}/s{setup:02d}/{level}/cells"
+
+
+def _is_dataset(obj) -> bool:
+    import h5py
+
+    return isinstance(obj, h5py.Dataset)
+
+
+def _check_links(f, path: Path, key: str, listed: set[str], view: ViewId) -> None:
+    """Refuse an external link on the way to ``key`` that leads to a file the XML does not list."""
+    import h5py
+
+    from .validate import ALLOW_EXTERNAL_ENV
+
+    parts = key.split("/")
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        try:
+            link = f.get(sub, getlink=True)
+        except (KeyError, OSError):  # a dangling link further up: reported as missing data later
+            return
+        if isinstance(link, h5py.ExternalLink):
+            target = Path(link.filename)
+            if not target.is_absolute():
+                target = path.parent / target
+            if os.path.normpath(target.absolute()) not in listed:
+                raise ImageDataError(
+                    f"{path}: {view}: {sub} is an external link to {link.filename}:{link.path}, a file "
+                    f"the project does not list; refused (set {ALLOW_EXTERNAL_ENV}=1 to allow)"
+                )
 
 
 def _open_h5(path: Path, xml_path: Path | None):

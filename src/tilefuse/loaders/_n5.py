@@ -147,7 +147,7 @@ class N5Loader(ImageLoader):
             return [(1.0, 1.0, 1.0)]
         try:
             out = [tuple(float(f) for f in reversed(level)) for level in factors]
-        except TypeError:
+        except (TypeError, ValueError):
             raise ImageDataError(
                 f"{self._container(view)}/setup{view.setup}/attributes.json: bad downsamplingFactors {factors!r}"
             ) from None
@@ -174,10 +174,26 @@ class N5Loader(ImageLoader):
         region = normalize_region(region, ds.shape)
         return ds.read(region, cache=cache).astype(self.dtype(view), copy=False)
 
+    def check_view(self, view: ViewId) -> None:
+        """Every level a readable 3D N5 dataset of the setup's ``dataType``.
+
+        The setup's ``dataType`` is what :meth:`dtype` reports and what reads are
+        cast to; a level stored in another type would be silently converted.
+        """
+        view = ViewId(*view)
+        declared = self._setup_attributes(view).get("dataType")
+        for level in range(len(self.levels(view))):
+            ds = self._dataset(view, level)
+            if declared is not None and declared != ds.dtype.name:
+                raise ImageDataError(
+                    f"{self._container(view)}/setup{view.setup}/attributes.json: dataType {declared!r} but "
+                    f"{ds.path}/attributes.json says {ds.dtype.name!r} ({view}, level {level})"
+                )
+
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []
 
-    def data_files(self, view: ViewId) -> list[Path]:
+    def view_files(self, view: ViewId) -> list[Path]:
         if self.path is None:
             return []
         view = ViewId(*view)

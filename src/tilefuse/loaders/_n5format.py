@@ -59,6 +59,7 @@ N5_DTYPES: dict[str, np.dtype] = {
 
 _MODE_DEFAULT = 0
 _MODE_VARLENGTH = 1
+_MODE_OBJECT = 2
 
 #: N5 version written to a new container's root (format unchanged since 2.x;
 #: Java readers accept any major version up to their own).
@@ -73,6 +74,8 @@ def read_attributes(path: str | Path) -> dict[str, Any]:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
         return {}
+    except UnicodeDecodeError as exc:
+        raise ImageDataError(f"{file}: not valid JSON ({exc})") from None
     try:
         attrs = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -166,6 +169,19 @@ def _decompress(data: bytes, comp: Mapping[str, Any]) -> bytes:
     raise UnsupportedFormatError(f"N5 compression type {kind!r} is not supported")
 
 
+#: The compression types this module decodes.
+_DECODERS = ("raw", "gzip", "zstd", "blosc", "bzip2", "xz", "lz4")
+
+
+def _int_list(values: Any, where: str, name: str, minimum: int) -> tuple[int, ...]:
+    """An attribute holding a list of integers >= ``minimum`` (``dimensions``, ``blockSize``)."""
+    if not isinstance(values, list) or not values or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= minimum for v in values
+    ):
+        raise ImageDataError(f"{where}: {name} must be a list of integers >= {minimum}, got {values!r}")
+    return tuple(values)
+
+
 def _decode_lz4_block_stream(data: bytes) -> bytes:
     """Decode lz4-java's ``LZ4BlockOutputStream`` framing, which N5's lz4 uses.
 
@@ -214,8 +230,10 @@ def decode_block(data: bytes, dtype: np.dtype, compression: Mapping[str, Any],
     if len(data) < 4:
         raise ImageDataError(f"{source}: N5 block is truncated ({len(data)} bytes)")
     mode, ndim = struct.unpack_from(">HH", data, 0)
-    if mode not in (_MODE_DEFAULT, _MODE_VARLENGTH):
+    if mode == _MODE_OBJECT:
         raise UnsupportedFormatError(f"{source}: N5 block mode {mode} (object blocks) is not supported")
+    if mode not in (_MODE_DEFAULT, _MODE_VARLENGTH):
+        raise ImageDataError(f"{source}: N5 block header has mode {mode} (expected 0 or 1); the block is damaged")
     offset = 4 + 4 * ndim
     if len(data) < offset:
         raise ImageDataError(f"{source}: N5 block header is truncated")
@@ -223,6 +241,8 @@ def decode_block(data: bytes, dtype: np.dtype, compression: Mapping[str, Any],
     shape = tuple(int(n) for n in size_xyz[::-1])
     count = int(np.prod(shape, dtype=np.int64))
     if mode == _MODE_VARLENGTH:
+        if len(data) < offset + 4:
+            raise ImageDataError(f"{source}: N5 block header is truncated")
         (count,) = struct.unpack_from(">I", data, offset)
         offset += 4
     try:
@@ -234,14 +254,16 @@ def decode_block(data: bytes, dtype: np.dtype, compression: Mapping[str, Any],
     except (*DeflateError, OSError, lzma.LZMAError, ValueError, RuntimeError) as exc:
         raise ImageDataError(f"{source}: cannot decompress N5 block ({exc})") from None
     big = np.dtype(dtype).newbyteorder(">")
-    if len(raw) < count * big.itemsize:
+    # Exactly the header's samples: more bytes means another data type or block size than
+    # the attributes say (uint16 blocks read as uint8 would double the block), fewer a damaged block.
+    if len(raw) != count * big.itemsize:
         raise ImageDataError(
-            f"{source}: N5 block holds {len(raw)} bytes, expected {count * big.itemsize} for shape {shape}"
+            f"{source}: N5 block holds {len(raw)} bytes, expected {count * big.itemsize} "
+            f"({count} x {np.dtype(dtype).name} for shape {shape})"
         )
-    flat = np.frombuffer(raw, dtype=big, count=count)
-    if mode == _MODE_VARLENGTH:
-        return flat.astype(dtype)
-    return flat.reshape(shape).astype(dtype)
+    if count != int(np.prod(shape, dtype=np.int64)):
+        raise ImageDataError(f"{source}: N5 block of shape {shape} holds {count} samples")
+    return np.frombuffer(raw, dtype=big, count=count).reshape(shape).astype(dtype)
 
 
 def _read_bytes(path: Path) -> bytes | None:
@@ -251,6 +273,8 @@ def _read_bytes(path: Path) -> bytes | None:
             return f.read()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise ImageDataError(f"{path}: N5 block is a folder, not a block file") from None
 
 
 # -- datasets ------------------------------------------------------------------
@@ -280,20 +304,26 @@ class N5Dataset:
             if not self.path.exists():
                 raise MissingDataError(f"{self.path}: N5 dataset does not exist")
             raise MissingDataError(f"{self.path}: not an N5 dataset (no attributes.json)")
+        where = f"{self.path}/attributes.json"
         missing = [k for k in ("dimensions", "blockSize", "dataType") if k not in attrs]
         if missing:
-            raise ImageDataError(f"{self.path}/attributes.json: not an N5 dataset, missing {missing}")
+            raise ImageDataError(f"{where}: not an N5 dataset, missing {missing}")
         dtype_name = attrs["dataType"]
-        if dtype_name not in N5_DTYPES:
-            raise UnsupportedFormatError(f"{self.path}/attributes.json: N5 dataType {dtype_name!r} is not supported")
-        self.shape: tuple[int, ...] = tuple(int(n) for n in attrs["dimensions"][::-1])
-        self.chunks: tuple[int, ...] = tuple(int(n) for n in attrs["blockSize"][::-1])
+        if not isinstance(dtype_name, str) or dtype_name not in N5_DTYPES:
+            raise UnsupportedFormatError(f"{where}: N5 dataType {dtype_name!r} is not supported")
+        self.shape: tuple[int, ...] = _int_list(attrs["dimensions"], where, "dimensions", 0)[::-1]
+        self.chunks: tuple[int, ...] = _int_list(attrs["blockSize"], where, "blockSize", 1)[::-1]
         if len(self.shape) != len(self.chunks):
-            raise ImageDataError(f"{self.path}/attributes.json: dimensions and blockSize differ in length")
+            raise ImageDataError(f"{where}: dimensions and blockSize differ in length")
         self.dtype: np.dtype = N5_DTYPES[dtype_name]
         # Very old N5 files store compression as a plain string ("compressionType").
         comp = attrs.get("compression", {"type": attrs.get("compressionType", "raw")})
-        self.compression: dict[str, Any] = dict(comp) if isinstance(comp, Mapping) else {"type": str(comp)}
+        comp = dict(comp) if isinstance(comp, Mapping) else {"type": comp}
+        if comp.get("type") not in _DECODERS:
+            raise UnsupportedFormatError(
+                f"{where}: N5 compression {comp!r} is not supported (readable: {', '.join(_DECODERS)})"
+            )
+        self.compression: dict[str, Any] = comp
         self.attributes = attrs
 
     @property
@@ -323,14 +353,18 @@ class N5Dataset:
         want = tuple(s.stop - s.start for s in self.block_region(index))
         if block.ndim != self.ndim:
             raise ImageDataError(f"{file}: block has {block.ndim} dimensions, dataset has {self.ndim}")
-        if block.shape != want:
-            # Some writers pad edge blocks to the full block size; others could
-            # write short blocks.  Keep what overlaps, zero-fill the rest.
-            out = np.zeros(want, dtype=self.dtype)
-            common = tuple(slice(0, min(a, b)) for a, b in zip(block.shape, want))
-            out[common] = block[common]
-            block = out
-        return block
+        if block.shape == want:
+            return block
+        if block.shape == self.chunks:
+            # Some writers pad edge blocks to the full block size: keep the inside.
+            return block[tuple(slice(0, w) for w in want)]
+        # Any other size means the header or the attributes are wrong: the samples
+        # would land in the wrong voxels.
+        raise ImageDataError(
+            f"{file}: N5 block header says {'x'.join(map(str, block.shape[::-1]))} (x y z), expected "
+            f"{'x'.join(map(str, want[::-1]))} (or the full block size "
+            f"{'x'.join(map(str, self.chunks[::-1]))}) from {self.path}/attributes.json"
+        )
 
     def read(self, region: tuple[slice, ...] | None = None, *, cache: bool = False) -> np.ndarray:
         """Read a region (tuple of step-1 slices, numpy order), opening only the blocks it needs.

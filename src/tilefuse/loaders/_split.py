@@ -38,11 +38,11 @@ from pathlib import Path
 import numpy as np
 from lxml import etree
 
-from ..errors import MissingDataError, ProjectFormatError, UnsupportedFormatError, where
+from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
 from ..geometry.affine import mipmap_transform
 from ..project.views import ViewId
 from . import loader_from_xml, register_loader
-from .base import ImageLoader, Region, normalize_region
+from .base import ImageLoader, Region, describe_files, normalize_region
 
 __all__ = ["SplitLoader"]
 
@@ -183,11 +183,25 @@ class SplitLoader(ImageLoader):
         moved = tuple(slice(s.start + a, s.stop + a) for s, a in zip(region, lo))
         return self.underlying.read(self._old(view), level, moved, cache=cache)
 
+    def check_view(self, view: ViewId) -> None:
+        """The original view passes the whole validation and the box lies inside its level 0."""
+        from .validate import check_view
+
+        old = self._old(view)
+        data = check_view(self.underlying, old)
+        lo, hi = self.boxes[ViewId(*view).setup]
+        if any(b >= n for b, n in zip(hi, data.shapes[0])):
+            raise ImageDataError(
+                f"{where(self.xml_path, '<SetupIds>')}: setup {ViewId(*view).setup} is the box "
+                f"{' '.join(map(str, lo[::-1]))} .. {' '.join(map(str, hi[::-1]))} (x y z) of {old}, which is "
+                f"only {' '.join(map(str, data.shapes[0][::-1]))} (x y z) in {describe_files(self.underlying, old)}"
+            )
+
     def files(self) -> list[Path]:
         return self.underlying.files()
 
-    def data_files(self, view: ViewId) -> list[Path]:
-        return self.underlying.data_files(self._old(view))
+    def view_files(self, view: ViewId) -> list[Path]:
+        return self.underlying.view_files(self._old(view))
 
 
 @register_loader

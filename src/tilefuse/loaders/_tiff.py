@@ -226,7 +226,7 @@ class FileMap2Loader(ImageLoader):
     def files(self) -> list[Path]:
         return sorted({e.path for e in self.files_map.values()})
 
-    def data_files(self, view: ViewId) -> list[Path]:
+    def view_files(self, view: ViewId) -> list[Path]:
         entry = self.files_map.get(ViewId(*view))
         return [entry.path] if entry is not None else self.files()
 
@@ -266,12 +266,43 @@ class _SeriesHandle:
                 f"{entry.path}: {view} wants series {entry.series}, the file has {n} series"
             )
         series = tif.series[entry.series]
+        try:
+            _check_extent(tif, series, entry, view)
+        except BaseException:
+            tif.close()
+            raise
         # Chunks of this store are pages (or tiles/strips of pages).
         array = zarr.open_array(series.aszarr(), mode="r")
         return cls(tif, array, series.axes)
 
     def close(self) -> None:
         self.tif.close()
+
+
+def _check_extent(tif, series, entry: TiffEntry, view: ViewId) -> None:
+    """Refuse a series whose pixel bytes do not all lie inside the file (a truncated TIFF).
+
+    tifffile opens a truncated file without complaint: an ImageJ stack whose
+    later pages are cut off shrinks to its first page, other layouts fail
+    only when a missing strip is read (or decompressed).  Checking every
+    page's strips or tiles against the file size when the file is opened
+    refuses it up front.
+    """
+    size = tif.filehandle.size
+    if series.dataoffset is not None:  # contiguous: one range for the whole series
+        ranges = [(series.dataoffset, series.nbytes)]
+    else:
+        ranges = []
+        for i, page in enumerate(series.pages):
+            if page is None:
+                raise ImageDataError(f"{entry.path}: series {entry.series} of {view} lacks page {i}")
+            ranges.extend(zip(page.dataoffsets, page.databytecounts))
+    for offset, count in ranges:
+        if offset + count > size:
+            raise ImageDataError(
+                f"{entry.path}: {view}: pixel data end at byte {offset + count} but the file has "
+                f"{size} bytes; the TIFF is truncated"
+            )
 
 
 def _zyx_index(shape, axes: str, entry: TiffEntry, view: ViewId):

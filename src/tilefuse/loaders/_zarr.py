@@ -25,7 +25,9 @@ does.  Arrays are opened with zarr-python 3 (Zarr v2 and v3).
 
 from __future__ import annotations
 
+import functools
 import os
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -181,6 +183,10 @@ class OmeZarrLoader(ImageLoader):
     def __repr__(self) -> str:
         return f"OmeZarrLoader({str(self.uri or self.path)!r}, {len(self.zgroups)} views)"
 
+    def token(self):
+        # The zgroups too: two projects may map the same container's groups to views differently.
+        return (type(self).__name__, str(self.uri or self.path), tuple(sorted(self.zgroups.items())))
+
     # -- helpers --------------------------------------------------------------
     def _group_path(self, view: ViewId) -> Path:
         if self.uri is not None:
@@ -193,7 +199,7 @@ class OmeZarrLoader(ImageLoader):
         zg = self.zgroups.get(ViewId(*view))
         if zg is None:
             raise MissingDataError(f"{self.path}: the loader has no zgroup for {view}")
-        return self.path / zg.path
+        return self.path / _inside_path(zg.path, f"{where(self.xml_path, _ELEMENT)}: <zgroup> of {view}")
 
     def _image(self, view: ViewId) -> _Image:
         group = self._group_path(view)
@@ -256,10 +262,15 @@ class OmeZarrLoader(ImageLoader):
         region = normalize_region(region, arr.shape[-3:])
         return np.asarray(arr[self._select(view, arr, region)])
 
+    def check_view(self, view: ViewId) -> None:
+        """Every level selects a 3D volume with the XML's ``indicies`` (metadata were parsed on opening)."""
+        for level in range(len(self._image(view).arrays)):
+            self._select(view, self._level(view, level), (slice(0, 0),) * 3)
+
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []
 
-    def data_files(self, view: ViewId) -> list[Path]:
+    def view_files(self, view: ViewId) -> list[Path]:
         zg = self.zgroups.get(ViewId(*view))
         if self.path is None or zg is None:
             return self.files()
@@ -281,41 +292,156 @@ def _open_image(group_path: Path, view: ViewId) -> _Image:
 
     if not group_path.is_dir():
         raise MissingDataError(f"{group_path}: OME-Zarr group for {view} does not exist")
+    _check_json(group_path)
     try:
         group = zarr.open_group(str(group_path), mode="r")
     except Exception as exc:  # zarr raises several types for a non-group
         raise MissingDataError(f"{group_path}: cannot open OME-Zarr group for {view} ({exc})") from None
-    ms = _multiscales(dict(group.attrs))
-    if not ms:
-        raise ImageDataError(f"{group_path}: no NGFF 'multiscales' metadata ({view})")
-    datasets = ms[0].get("datasets") or []
-    if not datasets:
-        raise ImageDataError(f"{group_path}: 'multiscales' lists no datasets ({view})")
+    datasets = _parse_multiscales(dict(group.attrs), f"{group_path}: {view}")
     arrays, scales = [], []
-    for ds in datasets:
-        # BigStitcher writes dataset paths like "/0"; NGFF paths are relative.
-        sub = str(ds.get("path", "")).strip("/")
+    for sub, scale in datasets:
+        array_path = group_path / sub
+        meta = _check_json(array_path)
+        if not any(name in meta for name in (".zarray", "zarr.json")):
+            raise MissingDataError(f"{array_path}: level array missing for {view} (no .zarray or zarr.json)")
         try:
-            arr = zarr.open_array(str(group_path / sub), mode="r")
-        except Exception as exc:
-            raise MissingDataError(f"{group_path / sub}: level array missing for {view} ({exc})") from None
+            store = _checking_store_class()(zarr.storage.LocalStore(array_path, read_only=True),
+                                            blosc=_uses_blosc(meta))
+            arr = zarr.open_array(store, mode="r")
+        except Exception as exc:  # zarr's own metadata checks (zero chunks, unknown dtype or codec...)
+            raise ImageDataError(f"{array_path}: cannot open the level array of {view} ({exc})") from exc
         if arr.ndim < 3:
-            raise ImageDataError(f"{group_path / sub}: {arr.ndim}D array, expected at least 3D ({view})")
+            raise ImageDataError(f"{array_path}: {arr.ndim}D array, expected at least 3D ({view})")
+        if scale is not None and len(scale) != arr.ndim:
+            raise ImageDataError(
+                f"{group_path}: {view}: the scale of dataset {sub!r} has {len(scale)} values for a "
+                f"{arr.ndim}D array"
+            )
         arrays.append(arr)
-        scale = None
-        for t in ds.get("coordinateTransformations") or []:
-            if t.get("type") == "scale" and "scale" in t:
-                scale = [float(v) for v in t["scale"]][-3:]
-        scales.append(scale)
+        scales.append(None if scale is None else scale[-3:])
     factors = []
     for arr, scale in zip(arrays, scales):
-        if scale is not None and scales[0] is not None and all(s > 0 for s in scales[0]):
+        if scale is not None and scales[0] is not None:
             f = tuple(round(s / s0, 4) for s, s0 in zip(scale, scales[0]))
         else:
             # No scale transform: infer the factor from the shapes.
             f = tuple(round(n0 / max(n, 1), 4) for n0, n in zip(arrays[0].shape[-3:], arr.shape[-3:]))
         factors.append(f)
     return _Image(arrays, factors)
+
+
+def _check_json(folder: Path) -> dict[str, dict]:
+    """The Zarr metadata files of a folder, parsed: refused here when corrupt, before zarr reports
+    them as something else (a missing array)."""
+    import json
+
+    found = {}
+    for name in (".zgroup", ".zattrs", ".zarray", "zarr.json"):
+        file = folder / name
+        if not file.is_file():
+            continue
+        try:
+            meta = json.loads(file.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ImageDataError(f"corrupt JSON in {file} ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ImageDataError(f"{file}: expected a JSON object, got {type(meta).__name__}")
+        found[name] = meta
+    return found
+
+
+def _uses_blosc(meta: Mapping[str, dict]) -> bool:
+    """Whether an array's chunks are Blosc frames (Zarr v2 ``compressor`` or a v3 top-level codec)."""
+    compressor = meta.get(".zarray", {}).get("compressor")
+    codecs = meta.get("zarr.json", {}).get("codecs")
+    return (isinstance(compressor, Mapping) and compressor.get("id") == "blosc") or (
+        isinstance(codecs, list) and any(isinstance(c, Mapping) and c.get("name") == "blosc" for c in codecs))
+
+
+#: Blosc frame header: version, versionlz, flags, typesize, then little-endian uint32 nbytes, blocksize, cbytes.
+_BLOSC_HEADER = 16
+
+
+@functools.cache
+def _checking_store_class():
+    """A zarr store that refuses chunks zarr would otherwise misread (built on first use: zarr loads lazily).
+
+    * A chunk key that is a folder: a plain store reports it missing, and the
+      chunk would read as the fill value.
+    * A Blosc frame whose length differs from the ``cbytes`` in its header: the
+      Blosc 1 decoder trusts the header and decodes a truncated chunk into
+      garbage without an error (measured: half a zstd chunk "decodes" to a full
+      chunk of wrong values).
+    """
+    from zarr.storage import WrapperStore
+
+    class ChunkCheckingStore(WrapperStore):
+        def __init__(self, store, *, blosc: bool = False) -> None:
+            super().__init__(store)
+            self.blosc = blosc
+
+        def _with_store(self, store):
+            return type(self)(store, blosc=self.blosc)
+
+        async def get(self, key, prototype, byte_range=None):
+            buf = await self._store.get(key, prototype, byte_range)
+            if key.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup", "zarr.json"):
+                return buf
+            file = Path(self._store.root) / key
+            if buf is None and file.is_dir():
+                raise ImageDataError(f"{file}: Zarr chunk is a folder, not a chunk file")
+            if buf is not None and byte_range is None and self.blosc:
+                data = buf.to_bytes()
+                cbytes = struct.unpack_from("<I", data, 12)[0] if len(data) >= _BLOSC_HEADER else None
+                if cbytes != len(data):
+                    raise ImageDataError(
+                        f"{file}: Blosc chunk of {len(data)} bytes, its header says {cbytes}; the chunk is "
+                        "truncated or damaged"
+                    )
+            return buf
+
+    return ChunkCheckingStore
+
+
+def _parse_multiscales(attrs: Mapping[str, Any], here: str) -> list[tuple[str, list[float] | None]]:
+    """``(path, scale)`` of each dataset of the first NGFF multiscale, checked for type and sense."""
+    ms = _multiscales(attrs)
+    if ms is None:
+        raise ImageDataError(f"{here}: no NGFF 'multiscales' metadata")
+    if not isinstance(ms, list) or not ms or not isinstance(ms[0], Mapping):
+        raise ImageDataError(f"{here}: malformed 'multiscales' (expected a list of objects, got {ms!r:.80})")
+    datasets = ms[0].get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise ImageDataError(f"{here}: 'multiscales' lists no datasets")
+    out = []
+    for i, ds in enumerate(datasets):
+        what = f"{here}: 'multiscales' dataset {i}"
+        if not isinstance(ds, Mapping) or not isinstance(ds.get("path"), str):
+            raise ImageDataError(f"{what}: expected an object with a 'path' string, got {ds!r:.80}")
+        # BigStitcher writes dataset paths like "/0"; NGFF paths are relative.
+        sub = _inside_path(ds["path"], what)
+        transforms = ds.get("coordinateTransformations") or []
+        if not isinstance(transforms, list) or not all(isinstance(t, Mapping) for t in transforms):
+            raise ImageDataError(f"{what}: malformed coordinateTransformations {transforms!r:.80}")
+        scale = None
+        for t in transforms:
+            if t.get("type") == "scale" and "scale" in t:
+                values = t["scale"]
+                if (not isinstance(values, list) or len(values) < 3
+                        or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+                        or not all(np.isfinite(v) and v > 0 for v in values)):
+                    raise ImageDataError(f"{what}: scale {values!r:.80} must be positive finite numbers")
+                scale = [float(v) for v in values]
+        out.append((sub, scale))
+    return out
+
+
+def _inside_path(path: str, what: str) -> str:
+    """A container-relative path that cannot leave its container (no ``..``; leading ``/`` ignored)."""
+    rel = path.strip().strip("/")
+    if not rel or ".." in rel.replace("\\", "/").split("/"):
+        raise ImageDataError(f"{what}: path {path!r} is empty or leaves its folder; Zarr paths must stay inside it")
+    return rel
 
 
 def _scan_bigstitcher_groups(path: Path) -> dict[ViewId, str]:

@@ -12,6 +12,7 @@ has ``z == 1``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import threading
@@ -23,9 +24,11 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from ..errors import ImageDataError, TilefuseError
 from ..project.views import ViewId
 
-__all__ = ["ImageLoader", "cached_handle", "block_slices", "normalize_region", "path_identity"]
+__all__ = ["ImageLoader", "cached_handle", "cached_value", "block_slices", "normalize_region", "describe_files",
+           "path_identity"]
 
 Region = tuple[slice, slice, slice]
 
@@ -47,6 +50,21 @@ def cached_handle(key: tuple[str, Any], opener: Callable[[], Any]) -> Any:
                 handle = opener()
                 _HANDLES[key] = handle
     return handle
+
+
+def cached_value(key: tuple[str, Any], compute: Callable[[], Any]) -> Any:
+    """Like :func:`cached_handle`, for values whose computation itself opens handles.
+
+    ``compute`` runs outside the lock (it may call :func:`cached_handle`); two
+    threads missing at once both compute and the first result is kept.  The
+    value is dropped with the handles of ``key[0]`` (:func:`drop_cached_handles`).
+    """
+    value = _HANDLES.get(key)
+    if value is None:
+        value = compute()
+        with _HANDLES_LOCK:
+            value = _HANDLES.setdefault(key, value)
+    return value
 
 
 def drop_cached_handles(prefix: str | None = None) -> None:
@@ -133,6 +151,18 @@ class ImageLoader(ABC):
     #: The XML ``format`` attribute handled by this class.
     format: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs) -> None:
+        # The safety net: whatever a subclass's file access raises that is not a
+        # TilefuseError (h5py's KeyError, blosc's RuntimeError, a ZeroDivisionError
+        # from a zero block size...) becomes an ImageDataError naming the files,
+        # the view and the level.  One mechanism here instead of try/except in
+        # every loader, so damage nobody thought of still gets a clear message.
+        super().__init_subclass__(**kwargs)
+        for name in _GUARDED:
+            method = cls.__dict__.get(name)
+            if callable(method) and not getattr(method, "_tilefuse_guarded", False):
+                setattr(cls, name, _guarded(method))
+
     def __init__(self) -> None:
         self.xml_path: Path | None = None
         # The element this loader came from (as text, so the loader pickles) and
@@ -195,6 +225,27 @@ class ImageLoader(ABC):
         Loaders without such blocks ignore it.
         """
 
+    def check_view(self, view: ViewId) -> None:
+        """Check the format-specific structure of one view's data; raise if it cannot be trusted.
+
+        Called once per view (and process) by :func:`tilefuse.loaders.validate.check_view`
+        before the generic checks of shapes, levels, dtype and blocks.  Loaders
+        override it for what only they can see (dataset paths leaving the
+        container, HDF5 external storage, metadata types...); the default has
+        nothing to check.
+        """
+
+    def view_files(self, view: ViewId) -> list[Path]:
+        """The files and folders holding one view's pixels (every level); by default all of :meth:`files`.
+
+        Named in error messages, and what :meth:`data_identity` looks at.
+        Loaders narrow it to the view where the layout allows (one TIFF, one
+        N5 timepoint folder, one OME-Zarr group), so that messages point at
+        the right file and fingerprinting a fusion of thousands of views does
+        not walk a whole container per view.
+        """
+        return self.files()
+
     # -- the element a loader came from ------------------------------------------
     def _remember_xml(self, element, base_dir: Path) -> None:
         """Keep the ``<ImageLoader>`` element (as text, so the loader pickles) for :meth:`_verbatim_xml`."""
@@ -218,25 +269,15 @@ class ImageLoader(ABC):
         """The files or containers this loader reads (for ``tilefuse info``)."""
         return []
 
-    def data_files(self, view: ViewId) -> list[Path]:
-        """The files and folders holding one view's pixels (every level).
-
-        What :meth:`data_identity` looks at; loaders narrow it to the view
-        where the layout allows (one TIFF, one N5 timepoint folder), so that
-        fingerprinting a fusion of thousands of views does not walk a whole
-        container per view.
-        """
-        return self.files()
-
     def data_identity(self, view: ViewId) -> str:
         """A cheap identity of one view's pixels: changes when their files change.
 
-        Size and modification time (ns) of every file of :meth:`data_files`
+        Size and modification time (ns) of every file of :meth:`view_files`
         (folders walked), hashed; used to key resumable outputs
         (:meth:`tilefuse.FusionPlan.fingerprint`).  Reading the pixels would be
         the only proof, and costs as much as the fusion itself.
         """
-        return path_identity(self.data_files(view))
+        return path_identity(self.view_files(view))
 
     def image(self, view: ViewId, level: int = 0, chunks=None):
         """A lazy dask array of one level, chunked like the file's blocks.
@@ -272,3 +313,50 @@ class ImageLoader(ABC):
 
 def _read_block(loader: ImageLoader, view: ViewId, level: int, region: Region) -> np.ndarray:
     return loader.read(view, level, region)
+
+
+#: Loader methods whose unexpected exceptions become ImageDataError (see ImageLoader.__init_subclass__).
+_GUARDED = ("has_view", "levels", "shape", "dtype", "chunks", "read", "check_view")
+
+
+def _guarded(method: Callable) -> Callable:
+    """``method`` with any non-Tilefuse exception turned into an ImageDataError (original chained)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except TilefuseError:
+            raise
+        except Exception as exc:
+            raise ImageDataError(_failure_message(self, method.__name__, args, kwargs, exc)) from exc
+
+    wrapper._tilefuse_guarded = True
+    return wrapper
+
+
+def _failure_message(loader: ImageLoader, name: str, args, kwargs, exc: BaseException) -> str:
+    """``"<files>, <view>, level <n>: <method>() failed (<original>); ..."``."""
+    view = args[0] if args else kwargs.get("view")
+    try:
+        view = ViewId(*view)
+    except (TypeError, ValueError):
+        pass
+    parts = [describe_files(loader, view if isinstance(view, ViewId) else None)]
+    if view is not None:
+        parts.append(str(view))
+    level = args[1] if len(args) > 1 else kwargs.get("level")
+    if level is not None or name in ("shape", "chunks"):
+        parts.append(f"level {0 if level is None else level}")
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return (f"{', '.join(parts)}: {name}() failed ({detail}); "
+            "the image data are damaged or not what the project describes")
+
+
+def describe_files(loader: ImageLoader, view: ViewId | None = None) -> str:
+    """The files of a loader (of one view when given) for a message: at most three, comma-separated."""
+    try:
+        files = loader.view_files(view) if view is not None else loader.files()
+    except Exception:  # a view the loader does not know: name all its files
+        files = loader.files()
+    return ", ".join(str(f) for f in files[:3]) or repr(loader)

@@ -287,9 +287,13 @@ class Project:
         self.data.registrations.setdefault(view, []).insert(0, ViewTransform(name=name, matrix=matrix))
 
     def shape(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
-        """Voxel shape ``(z, y, x)``: from the image file when there is one, else the XML size."""
+        """Voxel shape ``(z, y, x)``: from the image file when there is one (checked, see :meth:`check_view`),
+        else the XML size."""
         if self._loader is not None and self._loader.has_view(view):
-            return tuple(int(n) for n in self._loader.shape(view, level))
+            levels = self.check_view(view).shapes
+            if not 0 <= level < len(levels):
+                raise ImageDataError(f"{where(self.path)}: {view} has {len(levels)} levels, level {level} asked")
+            return levels[level]
         size = self.setups[view.setup].size
         if size is None:
             raise ImageDataError(f"{where(self.path)}: {view} has no <size> and no pixels")
@@ -322,44 +326,58 @@ class Project:
         """The pixels of a view as a lazy dask array ``(z, y, x)``.
 
         Chunks follow the file's own blocks unless ``chunks`` is given; 2D
-        views keep a singleton ``z`` (see :func:`squeeze_z`).
+        views keep a singleton ``z`` (see :func:`squeeze_z`).  The view's data
+        are checked first (:meth:`check_view`).
 
         Raises
         ------
         MissingDataError
             The view is missing (``<MissingViews>``) or absent from the file.
         ImageDataError
-            The file's shape disagrees with the XML ``<size>``.
+            The data disagree with the XML ``<size>`` or cannot be trusted (see :meth:`check_view`).
         """
+        data = self.check_view(view)
+        if not 0 <= level < len(data.levels):
+            raise ImageDataError(f"{where(self.path)}: {view} has {len(data.levels)} levels, level {level} asked")
+        return self.loader.image(view, level, chunks=chunks)
+
+    def check_view(self, view: ViewId):
+        """Check a view's pixel data against the project before reading them; return their layout.
+
+        Every path that reads pixels (:meth:`image`, registration, intensity
+        matching, fusion) calls this.  It runs once per view per process (see
+        :func:`tilefuse.loaders.validate.check_view` for what is checked).
+
+        Returns
+        -------
+        tilefuse.loaders.validate.ViewData
+            Per level factors, shapes and blocks ``(z, y, x)``, and the dtype;
+            level 0's shape equals the XML ``<size>``.
+
+        Raises
+        ------
+        MissingDataError
+            The view is missing (``<MissingViews>``), not part of the project, or absent from the file.
+        ImageDataError
+            The data disagree with the XML or with themselves; the message names the file, the view
+            and what is wrong.
+        """
+        from ..loaders.base import describe_files
+        from ..loaders.validate import check_view
+
+        view = ViewId(*view)
         loader = self.loader
         if view in self.missing_views:
             raise MissingDataError(f"{where(self.path)}: {view} is listed in <MissingViews>")
         if view.setup not in self.setups or view.timepoint not in self.timepoints:
             raise MissingDataError(f"{where(self.path)}: {view} is not part of the project")
         if not loader.has_view(view):
-            raise MissingDataError(f"{where(self.path)}: {view} has no pixels in {self._loader_files()}")
-        self.check_size(view)
-        n_levels = len(loader.levels(view))
-        if not 0 <= level < n_levels:
-            raise ImageDataError(f"{where(self.path)}: {view} has {n_levels} levels, level {level} asked")
-        return loader.image(view, level, chunks=chunks)
+            raise MissingDataError(f"{where(self.path)}: {view} has no pixels in {describe_files(loader, view)}")
+        return check_view(loader, view, self.setups[view.setup].size, xml_path=self.path)
 
     def check_size(self, view: ViewId) -> None:
-        """Raise :class:`ImageDataError` if the file's level 0 disagrees with ``<size>``."""
-        size = self.setups[view.setup].size
-        if size is None:
-            return
-        actual = tuple(self.loader.shape(view, 0))
-        if tuple(size) != actual:
-            raise ImageDataError(
-                f"{where(self.path, f'<ViewSetup> id {view.setup} <size>')}: the XML says "
-                f"{' '.join(map(str, size[::-1]))} (x y z) but {view} in {self._loader_files()} is "
-                f"{' '.join(map(str, actual[::-1]))} (x y z)"
-            )
-
-    def _loader_files(self) -> str:
-        files = self._loader.files() if self._loader is not None else []
-        return ", ".join(str(f) for f in files[:3]) or "the image files"
+        """Raise :class:`ImageDataError` if the view's data disagree with the XML (see :meth:`check_view`)."""
+        self.check_view(view)
 
     # -- saving ---------------------------------------------------------------------
     def save(self, path: str | Path | None = None, *, backup: bool = True) -> Path:

@@ -241,6 +241,8 @@ def pairwise(
         view = views[0]
         if not loader.has_view(view):
             raise RegistrationError(f"{where(project.path)}: {view} has no pixels to register")
+        for v in views:  # every view whose pixels are read, checked against the XML first
+            project.check_view(v)
         model = project.model(view)
         if not _axis_aligned(model):
             raise RegistrationError(
