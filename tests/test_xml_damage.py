@@ -408,3 +408,17 @@ def test_xinclude_stays_after_the_last_transform_when_the_chain_grows(tmp_path):
     saved = project.save(tmp_path / "saved.xml", backup=False)
     reg = etree.parse(str(saved)).getroot().find("ViewRegistrations/ViewRegistration")
     assert [etree.QName(c).localname for c in reg] == ["ViewTransform", "ViewTransform", "include"]
+
+
+@pytest.mark.parametrize("fmt,tag", [("n5", "n5"), ("zarr", "zarr"), ("zarr", "zgroups"), ("zarr", "zgroups/zgroup"),
+                                     ("tiff", "files"), ("tiff", "ZGrouped"), ("tiff", "files/FileMapping")])
+def test_duplicated_loader_elements_are_refused(tmp_path, fmt, tag):
+    """Inside <ImageLoader> too, an element given twice is ambiguous: which container or file is meant?"""
+    project = make_sample_project(tmp_path, grid=(1, 2), tile_shape=(32, 32), format=fmt, overwrite=True)
+    tree = etree.parse(str(project.path))
+    element = tree.find("SequenceDescription/ImageLoader").find(tag)
+    element.addnext(copy.deepcopy(element))
+    tree.write(str(project.path))
+    with pytest.raises(errors.TilefuseError, match=r"twice|2 times") as err:
+        open_project(project.path).image(project.views[0])
+    assert "dataset.xml" in str(err.value)

@@ -32,7 +32,7 @@ from ..errors import ImageDataError, MissingDataError, ProjectFormatError, Unsup
 from ..project.views import ViewId
 from . import register_loader
 from ._n5format import N5_DTYPES, N5Dataset, read_attributes
-from ..project.paths import parse_location, path_element
+from ..project.paths import parse_location, path_element, single_child
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["N5Loader"]
@@ -66,7 +66,7 @@ class N5Loader(ImageLoader):
 
     @classmethod
     def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "N5Loader":
-        n5 = element.find("n5")
+        n5 = single_child(element, "n5", xml_path, _ELEMENT)
         if n5 is None or not (n5.text or "").strip():
             raise ProjectFormatError(f"{where(xml_path, _ELEMENT)}: missing <n5> path")
         path, uri = parse_location(n5.text, n5.get("type"), Path(base_dir))

@@ -34,7 +34,7 @@ from ..errors import (
 )
 from ..project.views import ViewId
 from . import register_loader
-from ..project.paths import path_element, read_path_element
+from ..project.paths import path_element, read_path_element, single_child
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["FileMap2Loader", "TiffEntry"]
@@ -101,14 +101,15 @@ class FileMap2Loader(ImageLoader):
     @classmethod
     def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "FileMap2Loader":
         context = f'<ImageLoader format="{cls.format}">'
-        files_elem = element.find("files")
+        files_elem = single_child(element, "files", xml_path, context)
         mappings = files_elem.findall("FileMapping") if files_elem is not None else []
         if not mappings:
             raise ProjectFormatError(
                 f"{where(xml_path, context)}: <files> is missing or holds no <FileMapping>; "
                 "the project does not say which TIFF file holds which view"
             )
-        z_grouped = (element.findtext("ZGrouped") or "false").strip().lower() == "true"
+        z_grouped_el = single_child(element, "ZGrouped", xml_path, context)
+        z_grouped = (z_grouped_el is not None and (z_grouped_el.text or "").strip().lower() == "true")
         entries = {}
         for i, m in enumerate(mappings):
             mcontext = f"<FileMapping> #{i}"

@@ -38,7 +38,7 @@ from lxml import etree
 from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
 from ..project.views import ViewId
 from . import register_loader
-from ..project.paths import parse_location, path_element
+from ..project.paths import parse_location, path_element, single_child
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["OmeZarrLoader", "ZGroup"]
@@ -129,10 +129,11 @@ class OmeZarrLoader(ImageLoader):
     @classmethod
     def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "OmeZarrLoader":
         version = (element.get("version") or "").strip()
-        zarr_el = element.find("zarr")
+        zarr_el = single_child(element, "zarr", xml_path, _ELEMENT)
         if zarr_el is None or not (zarr_el.text or "").strip():
             raise ProjectFormatError(f"{where(xml_path, _ELEMENT)}: missing <zarr> path")
-        bucket = element.find("s3bucket")
+        bucket = single_child(element, "s3bucket", xml_path, _ELEMENT)
+        groups_el = single_child(element, "zgroups", xml_path, _ELEMENT)
         if version == "1.0" and bucket is not None:
             # The container is s3://<bucket>/<zarr>; kept, but not readable locally.
             folder = "/" + zarr_el.text.strip().strip("/") + "/"
@@ -140,7 +141,7 @@ class OmeZarrLoader(ImageLoader):
         else:
             path, uri = parse_location(zarr_el.text, zarr_el.get("type"), Path(base_dir))
         zgroups: dict[ViewId, ZGroup] = {}
-        for zg in element.iterfind("zgroups/zgroup"):
+        for zg in (groups_el.iterfind("zgroup") if groups_el is not None else ()):
             desc = f"{_ELEMENT} <zgroup setup={zg.get('setup')!r}>"
             try:
                 setup = int(zg.get("setup"))
@@ -158,6 +159,9 @@ class OmeZarrLoader(ImageLoader):
                 raise ProjectFormatError(f"{where(xml_path, desc)}: {exc}") from None
             if not gpath or not gpath.strip():
                 raise ProjectFormatError(f"{where(xml_path, desc)}: missing group path")
+            if ViewId(tp, setup) in zgroups:
+                raise ProjectFormatError(f"{where(xml_path, desc)}: a <zgroup> for {ViewId(tp, setup)} appears twice "
+                                         f"(line {zg.sourceline}); tilefuse refuses an ambiguous project")
             zgroups[ViewId(tp, setup)] = ZGroup(gpath.strip(), indices)
         loader = cls(path, zgroups, version=version or "2.0", uri=uri)
         loader.xml_path = xml_path

@@ -17,7 +17,7 @@ from lxml import etree
 
 from ..errors import ProjectFormatError, UnsupportedFormatError, where
 
-__all__ = ["parse_location", "read_path_element", "path_element", "same_dir"]
+__all__ = ["parse_location", "read_path_element", "path_element", "same_dir", "single_child"]
 
 _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
 
@@ -42,6 +42,17 @@ def parse_location(text: str | None, kind: str | None, base_dir: Path) -> tuple[
     return Path(os.path.normpath(path)), None
 
 
+def single_child(parent, tag: str, xml_path: Path | None, context: str):
+    """The one ``<tag>`` child of ``parent``, or None; refuses two (a reader taking the first would guess)."""
+    found = parent.findall(tag)
+    if len(found) > 1:
+        raise ProjectFormatError(
+            f"{where(xml_path, context)}: <{tag}> appears {len(found)} times (lines "
+            f"{', '.join(str(c.sourceline) for c in found)}); tilefuse refuses an ambiguous project"
+        )
+    return found[0] if found else None
+
+
 def read_path_element(parent, tag: str, base_dir: Path, xml_path: Path | None, context: str | None = None) -> Path:
     """The local path of a ``<tag>`` child of ``parent``.
 
@@ -54,13 +65,7 @@ def read_path_element(parent, tag: str, base_dir: Path, xml_path: Path | None, c
     """
     if context is None:
         context = f'<ImageLoader format="{parent.get("format", "")}">'
-    found = parent.findall(tag)
-    if len(found) > 1:  # which file is meant? (a reader taking the first would guess)
-        raise ProjectFormatError(
-            f"{where(xml_path, context)}: <{tag}> appears {len(found)} times (lines "
-            f"{', '.join(str(c.sourceline) for c in found)}); tilefuse refuses an ambiguous project"
-        )
-    child = found[0] if found else None
+    child = single_child(parent, tag, xml_path, context)
     path, uri = parse_location(None if child is None else child.text, None if child is None else child.get("type"),
                                base_dir)
     if uri is not None:
