@@ -194,7 +194,7 @@ def zarr_mutators() -> list[Mutator]:
 
     def meta(root, name=None):
         return [p for p in _files(root / "dataset.ome.zarr") if p.name.startswith(".z")
-                and (name is None or p.name == name)]
+                and (name is None or p.name == name) and len(p.read_bytes()) > 2]  # not the empty "{}"
 
     return [
         lambda root, xml, rng: _truncate(_pick(rng, chunks(root)), rng),
@@ -322,7 +322,7 @@ def _tiff_replace(root: Path, rng: np.random.Generator) -> str:
         new = np.stack([data] * 3)
     else:
         new = np.stack([data[:, :-1]] * 3, axis=-1).astype(np.uint8)
-    tifffile.imwrite(path, new, photometric="rgb" if kind == "rgb" else None)
+    tifffile.imwrite(path, new, photometric="rgb" if kind == "rgb" else "minisblack")
     return f"{path.name}: rewritten as {new.dtype} {new.shape}"
 
 
