@@ -20,6 +20,7 @@ __all__ = [
     "MissingDataError",
     "RegistrationError",
     "FusionError",
+    "WorkerLostError",
     "where",
 ]
 
@@ -50,6 +51,10 @@ class RegistrationError(TilefuseError, ValueError):
 
 class FusionError(TilefuseError, ValueError):
     """Fusion cannot run on the given input (empty box, bad parameters)."""
+
+
+class WorkerLostError(TilefuseError, RuntimeError):
+    """The dask.distributed workers running a computation died and did not come back."""
 
 
 def where(path: str | Path | None, element: str | None = None) -> str:
