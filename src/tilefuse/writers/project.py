@@ -80,6 +80,7 @@ def write_project(
     compression: str = "gzip",
     progress: bool = False,
     overwrite: bool = False,
+    client=None,
 ) -> Project:
     """Write tiles and their positions as a new BigStitcher project.
 
@@ -114,6 +115,10 @@ def write_project(
         Resolution pyramid; ``"auto"`` proposes BigStitcher-like levels.
     chunks : (z, y, x) int, optional
         Block shape of the written data.
+    client : distributed.Client, optional
+        Compute dask images on this cluster.  N5 and OME-Zarr blocks are
+        written by its workers; HDF5 and TIFF files are written from this
+        process.
 
     Returns
     -------
@@ -216,14 +221,15 @@ def write_project(
         factors = propose_factors(shape0, voxel_size)
     factors = [tuple(int(f) for f in lv) for lv in factors]
     loader = _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite,
-                           voxel_size)
+                           voxel_size, client)
     project = Project(data, path=None, loader=loader)
     project.path = path.resolve()
     project.save(path, backup=False)
     return Project.open(path)
 
 
-def _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite, voxel_size):
+def _write_pixels(format, container, views, factors, chunks, compression, progress, overwrite, voxel_size,
+                  client=None):
     if container.exists():
         if not overwrite:
             raise TilefuseError(f"{container}: already exists; pass overwrite=True to replace it")
@@ -243,7 +249,7 @@ def _write_pixels(format, container, views, factors, chunks, compression, progre
         from ..loaders._n5 import N5Loader
         from .bdv_n5 import write_bdv_n5
 
-        write_bdv_n5(container, views, compression=compression, voxel_size=voxel_size, **kwargs)
+        write_bdv_n5(container, views, compression=compression, voxel_size=voxel_size, client=client, **kwargs)
         return N5Loader.for_container(container)
     if format == "tiff":
         from ..loaders._tiff import FileMap2Loader
@@ -255,11 +261,11 @@ def _write_pixels(format, container, views, factors, chunks, compression, progre
             tmp.mkdir()
             for view, image in views.items():
                 name = f"t{view.timepoint}_s{view.setup}.tif"
-                write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um")
+                write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um", client=client)
                 files[view] = container / name
         return FileMap2Loader.for_files(files)
     from ..loaders._zarr import OmeZarrLoader
     from .bdv_zarr import write_bdv_omezarr
 
-    write_bdv_omezarr(container, views, voxel_size=voxel_size, **kwargs)
+    write_bdv_omezarr(container, views, voxel_size=voxel_size, client=client, **kwargs)
     return OmeZarrLoader.for_container(container)
