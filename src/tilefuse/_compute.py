@@ -33,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import weakref
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -182,14 +183,20 @@ def store(sources: Sequence, targets: Sequence, *, client: Any = None, progress:
 # ----------------------------------------------------------------------------
 # on a cluster
 # ----------------------------------------------------------------------------
+#: Worker addresses seen on each client over all its computations: the workers may die between two
+#: computations (two batches of chunks), and the error should still name them.
+_SEEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 class _ClusterWatch:
     """Remembers the workers seen and how long the cluster has had none."""
 
     def __init__(self, client: Any, timeout: float) -> None:
         self.client = client
         self.timeout = timeout
-        self.seen: set[str] = set()
+        self.seen: set[str] = _SEEN.setdefault(client, set())
         self.empty_since: float | None = None
+        self.check(0, 0)  # the workers now, before any dies
 
     def check(self, n_done: int, n_total: int) -> None:
         try:
@@ -230,9 +237,9 @@ def _killed_message(exc: Exception) -> str:
 def _compute_on_cluster(client: Any, collections: tuple, retries: int, timeout: float) -> tuple:
     from distributed import Future, KilledWorker, as_completed
 
+    watch = _ClusterWatch(client, timeout)
     submitted = client.compute(list(collections), retries=int(retries))
     futures = [f for f in submitted if isinstance(f, Future)]
-    watch = _ClusterWatch(client, timeout)
     results: dict = {}
     try:
         # Results are fetched in the background as tasks finish; this thread only polls, so a poll never
