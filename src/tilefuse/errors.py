@@ -21,6 +21,7 @@ __all__ = [
     "RegistrationError",
     "FusionError",
     "OutputError",
+    "WorkerLostError",
     "where",
 ]
 
@@ -59,6 +60,10 @@ class OutputError(TilefuseError, OSError):
     The message names the output, the cause and what was kept, e.g.
     ``out/fused.h5: cannot write: no space left on device; ...``.
     """
+
+
+class WorkerLostError(TilefuseError, RuntimeError):
+    """The dask.distributed workers running a computation died and did not come back."""
 
 
 def where(path: str | Path | None, element: str | None = None) -> str:

@@ -71,7 +71,7 @@ __all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel", "ResumeMismatchErro
 log = logging.getLogger(__name__)
 
 NGFF_VERSION = "0.4"
-#: Chunks written per dask.compute call, per worker thread: enough to keep
+#: Chunks written per compute call, per worker thread: enough to keep
 #: every thread busy (a cluster gets proportionally larger batches), small
 #: enough to bound the blocks in flight and the work a crash can lose.
 BATCH_BLOCKS_PER_THREAD = 4
@@ -266,23 +266,17 @@ def _store_block(block: np.ndarray, target, region: tuple[slice, ...], marker: s
     return 1
 
 
-def _worker_threads() -> int:
-    """Threads that compute blocks: the cluster's when a distributed scheduler is active."""
+def _worker_threads(client=None) -> int:
+    """Threads that compute blocks: the cluster's with a client, else this machine's cores."""
+    if client is not None:
+        return max(1, sum(client.nthreads().values()))
+    return os.cpu_count() or 1
+
+
+def _write_level(src, target, done_dir: Path, bar, client=None) -> None:
     import dask
 
-    scheduler = dask.config.get("scheduler", None)
-    if scheduler is not None and hasattr(scheduler, "nthreads"):
-        return max(1, sum(scheduler.nthreads().values()))
-    try:
-        from distributed import default_client
-
-        return max(1, sum(default_client().nthreads().values()))
-    except (ImportError, ValueError):
-        return os.cpu_count() or 1
-
-
-def _write_level(src, target, done_dir: Path, bar) -> None:
-    import dask
+    from .._compute import compute
 
     done_dir.mkdir(parents=True, exist_ok=True)
     done = set(os.listdir(done_dir))
@@ -294,14 +288,14 @@ def _write_level(src, target, done_dir: Path, bar) -> None:
     starts = [np.concatenate([[0], np.cumsum(c)]) for c in src.chunks]
     pieces = src.to_delayed(optimize_graph=True)
     store = dask.delayed(_store_block, pure=False)
-    batch_size = BATCH_BLOCKS_PER_THREAD * _worker_threads()
+    batch_size = BATCH_BLOCKS_PER_THREAD * _worker_threads(client)
     for first in range(0, len(missing), batch_size):
         batch = missing[first : first + batch_size]
         tasks = []
         for b in batch:
             region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, b))
             tasks.append(store(pieces[b], target, region, str(done_dir / _marker(b))))
-        dask.compute(*tasks)
+        compute(*tasks, client=client)
         bar.update(len(batch))
 
 
@@ -377,10 +371,11 @@ def _multiscales(
     }
 
 
-def _omero(smallest, axes: str, channel_names, dtype: np.dtype, path: Path) -> dict:
+def _omero(smallest, axes: str, channel_names, dtype: np.dtype, path: Path, client=None) -> dict:
     """``omero`` channel metadata; display windows from the smallest level's range."""
-    import dask
     import dask.array as da
+
+    from .._compute import compute
 
     ci = axes.find("c")
     n_channels = smallest.shape[ci] if ci >= 0 else 1
@@ -398,7 +393,7 @@ def _omero(smallest, axes: str, channel_names, dtype: np.dtype, path: Path) -> d
         lo_range = hi_range = None
     data = da.from_zarr(smallest)
     others = tuple(i for i in range(data.ndim) if i != ci)
-    lows, highs = dask.compute(data.min(axis=others), data.max(axis=others))
+    lows, highs = compute(data.min(axis=others), data.max(axis=others), client=client)
     lows, highs = np.atleast_1d(lows), np.atleast_1d(highs)
     channels = []
     for c, label in enumerate(channel_names):
@@ -563,6 +558,7 @@ def write_ome_zarr(
     compressor: Any = "default",
     name: str | None = None,
     fingerprint: Mapping[str, Any] | None = None,
+    client: Any = None,
 ) -> Path:
     """Write ``image`` as an OME-NGFF 0.4 multiscale image (zarr v2 layout).
 
@@ -619,6 +615,9 @@ def write_ome_zarr(
         output and compared on resume; :func:`tilefuse.write_fused` passes
         :meth:`FusionPlan.fingerprint`.  By default the dask array's name (a
         hash of its graph) or a hash of a numpy array's contents.
+    client : distributed.Client, optional
+        Compute and write the chunks on this cluster (its workers must see
+        ``path``); by default local threads.
 
     Returns
     -------
@@ -709,7 +708,7 @@ def write_ome_zarr(
             for level, lv in enumerate(plan):
                 src = arr if level == 0 else _downsample(target, lv.step, chunk_shape)
                 target = _level_array(group, level, lv.shape, chunk_shape, dtype, codec)
-                _write_level(src, target, tmp / _META_DIR / f"level{level}", bar)
+                _write_level(src, target, tmp / _META_DIR / f"level{level}", bar, client)
         attrs = {
             "multiscales": [
                 _multiscales(
@@ -719,7 +718,7 @@ def write_ome_zarr(
             ]
         }
         if "c" in axes or channel_names is not None:
-            attrs["omero"] = _omero(target, axes, channel_names, dtype, path)
+            attrs["omero"] = _omero(target, axes, channel_names, dtype, path, client)
         group.attrs.update(attrs)
         remove_path(tmp / _META_DIR)
     return path
