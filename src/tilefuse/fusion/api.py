@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,8 @@ from .content import CONTENT_SIGMAS, content_weights
 from .engine import FusionSource, fuse_sources, output_chunks
 
 __all__ = ["FusionPlan", "plan_fusion", "fuse", "fusion_sources"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -274,6 +277,46 @@ def _union_box(project: Project, views) -> Box:
     return box
 
 
+def _check_one_plane(project: Project, views) -> None:
+    """2D views must lie in one z plane and not mix z with y/x, or a 2D fusion would be wrong."""
+    planes = {}
+    for v in views:
+        model = project.model(v)
+        lin = linear_part(model)
+        if not (np.allclose(lin[0, 1:], 0) and np.allclose(lin[1:, 0], 0)):
+            raise FusionError(f"{where(project.path)}: {v} mixes z with y/x; cannot fuse it as 2D")
+        planes.setdefault(round(float(model[0, 3]), 6), v)
+    if len(planes) > 1:
+        shown = ", ".join(f"{v} at z={z:g}" for z, v in sorted(planes.items())[:4])
+        raise FusionError(
+            f"{where(project.path)}: the 2D views lie in {len(planes)} different z planes ({shown}); fusing them "
+            "into one plane would be wrong: check the views' transforms"
+        )
+
+
+#: Warn when the output would be this many times larger than the views' data (mostly empty).
+_EMPTY_RATIO = 1000
+#: ... and at least this many voxels (small sparse outputs are harmless).
+_EMPTY_MIN_VOXELS = 10**9
+
+
+def _warn_if_mostly_empty(project: Project, views, shape, spacing) -> None:
+    """A view far from the others (a typo in a transform) makes the union box enormous: say which."""
+    out = float(np.prod(shape, dtype=np.float64))
+    boxes = [project.world_box(v) for v in views]
+    data = sum(float(np.prod((np.asarray(b.hi) - np.asarray(b.lo)) / spacing + 1)) for b in boxes)
+    if out < _EMPTY_MIN_VOXELS or out < _EMPTY_RATIO * data:
+        return
+    centres = np.array([(np.asarray(b.lo) + np.asarray(b.hi)) / 2 for b in boxes])
+    median = np.median(centres, axis=0)
+    far = int(np.argmax(np.linalg.norm(centres - median, axis=1)))
+    log.warning(
+        "%s: the output spans %s voxels (z y x), %.0f times the views' data; %s lies at %s (z y x, world), "
+        "far from the others (median %s): check its transform, or fuse a bounding box",
+        where(project.path), " x ".join(map(str, shape)), out / data, views[far],
+        np.round(centres[far], 1).tolist(), np.round(median, 1).tolist())
+
+
 def _warn_missing(project: Project, views) -> None:
     missing = project.missing_views
     if missing:
@@ -337,11 +380,8 @@ def plan_fusion(
     if not views:
         raise FusionError(f"{where(project.path)}: no views to fuse")
     ndim = project.ndim
-    for v in views:
-        if ndim == 2:
-            lin = linear_part(project.model(v))
-            if not (np.allclose(lin[0, 1:], 0) and np.allclose(lin[1:, 0], 0)):
-                raise FusionError(f"{where(project.path)}: {v} mixes z with y/x; cannot fuse it as 2D")
+    if ndim == 2:
+        _check_one_plane(project, views)
     if bounding_box is None:
         box = _union_box(project, views)
     elif isinstance(bounding_box, str):
@@ -380,6 +420,8 @@ def plan_fusion(
     unit = project.setups[first.setup].unit or "pixel"
     min_res = min(min(project.voxel_size(v) or (1.0,)) for v in views)
     voxel_size = tuple(float(s) * min_res for s in spacing) if vs is not None else tuple(spacing)
+    if bounding_box is None:
+        _warn_if_mostly_empty(project, views, shape, spacing)
     if chunks is None and ndim == 3:
         # Output chunks much smaller than a few input blocks per axis decompress
         # the same blocks again and again (BDV HDF5 blocks are 32x128x128,
