@@ -8,7 +8,6 @@ import pytest
 import tilefuse
 from tilefuse.cli import main
 from tilefuse.demo import make_sample_project
-from tilefuse.errors import TilefuseError
 from tilefuse.intensity import match_intensities
 from tilefuse.sample_data import make_mosaic
 
@@ -72,9 +71,11 @@ def test_adjustments_are_stored_and_fusion_applies_them(registered, tmp_path):
 
 def test_bad_parameters(registered):
     _, project, _ = registered
-    with pytest.raises(TilefuseError, match="model 'poly'"):
+    from tilefuse import OptionError
+
+    with pytest.raises(OptionError, match="model: must be one of 'affine', 'gain', got 'poly'"):
         match_intensities(project, model="poly")
-    with pytest.raises(TilefuseError, match="downsampling"):
+    with pytest.raises(OptionError, match="downsampling: must be greater than 0, got 0"):
         match_intensities(project, downsampling=0)
 
 

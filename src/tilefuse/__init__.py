@@ -30,6 +30,7 @@ from .errors import (
 # Public names are imported on first use (PEP 562), so `import tilefuse` stays
 # fast and a stage's dependencies load only when that stage is used.
 _LAZY = {
+    "IntensityOptions": "intensity",
     "IntensityResult": "intensity",
     "match_intensities": "intensity",
     "FusionPlan": "fusion.api",
@@ -41,6 +42,7 @@ _LAZY = {
     "open_project": "project",
     "squeeze_z": "project",
     "RegistrationResult": "registration.api",
+    "RegistrationOptions": "registration.options",
     "links_from_project": "registration.api",
     "register": "registration.api",
     "solve": "registration.api",
@@ -72,12 +74,14 @@ __all__ = [
     "FusionOptions",
     "FusionPlan",
     "ImageDataError",
+    "IntensityOptions",
     "MissingDataError",
     "OptionError",
     "OutputError",
     "Project",
     "ProjectFormatError",
     "RegistrationError",
+    "RegistrationOptions",
     "RegistrationResult",
     "TilefuseError",
     "UnsupportedFormatError",

@@ -26,11 +26,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._options import Options, number, option
 from .errors import TilefuseError
 from .project.project import Project
 from .project.views import ViewId
 
-__all__ = ["IntensityResult", "match_intensities"]
+__all__ = ["IntensityOptions", "IntensityResult", "match_intensities", "INTENSITY_MODELS"]
+
+#: ``a * I + b`` per view, or ``a * I`` alone.
+INTENSITY_MODELS = ("affine", "gain")
 
 
 @dataclass
@@ -60,17 +64,30 @@ class IntensityResult:
         return target
 
 
+@dataclass(frozen=True)
+class IntensityOptions(Options):
+    """How to match intensities over the overlaps (checked when made; the CLI's flags come from here)."""
+
+    model: str = option("affine", choices=INTENSITY_MODELS, example="gain",
+                        help="a*I + b per view (affine, default), or a*I (gain)")
+    downsampling: float = option(4.0, check=number(0, lo_open=True), flag="--downsample", metavar="UNITS",
+                                 example="8", help="grid spacing of the overlap samples, world units (default 4)")
+    n_quantiles: int = option(25, check=number(2, integer=True), flag="--quantiles", metavar="N", example="11",
+                              help="quantiles matched per overlap, between the 5th and 95th percentile (25)")
+    regularization: float = option(0.1, check=number(0, lo_open=True), metavar="WEIGHT", example="0.5",
+                                   help="pull of each view towards no change, relative to one overlap (0.1)")
+    min_samples: int = option(200, check=number(1, integer=True), metavar="N", example="50",
+                              help="overlaps with fewer valid samples on the grid are ignored (200)")
+
+
 def match_intensities(
     project: Project,
     views: Sequence[ViewId] | None = None,
+    options: IntensityOptions | None = None,
     *,
-    downsampling: float = 4.0,
-    model: str = "affine",
-    n_quantiles: int = 25,
-    regularization: float = 0.1,
-    min_samples: int = 200,
     progress: bool = False,
     client=None,
+    **changes,
 ) -> IntensityResult:
     """Estimate a linear intensity correction per view from the overlaps.
 
@@ -81,17 +98,21 @@ def match_intensities(
     views : sequence of ViewId, optional
         Views to match; default every view with pixels.  Only views of the
         same timepoint and channel are compared.
-    downsampling : float
-        Grid spacing of the overlap renderings, in world units (finest voxels);
-        intensities are smooth at this scale, and coarse pyramid levels are read.
-    model : {"affine", "gain"}
-        ``a * I + b``, or ``a * I`` alone.
-    n_quantiles : int
-        Quantiles (between the 5th and 95th percentile) matched per pair.
-    regularization : float
-        Weight of the pull towards the identity, relative to one pair.
-    min_samples : int
-        Pairs whose overlap has fewer valid samples on the grid are ignored.
+    options : IntensityOptions, optional
+        How to match (default ``IntensityOptions()``); ``**changes`` changes fields:
+
+        ``downsampling``
+            Grid spacing of the overlap renderings, in world units (finest
+            voxels); intensities are smooth at this scale, and coarse pyramid
+            levels are read.
+        ``model`` : {"affine", "gain"}
+            ``a * I + b``, or ``a * I`` alone.
+        ``n_quantiles``
+            Quantiles (between the 5th and 95th percentile) matched per pair.
+        ``regularization``
+            Weight of the pull towards the identity, relative to one pair.
+        ``min_samples``
+            Pairs whose overlap has fewer valid samples on the grid are ignored.
     progress : bool
         Show a progress bar over the pairs.
     client : distributed.Client, optional
@@ -103,8 +124,8 @@ def match_intensities(
 
     Raises
     ------
-    TilefuseError
-        Unknown ``model`` or bad parameters.
+    OptionError
+        An option has a bad value (the message names it).
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import lsqr
@@ -114,13 +135,9 @@ def match_intensities(
     from .fusion.engine import fuse_sources
     from .registration.pairs import overlapping_pairs
 
-    if model not in ("affine", "gain"):
-        raise TilefuseError(f"intensity model {model!r} is not supported; use 'affine' or 'gain'")
-    if not (downsampling > 0 and n_quantiles >= 2 and regularization > 0):
-        raise TilefuseError(
-            f"need downsampling > 0, n_quantiles >= 2, regularization > 0; got {downsampling}, "
-            f"{n_quantiles}, {regularization}"
-        )
+    o = IntensityOptions.build(options, **changes)
+    downsampling, model, n_quantiles = o.downsampling, o.model, o.n_quantiles
+    regularization, min_samples = o.regularization, o.min_samples
     views = [ViewId(*v) for v in (views if views is not None else project.views)]
     index = {v: i for i, v in enumerate(views)}
     ndim = project.ndim

@@ -6,6 +6,7 @@ nothing of projects; :mod:`.pairwise` and :mod:`.api` apply them to a project.
 
 from .api import STITCHING_TRANSFORM, RegistrationResult, links_from_project, register, solve
 from .global_opt import PRESETS, GlobalSolution, solve_translations
+from .options import RegistrationOptions
 from .pairwise import Link, RegistrationGroups, make_groups, pairwise
 from .phase_correlation import PairwiseShift, pairwise_shift
 
@@ -16,6 +17,7 @@ __all__ = [
     "Link",
     "PairwiseShift",
     "RegistrationGroups",
+    "RegistrationOptions",
     "RegistrationResult",
     "links_from_project",
     "make_groups",

@@ -24,6 +24,7 @@ from ..project.model import PairwiseResult
 from ..project.project import Project
 from .global_affine import GLOBAL_MODELS, PointMatches, solve_affine
 from .global_opt import PRESETS, Link as SolverLink, solve_translations
+from .options import RegistrationOptions
 from .pairwise import Link, RegistrationGroups, make_groups, pairwise
 
 __all__ = ["RegistrationResult", "register", "solve", "links_from_project", "STITCHING_TRANSFORM"]
@@ -234,30 +235,36 @@ def links_from_project(project: Project, groups: RegistrationGroups | None = Non
 def register(
     project: Project,
     views=None,
+    options: RegistrationOptions | None = None,
     *,
-    channel=None,
-    illumination=None,
-    group_by: Sequence[str] = ("timepoint", "tile", "angle"),
-    downsampling="auto",
-    min_overlap: float = 0.05,
-    neighbours_only: bool = False,
-    n_peaks: int = 5,
-    refine: str | None = None,
-    preset: str = "relaxed",
-    rel_threshold: float | None = None,
-    abs_threshold: float | None = None,
-    min_correlation: float = 0.3,
-    max_shift=None,
-    fixed=None,
-    model: str = "translation",
     client=None,
     progress: bool = False,
+    **changes,
 ) -> RegistrationResult:
     """Refine tile positions: pairwise phase correlation, then a global solve.
 
-    See :func:`~tilefuse.registration.pairwise.make_groups`,
-    :func:`~tilefuse.registration.pairwise.pairwise` and :func:`solve` for the
-    parameters.  Apply the result with ``result.apply(project)``.
+    Parameters
+    ----------
+    project : Project
+    views : sequence of ViewId, optional
+        Views to register (default: all present views).
+    options : RegistrationOptions, optional
+        How to register (default: ``RegistrationOptions()``).
+    client : distributed.Client, optional
+        Register the pairs on this cluster; default: local threads.
+    progress : bool
+        Show a progress bar.
+    **changes
+        Fields of :class:`~tilefuse.registration.options.RegistrationOptions`
+        to change, e.g. ``register(project, preset="strict", channel="488")``.
+        :func:`~tilefuse.registration.pairwise.make_groups`,
+        :func:`~tilefuse.registration.pairwise.pairwise` and :func:`solve`,
+        the three steps, say what each does.
+
+    Raises
+    ------
+    OptionError
+        An option has a bad value (the message names it).
 
     Examples
     --------
@@ -266,9 +273,10 @@ def register(
     >>> print(result.summary())                                        # doctest: +SKIP
     >>> result.apply(project).save("registered.xml")                   # doctest: +SKIP
     """
-    groups = make_groups(project, views, group_by=group_by, channel=channel, illumination=illumination)
-    links = pairwise(project, groups, downsampling=downsampling, min_overlap=min_overlap,
-                     neighbours_only=neighbours_only, n_peaks=n_peaks, refine=refine, client=client,
+    o = RegistrationOptions.build(options, **changes)
+    groups = make_groups(project, views, group_by=o.group_by, channel=o.channel, illumination=o.illumination)
+    links = pairwise(project, groups, downsampling=o.downsampling, min_overlap=o.min_overlap,
+                     neighbours_only=o.neighbours_only, n_peaks=o.n_peaks, refine=o.refine, client=client,
                      progress=progress)
-    return solve(links, groups, preset=preset, rel_threshold=rel_threshold, abs_threshold=abs_threshold,
-                 min_correlation=min_correlation, max_shift=max_shift, fixed=fixed, model=model)
+    return solve(links, groups, preset=o.preset, rel_threshold=o.rel_threshold, abs_threshold=o.abs_threshold,
+                 min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model)
