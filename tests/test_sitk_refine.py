@@ -44,7 +44,7 @@ def test_refine_in_pairwise(tmp_path):
     assert all("sitk_matrix" in link.info for link in result.links)
     score = score_registration(result.apply(project), tmp_path / "truth.json")
     assert score["mean"] < 0.2, score
-    with pytest.raises(tilefuse.RegistrationError, match="refine must be one of"):
+    with pytest.raises(tilefuse.OptionError, match="refine: must be one of 'translation', 'rigid', 'affine'"):
         tilefuse.register(project, refine="bspline")
 
 

@@ -49,6 +49,7 @@ _LAZY = {
     "make_groups": "registration.pairwise",
     "pairwise": "registration.pairwise",
     "write_fused": "writers.fused",
+    "OutputOptions": "writers.options",
     "write_project": "writers.project",
 }
 
@@ -78,6 +79,7 @@ __all__ = [
     "MissingDataError",
     "OptionError",
     "OutputError",
+    "OutputOptions",
     "Project",
     "ProjectFormatError",
     "RegistrationError",

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import FusionError
 from ..fusion.api import FusionPlan
 from ._atomic import check_outputs, input_paths
+from .options import OutputOptions
 
 __all__ = ["write_fused", "output_format"]
 
@@ -34,13 +35,11 @@ def output_format(path: str | Path) -> str:
 def write_fused(
     plan: FusionPlan,
     path: str | Path,
+    options: OutputOptions | None = None,
     *,
-    container: str = "hdf5",
     progress: bool = False,
-    resume: bool | str = True,
-    overwrite: bool = False,
     client=None,
-    n_levels: int | None = None,
+    **changes,
 ) -> Path:
     """Compute a fusion plan chunk by chunk and write it.
 
@@ -50,25 +49,30 @@ def write_fused(
         From :func:`tilefuse.plan_fusion`.
     path : path-like
         ``.ome.zarr`` (multiscale NGFF 0.4), ``.tif`` or ``.xml``.
-    container : {"hdf5", "n5", "zarr"}
-        Pixel container when writing a BigStitcher project.
+    options : OutputOptions, optional
+        How to write (default ``OutputOptions()``); ``**changes`` changes fields:
+
+        ``container`` : {"hdf5", "n5", "zarr"}
+            Pixel container when writing a BigStitcher project.
+        ``overwrite`` : bool
+            Replace an existing output (only once the new one is complete).
+        ``resume`` : {"auto", "require", "never"} (or True / False)
+            OME-Zarr only: continue an interrupted run, skipping finished
+            chunks, if it was fusing the same thing
+            (:meth:`FusionPlan.fingerprint`); a partial output from other work
+            is deleted (``"auto"``) or refused (``"require"``), never mixed in.
+            See :func:`~tilefuse.writers.ome_zarr.write_ome_zarr`.
+        ``n_levels`` : int, optional
+            Number of pyramid levels (default: until the image is small).
     progress : bool
         Show a progress bar.
-    resume : bool or {"auto", "require", "never"}
-        OME-Zarr only: continue an interrupted run, skipping finished chunks,
-        if it was fusing the same thing (:meth:`FusionPlan.fingerprint`);
-        a partial output from other work is deleted (``True``/``"auto"``) or
-        refused (``"require"``), never mixed in.  See
-        :func:`~tilefuse.writers.ome_zarr.write_ome_zarr`.
-    overwrite : bool
-        Replace an existing output.
     client : distributed.Client, optional
         Compute on this cluster (passed down explicitly; dask's global
         scheduler is never changed).  A BDV HDF5 project is still written from
         this process: one HDF5 file cannot take writes from several processes.
-    n_levels : int, optional
-        Number of pyramid levels (default: until the image is small).
     """
+    o = OutputOptions.build(options, **changes)
+    container, resume, overwrite, n_levels = o.container, o.resume, o.overwrite, o.n_levels
     path = Path(path)
     kind = output_format(path)
     inputs = input_paths(plan.project)
