@@ -24,6 +24,10 @@ def test_cluster_matches_threads(tmp_path):
         remote = tilefuse.register(project, client=client)
         plan_remote = tilefuse.plan_fusion(remote.apply(project), chunks=(64, 96))
         out = tilefuse.write_fused(plan_remote, tmp_path / "f.ome.zarr", client=client)
+        # The other writers compute on the cluster too (N5/Zarr blocks written by the workers).
+        tilefuse.write_fused(plan_remote, tmp_path / "f.tif", client=client)
+        for container in ("n5", "zarr"):
+            tilefuse.write_fused(plan_remote, tmp_path / f"{container}.xml", container=container, client=client)
 
     for key in local.translations:
         np.testing.assert_allclose(remote.translations[key], local.translations[key], atol=1e-9)
@@ -31,3 +35,10 @@ def test_cluster_matches_threads(tmp_path):
 
     written = zarr.open_group(str(out), mode="r")["0"][...]
     np.testing.assert_array_equal(written, fused_local[:, :, 0])  # 2D is written as (t, c, y, x)
+    import tifffile
+
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "f.tif"), fused_local[0, 0, 0])
+    for container in ("n5", "zarr"):
+        fused_project = tilefuse.open_project(tmp_path / f"{container}.xml")
+        pixels = fused_project.image(fused_project.views[0]).compute(scheduler="threads")
+        np.testing.assert_array_equal(pixels, fused_local[0, 0], err_msg=container)

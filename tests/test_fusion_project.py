@@ -245,3 +245,33 @@ def test_content_based_fusion_of_a_project_prefers_each_views_sharp_side(tmp_pat
     weights, to_source = src.content()
     assert weights.shape == (6, 24, 32)
     np.testing.assert_allclose(to_source @ [0, 0, 0, 1], [0.5, 1.5, 1.5, 1])  # block centres, level-0 voxels
+
+
+def test_2d_views_in_different_planes_are_refused(tmp_path):
+    """A 2D tile moved to z=7 would be fused into the plane of the others: refuse."""
+    from tilefuse.demo import make_sample_project
+
+    project = make_sample_project(tmp_path, grid=(1, 2), tile_shape=(32, 32), overwrite=True)
+    lift = np.eye(4)
+    lift[0, 3] = 7.0
+    project.preconcatenate(project.views[1], lift, "moved to another plane")
+    with pytest.raises(errors.FusionError, match="2 different z planes"):
+        tilefuse.plan_fusion(project)
+
+
+def test_a_view_far_from_the_others_is_named(tmp_path, caplog):
+    """A typo in one transform makes the output enormous and empty: the warning names the view."""
+    from tilefuse.demo import make_sample_project
+
+    project = make_sample_project(tmp_path, grid=(2, 2), tile_shape=(32, 32), overwrite=True)
+    typo = np.eye(4)
+    typo[2, 3] = 5.0e7  # 50 million world units along x
+    project.preconcatenate(project.views[3], typo, "typo")
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        plan = tilefuse.plan_fusion(project)
+    assert plan.shape[2] > 5e7
+    assert str(project.views[3]) in caplog.text and "far from the others" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        tilefuse.plan_fusion(make_sample_project(tmp_path / "ok", grid=(2, 2), tile_shape=(32, 32)))
+    assert "far from the others" not in caplog.text

@@ -166,10 +166,10 @@ def test_resume_of_the_same_work_skips_finished_chunks(tmp_path, project_a, monk
     level0_stores = []
     original = oz._store_block
 
-    def counting(block, target, region, marker):
+    def counting(block, target, region, marker, chunk):
         if "level0" in marker:
             level0_stores.append(marker)
-        return original(block, target, region, marker)
+        return original(block, target, region, marker, chunk)
 
     monkeypatch.setattr(oz, "_store_block", counting)
     reopened = tilefuse.open_project(project_a.path)  # as a new process would
@@ -214,3 +214,22 @@ def test_cli_resume_messages(tmp_path, project_a, monkeypatch, capsys):
 def test_write_ome_zarr_rejects_unknown_resume_mode(tmp_path):
     with pytest.raises(ValueError, match="resume must be"):
         oz.write_ome_zarr(np.zeros((4, 4), np.uint8), tmp_path / "x.ome.zarr", voxel_size=1, resume="maybe")
+
+
+def test_resume_rewrites_chunks_lost_after_their_marker(tmp_path, project_a, monkeypatch, caplog):
+    """A machine crash can lose chunk files whose markers were written: resume must not trust those."""
+    out = tmp_path / "out.ome.zarr"
+    _interrupt(monkeypatch, _plan(project_a), out, after=8)
+    partial = out.with_name(out.name + ".partial")
+    markers = sorted((partial / ".tilefuse" / "level0").iterdir())
+    stored = [m for m in markers if int(m.read_text()) > 0]
+    assert len(stored) >= 3
+    chunk = lambda m: partial.joinpath("0", *m.name.split("."))  # noqa: E731
+    chunk(stored[0]).unlink()                          # lost
+    chunk(stored[1]).write_bytes(b"")                  # cut to nothing
+    data = chunk(stored[2]).read_bytes()
+    chunk(stored[2]).write_bytes(data[: len(data) // 2])  # cut short
+    with caplog.at_level("INFO", logger="tilefuse"):
+        tilefuse.write_fused(_plan(project_a), out)
+    assert "3 more found damaged, written again" in caplog.text, caplog.text
+    np.testing.assert_array_equal(_level0(out), _fresh(_plan(project_a)))

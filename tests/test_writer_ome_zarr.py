@@ -338,6 +338,6 @@ def test_empty_chunks_are_left_out_and_stale_ones_removed(tmp_path):
     arr[32:, 32:] = 9  # a stale chunk, as an interrupted run might leave
     assert (level0 / "1" / "1").is_file()
     _store_block(np.zeros((32, 32), np.uint16), arr.with_config({"write_empty_chunks": True}),
-                 (slice(32, 64), slice(32, 64)), str(tmp_path / "marker"))
-    assert not (level0 / "1" / "1").exists() and (tmp_path / "marker").exists()
+                 (slice(32, 64), slice(32, 64)), str(tmp_path / "marker"), str(level0 / "1" / "1"))
+    assert not (level0 / "1" / "1").exists() and (tmp_path / "marker").read_text() == "0"
     np.testing.assert_array_equal(arr[32:, 32:], 0)

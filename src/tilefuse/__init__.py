@@ -19,10 +19,13 @@ from .errors import (
     FusionError,
     ImageDataError,
     MissingDataError,
+    OptionError,
+    OutputError,
     ProjectFormatError,
     RegistrationError,
     TilefuseError,
     UnsupportedFormatError,
+    WorkerLostError,
 )
 # Public names are imported on first use (PEP 562), so `import tilefuse` stays
 # fast and a stage's dependencies load only when that stage is used.
@@ -30,6 +33,7 @@ _LAZY = {
     "IntensityResult": "intensity",
     "match_intensities": "intensity",
     "FusionPlan": "fusion.api",
+    "FusionOptions": "fusion.options",
     "fuse": "fusion.api",
     "plan_fusion": "fusion.api",
     "Project": "project",
@@ -65,9 +69,12 @@ from ._version import __version__  # noqa: E402
 
 __all__ = [
     "FusionError",
+    "FusionOptions",
     "FusionPlan",
     "ImageDataError",
     "MissingDataError",
+    "OptionError",
+    "OutputError",
     "Project",
     "ProjectFormatError",
     "RegistrationError",
@@ -75,6 +82,7 @@ __all__ = [
     "TilefuseError",
     "UnsupportedFormatError",
     "ViewId",
+    "WorkerLostError",
     "__version__",
     "fuse",
     "links_from_project",

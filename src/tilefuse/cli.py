@@ -211,7 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _client(args):
     from .pipeline import cluster_client
 
-    return cluster_client(getattr(args, "scheduler", None), getattr(args, "workers", None))
+    scheduler, workers = getattr(args, "scheduler", None), getattr(args, "workers", None)
+    if scheduler is not None or workers:
+        import distributed  # noqa: F401 - importing it sets its loggers to INFO
+
+        # Its loggers propagate to the handler set up in main(): keep them to warnings (errors with -q)
+        # unless -vv asks for the cluster's chatter.
+        level = logging.INFO if args.verbose >= 2 else logging.WARNING
+        logging.getLogger("distributed").setLevel(max(level, logging.getLogger().level))
+    return cluster_client(scheduler, workers)
 
 
 def _preview(plan_or_path, out) -> None:

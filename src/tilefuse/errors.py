@@ -22,6 +22,8 @@ __all__ = [
     "FusionError",
     "OutputError",
     "SelectionError",
+    "WorkerLostError",
+    "OptionError",
     "where",
 ]
 
@@ -68,6 +70,26 @@ class SelectionError(TilefuseError, ValueError):
     The message lists what the project has, e.g.
     ``dataset.xml: no channel '488' (channels: 0 "DAPI", 1 "GFP")``.
     """
+
+
+class WorkerLostError(TilefuseError, RuntimeError):
+    """The dask.distributed workers running a computation died and did not come back."""
+
+
+class OptionError(ValueError):
+    """A bad parameter value (not bad data): names the option and says what is wrong.
+
+    Not a :class:`TilefuseError`: the caller, not the input, is at fault.  ``option`` is the
+    Python name (``blend_range``); the command line shows its flag instead (``--blend-range``).
+    """
+
+    def __init__(self, option: str, reason: str) -> None:
+        self.option = option
+        self.reason = reason
+        super().__init__(f"{option}: {reason}" if option else reason)
+
+    def __reduce__(self):  # picklable with its two arguments (dask ships errors between processes)
+        return type(self), (self.option, self.reason)
 
 
 def where(path: str | Path | None, element: str | None = None) -> str:

@@ -70,6 +70,7 @@ def match_intensities(
     regularization: float = 0.1,
     min_samples: int = 200,
     progress: bool = False,
+    client=None,
 ) -> IntensityResult:
     """Estimate a linear intensity correction per view from the overlaps.
 
@@ -93,6 +94,8 @@ def match_intensities(
         Pairs whose overlap has fewer valid samples on the grid are ignored.
     progress : bool
         Show a progress bar over the pairs.
+    client : distributed.Client, optional
+        Render the overlaps on this cluster; by default local threads.
 
     Returns
     -------
@@ -103,10 +106,10 @@ def match_intensities(
     TilefuseError
         Unknown ``model`` or bad parameters.
     """
-    import dask
     from scipy.sparse import coo_matrix
     from scipy.sparse.linalg import lsqr
 
+    from ._compute import compute
     from .fusion.api import fusion_sources
     from .fusion.engine import fuse_sources
     from .registration.pairs import overlapping_pairs
@@ -146,10 +149,10 @@ def match_intensities(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(pairs), desc="matching intensities", unit="pair")
-    batch = 64  # pairs rendered per dask.compute: parallel, with little in memory at once
+    batch = 64  # pairs rendered per compute: parallel, with little in memory at once
     for start in range(0, len(pairs), batch):
         chunk = pairs[start:start + batch]
-        rendered = dask.compute(*[r for pair in chunk for r in renderings(pair)])
+        rendered = compute(*[r for pair in chunk for r in renderings(pair)], client=client)
         for k, pair in enumerate(chunk):
             a, b = rendered[2 * k], rendered[2 * k + 1]
             valid = np.isfinite(a) & np.isfinite(b)

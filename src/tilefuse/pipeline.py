@@ -51,20 +51,105 @@ class RunReport:
 def cluster_client(scheduler: str | None = None, workers: int | None = None, threads_per_worker: int = 1):
     """A dask.distributed client: connect to ``scheduler`` or start ``workers`` local processes.
 
-    Yields ``None`` when neither is given (the local threaded scheduler).
+    Yields ``None`` when neither is given (the local threaded scheduler).  The
+    client is *not* made dask's default scheduler: pass it to tilefuse's
+    functions as ``client=``.  A local cluster tolerates
+    :data:`tilefuse._compute.RETRIES` worker deaths per task; its nannies restart
+    killed workers.  When the block ends with an exception (``KeyboardInterrupt``
+    included) the cluster is closed quietly and the exception propagates.
     """
     if scheduler is None and not workers:
         yield None
         return
     from distributed import Client, LocalCluster
 
+    from ._compute import RETRIES
+
     if scheduler is not None:
-        with Client(scheduler) as client:
+        client = Client(scheduler, set_as_default=False)
+        with _closing(client):
             yield client
         return
-    with LocalCluster(n_workers=int(workers), threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=":0") as cluster, Client(cluster) as client:
+    cluster = LocalCluster(n_workers=int(workers), threads_per_worker=threads_per_worker, processes=True,
+                           dashboard_address=":0", scheduler_kwargs={"allowed_failures": RETRIES})
+    try:
+        client = Client(cluster, set_as_default=False)
+        client.register_plugin(_local_worker_plugin())
+    except BaseException:
+        with _quiet_distributed():
+            cluster.close()
+        raise
+    with _closing(client, cluster):
         yield client
+
+
+def _local_worker_plugin():
+    """A ``WorkerPlugin`` for the worker processes of a cluster started here (also after restarts)."""
+    import logging
+    import signal
+    import threading
+
+    from distributed.core import Status
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    closing = (Status.closing, Status.closing_gracefully, Status.closed)
+
+    class LocalWorker(WorkerPlugin):
+        name = "tilefuse-local-worker"
+        idempotent = True
+
+        def setup(self, worker):
+            # Ctrl-C in a terminal reaches the whole process group, these workers included.  The client
+            # process handles it (cancels the work, closes this cluster); a worker dying of it on its own
+            # would print a traceback per process.
+            if threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+            # A worker closed while it runs tasks warns about each task cut short and races its heartbeat
+            # against the closing comms (tracebacks).  By then the run is over (finished, failed or
+            # interrupted; the client process reports which) and the messages only bury the one that matters.
+            def not_closing(record: logging.LogRecord) -> bool:
+                return worker.status not in closing
+
+            for handler in logging.getLogger("distributed").handlers + logging.getLogger().handlers:
+                handler.addFilter(not_closing)
+
+    return LocalWorker()
+
+
+@contextlib.contextmanager
+def _closing(*resources):
+    """Close ``resources`` in order at the end of the block; quietly if the block failed."""
+    try:
+        yield
+    except BaseException:
+        # The run failed or was interrupted: closing the cluster now makes nannies, workers and comms
+        # log warnings and tracebacks about the tasks cut short, which bury the one line that matters.
+        with _quiet_distributed():
+            for resource in resources:
+                with contextlib.suppress(Exception):
+                    resource.close()
+        raise
+    for resource in resources:
+        resource.close()
+
+
+@contextlib.contextmanager
+def _quiet_distributed():
+    """Silence the loggers of dask.distributed (and of the event loop under it) for the block."""
+    import logging
+
+    names = [name for name in list(logging.root.manager.loggerDict)
+             if name.split(".")[0] in ("distributed", "tornado", "asyncio")]
+    loggers = [logging.getLogger(name) for name in ["distributed", "tornado", "asyncio", *names]]
+    before = [lg.disabled for lg in loggers]
+    for lg in loggers:
+        lg.disabled = True
+    try:
+        yield
+    finally:
+        for lg, disabled in zip(loggers, before):
+            lg.disabled = disabled
 
 
 def run(
@@ -129,7 +214,7 @@ def run(
         stage += 1
         announce(stage, "matching tile intensities over the overlaps")
         timer.start("match intensities")
-        intensity = match_intensities(project, progress=progress)
+        intensity = match_intensities(project, progress=progress, client=client)
         project = intensity.apply(project)
         fusion_options["intensity_adjustment"] = True
     if xml_out is not None:

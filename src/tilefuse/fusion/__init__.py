@@ -7,5 +7,6 @@ output grid.
 
 from .api import FusionPlan, fuse, plan_fusion
 from .engine import FusionSource, fuse_sources
+from .options import FusionOptions
 
-__all__ = ["FusionPlan", "FusionSource", "fuse", "fuse_sources", "plan_fusion"]
+__all__ = ["FusionOptions", "FusionPlan", "FusionSource", "fuse", "fuse_sources", "plan_fusion"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,15 +19,18 @@ from typing import Any
 import numpy as np
 
 from .._version import __version__
-from ..errors import FusionError, where
+from ..errors import FusionError, OptionError, where
 from ..geometry import Box
 from ..geometry.affine import axis_scales, linear_part
 from ..project.project import Project
 from ..project.views import ViewId
-from .content import CONTENT_SIGMAS, content_weights
+from .content import content_weights
 from .engine import FusionSource, fuse_sources, output_chunks
+from .options import FusionOptions
 
 __all__ = ["FusionPlan", "plan_fusion", "fuse", "fusion_sources"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -49,7 +53,9 @@ class FusionPlan:
     voxel_size: tuple[float, float, float]
     unit: str
     ndim: int
-    options: dict = field(default_factory=dict)
+    options: FusionOptions = field(default_factory=FusionOptions)
+    #: The output chunk shape used (``options.chunks``, or the default chosen for the grid).
+    chunks: tuple[int, ...] | None = None
 
     @property
     def channel_names(self) -> list[str]:
@@ -59,8 +65,8 @@ class FusionPlan:
     @property
     def dtype(self) -> np.dtype:
         """The output type: the one asked for, else the common type of the views."""
-        if self.options.get("dtype") is not None:
-            return np.dtype(self.options["dtype"])
+        if self.options.dtype is not None:
+            return self.options.dtype
         loader = self.project.loader
         return np.result_type(*{loader.dtype(v) for views in self.volumes.values() for v in views})
 
@@ -71,27 +77,29 @@ class FusionPlan:
         the output's axes), which decides whether a view's reads go through the
         decoded-block cache (see :func:`_block_cache_pays`).
         """
-        return [_source(self.project, v, self.spacing, self.ndim, self.options.get("intensity", False),
-                        chunk_world, self.options.get("content")) for v in views]
+        content = self.options.content_sigmas if self.options.content_based else None
+        return [_source(self.project, v, self.spacing, self.ndim, self.options.intensity_adjustment,
+                        chunk_world, content) for v in views]
 
     def volume(self, timepoint: int, channel: int):
         """The lazy fused ``(z, y, x)`` volume of one timepoint and channel."""
         views = self.volumes.get((timepoint, channel), [])
-        opts = {k: v for k, v in self.options.items() if k not in ("intensity", "content")}
         if not views:  # e.g. a channel not acquired at this timepoint: fill_value, like uncovered voxels
             import dask.array as da
 
-            return da.zeros(self.shape, dtype=self.dtype, chunks=opts.get("chunks") or "auto")
+            return da.zeros(self.shape, dtype=self.dtype, chunks=self.chunks or "auto")
         grid_shape = self.shape if self.ndim == 3 else self.shape[1:]
         origin = self.origin if self.ndim == 3 else self.origin[1:]
         spacing = self.spacing if self.ndim == 3 else self.spacing[1:]
-        chunks = opts.pop("chunks", None)
+        chunks = self.chunks
         if chunks is not None and self.ndim == 2 and len(chunks) == 3:
             chunks = chunks[1:]
         chunks = output_chunks(chunks, grid_shape)
         chunk_world = np.array([max(c) for c in chunks], dtype=np.float64) * spacing
+        o = self.options
         fused = fuse_sources(self.sources(views, chunk_world), origin=origin, spacing=spacing,
-                             shape=grid_shape, chunks=chunks, **opts)
+                             shape=grid_shape, chunks=chunks, blending=o.blending, blend_range=o.blend_range,
+                             blend_border=o.blend_border, interpolation=o.interpolation, dtype=o.dtype)
         return fused if self.ndim == 3 else fused[None]
 
     def fingerprint(self) -> dict[str, Any]:
@@ -119,7 +127,7 @@ class FusionPlan:
         is so that a message can say which option changed.
         """
         loader = self.project.loader
-        use_intensity = bool(self.options.get("intensity")) and bool(self.project.data.intensity_adjustments)
+        use_intensity = self.options.intensity_adjustment and bool(self.project.data.intensity_adjustments)
         volumes, pixels = [], []
         for (t, c), views in sorted(self.volumes.items()):
             entries = []
@@ -133,10 +141,8 @@ class FusionPlan:
         grid = {"origin": self.origin.tolist(), "spacing": self.spacing.tolist(), "shape": list(self.shape),
                 "ndim": self.ndim, "dtype": self.dtype.str, "timepoints": list(self.timepoints),
                 "channels": list(self.channels)}
-        options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in sorted(self.options.items())
-                   if k != "dtype"}  # dtype: in the grid, as resolved
-        if options.get("chunks") is not None:
-            options["chunks"] = [int(n) for n in options["chunks"]]
+        options = self.options.as_dict()
+        options["chunks"] = None if self.chunks is None else list(self.chunks)
         return {"tilefuse": __version__, "grid": _digest(grid), "options": options,
                 "views": _digest([repr(loader.token()), volumes]), "pixels": _digest(pixels)}
 
@@ -274,6 +280,46 @@ def _union_box(project: Project, views) -> Box:
     return box
 
 
+def _check_one_plane(project: Project, views) -> None:
+    """2D views must lie in one z plane and not mix z with y/x, or a 2D fusion would be wrong."""
+    planes = {}
+    for v in views:
+        model = project.model(v)
+        lin = linear_part(model)
+        if not (np.allclose(lin[0, 1:], 0) and np.allclose(lin[1:, 0], 0)):
+            raise FusionError(f"{where(project.path)}: {v} mixes z with y/x; cannot fuse it as 2D")
+        planes.setdefault(round(float(model[0, 3]), 6), v)
+    if len(planes) > 1:
+        shown = ", ".join(f"{v} at z={z:g}" for z, v in sorted(planes.items())[:4])
+        raise FusionError(
+            f"{where(project.path)}: the 2D views lie in {len(planes)} different z planes ({shown}); fusing them "
+            "into one plane would be wrong: check the views' transforms"
+        )
+
+
+#: Warn when the output would be this many times larger than the views' data (mostly empty).
+_EMPTY_RATIO = 1000
+#: ... and at least this many voxels (small sparse outputs are harmless).
+_EMPTY_MIN_VOXELS = 10**9
+
+
+def _warn_if_mostly_empty(project: Project, views, shape, spacing) -> None:
+    """A view far from the others (a typo in a transform) makes the union box enormous: say which."""
+    out = float(np.prod(shape, dtype=np.float64))
+    boxes = [project.world_box(v) for v in views]
+    data = sum(float(np.prod((np.asarray(b.hi) - np.asarray(b.lo)) / spacing + 1)) for b in boxes)
+    if out < _EMPTY_MIN_VOXELS or out < _EMPTY_RATIO * data:
+        return
+    centres = np.array([(np.asarray(b.lo) + np.asarray(b.hi)) / 2 for b in boxes])
+    median = np.median(centres, axis=0)
+    far = int(np.argmax(np.linalg.norm(centres - median, axis=1)))
+    log.warning(
+        "%s: the output spans %s voxels (z y x), %.0f times the views' data; %s lies at %s (z y x, world), "
+        "far from the others (median %s): check its transform, or fuse a bounding box",
+        where(project.path), " x ".join(map(str, shape)), out / data, views[far],
+        np.round(centres[far], 1).tolist(), np.round(median, 1).tolist())
+
+
 def _warn_missing(project: Project, views) -> None:
     missing = project.missing_views
     if missing:
@@ -286,19 +332,8 @@ def _warn_missing(project: Project, views) -> None:
 def plan_fusion(
     project: Project,
     views: Sequence[ViewId] | None = None,
-    *,
-    bounding_box: str | Box | None = None,
-    downsampling: float | Sequence[float] = 1.0,
-    preserve_anisotropy: bool = True,
-    blending: str = "cosine",
-    blend_range: float = 40.0,
-    blend_border: float = 0.0,
-    interpolation: str = "linear",
-    dtype=None,
-    chunks=None,
-    intensity_adjustment: bool = False,
-    content_based: bool = False,
-    content_sigmas: tuple[float, float] = CONTENT_SIGMAS,
+    options: FusionOptions | None = None,
+    **changes,
 ) -> FusionPlan:
     """Decide the output grid and group the views by (timepoint, channel).
 
@@ -307,41 +342,52 @@ def plan_fusion(
     project : Project
     views : sequence of ViewId, optional
         Views to fuse (default: all present views).
-    bounding_box : str or Box, optional
-        A ``<BoundingBoxDefinition>`` name from the project, or a world box
-        (``zyx``, inclusive).  Default: the union of the views' boxes.
-    downsampling : float or (z, y, x) floats
-        Output voxel size in world units relative to ``preserve_anisotropy``'s
-        base grid (2 halves the resolution).
-    preserve_anisotropy : bool
-        Keep the data's z spacing (default; BigStitcher's Spark fusion option)
-        instead of resampling z to the finest axis (BigStitcher's GUI default,
-        which multiplies the output size by the anisotropy).
-    blending, blend_range, blend_border, interpolation, dtype, chunks
-        Passed to :func:`~tilefuse.fusion.engine.fuse_sources`.  Default
-        chunks: ``(128, 256, 256)`` in 3D (large enough to decompress each
-        input block about once), about 8 MiB of float32 in 2D.
-    intensity_adjustment : bool
-        Apply the project's ``<IntensityAdjustments>`` per view.
-    content_based : bool
-        Multiply the blending weights by BigStitcher's content-based weights
-        (local contrast, :mod:`tilefuse.fusion.content`), so that where views
-        overlap the sharper one dominates.  Computed once per view on a pyramid
-        level about 4 world units per voxel (or 4x block means of the finest).
-    content_sigmas : (float, float)
-        ``sigma1, sigma2`` of the content weights, world units (20, 40).
+    options : FusionOptions, optional
+        How to fuse (default: ``FusionOptions()``).
+    **changes
+        Fields of :class:`~tilefuse.fusion.options.FusionOptions` to change,
+        e.g. ``plan_fusion(project, downsampling=2, blending="average")``:
+
+        ``bounding_box``
+            A ``<BoundingBoxDefinition>`` name from the project, or a world
+            box (``zyx``, inclusive).  Default: the union of the views' boxes.
+        ``downsampling``
+            Output voxel size in world units relative to
+            ``preserve_anisotropy``'s base grid (2 halves the resolution).
+        ``preserve_anisotropy``
+            Keep the data's z spacing (default; BigStitcher's Spark fusion
+            option) instead of resampling z to the finest axis (BigStitcher's
+            GUI default, which multiplies the output size by the anisotropy).
+        ``blending``, ``blend_range``, ``blend_border``, ``interpolation``, ``dtype``, ``chunks``
+            Passed to :func:`~tilefuse.fusion.engine.fuse_sources`.  Default
+            chunks: ``(128, 256, 256)`` in 3D (large enough to decompress each
+            input block about once), about 8 MiB of float32 in 2D.
+        ``intensity_adjustment``
+            Apply the project's ``<IntensityAdjustments>`` per view.
+        ``content_based``, ``content_sigmas``
+            Multiply the blending weights by BigStitcher's content-based weights
+            (local contrast, :mod:`tilefuse.fusion.content`; sigmas in world
+            units, 20 and 40), so that where views overlap the sharper one
+            dominates.  Computed once per view on a pyramid level about 4 world
+            units per voxel (or 4x block means of the finest).
+
+    Raises
+    ------
+    OptionError
+        An option has a bad value (the message names it).
+    FusionError
+        Nothing to fuse, an unknown bounding box, views that cannot be fused together.
     """
+    options = FusionOptions.build(options, **changes)
+    bounding_box = options.bounding_box
     views = list(project.views if views is None else views)
     _warn_missing(project, views)
     views = [v for v in views if v not in project.missing_views]
     if not views:
         raise FusionError(f"{where(project.path)}: no views to fuse")
     ndim = project.ndim
-    for v in views:
-        if ndim == 2:
-            lin = linear_part(project.model(v))
-            if not (np.allclose(lin[0, 1:], 0) and np.allclose(lin[1:, 0], 0)):
-                raise FusionError(f"{where(project.path)}: {v} mixes z with y/x; cannot fuse it as 2D")
+    if ndim == 2:
+        _check_one_plane(project, views)
     if bounding_box is None:
         box = _union_box(project, views)
     elif isinstance(bounding_box, str):
@@ -358,12 +404,9 @@ def plan_fusion(
         raise FusionError(f"bounding box {box} is empty")
 
     base = np.ones(3)
-    if preserve_anisotropy:
+    if options.preserve_anisotropy:
         base[0] = min(axis_scales(project.model(v))[0] for v in views)
-    ds = np.broadcast_to(np.asarray(downsampling, dtype=np.float64), (3,)).copy()
-    if np.any(ds <= 0):
-        raise FusionError(f"downsampling must be positive, got {downsampling}")
-    spacing = base * ds
+    spacing = base * np.asarray(options.downsampling, dtype=np.float64)
     origin = np.asarray(box.lo, dtype=np.float64)
     shape = tuple(int(n) for n in np.floor((np.asarray(box.hi) - origin) / spacing + 1e-9) + 1)
     if ndim == 2:
@@ -380,20 +423,23 @@ def plan_fusion(
     unit = project.setups[first.setup].unit or "pixel"
     min_res = min(min(project.voxel_size(v) or (1.0,)) for v in views)
     voxel_size = tuple(float(s) * min_res for s in spacing) if vs is not None else tuple(spacing)
+    if bounding_box is None:
+        _warn_if_mostly_empty(project, views, shape, spacing)
+    chunks = options.chunks
+    if chunks is not None and len(chunks) == 2 and ndim == 3:
+        raise OptionError("chunks", f"a 3D fusion needs 3 chunk sizes (z, y, x), got {chunks}")
     if chunks is None and ndim == 3:
         # Output chunks much smaller than a few input blocks per axis decompress
         # the same blocks again and again (BDV HDF5 blocks are 32x128x128,
         # N5 64x128x128).  Measured on 16 tiles of 128x512x512: 127^3 chunks
         # 35 s, (128, 256, 256) 19 s, (128, 512, 512) 16.5 s but 2x the memory.
         chunks = (min(shape[0], 128), 256, 256)
-    options = dict(blending=blending, blend_range=blend_range, blend_border=blend_border,
-                   interpolation=interpolation, dtype=dtype, chunks=chunks, intensity=intensity_adjustment,
-                   content=tuple(float(s) for s in content_sigmas) if content_based else None)
     return FusionPlan(project, volumes, timepoints, channels, origin, spacing, shape, voxel_size, unit, ndim,
-                      options)
+                      options, chunks)
 
 
-def fuse(project: Project, views: Sequence[ViewId] | None = None, **options):
+def fuse(project: Project, views: Sequence[ViewId] | None = None, options: FusionOptions | None = None,
+         **changes):
     """Fuse a project into a lazy ``(t, c, z, y, x)`` dask array.
 
     Each (timepoint, channel) is one volume; illuminations and angles of a
@@ -407,6 +453,6 @@ def fuse(project: Project, views: Sequence[ViewId] | None = None, **options):
     >>> fused = tilefuse.fuse(project, downsampling=2)      # doctest: +SKIP
     >>> fused[0, 0, 10].compute()                           # doctest: +SKIP
     """
-    return plan_fusion(project, views, **options).to_dask()
+    return plan_fusion(project, views, options, **changes).to_dask()
 
 

@@ -80,9 +80,9 @@ def write_bdv_hdf5(
     Path
         ``path``.
     """
-    import dask
-    import dask.array as da
     import h5py
+
+    from .._compute import store
 
     path = Path(path)
     levels = _check_factors(factors)
@@ -156,9 +156,10 @@ def write_bdv_hdf5(
                         src = _downsample_dataset(datasets[view, level - 1], rel, target.chunks)
                     sources.append(src)
                     targets.append(_ChunkTarget(target, compression, write_lock, bar))
-                with dask.config.set(scheduler="threads"):
-                    # The targets lock only around the write; compression runs in parallel.
-                    da.store(sources, targets, lock=False)
+                # Local threads, deliberately, even when fusing on a cluster: one HDF5 file takes writes
+                # from one process only.  The targets lock only around the write; compression runs in
+                # parallel.
+                store(sources, targets, client=None)
     except BaseException as exc:
         if tmp.exists():
             tmp.unlink()

@@ -92,12 +92,14 @@ def write_level0(
     *,
     desc: str = "level 0",
     progress: bool = False,
+    client: Any = None,
 ) -> None:
     """Stream ``image`` (numpy, dask or any sliceable array) block by block into ``write``.
 
     ``write(region, block)`` receives chunk-aligned regions of the block grid
     ``chunks``.  Dask arrays are rechunked to that grid and stored with
-    :func:`dask.array.store`, so their graph runs once per block.
+    :func:`tilefuse._compute.store`, so their graph runs once per block - on
+    ``client``'s workers when given (``write`` is then pickled to them).
     """
     shape = tuple(int(n) for n in image.shape)
     chunks = tuple(int(c) for c in chunks)
@@ -106,15 +108,11 @@ def write_level0(
     except ImportError:  # pragma: no cover - dask is a dependency
         da = None
     if da is not None and isinstance(image, da.Array):
+        from .._compute import store
+
         target = _RegionTarget(write, dtype)
         arr = image.rechunk(tuple(min(c, max(n, 1)) for c, n in zip(chunks, shape)))
-        if progress:
-            from dask.diagnostics import ProgressBar
-
-            with ProgressBar():
-                da.store(arr, target, lock=False)
-        else:
-            da.store(arr, target, lock=False)
+        store([arr], [target], client=client, progress=progress, description=desc)
         return
 
     def one(region: Region) -> None:
@@ -195,6 +193,7 @@ def write_bdv_n5(
     voxel_size: Sequence[float] | Mapping[int, Sequence[float]] | None = None,
     progress: bool = False,
     overwrite: bool = False,
+    client: Any = None,
 ):
     """Write 3D views into a BDV N5 container and return its :class:`~tilefuse.loaders._n5.N5Loader`.
 
@@ -222,6 +221,9 @@ def write_bdv_n5(
         Replace an existing output; otherwise an existing ``path`` raises
         :class:`~tilefuse.writers._atomic.OutputExistsError`.  The container is
         written as ``<path>.partial`` and renamed when complete.
+    client
+        Compute and write the level-0 blocks of dask inputs on this
+        ``distributed.Client`` (its workers must see ``path``).
 
     Returns
     -------
@@ -260,7 +262,8 @@ def write_bdv_n5(
                 "compression": comp,
             })
         for view, image in sorted(views.items()):
-            _write_view(tmp, view, image, factors, chunks, comp, voxel_size_of(voxel_size, view.setup), progress)
+            _write_view(tmp, view, image, factors, chunks, comp, voxel_size_of(voxel_size, view.setup), progress,
+                        client)
     # Loaders may have cached metadata of an older container at this path.
     drop_cached_handles(str(path))
     return N5Loader.for_container(path)
@@ -268,7 +271,7 @@ def write_bdv_n5(
 
 def _write_view(root: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],
                 chunks: tuple[int, int, int], comp: dict, voxel_size: tuple[float, float, float],
-                progress: bool) -> None:
+                progress: bool, client: Any = None) -> None:
     dtype = np.dtype(image.dtype)
     group = root / f"setup{view.setup}" / f"timepoint{view.timepoint}"
     write_attributes(group, {"multiScale": True, "resolution": list(voxel_size[::-1])})
@@ -283,7 +286,7 @@ def _write_view(root: Path, view: ViewId, image: Any, factors: list[tuple[int, i
 
         desc = f"setup {view.setup} tp {view.timepoint} s{level}"
         if level == 0:
-            write_level0(image, write, chunks, dtype, desc=desc, progress=progress)
+            write_level0(image, write, chunks, dtype, desc=desc, progress=progress, client=client)
         else:
             rel = [b // a for a, b in zip(factors[level - 1], f)]
             write_downsampled(previous.read, write, previous.shape, shape, rel, chunks, dtype,

@@ -88,6 +88,7 @@ def write_bdv_omezarr(
     voxel_size: Sequence[float] | Mapping[int, Sequence[float]] | None = None,
     compressor: Any = None,
     overwrite: bool = False,
+    client: Any = None,
 ):
     """Write 3D views as BigStitcher's OME-Zarr layout and return its
     :class:`~tilefuse.loaders._zarr.OmeZarrLoader` (XML version 3.0, ``indicies="0 0"``).
@@ -112,6 +113,9 @@ def write_bdv_omezarr(
     overwrite
         Replace an existing output; otherwise an existing ``path`` raises
         :class:`~tilefuse.writers._atomic.OutputExistsError`.
+    client
+        Compute and write the level-0 blocks of dask inputs on this
+        ``distributed.Client`` (its workers must see ``path``).
     """
     import zarr
     from numcodecs import Blosc
@@ -133,7 +137,7 @@ def write_bdv_omezarr(
         for view, image in sorted(views.items()):
             name = f"s{view.setup}-t{view.timepoint}.zarr"
             vs = voxel_size_of(voxel_size, view.setup)
-            _write_view(tmp / name, view, image, factors, chunks, compressor, vs, progress)
+            _write_view(tmp / name, view, image, factors, chunks, compressor, vs, progress, client)
             zgroups[view] = ZGroup(name, (0, 0))
     drop_cached_handles(str(path))
     return OmeZarrLoader.for_container(path, zgroups)
@@ -141,7 +145,7 @@ def write_bdv_omezarr(
 
 def _write_view(group_path: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],
                 chunks: tuple[int, int, int], compressor: Any, voxel_size: tuple[float, float, float],
-                progress: bool) -> None:
+                progress: bool, client: Any = None) -> None:
     import zarr
 
     dtype = np.dtype(image.dtype)
@@ -164,7 +168,7 @@ def _write_view(group_path: Path, view: ViewId, image: Any, factors: list[tuple[
 
         desc = f"setup {view.setup} tp {view.timepoint} level {level}"
         if level == 0:
-            write_level0(image, write, chunks, dtype, desc=desc, progress=progress)
+            write_level0(image, write, chunks, dtype, desc=desc, progress=progress, client=client)
         else:
             rel = [b // a for a, b in zip(factors[level - 1], factors[level])]
 

@@ -8,7 +8,6 @@ the fused volume opens in BigDataViewer/BigStitcher.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +29,6 @@ def output_format(path: str | Path) -> str:
     if name.endswith(".xml"):
         return "bdv"
     raise FusionError(f"{path}: unknown output type; use .ome.zarr, .tif or .xml (BigStitcher project)")
-
-
-def _scheduler(client):
-    import dask
-
-    return dask.config.set(scheduler=client) if client is not None else contextlib.nullcontext()
 
 
 def write_fused(
@@ -70,7 +63,9 @@ def write_fused(
     overwrite : bool
         Replace an existing output.
     client : distributed.Client, optional
-        Compute on this cluster.
+        Compute on this cluster (passed down explicitly; dask's global
+        scheduler is never changed).  A BDV HDF5 project is still written from
+        this process: one HDF5 file cannot take writes from several processes.
     n_levels : int, optional
         Number of pyramid levels (default: until the image is small).
     """
@@ -82,41 +77,41 @@ def write_fused(
     voxel_size = tuple(float(v) for v in plan.voxel_size)
     scale = np.asarray(voxel_size) / plan.spacing
     origin = tuple(float(v) for v in plan.origin * scale)
-    with _scheduler(client):
-        if kind == "ome-zarr":
-            from .ome_zarr import write_ome_zarr
+    if kind == "ome-zarr":
+        from .ome_zarr import write_ome_zarr
 
-            image, axes = fused, "tczyx"
+        image, axes = fused, "tczyx"
+        if plan.ndim == 2:
+            image, axes = fused[:, :, 0], "tcyx"
+            voxel_size, origin = voxel_size[1:], origin[1:]
+        return write_ome_zarr(image, path, voxel_size=voxel_size, origin=origin, unit=plan.unit, axes=axes,
+                              channel_names=plan.channel_names, progress=progress, resume=resume,
+                              overwrite=overwrite, n_levels=n_levels, fingerprint=plan.fingerprint(),
+                              client=client)
+    if kind == "tiff":
+        from .tiff import write_tiff
+
+        if len(plan.timepoints) != 1:
+            raise FusionError(f"{path}: TIFF holds one timepoint; this fusion has {len(plan.timepoints)}")
+        image = fused[0]
+        if len(plan.channels) == 1:
+            image = image[0]
             if plan.ndim == 2:
-                image, axes = fused[:, :, 0], "tcyx"
-                voxel_size, origin = voxel_size[1:], origin[1:]
-            return write_ome_zarr(image, path, voxel_size=voxel_size, origin=origin, unit=plan.unit, axes=axes,
-                                  channel_names=plan.channel_names, progress=progress, resume=resume,
-                                  overwrite=overwrite, n_levels=n_levels, fingerprint=plan.fingerprint())
-        if kind == "tiff":
-            from .tiff import write_tiff
-
-            if len(plan.timepoints) != 1:
-                raise FusionError(f"{path}: TIFF holds one timepoint; this fusion has {len(plan.timepoints)}")
-            image = fused[0]
-            if len(plan.channels) == 1:
                 image = image[0]
-                if plan.ndim == 2:
-                    image = image[0]
-            return write_tiff(image, path, voxel_size=voxel_size if plan.ndim == 3 else voxel_size[1:],
-                              unit=plan.unit.replace("µ", "u"),  # ImageJ metadata is ASCII
-                              progress=progress, overwrite=overwrite)
-        from .project import write_project
+        return write_tiff(image, path, voxel_size=voxel_size if plan.ndim == 3 else voxel_size[1:],
+                          unit=plan.unit.replace("µ", "u"),  # ImageJ metadata is ASCII
+                          progress=progress, overwrite=overwrite, client=client)
+    from .project import write_project
 
-        images, tps, chans = [], [], []
-        for ti, t in enumerate(plan.timepoints):
-            for ci, c in enumerate(plan.channels):
-                images.append(fused[ti, ci])
-                tps.append(t)
-                chans.append(c)
-        positions = np.tile(np.asarray(origin), (len(images), 1))
-        names = {"channel": dict(zip(plan.channels, plan.channel_names))}
-        write_project(path, images, positions, voxel_size=voxel_size, unit=plan.unit, tiles=[0] * len(images),
-                      channels=chans, timepoints=tps, names=names, format=container, progress=progress,
-                      overwrite=overwrite, inputs=inputs)
-        return path
+    images, tps, chans = [], [], []
+    for ti, t in enumerate(plan.timepoints):
+        for ci, c in enumerate(plan.channels):
+            images.append(fused[ti, ci])
+            tps.append(t)
+            chans.append(c)
+    positions = np.tile(np.asarray(origin), (len(images), 1))
+    names = {"channel": dict(zip(plan.channels, plan.channel_names))}
+    write_project(path, images, positions, voxel_size=voxel_size, unit=plan.unit, tiles=[0] * len(images),
+                  channels=chans, timepoints=tps, names=names, format=container, progress=progress,
+                  overwrite=overwrite, inputs=inputs, client=client)
+    return path

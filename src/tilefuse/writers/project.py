@@ -94,6 +94,7 @@ def write_project(
     progress: bool = False,
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
+    client=None,
 ) -> Project:
     """Write tiles and their positions as a new BigStitcher project.
 
@@ -136,6 +137,10 @@ def write_project(
         :func:`~tilefuse.writers._atomic.input_paths` of a project being
         fused): the XML and the container may not be, contain or lie inside
         any of them.
+    client : distributed.Client, optional
+        Compute dask images on this cluster.  N5 and OME-Zarr blocks are
+        written by its workers; HDF5 and TIFF files are written from this
+        process.
 
     Returns
     -------
@@ -248,7 +253,7 @@ def write_project(
     # replaced only by the final renames.
     with atomic_outputs([container, path], overwrite=overwrite) as (tmp_container, tmp_xml):
         loader = _write_pixels(format, tmp_container, container, views, factors, chunks, compression,
-                               progress, voxel_size)
+                               progress, voxel_size, client)
         project = Project(data, path=None, loader=loader)
         project.path = path.resolve()
         project.save(tmp_xml, backup=False)
@@ -258,7 +263,7 @@ def write_project(
     return Project.open(path)
 
 
-def _write_pixels(format, tmp, container, views, factors, chunks, compression, progress, voxel_size):
+def _write_pixels(format, tmp, container, views, factors, chunks, compression, progress, voxel_size, client=None):
     """Write the views into ``tmp``; return a loader for them once ``tmp`` is renamed ``container``."""
     container = container.resolve()
     kwargs = dict(factors=factors, progress=progress)
@@ -274,7 +279,7 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
         from ..loaders._n5 import N5Loader
         from .bdv_n5 import write_bdv_n5
 
-        write_bdv_n5(tmp, views, compression=compression, voxel_size=voxel_size, **kwargs)
+        write_bdv_n5(tmp, views, compression=compression, voxel_size=voxel_size, client=client, **kwargs)
         return N5Loader.for_container(container)
     if format == "tiff":
         from ..loaders._tiff import FileMap2Loader
@@ -284,11 +289,11 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
         tmp.mkdir()
         for view, image in views.items():
             name = f"t{view.timepoint}_s{view.setup}.tif"
-            write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um")
+            write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um", client=client)
             files[view] = container / name
         return FileMap2Loader.for_files(files)
     from ..loaders._zarr import OmeZarrLoader
     from .bdv_zarr import write_bdv_omezarr
 
-    written = write_bdv_omezarr(tmp, views, voxel_size=voxel_size, **kwargs)
+    written = write_bdv_omezarr(tmp, views, voxel_size=voxel_size, client=client, **kwargs)
     return OmeZarrLoader.for_container(container, written.zgroups)

@@ -38,11 +38,15 @@ _TO_MICROMETER = {
 _OME_UNIT = {1.0: "µm", 1e-3: "nm", 1e3: "mm"}
 
 
-def _slabs(image, progress: bool, desc: str) -> Iterator[np.ndarray]:
+def _slabs(image, progress: bool, desc: str, client=None) -> Iterator[np.ndarray]:
     """Yield (z, c, y, x) slabs, computing one dask block row along z at a time."""
+    import dask.array as da
     from tqdm.auto import tqdm
 
+    from .._compute import compute
+
     nz = image.shape[0]
+    lazy = isinstance(image, da.Array)
     chunks = getattr(image, "chunks", None)
     if chunks is not None and not isinstance(image, np.ndarray):
         bounds = np.concatenate([[0], np.cumsum(chunks[0])])
@@ -51,13 +55,14 @@ def _slabs(image, progress: bool, desc: str) -> Iterator[np.ndarray]:
         bounds = np.append(np.arange(0, nz, step), nz)
     with tqdm(total=nz, disable=not progress, desc=desc, unit="plane") as bar:
         for z0, z1 in zip(bounds[:-1], bounds[1:]):
-            slab = np.asarray(image[int(z0) : int(z1)])
+            slab = image[int(z0) : int(z1)]
+            slab = compute(slab, client=client)[0] if lazy else np.asarray(slab)
             yield slab
             bar.update(int(z1 - z0))
 
 
-def _pages(image, progress: bool, desc: str) -> Iterator[np.ndarray]:
-    for slab in _slabs(image, progress, desc):
+def _pages(image, progress: bool, desc: str, client=None) -> Iterator[np.ndarray]:
+    for slab in _slabs(image, progress, desc, client):
         for plane in slab:  # (c, y, x)
             yield from plane
 
@@ -72,6 +77,7 @@ def write_tiff(
     progress: bool = False,
     overwrite: bool = False,
     compression: str | None = None,
+    client=None,
 ) -> Path:
     """Write a ``yx``, ``zyx`` or ``czyx`` array as a TIFF stack.
 
@@ -98,6 +104,9 @@ def write_tiff(
     compression : str, optional
         tifffile compression (e.g. ``"zlib"``); none by default, which every
         reader (ImageJ included) handles.
+    client : distributed.Client, optional
+        Compute the slabs on this cluster (the file is written here); by
+        default local threads.
 
     Returns
     -------
@@ -177,7 +186,7 @@ def write_tiff(
     with atomic_output(path, overwrite=overwrite) as tmp:
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff, imagej=imagej, ome=not imagej) as tif:
             tif.write(
-                _pages(image, progress, path.name),
+                _pages(image, progress, path.name, client),
                 shape=(nz, nc, ny, nx),
                 dtype=dtype,
                 **kwargs,
