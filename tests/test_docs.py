@@ -153,10 +153,26 @@ def _doc(tmp_path: Path, text: str) -> Path:
 
 
 def test_runner_runs_blocks_in_order_in_one_folder_and_namespace(tmp_path, env):
-    doc = _doc(tmp_path, "Intro\n\n```python\nx = 41\nopen('made.txt', 'w').write('ok')\n```\n\n"
-                         "```bash\ntest -f made.txt && tilefuse --version > version.txt\n```\n\n"
-                         "```python\nassert x + 1 == 42\nassert open('version.txt').read().startswith('tilefuse')\n```\n\n"
-                         "```\nnot code: never run\n```\n")
+    doc = _doc(tmp_path, """Intro
+
+```python
+x = 41
+open("made.txt", "w").write("ok")
+```
+
+```bash
+test -f made.txt && tilefuse --version > version.txt
+```
+
+```python
+assert x + 1 == 42
+assert open("version.txt").read().startswith("tilefuse")
+```
+
+```
+not code: never run
+```
+""")
     folder = tmp_path / "run"
     folder.mkdir()
     ran = run_blocks(doc, folder, env)
