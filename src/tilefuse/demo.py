@@ -41,6 +41,8 @@ def make_sample_project(
 ) -> Project:
     """Generate a tiled sample and write it as ``outdir/dataset.xml`` (+ pixels, ``truth.json``).
 
+    One channel, named ``"488"``; one tile per mosaic tile, numbered row by row.
+
     Parameters
     ----------
     ndim : {2, 3}
@@ -50,8 +52,8 @@ def make_sample_project(
         tiles of 512×512; 3D 1×2×2 tiles of 64×256×256 (z spacing 3× xy).
     overlap, max_offset, empty_tiles, texture, seed
         See :func:`tilefuse.sample_data.make_mosaic`.
-    format : {"hdf5", "n5", "zarr"}
-        Pixel container.
+    format : {"hdf5", "n5", "zarr", "tiff"}
+        Pixel container (see :func:`tilefuse.write_project`).
     """
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
@@ -70,7 +72,9 @@ def make_sample_project(
 
     project = write_project(outdir / "dataset.xml", images, mosaic.stage_positions * min_res,
                             voxel_size=voxel_size, unit="µm", format=format, factors=factors,
-                            progress=progress, overwrite=overwrite)
+                            # a channel named like a real one (its laser line), so that examples
+                            # selecting channel="488" run on the sample as written
+                            names={"channel": {0: "488"}}, progress=progress, overwrite=overwrite)
     mosaic.save_truth(outdir / "truth.json")
     return project
 

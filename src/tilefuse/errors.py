@@ -21,6 +21,7 @@ __all__ = [
     "RegistrationError",
     "FusionError",
     "OutputError",
+    "SelectionError",
     "WorkerLostError",
     "OptionError",
     "where",
@@ -60,6 +61,14 @@ class OutputError(TilefuseError, OSError):
 
     The message names the output, the cause and what was kept, e.g.
     ``out/fused.h5: cannot write: no space left on device; ...``.
+    """
+
+
+class SelectionError(TilefuseError, ValueError):
+    """A selection names a channel, tile, timepoint... that the project does not have.
+
+    The message lists what the project has, e.g.
+    ``dataset.xml: no channel '488' (channels: 0 "DAPI", 1 "GFP")``.
     """
 
 

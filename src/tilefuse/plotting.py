@@ -37,28 +37,31 @@ def _tile_rects(project, views):
 
 
 def plot_layout(project, path: str | Path, views=None) -> Path:
-    """Draw every tile's world box (x right, y down) with its tile id, to a PNG."""
+    """Draw every tile's world box (x right, y down) with its tile id, to a PNG.
+
+    The tiles and their grid are :func:`tilefuse.project.summary.tile_layout`'s,
+    the same that ``tilefuse info`` prints as text.
+    """
+    from .project.summary import tile_layout
+
     plt = _pyplot()
-    views = list(project.views if views is None else views)
-    first_tp = views[0].timepoint
-    views = [v for v in views if v.timepoint == first_tp]
+    from matplotlib.patches import Rectangle
+
+    placements = tile_layout(project, views)
     fig, ax = plt.subplots(figsize=(8, 8))
-    seen = set()
-    for v, rect in _tile_rects(project, views):
-        rect.set_fill(False)
-        rect.set_edgecolor("tab:blue")
-        ax.add_patch(rect)
-        tile = project.attribute(v, "tile")
-        if tile not in seen:
-            seen.add(tile)
-            ax.text(rect.get_x() + rect.get_width() / 2, rect.get_y() + rect.get_height() / 2,
-                    str(tile if tile is not None else v.setup), ha="center", va="center", fontsize=7)
+    for tile in placements:
+        (_, y0, x0), (_, y1, x1) = tile.box.lo, tile.box.hi
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="tab:blue"))
+        ax.text((x0 + x1) / 2, (y0 + y1) / 2, str(tile.label), ha="center", va="center", fontsize=7)
     ax.autoscale_view()
     ax.set_aspect("equal")
     ax.invert_yaxis()
     ax.set_xlabel("x (world)")
     ax.set_ylabel("y (world)")
-    ax.set_title(f"{project.path.name if project.path else 'project'}: {len(seen)} tiles")
+    rows = max((t.row for t in placements), default=-1) + 1
+    columns = max((t.column for t in placements), default=-1) + 1
+    ax.set_title(f"{project.path.name if project.path else 'project'}: {len(placements)} tiles, "
+                 f"{rows} rows × {columns} columns")
     path = Path(path)
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)

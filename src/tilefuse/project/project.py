@@ -16,7 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageDataError, MissingDataError, TilefuseError, UnsupportedFormatError, where
+from .._text import shortlist
+from ..errors import (
+    ImageDataError,
+    MissingDataError,
+    SelectionError,
+    TilefuseError,
+    UnsupportedFormatError,
+    where,
+)
 from ..geometry import Box, compose_chain, mipmap_transform, view_box
 from .model import Entity, SpimData, ViewTransform
 from .paths import parse_location
@@ -182,13 +190,59 @@ class Project:
         setup = view.setup if isinstance(view, ViewId) else int(view)
         return dict(self.setups[setup].attributes)
 
-    def _matches(self, kind: str, eid: int | None, wanted: set) -> bool:
-        if eid is None:
-            return False
-        if eid in wanted:
-            return True
+    def describe_entities(self, kind: str, limit: int = 20) -> str:
+        """The values of one attribute kind as a user would name them: ``0 "DAPI", 1 "GFP"``.
+
+        ``kind`` is an attribute kind, ``"timepoint"`` or ``"setup"``; lists
+        longer than ``limit`` end with ``… and N more``.
+        """
+        if kind == "timepoint":
+            return shortlist(self.timepoints, limit)
+        if kind == "setup":
+            return shortlist(sorted(self.setups), limit)
+        ids = sorted(set(self.entities(kind)) | {s.attributes[kind] for s in self.setups.values()
+                                                 if kind in s.attributes})
+        return shortlist((self.entity_label(kind, i) for i in ids), limit) if ids else "none"
+
+    def entity_label(self, kind: str, eid: int | None) -> str:
+        """One attribute value as a user names it: ``0 "DAPI"``, or the id alone when the name adds nothing."""
         ent = self.entities(kind).get(eid)
-        return ent is not None and ent.name in {str(w) for w in wanted}
+        return f'{eid} "{ent.name}"' if ent is not None and ent.name not in (None, str(eid)) else str(eid)
+
+    def _resolve(self, kind: str, wanted: set) -> set[int]:
+        """Entity ids of ``kind`` that the wanted ids or names stand for; unknown values raise.
+
+        A string is a name first, then a decimal id (the command line passes
+        ``--channel 0`` as text); a number is an id.
+        """
+        if kind == "timepoint":
+            known = set(self.timepoints)
+        elif kind == "setup":
+            known = set(self.setups)
+        else:
+            known = set(self.entities(kind)) | {
+                s.attributes[kind] for s in self.setups.values() if kind in s.attributes}
+        by_name: dict[str, set[int]] = {}
+        if kind not in ("timepoint", "setup"):
+            for eid, ent in self.entities(kind).items():
+                if ent.name is not None:
+                    by_name.setdefault(ent.name, set()).add(eid)
+        ids: set[int] = set()
+        unknown = []
+        for value in wanted:
+            if isinstance(value, str) and value in by_name:
+                ids |= by_name[value]
+                continue
+            is_id = isinstance(value, (int, np.integer)) or (isinstance(value, str) and value.isdecimal())
+            if is_id and int(value) in known:
+                ids.add(int(value))
+            else:
+                unknown.append(value)
+        if unknown:
+            plural = {"illumination": "illuminations", "setup": "setups"}.get(kind, f"{kind}s")
+            asked = f"{kind} {unknown[0]!r}" if len(unknown) == 1 else f"{plural} {shortlist(map(repr, unknown), 5)}"
+            raise SelectionError(f"{where(self.path)}: no {asked} ({plural}: {self.describe_entities(kind)})")
+        return ids
 
     def select(
         self,
@@ -205,12 +259,16 @@ class Project:
         """Views matching every given criterion.
 
         Each criterion is an id, an entity name, or a collection of them, e.g.
-        ``project.select(channel="488", tile=[0, 1])``.
+        ``project.select(channel="488", tile=[0, 1])``.  A value the project
+        does not have at all raises :class:`~tilefuse.errors.SelectionError`
+        listing the values it has; values that exist but match no view
+        together give an empty list.
         """
         wanted = {"channel": channel, "illumination": illumination, "tile": tile, "angle": angle}
         wanted.update(other_attributes)
-        wanted = {k: _as_set(v) for k, v in wanted.items() if v is not None}
-        tps, sus = _as_set(timepoint), _as_set(setup)
+        wanted = {k: self._resolve(k, _as_set(v)) for k, v in wanted.items() if v is not None}
+        tps = None if timepoint is None else self._resolve("timepoint", _as_set(timepoint))
+        sus = None if setup is None else self._resolve("setup", _as_set(setup))
         out = []
         for view in self.views if views is None else views:
             if tps is not None and view.timepoint not in tps:
@@ -218,7 +276,7 @@ class Project:
             if sus is not None and view.setup not in sus:
                 continue
             attrs = self.setups[view.setup].attributes
-            if all(self._matches(k, attrs.get(k), w) for k, w in wanted.items()):
+            if all(attrs.get(k) in ids for k, ids in wanted.items()):
                 out.append(view)
         return out
 

@@ -90,13 +90,19 @@ def make_groups(
                       stacklevel=2)
         views = [v for v in views if v not in missing]
     groups = project.group_views(views, by=group_by)
+    asked = {kind: value for kind, value in (("channel", channel), ("illumination", illumination))
+             if value is not None}
     members, used, tps = {}, {}, {}
     for key, vs in groups.items():
-        chosen = project.select(vs, channel=channel, illumination=illumination)
+        # A channel or illumination the project lacks raises SelectionError here, listing those it has.
+        chosen = project.select(vs, **asked)
         if not chosen:
+            has = "; ".join(f"{kind}s " + ", ".join(sorted({project.entity_label(kind, project.attribute(v, kind))
+                                                          for v in vs}))
+                            for kind in asked)
             raise RegistrationError(
-                f"{where(project.path)}: group {key} has no view with channel={channel!r} "
-                f"illumination={illumination!r}"
+                f"{where(project.path)}: the views of group ({', '.join(f'{k} {v}' for k, v in zip(group_by, key))}) "
+                f"have no {' and '.join(f'{k} {v!r}' for k, v in asked.items())} to register on (they have {has})"
             )
         members[key] = vs
         used[key] = chosen
