@@ -23,7 +23,7 @@ from ..geometry import translation_matrix
 from ..project.model import PairwiseResult
 from ..project.project import Project
 from .global_affine import GLOBAL_MODELS, PointMatches, solve_affine
-from .global_opt import PRESETS, Link as SolverLink, solve_translations
+from .global_opt import PRESETS, Link as SolverLink, bridges, solve_translations
 from .options import RegistrationOptions
 from .pairwise import Link, RegistrationGroups, make_groups, pairwise
 
@@ -117,7 +117,7 @@ def solve(
     rel_threshold: float | None = None,
     abs_threshold: float | None = None,
     min_correlation: float = 0.3,
-    max_shift: float | Sequence[float] | None = None,
+    max_shift: str | float | Sequence[float] | None = "auto",
     fixed: Sequence[Hashable] | None = None,
     model: str = "translation",
 ) -> RegistrationResult:
@@ -137,8 +137,15 @@ def solve(
         Links below it are rejected before solving.  BigStitcher's default is
         0; 0.3 rejects links over empty (background-only) overlaps, whose
         correlation is noise.
-    max_shift : float or (z, y, x) floats, optional
+    max_shift : "auto", float or (z, y, x) floats, or None
         Reject links that move a group by more than this (world units).
+        ``"auto"`` (default) bounds each link by its overlap: along each
+        axis a shift may not exceed the overlap's extent (the tiles would no
+        longer overlap: the match cannot be real) nor twice the overlap's
+        width, its thinnest extent (a stage error that large is implausible
+        for tiles acquired to overlap; on thin overlaps over repetitive
+        texture such matches are the usual false positives).  ``None``: no
+        bound.
     fixed : sequence of group keys, optional
         Groups that do not move (default: the first group of each connected
         set of groups).
@@ -158,20 +165,37 @@ def solve(
     rel = rel if rel_threshold is None else float(rel_threshold)
     ab = ab if abs_threshold is None else float(abs_threshold)
     keys = list(groups.members)
-    solver_links = [
-        SolverLink(a=link.a, b=link.b, shift=np.asarray(link.shift, dtype=np.float64),
-                   correlation=float(link.correlation))
-        for link in links if link.valid
-    ]
-    valid_links = [link for link in links if link.valid]
+    auto = isinstance(max_shift, str)
+    if auto:
+        if max_shift != "auto":
+            raise RegistrationError(f"max_shift must be 'auto', None or numbers, got {max_shift!r}")
+        for link in links:
+            if link.valid and (reason := _implausible(link)):
+                link.status = f"rejected: {reason}"
+        max_shift = None
     weak = [(link.a, link.b) for link in links]  # metadata overlaps: keep stage-relative positions
-    solution = solve_translations(
-        keys, solver_links, fixed=fixed, min_correlation=min_correlation, max_shift=max_shift,
-        rel_threshold=rel, abs_threshold=ab, weak_links=weak,
-    )
-    for link, status, residual in zip(valid_links, solution.status, solution.residuals):
-        link.status = status
-        link.residual = float(residual)
+    while True:
+        candidates = [link for link in links if link.valid and link.status == "accepted"]
+        solver_links = [
+            SolverLink(a=link.a, b=link.b, shift=np.asarray(link.shift, dtype=np.float64),
+                       correlation=float(link.correlation))
+            for link in candidates
+        ]
+        solution = solve_translations(
+            keys, solver_links, fixed=fixed, min_correlation=min_correlation, max_shift=max_shift,
+            rel_threshold=rel, abs_threshold=ab, weak_links=weak,
+        )
+        for link, status, residual in zip(candidates, solution.status, solution.residuals):
+            link.status = status
+            link.residual = float(residual)
+        doubtful = _unconfirmed_outliers(keys, candidates) if auto else []
+        if not doubtful:
+            break
+        for link, reason in doubtful:  # solve again without them: their groups keep stage-relative places
+            link.status = f"rejected: {reason}"
+        for link in candidates:
+            if link.status.startswith("rejected: removed by iterative rejection"):
+                link.status = "accepted"  # judged again in the next solve
     for link in links:
         if not link.valid and link.status == "accepted":
             link.status = "no valid shift"
@@ -187,6 +211,59 @@ def solve(
                     max_shift=max_shift, model=model),
         transforms=transforms,
     )
+
+
+#: An unconfirmed link (a bridge: no loop of links checks it) may not move its group by more than
+#: this many times the median shift of the pairs, nor more than _OUTLIER_FLOOR world units.
+_OUTLIER_FACTOR = 3.0
+_OUTLIER_FLOOR = 5.0
+
+
+def _unconfirmed_outliers(keys, candidates: Sequence[Link]) -> list[tuple[Link, str]]:
+    """Kept links that no loop confirms and whose shift stands far out from the pairs' typical shift.
+
+    In a loop of links a wrong shift shows as a residual, and the solve
+    removes it; a bridge (a link on no loop) always fits exactly, so a false
+    match there would move its side of the mosaic silently.  Such a link is
+    trusted only if its shift is like the others' (stage errors of one
+    acquisition are of one size): at most :data:`_OUTLIER_FACTOR` times the
+    median shift of all candidate pairs, or :data:`_OUTLIER_FLOOR` world units.
+    """
+    kept = [link for link in candidates if link.status == "accepted"]
+    if not kept:
+        return []
+    index = {k: i for i, k in enumerate(keys)}
+    is_bridge = bridges(len(keys), [index[link.a] for link in kept], [index[link.b] for link in kept])
+    typical = float(np.median([np.linalg.norm(link.shift) for link in candidates]))
+    limit = max(_OUTLIER_FACTOR * typical, _OUTLIER_FLOOR)
+    out = []
+    for link, bridge in zip(kept, is_bridge):
+        size = float(np.linalg.norm(link.shift))
+        if bridge and size > limit:
+            out.append((link, f"unconfirmed large shift ({size:.1f} world units, over {_OUTLIER_FACTOR:g}x the "
+                              f"pairs' median {typical:.1f}, and no loop of links confirms it; max_shift sets "
+                              "another bound)"))
+    return out
+
+
+def _implausible(link: Link) -> str:
+    """Why a link's shift cannot be right for tiles that overlap as its overlap says ("" if it can).
+
+    Along each axis the shift may not exceed the overlap's extent (no common
+    content would be left) nor twice the overlap's width, its thinnest extent
+    (see :func:`solve`, ``max_shift="auto"``).  Axes along which the overlap
+    is a single plane (2D) are left out.
+    """
+    extent = np.asarray(link.overlap.hi, dtype=np.float64) - np.asarray(link.overlap.lo, dtype=np.float64) + 1
+    deep = extent > 1
+    if not deep.any():
+        return ""
+    bound = np.where(deep, np.minimum(extent, 2 * extent[deep].min()), np.inf)
+    shift = np.abs(np.asarray(link.shift, dtype=np.float64))
+    if np.all(shift <= bound):
+        return ""
+    return (f"implausible shift ({' '.join(f'{v:.1f}' for v in link.shift)} z y x, more than the overlap "
+            f"{' x '.join(f'{v:.0f}' for v in extent)} allows; max_shift sets another bound)")
 
 
 def _point_matches(link: Link) -> PointMatches:

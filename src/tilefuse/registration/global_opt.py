@@ -342,6 +342,51 @@ def _components(n: int, ia: np.ndarray, ib: np.ndarray) -> np.ndarray:
     return connected_components(graph, directed=False)[1]
 
 
+def bridges(n: int, ia: Sequence[int], ib: Sequence[int]) -> np.ndarray:
+    """Which edges ``(ia[e], ib[e])`` of an undirected multigraph on ``n`` nodes are bridges.
+
+    A bridge lies on no cycle: no loop of other links confirms it, and removing
+    it splits its component.  Two parallel edges are not bridges.  Iterative
+    Tarjan (low-link), O(nodes + edges).
+    """
+    ia, ib = np.asarray(ia, dtype=np.intp), np.asarray(ib, dtype=np.intp)
+    adjacency: list[list[tuple[int, int]]] = [[] for _ in range(n)]
+    for e, (a, b) in enumerate(zip(ia.tolist(), ib.tolist())):
+        adjacency[a].append((b, e))
+        adjacency[b].append((a, e))
+    order = [-1] * n  # discovery index
+    low = [0] * n
+    is_bridge = np.zeros(ia.size, dtype=bool)
+    counter = 0
+    for root in range(n):
+        if order[root] >= 0:
+            continue
+        order[root] = low[root] = counter
+        counter += 1
+        stack = [(root, -1, 0)]  # node, edge it was reached by, next neighbour to visit
+        while stack:
+            node, via, i = stack[-1]
+            if i < len(adjacency[node]):
+                stack[-1] = (node, via, i + 1)
+                nxt, e = adjacency[node][i]
+                if e == via:
+                    continue
+                if order[nxt] < 0:
+                    order[nxt] = low[nxt] = counter
+                    counter += 1
+                    stack.append((nxt, e, 0))
+                else:
+                    low[node] = min(low[node], order[nxt])
+            else:
+                stack.pop()
+                if stack:
+                    parent = stack[-1][0]
+                    low[parent] = min(low[parent], low[node])
+                    if low[node] > order[parent]:
+                        is_bridge[via] = True
+    return is_bridge
+
+
 def _members(labels: np.ndarray) -> list[np.ndarray]:
     """Node indices per component, components ordered by their first node."""
     order = np.argsort(labels, kind="stable")

@@ -51,6 +51,8 @@ def _downsampling(value):
 
 
 def _max_shift(value):
+    if value == "auto":
+        return value
     return optional(per_axis(number(0, lo_open=True)))(value)
 
 
@@ -104,9 +106,12 @@ class RegistrationOptions(Options):
                                          help="reject links whose error exceeds this, world units (preset's)")
     min_correlation: float = option(0.3, check=number(0, 1), metavar="R", example="0.5",
                                     help="reject links below this correlation (default 0.3)")
-    max_shift: tuple[float, float, float] | None = option(
-        None, check=_max_shift, parse=parse_numbers, metavar="UNITS|Z,Y,X", example="20",
-        help="reject links that move a tile more than this, world units")
+    max_shift: Any = option(
+        "auto", check=_max_shift,
+        parse=lambda text: text if text == "auto" else None if text == "none" else parse_numbers(text),
+        metavar="auto|none|UNITS|Z,Y,X", example="20",
+        help="reject links that move a tile more than this, world units (default auto: more than the overlap "
+             "allows, or twice its width; none: no bound)")
     fixed: tuple | None = option(None, cli=False,
                                  help="group keys that do not move (default: the first of each connected set)")
 
