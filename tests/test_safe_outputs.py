@@ -518,6 +518,63 @@ def test_run_library_refuses_existing_outputs_before_registering(sample, tmp_pat
     assert calls == [] and (tmp_path / "out.registered.xml").read_bytes() == OLD
 
 
+# -- convert: bad positions never replace a good project ----------------------------------------
+@pytest.fixture
+def tiles(tmp_path) -> Path:
+    folder = tmp_path / "tiles"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        tifffile.imwrite(folder / f"t{i}.tif", rng.integers(0, 1000, (24, 32), dtype=np.uint16))
+    return folder
+
+
+@pytest.mark.parametrize("row, message", [
+    ("t0.tif,nan,0", "line 2: x is 'nan'; positions must be finite"),
+    ("t0.tif,0,-inf", "line 2: y is '-inf'; positions must be finite"),
+    ("t0.tif,1e300,0", "image 0: position (z, y, x) = (0, 0, 1e+300)"),
+    ("t0.tif,0,0,3000000000", "line 2: tile 3000000000 is outside the range of a Java int"),
+    ("t0.tif,0,0,1.5", "line 2: tile is '1.5', not an integer"),
+])
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_convert_with_bad_positions_writes_nothing_and_keeps_the_old_project(tiles, tmp_path, capsys, row,
+                                                                          message, overwrite):
+    header = "file,x,y,tile" if row.count(",") == 3 else "file,x,y"
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    good.write_text(f"{header}\nt0.tif,0,0{',0' if 'tile' in header else ''}\n"
+                    f"t1.tif,30,0{',1' if 'tile' in header else ''}\n")
+    bad.write_text(f"{header}\n{row}\nt1.tif,30,0{',1' if 'tile' in header else ''}\n")
+    out = tmp_path / "p" / "d.xml"
+    if overwrite:
+        assert main(["convert", str(tiles), str(good), "-o", str(out), "-q"]) == 0
+        capsys.readouterr()
+    before = snapshot(tmp_path / "p") if overwrite else {}
+    argv = ["convert", str(tiles), str(bad), "-o", str(out), "-q"] + (["--overwrite"] if overwrite else [])
+    assert main(argv) == 2
+    err = _one_line_error(capsys)
+    assert message in err and ("bad.csv" in err or "image 0" in err)
+    if overwrite:
+        assert snapshot(tmp_path / "p") == before
+        open_project(out).image(open_project(out).views[0]).compute()  # still the good project
+    else:
+        assert not (tmp_path / "p").exists(), "no project under the final names, no partial output, no folder"
+
+
+def test_write_project_never_renames_a_project_it_cannot_open(tmp_path, monkeypatch):
+    """If a check before writing missed something, reading the XML back stops the swap."""
+    import tilefuse.writers.project as wp
+
+    images = [np.ones((8, 8), np.uint16), np.zeros((8, 8), np.uint16)]
+    out = tmp_path / "d.xml"
+    tilefuse.write_project(out, images, [(0, 0), (0, 6)])
+    before = snapshot(tmp_path)
+    monkeypatch.setattr(wp, "_check_positions", lambda *a: None)
+    monkeypatch.setattr(wp, "check_spimdata", lambda *a: None)
+    with pytest.raises(TilefuseError, match="cannot open again.*nothing was replaced.*non-finite"):
+        tilefuse.write_project(out, images, [(0, 0), (np.nan, 6)], overwrite=True)
+    assert snapshot(tmp_path) == before, "old project intact; no partial, marker or lock left"
+
+
 # -- partial outputs: deleted only if tilefuse wrote them -----------------------------------------
 @pytest.mark.parametrize("name, flags", [("f.ome.zarr", ["--no-resume"]), ("f.ome.zarr", []),
                                          ("f.ome.zarr", ["--resume"]), ("f.tif", []), ("f.xml", [])])
@@ -602,3 +659,26 @@ def test_workers_must_be_a_positive_integer(sample, tmp_path, monkeypatch, capsy
         main([*map(str, argv), "--workers", value])
     assert info.value.code == 2
     assert f"--workers: must be a positive whole number, got '{value}'" in capsys.readouterr().err
+
+
+def test_positions_csv_from_excel_with_a_byte_order_mark(tiles, tmp_path, capsys):
+    csv = tmp_path / "pos.csv"
+    csv.write_bytes("\ufefffile,x,y\r\nt0.tif,0,0\r\nt1.tif,30,0\r\n".encode("utf-8"))
+    assert main(["convert", str(tiles), str(csv), "-o", str(tmp_path / "p" / "d.xml"), "-q"]) == 0
+    project = open_project(tmp_path / "p" / "d.xml")
+    np.testing.assert_allclose(project.model(project.views[1])[:3, 3], [0, 0, 30])
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("pos.csv", b"\x00\x01\x02\xff\xfe", "not a UTF-8 text file (byte 0xff at offset 3)"),
+    ("pos.csv", "file,x,y\nt0.tif,0,0\n".encode("utf-16"), "not a UTF-8 text file"),
+    ("pos.csv", b"file,x,y\nt0.tif,0\x00,0\n", "line 2: x is '0\\x00', not a number"),
+    ("TileConfiguration.txt", b"\x00\x01\x02\xff\xfe", "not a UTF-8 text file (byte 0xff at offset 3)"),
+    ("TileConfiguration.txt", "t0.tif; ; (0, 0)\n".encode("utf-16"), "not a UTF-8 text file"),
+])
+def test_a_binary_positions_file_is_a_clear_error(tiles, tmp_path, capsys, name, content, message):
+    positions = tmp_path / name
+    positions.write_bytes(content)
+    assert main(["convert", str(tiles), str(positions), "-o", str(tmp_path / "p" / "d.xml"), "-q"]) == 2
+    err = _one_line_error(capsys)
+    assert str(positions) in err and message in err
