@@ -129,10 +129,17 @@ def test_atomic_output_directory_and_errors(tmp_path):
     with atomic_output(tmp_path / "e", resume=True) as tmp:
         assert tmp.read_text() == "half"
     assert (tmp_path / "e").read_text() == "half"
+    # A stale partial output is discarded only if tilefuse's marker says tilefuse wrote it.
     (tmp_path / "g.partial").write_text("stale")
+    with pytest.raises(OutputExistsError, match="not written by tilefuse"):
+        with atomic_output(tmp_path / "g"):
+            pass
+    assert (tmp_path / "g.partial").read_text() == "stale"
+    (tmp_path / "g.partial.tilefuse").write_text("{}")
     with atomic_output(tmp_path / "g") as tmp:
         assert not tmp.exists()
         tmp.write_text("new")
+    assert sorted(p.name for p in tmp_path.glob("g*")) == ["g"]
     with atomic_output(target, overwrite=True) as tmp:
         tmp.write_text("file replaces dir")
     assert target.read_text() == "file replaces dir"

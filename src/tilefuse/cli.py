@@ -39,9 +39,19 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive whole number, got {text!r}")
+    return value
+
+
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("parallelism")
-    g.add_argument("--workers", type=int, default=None,
+    g.add_argument("--workers", type=_positive_int, default=None, metavar="N",
                    help="start a local dask.distributed cluster with N worker processes")
     g.add_argument("--scheduler", default=None, help="address of a running dask.distributed scheduler")
 
@@ -96,7 +106,7 @@ def _add_fusion_options(p: argparse.ArgumentParser) -> None:
                    help="weigh views by local contrast too (BigStitcher's content-based fusion)")
     g.add_argument("--container", choices=("hdf5", "n5", "zarr"), default="hdf5",
                    help="pixel container when the output is a .xml project")
-    g.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    _add_overwrite(g)
     resume = g.add_mutually_exclusive_group()
     resume.add_argument("--resume", action="store_true",
                         help="require that a partial output left by an interrupted run is continued: refuse if "
@@ -104,6 +114,11 @@ def _add_fusion_options(p: argparse.ArgumentParser) -> None:
                              "else start over)")
     resume.add_argument("--no-resume", action="store_true", help="start over instead of resuming a partial output")
     g.add_argument("--preview", default=None, help="also save a downsampled PNG picture of the result")
+
+
+def _add_overwrite(p) -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (each is replaced only once its new version is complete)")
 
 
 def _resume_mode(args) -> str:
@@ -131,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--grid", type=_ints, default=None, help="tiles per axis, e.g. 3,4 (2D) or 1,2,2 (3D)")
     p.add_argument("--tile", type=_ints, default=None, help="tile shape, e.g. 512,512 or 64,256,256")
     p.add_argument("--seed", type=int, default=0)
+    _add_overwrite(p)
     _add_common(p)
     _add_cluster(p)
 
@@ -145,13 +161,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--texture", choices=("procedural", "photo"), default="procedural")
     p.add_argument("--format", choices=("hdf5", "n5", "zarr", "tiff"), default="hdf5")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true")
+    _add_overwrite(p)
     _add_common(p)
 
     p = sub.add_parser("info", help="summarise a project")
     p.add_argument("xml", type=Path)
     p.add_argument("--plot", default=None, help="draw the tile layout to this PNG")
     p.add_argument("--views", action="store_true", help="one line per view")
+    _add_overwrite(p)
     _add_common(p)
 
     p = sub.add_parser("convert", help="make a project from a folder of TIFFs and positions")
@@ -164,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="units of the positions (default: voxel for TileConfiguration, physical for CSV)")
     p.add_argument("--format", choices=("hdf5", "n5", "zarr", "tiff"), default="hdf5")
     p.add_argument("--chunks", type=_ints, default=None, help="block shape z,y,x")
-    p.add_argument("--overwrite", action="store_true")
+    _add_overwrite(p)
     _add_common(p)
 
     p = sub.add_parser("register", help="refine tile positions (phase correlation + global solve)")
@@ -172,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="registered XML (default: overwrite the input, keeping a ~1 backup)")
     p.add_argument("--plot", default=None, help="draw the link graph to this PNG")
+    _add_overwrite(p)
     _add_register_options(p)
     _add_common(p)
     _add_cluster(p)
@@ -185,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a*I + b per view (default), or a*I")
     p.add_argument("--downsample", type=float, default=4.0,
                    help="grid spacing of the overlap samples, world units (4)")
+    _add_overwrite(p)
     _add_common(p)
 
     p = sub.add_parser("fuse", help="fuse the views into one volume (OME-Zarr, TIFF or BDV project)")
@@ -222,7 +241,7 @@ def _client(args):
     return cluster_client(scheduler, workers)
 
 
-def _preview(plan_or_path, out) -> None:
+def _preview(plan_or_path, out, overwrite: bool) -> None:
     """Save a PNG: the middle z plane of the first (t, c) at the coarsest written level."""
     from .plotting import save_preview
 
@@ -235,38 +254,51 @@ def _preview(plan_or_path, out) -> None:
         arr = group[datasets[min(len(datasets) - 1, 2)]["path"]]
         while arr.ndim > 2:
             arr = arr[arr.shape[0] // 2] if arr.ndim == 3 else arr[0]
-        save_preview(arr, out)
+        save_preview(arr, out, overwrite=overwrite)
     else:
         import tifffile
 
         image = tifffile.imread(path)
         while image.ndim > 2:
             image = image[image.shape[0] // 2]
-        save_preview(image, out)
+        save_preview(image, out, overwrite=overwrite)
     print(f"preview          {out}")
+
+
+def _outputs(args, outputs, inputs=(), *, in_place=()):
+    """Claim every output of a command before any work (see ``claim_outputs``).
+
+    All of them at once: checked against the inputs and against each other,
+    refused if they exist unless ``--overwrite``, their folders writable, and
+    locked against another run until the command ends.
+    """
+    from .writers._atomic import claim_outputs
+
+    return claim_outputs(outputs, inputs, overwrite=args.overwrite, in_place=in_place)
 
 
 def _cmd_info(args) -> None:
     from .project import open_project
     from .project.summary import project_summary
+    from .writers._atomic import input_paths
 
     project = open_project(args.xml)
-    print(project_summary(project, detail=2 if args.views else 1))
-    if args.plot:
-        from .plotting import plot_layout
+    with _outputs(args, [args.plot], input_paths(project)):
+        print(project_summary(project, detail=2 if args.views else 1))
+        if args.plot:
+            from .plotting import plot_layout
 
-        print(f"layout plot      {plot_layout(project, args.plot)}")
+            print(f"layout plot      {plot_layout(project, args.plot, overwrite=args.overwrite)}")
 
 
 def _cmd_sample(args):
-    from .demo import make_sample_project
-    from .writers._atomic import check_outputs
+    from .demo import make_sample_project, sample_outputs
 
-    check_outputs([args.outdir / "dataset.xml"])
-    project = make_sample_project(args.outdir, ndim=3 if args.three_d else 2, grid=args.grid,
-                                  tile_shape=args.tile, overlap=args.overlap, max_offset=args.max_offset,
-                                  empty_tiles=args.empty_tiles, texture=args.texture, format=args.format,
-                                  seed=args.seed, progress=args.progress, overwrite=args.overwrite)
+    with _outputs(args, sample_outputs(args.outdir, args.format)):
+        project = make_sample_project(args.outdir, ndim=3 if args.three_d else 2, grid=args.grid,
+                                      tile_shape=args.tile, overlap=args.overlap, max_offset=args.max_offset,
+                                      empty_tiles=args.empty_tiles, texture=args.texture, format=args.format,
+                                      seed=args.seed, progress=args.progress, overwrite=args.overwrite)
     print(f"wrote {project.path} ({len(project.views)} views) and {args.outdir / 'truth.json'}")
     return project
 
@@ -274,114 +306,128 @@ def _cmd_sample(args):
 def _cmd_convert(args) -> None:
     from .convert import convert_tiffs
     from .project.summary import project_summary
+    from .writers.project import container_path
 
     vs = args.voxel_size if len(args.voxel_size) == 3 else (1.0,) + tuple(args.voxel_size)
-    project = convert_tiffs(args.folder, args.positions, args.output, voxel_size=vs, unit=args.unit,
-                            position_unit=args.position_unit, format=args.format, chunks=args.chunks,
-                            progress=args.progress, overwrite=args.overwrite)
+    # The TIFFs are inputs too; convert_tiffs checks the outputs against them once it has read the positions.
+    with _outputs(args, [args.output, container_path(args.output, args.format)], [args.positions]):
+        project = convert_tiffs(args.folder, args.positions, args.output, voxel_size=vs, unit=args.unit,
+                                position_unit=args.position_unit, format=args.format, chunks=args.chunks,
+                                progress=args.progress, overwrite=args.overwrite)
     print(project_summary(project, detail=0))
 
 
 def _cmd_register(args) -> None:
     from .project import open_project
     from .registration.api import register
-    from .writers._atomic import check_outputs, input_paths
+    from .writers._atomic import input_paths
 
     project = open_project(args.xml)
     out = args.output or args.xml
-    # Before computing: the XML may replace the input XML (with backups), never its pixels.
-    check_outputs([out], input_paths(project, xml=False))
-    check_outputs([args.plot], input_paths(project))
-    with _client(args) as client:
-        result = register(project, client=client, progress=args.progress, **_register_options(args))
-    print(result.summary())
-    result.apply(project).save(out)
-    print(f"registered XML   {out}")
-    if args.plot:
-        from .plotting import plot_links
+    # The XML may replace the input XML (with backups; the input's pixels never); the plot may not.
+    with _outputs(args, [out, args.plot], input_paths(project, xml=False), in_place=[args.xml]):
+        with _client(args) as client:
+            result = register(project, client=client, progress=args.progress, **_register_options(args))
+        print(result.summary())
+        result.apply(project).save(out)
+        print(f"registered XML   {out}")
+        if args.plot:
+            from .plotting import plot_links
 
-        print(f"link plot        {plot_links(project, result.links, args.plot, result.groups)}")
+            plot = plot_links(project, result.links, args.plot, result.groups, overwrite=args.overwrite)
+            print(f"link plot        {plot}")
 
 
 def _cmd_intensity(args) -> None:
     from .intensity import match_intensities
     from .project import open_project
-    from .writers._atomic import check_outputs, input_paths
+    from .writers._atomic import input_paths
 
     project = open_project(args.xml)
     out = args.output or args.xml
-    check_outputs([out], input_paths(project, xml=False))  # before computing; see _cmd_register
-    result = match_intensities(project, model=args.model, downsampling=args.downsample, progress=args.progress)
-    gains = [a for a, _ in result.models.values()]
-    print(f"pairs            {len(result.pairs)} overlaps matched")
-    print(f"gains            min {min(gains):.3f}, max {max(gains):.3f}")
-    print(f"mismatch         {result.mismatch_before:.4f} -> {result.mismatch_after:.4f} "
-          "(mean |difference| of matched quantiles / median intensity)")
-    result.apply(project).save(out)
+    with _outputs(args, [out], input_paths(project, xml=False), in_place=[args.xml]):  # see _cmd_register
+        result = match_intensities(project, model=args.model, downsampling=args.downsample,
+                                   progress=args.progress)
+        gains = [a for a, _ in result.models.values()]
+        print(f"pairs            {len(result.pairs)} overlaps matched")
+        print(f"gains            min {min(gains):.3f}, max {max(gains):.3f}")
+        print(f"mismatch         {result.mismatch_before:.4f} -> {result.mismatch_after:.4f} "
+              "(mean |difference| of matched quantiles / median intensity)")
+        result.apply(project).save(out)
     print(f"adjusted XML     {out}  (fuse with --intensity-adjustment)")
 
 
 def _cmd_fuse(args) -> None:
     from .fusion.api import plan_fusion
     from .project import open_project
-    from .writers._atomic import check_outputs, input_paths
-    from .writers.fused import write_fused
+    from .writers._atomic import input_paths
+    from .writers.fused import output_format, write_fused
+    from .writers.project import container_path
 
     project = open_project(args.xml)
-    check_outputs([args.output, args.preview], input_paths(project))  # before any work
-    plan = plan_fusion(project, **_fusion_options(args))
-    print(f"output           {len(plan.timepoints)} timepoints × {len(plan.channels)} channels × "
-          f"{' × '.join(map(str, plan.shape))} (z, y, x), voxel {tuple(round(v, 4) for v in plan.voxel_size)}"
-          f" {plan.unit}")
-    with _client(args) as client:
-        out = write_fused(plan, args.output, container=args.container, progress=args.progress,
-                          resume=_resume_mode(args), overwrite=args.overwrite, client=client)
-    print(f"wrote            {out}")
-    if args.preview:
-        _preview(out, args.preview)
+    outputs = [args.output, args.preview]
+    if output_format(args.output) == "bdv":
+        outputs.append(container_path(args.output, args.container))
+    with _outputs(args, outputs, input_paths(project)):  # before any work
+        plan = plan_fusion(project, **_fusion_options(args))
+        print(f"output           {len(plan.timepoints)} timepoints × {len(plan.channels)} channels × "
+              f"{' × '.join(map(str, plan.shape))} (z, y, x), voxel {tuple(round(v, 4) for v in plan.voxel_size)}"
+              f" {plan.unit}")
+        with _client(args) as client:
+            out = write_fused(plan, args.output, container=args.container, progress=args.progress,
+                              resume=_resume_mode(args), overwrite=args.overwrite, client=client)
+        print(f"wrote            {out}")
+        if args.preview:
+            _preview(out, args.preview, args.overwrite)
 
 
 def _cmd_run(args) -> None:
-    from .pipeline import run
+    from .pipeline import run, run_outputs
     from .project import open_project
-    from .writers._atomic import check_outputs, input_paths
+    from .writers._atomic import input_paths
 
     project = open_project(args.xml)
-    check_outputs([args.preview], input_paths(project))  # run() checks its own outputs first thing
-    with _client(args) as client:
-        report = run(project, args.output, register_options=_register_options(args),
-                     fusion_options=_fusion_options(args), skip_registration=args.no_register,
-                     match_intensity=args.match_intensity,
-                     client=client, progress=args.progress, overwrite=args.overwrite,
-                     resume=_resume_mode(args))
-    print(report.summary())
-    if args.preview:
-        _preview(report.output, args.preview)
+    outputs = run_outputs(args.output, skip_registration=args.no_register, match_intensity=args.match_intensity)
+    with _outputs(args, [*outputs, args.preview], input_paths(project)):
+        with _client(args) as client:
+            report = run(project, args.output, register_options=_register_options(args),
+                         fusion_options=_fusion_options(args), skip_registration=args.no_register,
+                         match_intensity=args.match_intensity,
+                         client=client, progress=args.progress, overwrite=args.overwrite,
+                         resume=_resume_mode(args))
+        print(report.summary())
+        if args.preview:
+            _preview(report.output, args.preview, args.overwrite)
 
 
 def _cmd_demo(args) -> None:
-    from .demo import make_sample_project, score_registration
-    from .pipeline import run
+    from .demo import make_sample_project, sample_outputs, score_registration
+    from .pipeline import run, run_outputs
     from .project.summary import project_summary
 
     outdir = args.outdir
     ndim = 3 if args.three_d else 2
-    print(f"generating a {ndim}D sample project in {outdir} ...")
-    project = make_sample_project(outdir, ndim=ndim, grid=args.grid, tile_shape=args.tile,
-                                  empty_tiles=(), seed=args.seed, progress=args.progress, overwrite=True)
-    print(project_summary(project, detail=1))
-    before = score_registration(project, outdir / "truth.json")
-    with _client(args) as client:
-        report = run(project, outdir / "fused.ome.zarr", client=client, progress=args.progress, overwrite=True,
-                     resume=False, registered_xml=outdir / "registered.xml")
-    print(report.summary())
-    from .project import open_project
+    fused, registered, preview = outdir / "fused.ome.zarr", outdir / "registered.xml", outdir / "fused.png"
+    outputs = [*sample_outputs(outdir), *run_outputs(fused, registered_xml=registered), preview]
+    # A second demo into the same folder stops here, before any work, unless --overwrite.
+    with _outputs(args, outputs):
+        print(f"generating a {ndim}D sample project in {outdir} ...")
+        project = make_sample_project(outdir, ndim=ndim, grid=args.grid, tile_shape=args.tile,
+                                      empty_tiles=(), seed=args.seed, progress=args.progress,
+                                      overwrite=args.overwrite)
+        print(project_summary(project, detail=1))
+        before = score_registration(project, outdir / "truth.json")
+        with _client(args) as client:
+            report = run(project, fused, client=client, progress=args.progress, overwrite=args.overwrite,
+                         resume=False, registered_xml=registered)
+        print(report.summary())
+        from .project import open_project
 
-    after = score_registration(open_project(outdir / "registered.xml"), outdir / "truth.json")
-    print(f"tile position error vs truth (world px, global translation removed):\n"
-          f"  stage positions  mean {before['mean']:.3f}  max {before['max']:.3f}\n"
-          f"  registered       mean {after['mean']:.3f}  max {after['max']:.3f}")
-    _preview(report.output, outdir / "fused.png")
+        after = score_registration(open_project(registered), outdir / "truth.json")
+        print(f"tile position error vs truth (world px, global translation removed):\n"
+              f"  stage positions  mean {before['mean']:.3f}  max {before['max']:.3f}\n"
+              f"  registered       mean {after['mean']:.3f}  max {after['max']:.3f}")
+        _preview(report.output, preview, args.overwrite)
 
 
 COMMANDS = {"info": _cmd_info, "sample": _cmd_sample, "convert": _cmd_convert, "register": _cmd_register,

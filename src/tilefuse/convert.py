@@ -9,6 +9,8 @@ view wrapped in dask), so conversion streams data larger than memory.
 from __future__ import annotations
 
 import csv
+import io
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,23 +35,66 @@ class TileEntry:
 _ATTRS = ("tile", "channel", "illumination", "angle", "timepoint")
 
 
+def _text(path: Path) -> str:
+    """A positions file as text: UTF-8, with or without the byte-order mark Excel writes."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ProjectFormatError(
+            f"{path}: not a UTF-8 text file (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+            "save it as CSV UTF-8 or plain text"
+        ) from None
+    except OSError as exc:
+        raise TilefuseError(f"{path}: cannot read the positions file ({exc.strerror or exc})") from None
+
+
+def _number(text: str, what: str, where: str) -> float:
+    """A finite coordinate, or an error naming the file, line and column."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ProjectFormatError(f"{where}: {what} is {text!r}, not a number") from None
+    if not math.isfinite(value):
+        raise ProjectFormatError(f"{where}: {what} is {text!r}; positions must be finite numbers")
+    return value
+
+
+def _java_int(text: str, what: str, where: str) -> int:
+    """An id as BigStitcher reads it: an integer in Java's ``int`` range."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise ProjectFormatError(f"{where}: {what} is {text!r}, not an integer") from None
+    from .writers.project import JAVA_INT
+
+    if not JAVA_INT[0] <= value <= JAVA_INT[1]:
+        raise ProjectFormatError(f"{where}: {what} {value} is outside the range of a Java int, which "
+                                 "BigStitcher uses for ids")
+    return value
+
+
 def read_positions_csv(path: str | Path) -> list[TileEntry]:
-    """Read ``file,x,y[,z]`` rows (header required; extra attribute columns optional)."""
+    """Read ``file,x,y[,z]`` rows (header required; extra attribute columns optional).
+
+    The file is UTF-8, with or without a byte-order mark (Excel's "CSV UTF-8").
+    Positions must be finite numbers and ids integers in Java's ``int`` range.
+    """
     path = Path(path)
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
+    text = _text(path)
+    try:
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         cols = [c.strip().lower() for c in (reader.fieldnames or [])]
         if not {"file", "x", "y"} <= set(cols):
             raise ProjectFormatError(f"{path}: the header must name columns file, x, y (and z for 3D); got {cols}")
         entries = []
         for line, row in enumerate(reader, start=2):
             row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-            try:
-                pos = tuple(float(row[a]) for a in ("x", "y", "z") if a in row and row[a] != "")
-                attrs = {a: int(row[a]) for a in _ATTRS if a in row and row[a] != ""}
-            except ValueError as exc:
-                raise ProjectFormatError(f"{path}, line {line}: {exc}") from None
+            at = f"{path}, line {line}"
+            pos = tuple(_number(row[a], a, at) for a in ("x", "y", "z") if a in row and row[a] != "")
+            attrs = {a: _java_int(row[a], a, at) for a in _ATTRS if a in row and row[a] != ""}
             entries.append(TileEntry(row["file"], pos, attrs))
+    except csv.Error as exc:  # e.g. a NUL byte: not a CSV file
+        raise ProjectFormatError(f"{path}, line {reader.line_num}: not a CSV file ({exc})") from None
     if not entries:
         raise ProjectFormatError(f"{path}: no rows")
     return entries
@@ -63,7 +108,7 @@ def read_tile_configuration(path: str | Path) -> list[TileEntry]:
     path = Path(path)
     entries = []
     dim = None
-    for n, raw in enumerate(path.read_text().splitlines(), start=1):
+    for n, raw in enumerate(_text(path).splitlines(), start=1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -76,10 +121,7 @@ def read_tile_configuration(path: str | Path) -> list[TileEntry]:
         m = _TC_LINE.match(line)
         if m is None:
             raise ProjectFormatError(f"{path}, line {n}: expected 'file; ; (x, y[, z])', got {raw!r}")
-        try:
-            pos = tuple(float(v) for v in m.group(3).split(","))
-        except ValueError:
-            raise ProjectFormatError(f"{path}, line {n}: non-numeric position {m.group(3)!r}") from None
+        pos = tuple(_number(v.strip(), "a coordinate", f"{path}, line {n}") for v in m.group(3).split(","))
         if dim is not None and len(pos) != dim:
             raise ProjectFormatError(f"{path}, line {n}: {len(pos)} coordinates but dim = {dim}")
         entries.append(TileEntry(m.group(1), pos))

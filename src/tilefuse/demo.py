@@ -19,7 +19,15 @@ from .project.project import Project
 from .project.views import ViewId
 from .sample_data import make_mosaic
 
-__all__ = ["make_sample_project", "score_registration", "tile_positions"]
+__all__ = ["make_sample_project", "sample_outputs", "score_registration", "tile_positions"]
+
+
+def sample_outputs(outdir: str | Path, format: str = "hdf5") -> list[Path]:
+    """The files :func:`make_sample_project` writes: the XML, its pixel container and ``truth.json``."""
+    from .writers.project import container_path
+
+    xml = Path(outdir) / "dataset.xml"
+    return [xml, container_path(xml, format), xml.with_name("truth.json")]
 
 
 def make_sample_project(
@@ -54,8 +62,14 @@ def make_sample_project(
         See :func:`tilefuse.sample_data.make_mosaic`.
     format : {"hdf5", "n5", "zarr", "tiff"}
         Pixel container (see :func:`tilefuse.write_project`).
+    overwrite : bool
+        Replace an existing project and ``truth.json`` in ``outdir``; without
+        it they are refused before anything is generated.
     """
+    from .writers._atomic import check_outputs
+
     outdir = Path(outdir)
+    check_outputs(sample_outputs(outdir, format), overwrite=overwrite)
     outdir.mkdir(parents=True, exist_ok=True)
     if grid is None:
         grid = (3, 4) if ndim == 2 else (1, 2, 2)

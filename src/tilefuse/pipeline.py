@@ -12,11 +12,11 @@ from .fusion.api import plan_fusion
 from .intensity import IntensityResult, match_intensities
 from .project.project import Project, open_project
 from .registration.api import RegistrationResult, register
-from .writers._atomic import check_outputs, input_paths
+from .writers._atomic import claim_outputs, input_paths
 from .writers.fused import output_format, write_fused
 from .writers.project import container_path
 
-__all__ = ["RunReport", "run", "cluster_client"]
+__all__ = ["RunReport", "run", "run_outputs", "cluster_client"]
 
 
 @dataclass
@@ -152,6 +152,29 @@ def _quiet_distributed():
             lg.disabled = disabled
 
 
+def run_outputs(
+    output: str | Path,
+    *,
+    registered_xml: str | Path | None = None,
+    skip_registration: bool = False,
+    match_intensity: bool = False,
+) -> list[Path]:
+    """Every file or folder :func:`run` writes with these arguments, the main output first.
+
+    The output itself, the registered XML (unless nothing changes the
+    project: ``skip_registration`` without ``match_intensity``) and, for a
+    ``.xml`` output, its pixel container.
+    """
+    output = Path(output)
+    outputs = [output]
+    if not skip_registration or match_intensity:
+        stem = output.name.split(".")[0]
+        outputs.append(Path(registered_xml) if registered_xml else output.with_name(f"{stem}.registered.xml"))
+    if output_format(output) == "bdv":
+        outputs.append(container_path(output))  # write_fused's default container
+    return outputs
+
+
 def run(
     project: Project | str | Path,
     output: str | Path,
@@ -174,27 +197,34 @@ def run(
     ``registered_xml`` (default: ``<output stem>.registered.xml`` beside the
     output); the input XML is never modified.
 
-    Before any computation the outputs are checked: none may be, contain or
-    lie inside an input (the XML or a file the loader reads), and every
+    Before any computation every output (:func:`run_outputs`) is checked:
+    none may be, contain or lie inside an input (the XML or a file the loader
+    reads) or another output, none may exist unless ``overwrite``, and every
     output folder must be writable; otherwise a
-    :class:`~tilefuse.writers._atomic.OutputIsInputError` or
-    :class:`~tilefuse.errors.OutputError` is raised at once.
+    :class:`~tilefuse.errors.TilefuseError` (``OutputIsInputError``,
+    ``OutputClashError``, ``OutputExistsError``, ``OutputError``) is raised at
+    once.  The outputs stay locked against other runs until the function
+    returns (``OutputBusyError`` if another run holds one).
     """
     timer = StageTimer()
     timer.start("open")
     if not isinstance(project, Project):
         project = open_project(project)
     output = Path(output)
+    outputs = run_outputs(output, registered_xml=registered_xml, skip_registration=skip_registration,
+                          match_intensity=match_intensity)
+    xml_out = outputs[1] if not skip_registration or match_intensity else None
+    # Hours of registration and fusion must not end in "read-only file system" or "already exists".
+    with claim_outputs(outputs, input_paths(project), overwrite=overwrite):
+        return _run(project, output, xml_out, timer, register_options=register_options,
+                    fusion_options=fusion_options, skip_registration=skip_registration,
+                    match_intensity=match_intensity, client=client, progress=progress, overwrite=overwrite,
+                    resume=resume)
+
+
+def _run(project, output, xml_out, timer, *, register_options, fusion_options, skip_registration,
+         match_intensity, client, progress, overwrite, resume) -> RunReport:
     result = None
-    xml_out = None
-    if not skip_registration or match_intensity:
-        stem = output.name.split(".")[0]
-        xml_out = Path(registered_xml) if registered_xml else output.with_name(f"{stem}.registered.xml")
-    # Hours of registration and fusion must not end in "read-only file system".
-    outputs = [output, xml_out]
-    if output_format(output) == "bdv":
-        outputs.append(container_path(output))  # write_fused's default container
-    check_outputs(outputs, input_paths(project))
     stages = 1 + (not skip_registration) + bool(match_intensity)
     stage = 0
 

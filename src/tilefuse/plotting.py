@@ -1,7 +1,11 @@
 """Pictures: the tile layout, the registration link graph, and fused previews.
 
 Layout and link plots need matplotlib (``pip install tilefuse[plot]``);
-previews only need scikit-image's PNG writer.
+previews only need imageio (installed with scikit-image).  Every picture is
+written as ``<name>.partial`` and renamed when complete
+(:func:`~tilefuse.writers._atomic.atomic_output`); an existing file is
+replaced only with ``overwrite=True``.  The format follows the file's suffix
+(PNG when it has none).
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TilefuseError
+from .writers._atomic import atomic_output
 
 __all__ = ["plot_layout", "plot_links", "save_preview", "to_uint8"]
 
@@ -26,6 +31,19 @@ def _pyplot():
     return plt
 
 
+def _save_figure(fig, path: str | Path, overwrite: bool) -> Path:
+    """Write a figure through a temporary name (its format from the final name) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    try:
+        with atomic_output(path, overwrite=overwrite) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:].lower() or "png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return path
+
+
 def _tile_rects(project, views):
     from matplotlib.patches import Rectangle
 
@@ -36,11 +54,12 @@ def _tile_rects(project, views):
     return rects
 
 
-def plot_layout(project, path: str | Path, views=None) -> Path:
+def plot_layout(project, path: str | Path, views=None, *, overwrite: bool = False) -> Path:
     """Draw every tile's world box (x right, y down) with its tile id, to a PNG.
 
     The tiles and their grid are :func:`tilefuse.project.summary.tile_layout`'s,
-    the same that ``tilefuse info`` prints as text.
+    the same that ``tilefuse info`` prints as text.  ``overwrite=True``
+    replaces an existing file (else :class:`~tilefuse.writers._atomic.OutputExistsError`).
     """
     from .project.summary import tile_layout
 
@@ -62,14 +81,14 @@ def plot_layout(project, path: str | Path, views=None) -> Path:
     columns = max((t.column for t in placements), default=-1) + 1
     ax.set_title(f"{project.path.name if project.path else 'project'}: {len(placements)} tiles, "
                  f"{rows} rows × {columns} columns")
-    path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, overwrite)
 
 
-def plot_links(project, links, path: str | Path, groups=None) -> Path:
-    """Draw the tile graph: one line per link, coloured by correlation; rejected links dashed red."""
+def plot_links(project, links, path: str | Path, groups=None, *, overwrite: bool = False) -> Path:
+    """Draw the tile graph: one line per link, coloured by correlation; rejected links dashed red.
+
+    ``overwrite=True`` replaces an existing file.
+    """
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 8))
     centre = {}
@@ -100,10 +119,7 @@ def plot_links(project, links, path: str | Path, groups=None) -> Path:
     ax.invert_yaxis()
     n_bad = sum(not link.accepted for link in links)
     ax.set_title(f"{len(links)} links, {n_bad} rejected")
-    path = Path(path)
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path, overwrite)
 
 
 def to_uint8(image: np.ndarray, percentiles=(0.5, 99.8)) -> np.ndarray:
@@ -117,9 +133,12 @@ def to_uint8(image: np.ndarray, percentiles=(0.5, 99.8)) -> np.ndarray:
     return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
 
 
-def save_preview(image, path: str | Path, max_size: int = 2048) -> Path:
-    """Save a 2D picture (a middle plane or a maximum projection is the caller's choice) as PNG."""
-    from skimage.io import imsave
+def save_preview(image, path: str | Path, max_size: int = 2048, *, overwrite: bool = False) -> Path:
+    """Save a 2D picture (a middle plane or a maximum projection is the caller's choice) as PNG.
+
+    ``overwrite=True`` replaces an existing file.
+    """
+    import imageio.v3 as iio
     from skimage.transform import downscale_local_mean
 
     image = np.asarray(image)
@@ -129,5 +148,6 @@ def save_preview(image, path: str | Path, max_size: int = 2048) -> Path:
     if step > 1:
         image = downscale_local_mean(image.astype(np.float32), (step, step))
     path = Path(path)
-    imsave(path, to_uint8(image), check_contrast=False)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        iio.imwrite(tmp, to_uint8(image), extension=path.suffix.lower() or ".png")
     return path

@@ -11,10 +11,19 @@ resumable writer (OME-Zarr) can continue from it on the next run; a
 non-resumable one (TIFF) simply starts over.
 
 Before any work :func:`check_outputs` refuses an output that is, contains or
-lies inside one of the run's inputs, and checks that each output folder can
-be written.  A full disk, a read-only folder or a missing permission while
-writing becomes an :class:`~tilefuse.errors.OutputError` naming the output,
-the cause and what was kept.
+lies inside one of the run's inputs or another output of the run, an output
+that exists (unless it may be replaced), and a ``<name>.partial`` that
+tilefuse did not write; it also checks that each output folder can be
+written.  :func:`claim_outputs` adds an exclusive lock on every output for the
+whole run (:func:`output_lock`), so two runs never write the same output.  A
+full disk, a read-only folder or a missing permission while writing becomes an
+:class:`~tilefuse.errors.OutputError` naming the output, the cause and what
+was kept.
+
+Every partial output carries tilefuse's marker, ``<name>.partial.tilefuse``,
+written before the partial output itself: tilefuse deletes or continues only
+partial outputs carrying it (or an OME-Zarr manifest, ``.tilefuse/``), never
+a file or folder someone else named ``<name>.partial``.
 
 Works for single files and for directory outputs (zarr groups) alike.
 """
@@ -22,25 +31,41 @@ Works for single files and for directory outputs (zarr groups) alike.
 from __future__ import annotations
 
 import errno
+import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from ..errors import OutputError, TilefuseError
 
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no flock; runs are not locked there
+    fcntl = None
+
+log = logging.getLogger(__name__)
+
 __all__ = [
+    "OutputBusyError",
+    "OutputClashError",
     "OutputExistsError",
     "OutputIsInputError",
     "atomic_output",
     "atomic_outputs",
     "check_outputs",
+    "claim_outputs",
     "fsync_path",
     "input_paths",
+    "lock_path",
+    "marker_path",
     "output_errors",
+    "output_lock",
     "partial_path",
     "raise_if_write_error",
     "remove_path",
@@ -56,10 +81,30 @@ class OutputIsInputError(TilefuseError, ValueError):
     """An output path is, contains or lies inside one of the run's inputs."""
 
 
+class OutputClashError(TilefuseError, ValueError):
+    """Two outputs of one run are the same path, or one lies inside the other."""
+
+
+class OutputBusyError(TilefuseError, BlockingIOError):
+    """Another run is writing the same output right now."""
+
+
 def partial_path(path: str | os.PathLike) -> Path:
     """The temporary name used while ``path`` is being written: ``<name>.partial``."""
     path = Path(path)
     return path.with_name(path.name + ".partial")
+
+
+def marker_path(partial: str | os.PathLike) -> Path:
+    """tilefuse's marker beside a partial output: ``<name>.partial.tilefuse``."""
+    partial = Path(partial)
+    return partial.with_name(partial.name + ".tilefuse")
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file held beside ``path`` while a run writes it: ``<name>.lock``."""
+    path = Path(path)
+    return path.with_name(path.name + ".lock")
 
 
 def remove_path(path: str | os.PathLike) -> None:
@@ -88,6 +133,47 @@ def _check_target(path: Path, overwrite: bool) -> None:
         raise OutputExistsError(
             f"{path}: output already exists; pass overwrite=True (--overwrite) to replace it"
         )
+
+
+# -- partial outputs: tilefuse's marker ----------------------------------------------
+def _is_ours(partial: Path) -> bool:
+    """Whether tilefuse wrote ``partial``, so that it may delete or continue it."""
+    if marker_path(partial).is_file():
+        return True
+    if partial.is_dir() and not partial.is_symlink():
+        # Partial OME-Zarr outputs of earlier versions carry only write_ome_zarr's manifest;
+        # an empty folder loses nothing when deleted (a run killed right after creating it).
+        return (partial / ".tilefuse" / "manifest.json").is_file() or not any(partial.iterdir())
+    return False
+
+
+def _check_partial(path: Path) -> None:
+    """Refuse a ``<name>.partial`` beside ``path`` that tilefuse did not write."""
+    tmp = partial_path(path)
+    if _exists(tmp) and not _is_ours(tmp):
+        raise OutputExistsError(
+            f"{tmp}: exists but was not written by tilefuse (no {marker_path(tmp).name} beside it); "
+            f"move or delete it to write {path.name}"
+        )
+
+
+def _mark(partial: Path) -> None:
+    """Write the marker of a partial output (before the output itself)."""
+    from .._version import __version__
+
+    marker = marker_path(partial)
+    marker.write_text(json.dumps({"partial output of": partial.name.removesuffix(".partial"),
+                                  "tilefuse": __version__, "pid": os.getpid()}) + "\n")
+
+
+def _unmark(partials: Iterable[Path]) -> None:
+    """Remove the markers of partial outputs that are gone (renamed into place or removed)."""
+    for tmp in partials:
+        if not _exists(tmp):
+            try:
+                marker_path(tmp).unlink(missing_ok=True)
+            except OSError:  # best effort: a stale marker beside nothing is harmless
+                pass
 
 
 # -- write errors -----------------------------------------------------------------
@@ -235,27 +321,60 @@ def _check_writable(output: Path) -> None:
         raise err from exc
 
 
+def _clash(out: Path, real: Path, others: list[tuple[Path, Path]]) -> None:
+    """Refuse an output that is another output of the run, lies inside one or is one's temporary name."""
+    for other, oreal in others:
+        if real == oreal:
+            why = "is also another output of this run"
+        elif real.is_relative_to(oreal):
+            why = "lies inside another output of this run"
+        elif oreal.is_relative_to(real):
+            why = "contains another output of this run"
+        elif real in (partial_path(oreal), marker_path(partial_path(oreal)), lock_path(oreal)):
+            why = "is a temporary name of another output of this run"
+        else:
+            continue
+        raise OutputClashError(f"{out}: the output {why} ({other}); give each output its own name")
+
+
 def check_outputs(outputs: Iterable[str | os.PathLike | None],
-                  inputs: Iterable[str | os.PathLike | None] = ()) -> None:
+                  inputs: Iterable[str | os.PathLike | None] = (), *,
+                  overwrite: bool | None = None,
+                  in_place: Iterable[str | os.PathLike | None] = ()) -> None:
     """Check, before any work, that the outputs can be written without harming an input.
 
     Parameters
     ----------
     outputs : iterable of path-like or None
-        Every file or folder the run will write (``None`` entries are skipped).
+        Every file or folder the run will write: main output, pixel
+        container, saved XML, previews, plots (``None`` entries are skipped).
     inputs : iterable of path-like or None
         Every file or container the run reads (see :func:`input_paths`).
+    overwrite : bool, optional
+        When given, an existing output is refused unless ``overwrite`` is
+        True.  None leaves that check to the writer (:func:`atomic_outputs`).
+    in_place : iterable of path-like or None
+        Outputs that are updated in place on purpose and may exist (the input
+        XML that ``register`` saves with backups).
 
     Raises
     ------
     OutputIsInputError
         An output is an input, contains one (replacing it would delete the
         input) or lies inside an input container.
+    OutputClashError
+        Two outputs are the same path, one lies inside the other, or one is
+        the other's temporary name.
+    OutputExistsError
+        An output exists and ``overwrite`` is False, or a ``<name>.partial``
+        beside an output was not written by tilefuse.
     OutputError
         An output folder cannot be created or written (read-only, no
         permission, a file in the way).
     """
     ins = [(Path(i), _real(i)) for i in inputs if i is not None]
+    updated = {_real(p) for p in in_place if p is not None}
+    seen: list[tuple[Path, Path]] = []
     for out in outputs:
         if out is None:
             continue
@@ -273,7 +392,150 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None],
             raise OutputIsInputError(
                 f"{out}: the output {why} ({given}); write the output somewhere else"
             )
+        _clash(out, real, seen)
+        seen.append((out, real))
+        if overwrite is not None and real not in updated:
+            _check_target(out, overwrite)
+        _check_partial(out)
         _check_writable(out)
+
+
+# -- one run per output: locks ---------------------------------------------------------
+_held: dict[Path, list] = {}  # lock file -> [fd, count, folders created]: this process's locks
+_held_guard = threading.Lock()
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid = os.pread(fd, 32, 0).decode("ascii", "replace").split()
+    except OSError:
+        pid = []
+    return f"another tilefuse run (pid {pid[0]})" if pid and pid[0].isdigit() else "another tilefuse run"
+
+
+def _lock_one(path: Path) -> Path | None:
+    """Take the lock of ``path``; returns its lock file, or None where locking is not possible."""
+    lock = lock_path(_real(path.parent) / path.name)  # one lock whatever symlinks name the folder
+    with _held_guard:
+        if lock in _held:
+            _held[lock][1] += 1
+            return lock
+        if fcntl is None:  # pragma: no cover - Windows
+            return None
+        with output_errors(path, "nothing was written", watch=[lock]):
+            created = _missing_folders(lock.parent)  # removed again at the end if still empty
+            lock.parent.mkdir(parents=True, exist_ok=True)
+            for _ in range(100):
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    who = _holder(fd)
+                    os.close(fd)
+                    raise OutputBusyError(
+                        f"{path}: {who} is writing this output (lock {lock.name}); wait for it to finish "
+                        "or write somewhere else"
+                    ) from None
+                except OSError as exc:  # e.g. ENOLCK: a network filesystem without locks
+                    os.close(fd)
+                    log.warning("%s: cannot lock (%s); runs writing it at the same time would not be "
+                                "noticed", path, exc.strerror or exc)
+                    return None
+                # The run that held it may have removed the file meanwhile: then lock the new one.
+                try:
+                    if os.path.samestat(os.fstat(fd), os.stat(lock)):
+                        break
+                except FileNotFoundError:
+                    pass
+                os.close(fd)
+            else:  # pragma: no cover - 100 runs finishing in turn while this one waits
+                raise OutputBusyError(f"{path}: other runs keep taking its lock {lock.name}; try again")
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())  # named by a run that finds it locked
+        _held[lock] = [fd, 1, created]
+        return lock
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
+def _unlock_one(lock: Path | None) -> None:
+    if lock is None:
+        return
+    with _held_guard:
+        entry = _held[lock]
+        entry[1] -= 1
+        if entry[1]:
+            return
+        del _held[lock]
+        try:
+            lock.unlink()  # while still locked: a run waiting on this file then takes a fresh one
+        except OSError:
+            pass
+        os.close(entry[0])  # releases the lock
+        for folder in entry[2]:  # a run that stopped early leaves no empty output folder behind
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: it holds outputs
+                break
+
+
+@contextmanager
+def output_lock(paths: Iterable[str | os.PathLike | None]) -> Iterator[None]:
+    """Context manager holding an exclusive lock on each output for the whole block.
+
+    The lock is ``flock`` on ``<name>.lock`` beside the output, which records
+    the process id and is removed at the end.  It is taken without waiting:
+    if another process holds it, :class:`OutputBusyError` names that process.
+    A process that dies releases its locks, so a lock file left by a killed
+    run blocks nothing.  Within one process the lock is re-entrant (a command
+    holds it while the writer it calls takes it again).
+
+    Raises
+    ------
+    OutputBusyError
+        Another run is writing one of the outputs.
+    """
+    with ExitStack() as stack:
+        for path in paths:
+            if path is not None:
+                stack.callback(_unlock_one, _lock_one(Path(path)))
+        yield
+
+
+@contextmanager
+def claim_outputs(outputs: Sequence[str | os.PathLike | None],
+                  inputs: Iterable[str | os.PathLike | None] = (), *,
+                  overwrite: bool = False,
+                  in_place: Iterable[str | os.PathLike | None] = ()) -> Iterator[None]:
+    """Check every output of a run before any work, then hold its lock until the block ends.
+
+    The one entry point for commands: :func:`check_outputs` (against the
+    inputs, against each other, existing outputs only with ``overwrite``,
+    writable folders), then :func:`output_lock`.  The writers called inside
+    write through :func:`atomic_output` / :func:`atomic_outputs`.
+
+    Parameters
+    ----------
+    outputs, inputs, overwrite, in_place
+        See :func:`check_outputs`.
+
+    Raises
+    ------
+    OutputIsInputError, OutputClashError, OutputExistsError, OutputError, OutputBusyError
+        See :func:`check_outputs` and :func:`output_lock`.
+    """
+    outputs = [o for o in outputs if o is not None]
+    in_place = [p for p in in_place if p is not None]
+    check_outputs(outputs, inputs, overwrite=overwrite, in_place=in_place)
+    with output_lock(outputs):
+        yield
 
 
 # -- renames ----------------------------------------------------------------------------
@@ -361,44 +623,56 @@ def atomic_outputs(
     Yields
     ------
     list of Path
-        ``<name>.partial`` of each path.  The writer creates them.
+        ``<name>.partial`` of each path.  The writer creates them; their
+        markers exist already and the paths are locked.
     """
     paths = [Path(p) for p in paths]
     tmps = [partial_path(p) for p in paths]
     for path in reversed(paths):  # name the one users see (a project's XML) first
         _check_target(path, overwrite)
-    with output_errors(paths[-1], "nothing was written", watch=tmps):
-        for tmp in tmps:
-            if not resume and _exists(tmp):
-                remove_path(tmp)
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+        _check_partial(path)
+    with output_lock(paths):
+        with output_errors(paths[-1], "nothing was written", watch=tmps):
+            for tmp in tmps:
+                if not resume and _exists(tmp):
+                    remove_path(tmp)  # ours: _check_partial refused any other
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                _mark(tmp)
 
-    old = "; any existing output is untouched"
-    try:
-        yield tmps
-    except (OSError, RuntimeError) as exc:
-        present = [t for t in tmps if _exists(t)]
-        if resume:
-            kept = (f"kept the incomplete {', '.join(map(str, present))}: the same command resumes from it "
-                    "once the problem is fixed" if present else "nothing was written")
-            raise_if_write_error(exc, paths[-1], kept + old, watch=tmps)
-            raise
-        # A failed write makes the partial output useless, and it holds the space a rerun needs.
+        old = "; any existing output is untouched"
         try:
-            raise_if_write_error(exc, paths[-1], "removed the incomplete output" + old, watch=tmps)
-        except OutputError:
-            _remove_all(present)
+            yield tmps
+        except (OSError, RuntimeError) as exc:
+            present = [t for t in tmps if _exists(t)]
+            if resume:
+                kept = (f"kept the incomplete {', '.join(map(str, present))}: the same command resumes from it "
+                        "once the problem is fixed" if present else "nothing was written")
+                _unmark(tmps)
+                raise_if_write_error(exc, paths[-1], kept + old, watch=tmps)
+                raise
+            # A failed write makes the partial output useless, and it holds the space a rerun needs.
+            try:
+                raise_if_write_error(exc, paths[-1], "removed the incomplete output" + old, watch=tmps)
+            except OutputError:
+                _remove_all(present)
+                raise
+            finally:
+                _unmark(tmps)
             raise
-        raise
+        except BaseException:  # the writer's own error, or Ctrl-C: partial outputs stay, marked
+            _unmark(tmps)
+            raise
 
-    for tmp in tmps:
-        if not _exists(tmp):
-            raise TilefuseError(f"{tmp}: the writer finished without creating its output")
-    for path in paths:
-        _check_target(path, overwrite)
-    with output_errors(paths[-1], f"the new output stays under {', '.join(map(str, tmps))}" + old,
-                       watch=paths + tmps):
-        _swap(paths, tmps)
+        for tmp in tmps:
+            if not _exists(tmp):
+                _unmark(tmps)
+                raise TilefuseError(f"{tmp}: the writer finished without creating its output")
+        for path in paths:
+            _check_target(path, overwrite)
+        with output_errors(paths[-1], f"the new output stays under {', '.join(map(str, tmps))}" + old,
+                           watch=paths + tmps):
+            _swap(paths, tmps)
+        _unmark(tmps)
 
 
 @contextmanager
@@ -414,7 +688,10 @@ def atomic_output(
     resume : bool
         Keep an existing ``<name>.partial`` left by an interrupted run so the
         writer can continue it (and keep it when writing fails).  When False a
-        stale partial output is deleted before the block runs.
+        stale partial output is deleted before the block runs.  Either way
+        only a partial output carrying tilefuse's marker
+        (``<name>.partial.tilefuse``, written before the block runs) is
+        touched; any other is refused.
     overwrite : bool
         Replace an existing output at ``path``.  Checked before the block runs
         (so no work is wasted) and again before the rename.
@@ -427,7 +704,11 @@ def atomic_output(
     Raises
     ------
     OutputExistsError
-        ``path`` exists and ``overwrite`` is False.
+        ``path`` exists and ``overwrite`` is False, or ``<name>.partial``
+        exists without tilefuse's marker.
+    OutputBusyError
+        Another process is writing ``path`` (:func:`output_lock`, held for
+        the whole block).
     OutputError
         Writing failed for lack of space or permission; the message says what
         was kept.

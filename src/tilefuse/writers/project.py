@@ -11,6 +11,9 @@ The container and then the XML are written under temporary names
 (:func:`~tilefuse.writers._atomic.atomic_outputs`): an interrupted run leaves
 no valid-looking project, and with ``overwrite=True`` the previous project
 (XML and pixels) stays intact and usable until the new one is complete.
+Positions and ids are checked before anything is written, and the written
+XML is read back with every check :func:`~tilefuse.open_project` makes before
+the renames, so a project tilefuse cannot open never takes the final names.
 """
 
 from __future__ import annotations
@@ -20,14 +23,16 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import TilefuseError
+from ..errors import ProjectFormatError, TilefuseError
 from ..loaders.base import drop_cached_handles
 from ..geometry import scale_matrix, translation_matrix
+from ..project.checks import MAX_COORDINATE, check_spimdata
 from ..project.model import STANDARD_ATTRIBUTES, AttributeBlock, Entity, SpimData, Timepoints, ViewSetup, ViewTransform
 from ..project.project import Project
 from ..project.timepoints import format_integer_pattern
 from ..project.views import ViewId
-from ._atomic import atomic_outputs, check_outputs
+from ..project.xml_read import read_spimdata
+from ._atomic import atomic_outputs, check_outputs, remove_path
 
 __all__ = ["write_project", "calibration_matrix", "container_path", "FORMATS"]
 
@@ -64,13 +69,43 @@ def _as_3d(image):
     return image
 
 
-def _per_tile(values, n, name, default):
+#: The range of an id: BigStitcher (Java) reads ids as ``int``.
+JAVA_INT = (-(2**31), 2**31 - 1)
+
+
+def _per_tile(values, n, name, default) -> list[int]:
+    """One id per image: integers in Java's ``int`` range, as BigStitcher reads them."""
     if values is None:
         return [default(i) for i in range(n)]
     values = list(values)
     if len(values) != n:
         raise TilefuseError(f"{name} has {len(values)} entries for {n} images")
-    return values
+    ids = []
+    for i, value in enumerate(values):
+        try:
+            number = float(value)
+            ok = number.is_integer() and JAVA_INT[0] <= number <= JAVA_INT[1]
+        except (TypeError, ValueError, OverflowError):
+            ok = False
+        if not ok:
+            raise ProjectFormatError(f"{name}[{i}] = {value!r}: ids must be integers from {JAVA_INT[0]} to "
+                                     f"{JAVA_INT[1]} (a Java int, as BigStitcher reads them)")
+        ids.append(int(number))
+    return ids
+
+
+def _check_positions(positions: np.ndarray, min_res: float) -> None:
+    """Refuse positions that are not finite or lie where float64 no longer resolves voxels."""
+    world = positions / min_res
+    for i, (pos, grid) in enumerate(zip(positions, world)):
+        shown = ", ".join(f"{v:.6g}" for v in pos)
+        if not np.isfinite(pos).all():
+            raise ProjectFormatError(f"image {i}: position (z, y, x) = ({shown}) is not a finite number")
+        if np.abs(grid).max() > MAX_COORDINATE:
+            raise ProjectFormatError(
+                f"image {i}: position (z, y, x) = ({shown}) is {np.abs(grid).max():.3g} finest voxels from "
+                f"the origin, beyond the {MAX_COORDINATE:.3g} where float64 still resolves voxels"
+            )
 
 
 def write_project(
@@ -149,6 +184,10 @@ def write_project(
 
     Raises
     ------
+    ProjectFormatError
+        A position is not finite or too far from the origin for float64, an
+        id is not an integer in Java's ``int`` range, or the project would be
+        one :func:`~tilefuse.open_project` refuses; nothing was written.
     OutputExistsError
         The XML or the container exists and ``overwrite`` is False.
     OutputIsInputError
@@ -160,7 +199,7 @@ def write_project(
     if format not in FORMATS:
         raise TilefuseError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
     container = container_path(path, format)
-    check_outputs([path, container], inputs)
+    check_outputs([path, container], inputs, overwrite=overwrite)
     images = [_as_3d(im) for im in images]
     n = len(images)
     if n == 0:
@@ -173,12 +212,13 @@ def write_project(
     voxel_size = tuple(float(v) for v in voxel_size)
     if len(voxel_size) == 2:
         voxel_size = (1.0,) + voxel_size if all(im.shape[0] == 1 for im in images) else voxel_size
-    if len(voxel_size) != 3 or min(voxel_size) <= 0:
+    if len(voxel_size) != 3 or not min(voxel_size) > 0 or not np.isfinite(voxel_size).all():
         raise TilefuseError(f"voxel_size must be 3 positive numbers (z, y, x), got {voxel_size}")
     if position_unit == "voxel":
         positions = positions * np.asarray(voxel_size)
     elif position_unit != "physical":
         raise TilefuseError(f"position_unit must be 'physical' or 'voxel', got {position_unit!r}")
+    _check_positions(positions, min(voxel_size))
     dtypes = {np.dtype(im.dtype) for im in images}
     if len(dtypes) != 1:
         raise TilefuseError(f"all images must share one dtype, got {sorted(map(str, dtypes))}")
@@ -199,7 +239,7 @@ def write_project(
     min_res = min(voxel_size)
     tile_location: dict[int, tuple] = {}
     for i, image in enumerate(images):
-        combo = tuple(int(attrs[k][i]) for k in STANDARD_ATTRIBUTES)
+        combo = tuple(attrs[k][i] for k in STANDARD_ATTRIBUTES)
         if combo not in setup_of:
             sid = len(setup_of)
             setup_of[combo] = sid
@@ -214,11 +254,11 @@ def write_project(
         sid = setup_of[combo]
         if tuple(image.shape) != data.setups[sid].size:
             raise TilefuseError(f"image {i}: shape {image.shape} differs from other timepoints of setup {sid}")
-        view = ViewId(int(tps[i]), sid)
+        view = ViewId(tps[i], sid)
         if view in views:
             raise TilefuseError(f"image {i}: two images for {view} (same attributes and timepoint)")
         views[view] = image
-        tile = int(attrs["tile"][i])
+        tile = attrs["tile"][i]
         loc = tuple(float(v) for v in positions[i])
         if tile_location.setdefault(tile, loc) != loc:
             raise TilefuseError(f"image {i}: tile {tile} has two different positions")
@@ -240,6 +280,7 @@ def write_project(
     data.missing_views = {ViewId(t, sid) for t in tp_ids for sid in data.setups} - set(views)
     # BigStitcher's ViewRegistrations are sorted by (timepoint, setup).
     data.registrations = dict(sorted(data.registrations.items()))
+    check_spimdata(data, path)  # what open_project would refuse, refused before writing any pixel
 
     shape0 = next(iter(views.values())).shape
     if format == "tiff":
@@ -257,10 +298,24 @@ def write_project(
         project = Project(data, path=None, loader=loader)
         project.path = path.resolve()
         project.save(tmp_xml, backup=False)
+        _read_back(tmp_xml, path, [tmp_container, tmp_xml])
     # Loaders may hold handles on the container this one replaced.
     drop_cached_handles(str(container))
     drop_cached_handles(str(container.resolve()))
     return Project.open(path)
+
+
+def _read_back(tmp_xml: Path, path: Path, partials: list[Path]) -> None:
+    """Parse the written XML with open_project's checks; if they refuse it, remove the new project."""
+    try:
+        read_spimdata(tmp_xml)
+    except TilefuseError as exc:
+        for partial in partials:
+            remove_path(partial)
+        raise TilefuseError(
+            f"{path}: tilefuse wrote a project it cannot open again, so it was removed and nothing was "
+            f"replaced: {exc}. This is a bug in tilefuse; please report it"
+        ) from exc
 
 
 def _write_pixels(format, tmp, container, views, factors, chunks, compression, progress, voxel_size, client=None):
