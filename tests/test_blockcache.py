@@ -32,8 +32,8 @@ def test_hits_skip_decoding_and_blocks_are_read_only(cache):
             return np.full(1000, value, np.float32)
         return f
 
-    a = cache.cached_block(("f.h5", "x", 0), decode(1))
-    b = cache.cached_block(("f.h5", "x", 0), decode(99))  # hit: the decoder is not called
+    a = cache.cached_block(("f.h5", "x", 0), decode(1), identity=1)
+    b = cache.cached_block(("f.h5", "x", 0), decode(99), identity=1)  # hit: the decoder is not called
     assert calls == [1] and b is a and b[0] == 1
     with pytest.raises(ValueError):
         a[0] = 5
@@ -41,29 +41,39 @@ def test_hits_skip_decoding_and_blocks_are_read_only(cache):
     assert (info["hits"] - hits, info["blocks"], info["bytes"]) == (1, 1, 4000)
 
 
+def test_a_block_cached_for_another_file_identity_is_decoded_again(cache):
+    first = cache.cached_block(("/data/a.h5", "x", 0), lambda: np.zeros(10), identity=(1, 2, 30, 400))
+    again = cache.cached_block(("/data/a.h5", "x", 0), lambda: np.ones(10), identity=(1, 2, 30, 400))
+    changed = cache.cached_block(("/data/a.h5", "x", 0), lambda: np.ones(10), identity=(1, 2, 31, 401))
+    assert again is first and changed[0] == 1
+    assert cache.block_cache_info()["blocks"] == 1  # replaced, not kept beside it
+    cache.forget_file("/data/a.h5")
+    assert cache.block_cache_info()["blocks"] == 0
+
+
 def test_budget_evicts_least_recently_used(cache):
     cache.set_block_cache_size(3 * 400_000 / 2**20)  # room for 3 blocks of 400 kB
     for i in range(3):
-        cache.cached_block(("f", i), lambda: np.zeros(100_000, np.float32))
-    cache.cached_block(("f", 0), lambda: pytest.fail("block 0 is still cached"))  # now most recent
-    cache.cached_block(("f", 3), lambda: np.zeros(100_000, np.float32))  # evicts block 1
+        cache.cached_block(("f", i), lambda: np.zeros(100_000, np.float32), identity=1)
+    cache.cached_block(("f", 0), lambda: pytest.fail("block 0 is still cached"), identity=1)  # now most recent
+    cache.cached_block(("f", 3), lambda: np.zeros(100_000, np.float32), identity=1)  # evicts block 1
     info = cache.block_cache_info()
     assert info["blocks"] == 3 and info["bytes"] == 1_200_000
     evicted = []
-    cache.cached_block(("f", 1), lambda: evicted.append(1) or np.zeros(100_000, np.float32))
+    cache.cached_block(("f", 1), lambda: evicted.append(1) or np.zeros(100_000, np.float32), identity=1)
     assert evicted == [1]
 
 
 def test_zero_budget_disables_and_prefix_clears(cache):
-    cache.cached_block(("/data/a.h5", 0), lambda: np.zeros(10))
-    cache.cached_block(("/data/b.h5", 0), lambda: np.zeros(10))
+    cache.cached_block(("/data/a.h5", 0), lambda: np.zeros(10), identity=1)
+    cache.cached_block(("/data/b.h5", 0), lambda: np.zeros(10), identity=1)
     cache.clear_block_cache("/data/a")
     assert cache.block_cache_info()["blocks"] == 1
     cache.set_block_cache_size(0)
     assert cache.block_cache_info()["blocks"] == 0
     calls = []
     for _ in range(2):
-        cache.cached_block(("/data/b.h5", 0), lambda: calls.append(1) or np.zeros(10))
+        cache.cached_block(("/data/b.h5", 0), lambda: calls.append(1) or np.zeros(10), identity=1)
     assert calls == [1, 1]
 
 

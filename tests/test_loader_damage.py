@@ -255,6 +255,9 @@ HDF5_CASES = {
                                                         f.create_dataset(H5_CELLS.format(level=1),
                                                                          data=f[H5_CELLS.format(level=0)][()]))),
     "level 1 too small": _h5_replace(H5_CELLS.format(level=1), lambda a: a[:, :8, :10]),
+    # A writer padding a level by one voxel: 32 / 2 is 16, not 17 (every coarser fused pixel would shift).
+    "level 1 one row more than level 0 / factor": _h5_replace(H5_CELLS.format(level=1),
+                                                              lambda a: np.pad(a, ((0, 0), (0, 1), (0, 0)))),
     "level 2 deeper than level 1": _h5_replace(H5_CELLS.format(level=2), lambda a: np.concatenate([a, a, a])),
     "cells is a group": _h5_group(H5_CELLS.format(level=0)),
     "level 1 cells is a group": _h5_group(H5_CELLS.format(level=1)),
@@ -372,6 +375,7 @@ N5_CASES = {
     "dimensions fractional": _set_json(_n5_attrs(0), "dimensions", [40.5, 32, 8]),
     "dimensions not a list": _set_json(_n5_attrs(0), "dimensions", 40),
     "level 1 dimensions of level 0": _set_json(_n5_attrs(1), "dimensions", [40, 32, 8]),
+    "level 1 dimensions one more than level 0 / factor": _set_json(_n5_attrs(1), "dimensions", [21, 16, 8]),
     "level 2 dimensions too small": _set_json(_n5_attrs(2), "dimensions", [5, 8, 4]),
     "dataType uint8 in level 0 only": _set_json(_n5_attrs(0), "dataType", "uint8"),
     "dataType uint8 over uint16 blocks": _n5_both("dataType", "uint8"),
@@ -472,6 +476,12 @@ ZARR_CASES = {
     "shape x + 1": _set_json(_zarray(0), "shape", [1, 1, 8, 32, 41]),
     "shape 2D": _set_json(_zarray(0), "shape", [32, 40]),
     "level 1 shape of level 0": _set_json(_zarray(1), "shape", [1, 1, 8, 32, 40]),
+    "level 1 shape one more than level 0 / factor": _set_json(_zarray(1), "shape", [1, 1, 8, 16, 21]),
+    # Older zarr-python wrote no dimension_separator, whose default is "."; the chunks are under "/".
+    ".zarray without dimension_separator": lambda root: _edit_json(
+        root / _zarray(0), lambda d: d.pop("dimension_separator")),
+    "level 1 .zarray dimension_separator '.'": _set_json(_zarray(1), "dimension_separator", "."),
+    "level 0 .zarray dimension_separator 'x'": _set_json(_zarray(0), "dimension_separator", "x"),
     "level 2 shape too small": _set_json(_zarray(2), "shape", [1, 1, 4, 8, 5]),
     "chunks zero": _set_json(_zarray(0), "chunks", [1, 1, 4, 0, 16]),
     "chunks negative": _set_json(_zarray(0), "chunks", [1, 1, 4, -16, 16]),

@@ -140,7 +140,7 @@ def test_read_touches_only_needed_blocks(tmp_path, monkeypatch):
         ds.write_block(idx, data[region])
     opened = []
     real = _n5format._read_bytes
-    monkeypatch.setattr(_n5format, "_read_bytes", lambda p: (opened.append(Path(p)), real(p))[1])
+    monkeypatch.setattr(_n5format, "_read_bytes", lambda p, *a: (opened.append(Path(p)), real(p, *a))[1])
 
     np.testing.assert_array_equal(ds.read((slice(1, 3), slice(5, 7), slice(9, 11))), data[1:3, 5:7, 9:11])
     assert opened == [tmp_path / "d" / "2" / "1" / "0"]  # x/y/z of block (0, 1, 2)

@@ -15,10 +15,14 @@ The budget trades memory for speed.  Fusing the 3D benchmark (16 views of
 higher than without.
 
 Keys are tuples whose first item is the absolute path of the file or
-dataset the block comes from.  The cache lives in the module (one per
-process, like the file handles of :func:`tilefuse.loaders.base.cached_handle`),
-holds read-only arrays, and evicts least recently used blocks beyond its
-byte budget.  The budget is
+dataset the block comes from.  Each block is stored with the *identity* of
+the file(s) it was decoded from (:func:`tilefuse.loaders.base.file_identity`:
+device, inode, size and modification time, or the identity of the handle it
+was read through); a lookup with another identity is a miss, so a file that
+was replaced or rewritten is decoded again instead of served from memory.
+The cache lives in the module (one per process, like the file handles of
+:func:`tilefuse.loaders.base.cached_handle`), holds read-only arrays, and
+evicts least recently used blocks beyond its byte budget.  The budget is
 ``TILEFUSE_BLOCK_CACHE_MB`` (default 128; 0 disables it) or
 :func:`set_block_cache_size`.
 """
@@ -32,7 +36,8 @@ from collections.abc import Callable, Hashable
 
 import numpy as np
 
-__all__ = ["cached_block", "forget_block", "set_block_cache_size", "block_cache_info", "clear_block_cache"]
+__all__ = ["cached_block", "forget_block", "forget_file", "set_block_cache_size", "block_cache_info",
+           "clear_block_cache"]
 
 
 def _default_budget() -> int:
@@ -43,49 +48,63 @@ def _default_budget() -> int:
 
 
 _LOCK = threading.Lock()
-_BLOCKS: OrderedDict[Hashable, np.ndarray] = OrderedDict()
+_BLOCKS: OrderedDict[Hashable, tuple[Hashable, np.ndarray]] = OrderedDict()  # key -> (identity, block)
 _STATE = {"budget": _default_budget(), "bytes": 0, "hits": 0, "misses": 0}
 
 
-def cached_block(key: Hashable, decode: Callable[[], np.ndarray | None]) -> np.ndarray | None:
+def cached_block(key: Hashable, decode: Callable[[], np.ndarray | None], *,
+                 identity: Hashable) -> np.ndarray | None:
     """The decoded block for ``key``, decoding it with ``decode()`` on a miss.
 
-    Two threads missing the same key at once may both decode it; the second
-    result replaces the first.  Decoding happens outside the lock, so codecs
-    that release the GIL run in parallel.  A ``None`` from ``decode`` (a block
-    that does not exist) is returned but not cached.
+    ``identity`` is that of the file(s) the block is read from now; a block
+    cached under another identity (the file has changed since) is not
+    returned but decoded again and replaced.  Two threads missing the same
+    key at once may both decode it; the second result replaces the first.
+    Decoding happens outside the lock, so codecs that release the GIL run in
+    parallel.  A ``None`` from ``decode`` (a block that does not exist) is
+    returned but not cached.
     """
     if _STATE["budget"] <= 0:
         return decode()
     with _LOCK:
-        block = _BLOCKS.get(key)
-        if block is not None:
+        entry = _BLOCKS.get(key)
+        if entry is not None and entry[0] == identity:
             _BLOCKS.move_to_end(key)
             _STATE["hits"] += 1
-            return block
+            return entry[1]
         _STATE["misses"] += 1
     block = decode()
     if block is None:
         return None
     block.setflags(write=False)
     with _LOCK:
-        old = _BLOCKS.pop(key, None)
-        if old is not None:
-            _STATE["bytes"] -= old.nbytes
-        _BLOCKS[key] = block
+        _pop(key)
+        _BLOCKS[key] = (identity, block)
         _STATE["bytes"] += block.nbytes
         while _STATE["bytes"] > _STATE["budget"] and _BLOCKS:
-            _, gone = _BLOCKS.popitem(last=False)
-            _STATE["bytes"] -= gone.nbytes
+            _pop(next(iter(_BLOCKS)))
     return block
+
+
+def _pop(key: Hashable) -> None:
+    """Drop one block; the caller holds the lock."""
+    old = _BLOCKS.pop(key, None)
+    if old is not None:
+        _STATE["bytes"] -= old[1].nbytes
 
 
 def forget_block(key: Hashable) -> None:
     """Drop one block (its file is being rewritten)."""
     with _LOCK:
-        old = _BLOCKS.pop(key, None)
-        if old is not None:
-            _STATE["bytes"] -= old.nbytes
+        _pop(key)
+
+
+def forget_file(path: str) -> None:
+    """Drop every block whose key starts with exactly ``path`` (made absolute): its file has changed."""
+    path = os.path.abspath(path)
+    with _LOCK:
+        for key in [k for k in _BLOCKS if str(k[0]) == path]:
+            _pop(key)
 
 
 def set_block_cache_size(megabytes: float) -> None:
@@ -93,8 +112,7 @@ def set_block_cache_size(megabytes: float) -> None:
     with _LOCK:
         _STATE["budget"] = max(0, int(megabytes * 2**20))
         while _STATE["bytes"] > _STATE["budget"] and _BLOCKS:
-            _, gone = _BLOCKS.popitem(last=False)
-            _STATE["bytes"] -= gone.nbytes
+            _pop(next(iter(_BLOCKS)))
 
 
 def clear_block_cache(prefix: str | None = None) -> None:
@@ -109,7 +127,7 @@ def clear_block_cache(prefix: str | None = None) -> None:
     with _LOCK:
         for key in list(_BLOCKS):
             if prefix is None or str(key[0]).startswith(prefix):
-                _STATE["bytes"] -= _BLOCKS.pop(key).nbytes
+                _pop(key)
 
 
 def block_cache_info() -> dict:

@@ -42,7 +42,7 @@ from ..errors import ImageDataError, MissingDataError, ProjectFormatError, where
 from ..project.paths import path_element, read_path_element
 from ..project.views import ViewId
 from . import loader_from_xml, register_loader
-from .base import ImageLoader, Region, cached_handle, normalize_region
+from .base import ImageLoader, Region, cached_handle, check_regular_file, normalize_region
 
 __all__ = ["FlatFieldLoader"]
 
@@ -150,6 +150,12 @@ class FlatFieldLoader(ImageLoader):
 
         check_view(self.wrapped, view)
 
+    def anchor_files(self, view: ViewId) -> list[Path]:
+        return self.wrapped.anchor_files(view) + [p for p in self.images.get(ViewId(*view), ()) if p is not None]
+
+    def level_shape_range(self, view: ViewId, level: int, shape0) -> tuple[tuple[int, int], ...]:
+        return self.wrapped.level_shape_range(view, level, shape0)
+
     def files(self) -> list[Path]:
         extra = sorted({p for pair in self.images.values() for p in pair if p is not None})
         return self.wrapped.files() + extra
@@ -194,7 +200,8 @@ class FlatFieldLoader(ImageLoader):
 
         # Once per (images, level, plane), not per region read: fusion reads many regions.
         key = (str(bright_path), "flatfield-mean", str(dark_path), factors, tuple(plane))
-        return bright, dark, cached_handle(key, plane_mean)
+        images = [p for p in (bright_path, dark_path) if p is not None]
+        return bright, dark, cached_handle(key, plane_mean, anchors=images)
 
 
 def _boolean(text: str) -> bool:
@@ -213,7 +220,7 @@ def _downsampled(path: Path, factors: tuple[int, int], xml_path) -> np.ndarray:
     def load():
         import tifffile
 
-        if not path.is_file():
+        if not check_regular_file(path, "flat-field image"):
             raise MissingDataError(f"{where(xml_path, '<FlatField>')}: flat-field image {path} does not exist")
         try:
             image = np.asarray(tifffile.imread(path), dtype=np.float64)
@@ -224,7 +231,7 @@ def _downsampled(path: Path, factors: tuple[int, int], xml_path) -> np.ndarray:
             raise ImageDataError(f"{path}: a flat-field image must be 2D (one plane), got shape {image.shape}")
         return image
 
-    image = cached_handle((str(path), "flatfield"), load)
+    image = cached_handle((str(path), "flatfield"), load, anchors=[path])
     if factors == (1, 1):
         return image
     key = (str(path), "flatfield", factors)
@@ -237,7 +244,7 @@ def _downsampled(path: Path, factors: tuple[int, int], xml_path) -> np.ndarray:
         full = image[np.ix_(rows, cols)]
         return full.reshape(out_shape[0], factors[0], out_shape[1], factors[1]).mean(axis=(1, 3))
 
-    return cached_handle(key, shrink)
+    return cached_handle(key, shrink, anchors=[path])
 
 
 def _to_type(values: np.ndarray, dtype: np.dtype) -> np.ndarray:

@@ -40,7 +40,7 @@ from ..project.views import ViewId
 from . import register_loader
 from ._blockcache import cached_block
 from ._deflate import DeflateError, inflate
-from .base import ImageLoader, Region, cached_handle, normalize_region
+from .base import ImageLoader, Region, cached_entry, check_regular_file, normalize_region
 
 __all__ = ["Hdf5Loader", "Partition", "BDV_DATA_TYPES"]
 
@@ -147,13 +147,22 @@ class Hdf5Loader(ImageLoader):
                 return part.path, ids[0], ids[1]
         return self.path, view.timepoint, view.setup
 
-    def _file(self, path: Path):
-        return cached_handle((str(path), "h5"), lambda: _open_h5(path, self.xml_path))
+    def _file_entry(self, path: Path):
+        """The open file (per process) and the identity of the files it reads.
 
-    def _cells(self, view: ViewId, level: int):
-        """The ``cells`` dataset of one level, or raise MissingDataError."""
+        The master file of a partitioned dataset reaches partitions through
+        external links, so its handle is valid only while they are unchanged too.
+        """
+        anchors = self.files() if path == self.path else [path]
+        return cached_entry((str(path), "h5"), lambda: _open_h5(path, self.xml_path), anchors=anchors)
+
+    def _file(self, path: Path):
+        return self._file_entry(path).value
+
+    def _cells(self, view: ViewId, level: int, f=None):
+        """The ``cells`` dataset of one level (in the open file ``f`` if given), or raise MissingDataError."""
         path, tp, setup = self._locate(view)
-        f = self._file(path)
+        f = self._file(path) if f is None else f
         key = _cells_key(tp, setup, level)
         try:
             ds = f.get(key)
@@ -243,11 +252,13 @@ class Hdf5Loader(ImageLoader):
         return tuple(int(c) for c in np.asarray(sub[()]).reshape(-1, 3)[level][::-1])
 
     def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
-        ds = self._cells(view, level)
+        # The dataset from the very handle whose identity keys the cached blocks.
+        handle = self._file_entry(self._locate(view)[0])
+        ds = self._cells(view, level, handle.value)
         region = normalize_region(region, ds.shape)
         # Only the chunks the region touches are read and decompressed.
         try:
-            arr = _read_region(ds, region, cache=cache)
+            arr = _read_region(ds, region, identity=handle.identity if cache else None)
         except (OSError, *DeflateError) as exc:  # a damaged chunk or truncated file
             path = self._locate(view)[0]
             raise ImageDataError(
@@ -303,9 +314,14 @@ class Hdf5Loader(ImageLoader):
                 )
         # Pixels stored in another type than the declared one would be misread (same-width
         # integers are fine: legacy BDV stores uint16 as int16).
-        stored, want = self._cells(view, 0).dtype, self.dtype(view)
+        cells = self._cells(view, 0)
+        stored, want = cells.dtype, self.dtype(view)
         if stored != want and not (stored.kind in "iu" and want.kind in "iu" and stored.itemsize == want.itemsize):
             raise ImageDataError(f"{path}: {view} is stored as {stored} but declared {want}")
+        if not (cells.external or cells.is_virtual) and _nothing_stored(cells):
+            from .validate import warn_reads_as_fill
+
+            warn_reads_as_fill(f"{path}: {cells.name}", view, cells.fillvalue)
 
     def files(self) -> list[Path]:
         return [self.path, *(p.path for p in self.partitions)]
@@ -340,7 +356,14 @@ def _direct_chunk_filters(ds) -> tuple[bool, bool] | None:
     return ds.compression == "gzip", bool(ds.shuffle)
 
 
-def _read_region(ds, region, *, cache: bool = False) -> np.ndarray:
+def _nothing_stored(ds) -> bool:
+    """True if no byte of the dataset was ever written (it reads as its fill value): one index lookup."""
+    if ds.chunks is not None:
+        return ds.id.get_num_chunks() == 0
+    return ds.id.get_storage_size() == 0
+
+
+def _read_region(ds, region, *, identity=None) -> np.ndarray:
     """Read a region of a chunked dataset, decompressing chunks outside h5py's lock.
 
     h5py decompresses inside its global lock, so with several dask threads
@@ -351,7 +374,8 @@ def _read_region(ds, region, *, cache: bool = False) -> np.ndarray:
     32x128x128 blocks) 7.0 -> 4.2 s, and the 3D fusion + OME-Zarr write 25.4 -> 21.0 s.
     Small 2D blocks (1x128x128) gain nothing and lose nothing.
 
-    With ``cache=True`` decoded chunks go through the per-process block cache.
+    With an ``identity`` (that of the open file, see :func:`~.base.cached_entry`) decoded
+    chunks go through the per-process block cache, valid for that identity only.
     """
     codec = _direct_chunk_filters(ds)
     if codec is None:
@@ -365,13 +389,15 @@ def _read_region(ds, region, *, cache: bool = False) -> np.ndarray:
         return out
     first = [s.start // c for s, c in zip(region, chunks)]
     last = [(s.stop - 1) // c for s, c in zip(region, chunks)]
+    cache = identity is not None
     key = (os.path.abspath(ds.file.filename), ds.name) if cache else None  # dropped with the file's handle
     for idx in product(*[range(a, b + 1) for a, b in zip(first, last)]):
         offset = tuple(i * c for i, c in zip(idx, chunks))
         src = tuple(slice(max(s.start - o, 0), min(s.stop - o, c)) for s, o, c in zip(region, offset, chunks))
         dst = tuple(slice(o + a.start - s.start, o + a.stop - s.start) for s, o, a in zip(region, offset, src))
         if cache:
-            block = cached_block(key + (offset,), lambda offset=offset: _decode_chunk(ds, offset, deflate, shuffle))
+            block = cached_block(key + (offset,), lambda offset=offset: _decode_chunk(ds, offset, deflate, shuffle),
+                                 identity=identity)
         else:
             block = _decode_chunk(ds, offset, deflate, shuffle)
         out[dst] = block[src]
@@ -443,7 +469,8 @@ def _check_links(f, path: Path, key: str, listed: set[str], view: ViewId) -> Non
 def _open_h5(path: Path, xml_path: Path | None):
     import h5py
 
-    if not path.exists():
+    # A FIFO would block h5py forever, a device would be read without end.
+    if not check_regular_file(path, "HDF5 file"):
         context = where(xml_path, '<ImageLoader format="bdv.hdf5">')
         raise MissingDataError(f"{context}: HDF5 file {path} does not exist")
     try:

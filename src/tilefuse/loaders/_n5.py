@@ -112,7 +112,8 @@ class N5Loader(ImageLoader):
 
     def _setup_attributes(self, view: ViewId) -> dict[str, Any]:
         path = self._container(view) / f"setup{view.setup}"
-        attrs = cached_handle((str(path), "n5-setup-attributes"), lambda: read_attributes(path))
+        attrs = cached_handle((str(path), "n5-setup-attributes"), lambda: read_attributes(path),
+                              anchors=[path / "attributes.json"])
         if not attrs:
             raise MissingDataError(f"{path}: setup group missing or without attributes.json ({view})")
         return attrs
@@ -132,13 +133,13 @@ class N5Loader(ImageLoader):
                 raise ImageDataError(f"{path}: expected a 3D dataset, found {ds.ndim}D ({view})")
             return ds
 
-        return cached_handle((str(path), "n5-dataset"), opener)
+        return cached_handle((str(path), "n5-dataset"), opener, anchors=[path / "attributes.json"])
 
     # -- metadata -------------------------------------------------------------
     def has_view(self, view: ViewId) -> bool:
         path = self._check_local(view)
         s0 = path / f"setup{view.setup}" / f"timepoint{view.timepoint}" / "s0" / "attributes.json"
-        return s0.is_file()
+        return s0.exists()  # not is_file(): a FIFO or folder there is refused when read, not "no pixels"
 
     def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
         attrs = self._setup_attributes(view)
@@ -189,6 +190,24 @@ class N5Loader(ImageLoader):
                     f"{self._container(view)}/setup{view.setup}/attributes.json: dataType {declared!r} but "
                     f"{ds.path}/attributes.json says {ds.dtype.name!r} ({view}, level {level})"
                 )
+        level0 = self._dataset(view, 0)
+        if not _any_block(level0.path, level0.ndim):
+            from .validate import warn_reads_as_fill
+
+            warn_reads_as_fill(str(level0.path), view)
+
+    def anchor_files(self, view: ViewId) -> list[Path]:
+        """The setup's and every level's ``attributes.json`` (a folder's time does not follow its files)."""
+        if self.path is None:
+            return []
+        view = ViewId(*view)
+        setup = self.path / f"setup{view.setup}"
+        try:
+            n_levels = len(self.levels(view))
+        except Exception:  # noqa: BLE001 - damaged: the check reports it
+            n_levels = 1
+        return [setup / "attributes.json"] + [
+            setup / f"timepoint{view.timepoint}" / f"s{level}" / "attributes.json" for level in range(n_levels)]
 
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []
@@ -199,3 +218,27 @@ class N5Loader(ImageLoader):
         view = ViewId(*view)
         setup = self.path / f"setup{view.setup}"
         return [setup / "attributes.json", setup / f"timepoint{view.timepoint}"]
+
+
+def _any_block(dataset: Path, ndim: int) -> bool:
+    """Whether an N5 dataset stores at least one block: a file ``ndim`` numbered folders deep.
+
+    Stops at the first block found, so a dataset with blocks costs a few
+    directory listings; only an empty one is walked through (and it is empty).
+    """
+    def search(folder: Path, depth: int) -> bool:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            return False
+        for entry in entries:
+            if not entry.name.isdigit():
+                continue
+            if depth == ndim:
+                if not entry.is_dir():
+                    return True
+            elif entry.is_dir() and search(Path(entry.path), depth + 1):
+                return True
+        return False
+
+    return search(dataset, 1)

@@ -37,6 +37,7 @@ import numpy as np
 from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from ._blockcache import cached_block, forget_block
 from ._deflate import DeflateError, deflate, inflate_members
+from .base import MAX_METADATA_BYTES, block_byte_limit, file_identity, read_regular_file
 
 __all__ = [
     "N5_DTYPES",
@@ -71,9 +72,10 @@ def read_attributes(path: str | Path) -> dict[str, Any]:
     """The ``attributes.json`` of a group or dataset (``{}`` when it has none)."""
     file = Path(path) / "attributes.json"
     try:
-        text = file.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return {}
+        raw = read_regular_file(file, MAX_METADATA_BYTES, "N5 attributes")
+        if raw is None:
+            return {}
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ImageDataError(f"{file}: not valid JSON ({exc})") from None
     try:
@@ -266,15 +268,13 @@ def decode_block(data: bytes, dtype: np.dtype, compression: Mapping[str, Any],
     return np.frombuffer(raw, dtype=big, count=count).reshape(shape).astype(dtype)
 
 
-def _read_bytes(path: Path) -> bytes | None:
-    """Bytes of a block file, or ``None`` if it does not exist (a sparse block)."""
-    try:
-        with open(path, "rb") as f:
-            return f.read()
-    except FileNotFoundError:
-        return None
-    except IsADirectoryError:
-        raise ImageDataError(f"{path}: N5 block is a folder, not a block file") from None
+def _read_bytes(path: Path, max_bytes: int) -> bytes | None:
+    """Bytes of a block file, or ``None`` if it does not exist (a sparse block).
+
+    A folder, FIFO or device in its place, or a file larger than any block of
+    the dataset can be (``max_bytes``), is refused without reading on.
+    """
+    return read_regular_file(path, max_bytes, "N5 block")
 
 
 # -- datasets ------------------------------------------------------------------
@@ -299,6 +299,8 @@ class N5Dataset:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._cache_key = os.path.abspath(self.path)  # for the decoded-block cache
+        # Taken before reading: cached blocks are valid for these attributes only.
+        self._identity = file_identity([self.path / "attributes.json"])
         attrs = read_attributes(self.path)
         if not attrs:
             if not self.path.exists():
@@ -325,6 +327,8 @@ class N5Dataset:
             )
         self.compression: dict[str, Any] = comp
         self.attributes = attrs
+        # A block is at most a full block of samples, compressed (codecs expand noise a little) behind its header.
+        self._max_block_bytes = block_byte_limit(self.chunks, self.dtype) + 4 * (len(self.chunks) + 2)
 
     @property
     def ndim(self) -> int:
@@ -346,7 +350,7 @@ class N5Dataset:
     def read_block(self, index: tuple[int, ...]) -> np.ndarray | None:
         """One block, clipped to the dataset edge; ``None`` if its file is absent."""
         file = self.block_path(index)
-        data = _read_bytes(file)
+        data = _read_bytes(file, self._max_block_bytes)
         if data is None:
             return None
         block = decode_block(data, self.dtype, self.compression, file)
@@ -370,7 +374,8 @@ class N5Dataset:
         """Read a region (tuple of step-1 slices, numpy order), opening only the blocks it needs.
 
         ``cache=True`` keeps decoded blocks in the per-process block cache
-        (for neighbouring reads that share edge blocks).
+        (for neighbouring reads that share edge blocks), each valid only while
+        its block file and the dataset's ``attributes.json`` keep their identity.
         """
         if region is None:
             region = (slice(None),) * self.ndim
@@ -387,7 +392,10 @@ class N5Dataset:
         ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, self.chunks)]
         for index in product(*ranges):
             if cache:
-                block = cached_block((self._cache_key, index), lambda index=index: self.read_block(index))
+                file = os.path.join(self._cache_key, *[str(int(i)) for i in reversed(index)])  # as block_path
+                identity = (self._identity, file_identity([file]))
+                block = cached_block((self._cache_key, index), lambda index=index: self.read_block(index),
+                                     identity=identity)
             else:
                 block = self.read_block(index)
             if block is None:

@@ -197,6 +197,19 @@ class SplitLoader(ImageLoader):
                 f"only {' '.join(map(str, data.shapes[0][::-1]))} (x y z) in {describe_files(self.underlying, old)}"
             )
 
+    def level_shape_range(self, view: ViewId, level: int, shape0) -> tuple[tuple[int, int], ...]:
+        """Exactly the shape of :meth:`level_box` at that level.
+
+        A split view's coarser levels are cut from the original's levels
+        (``floor(min / f) .. floor((max - 0.01) / f)``), which can be one voxel
+        more than ``level 0 / f`` of the box; the original's levels themselves
+        pass the generic rule in :meth:`check_view`.
+        """
+        return tuple((n, n) for n in self.shape(view, level))
+
+    def anchor_files(self, view: ViewId) -> list[Path]:
+        return self.underlying.anchor_files(self._old(view))
+
     def files(self) -> list[Path]:
         return self.underlying.files()
 

@@ -35,7 +35,7 @@ from ..errors import (
 from ..project.views import ViewId
 from . import register_loader
 from ..project.paths import path_element, read_path_element, single_child
-from .base import ImageLoader, Region, cached_handle, normalize_region
+from .base import ImageLoader, Region, cached_handle, check_regular_file, normalize_region
 
 __all__ = ["FileMap2Loader", "TiffEntry"]
 
@@ -164,7 +164,7 @@ class FileMap2Loader(ImageLoader):
         """The series of a view as a read-only zarr array, and its axes string."""
         entry = self._entry(view)
         key = (str(entry.path), ("tiff", entry.series))
-        handle = cached_handle(key, lambda: _SeriesHandle.open(entry, ViewId(*view)))
+        handle = cached_handle(key, lambda: _SeriesHandle.open(entry, ViewId(*view)), anchors=[entry.path])
         return handle.array, handle.axes
 
     def _layout(self, view: ViewId):
@@ -254,6 +254,9 @@ class _SeriesHandle:
         import tifffile
         import zarr
 
+        # A FIFO would block tifffile forever, a device would be read without end.
+        if not check_regular_file(entry.path, f"TIFF file of {view}"):
+            raise MissingDataError(f"{entry.path}: TIFF file of {view} does not exist")
         try:
             tif = tifffile.TiffFile(entry.path)
         except FileNotFoundError:

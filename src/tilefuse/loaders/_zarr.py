@@ -26,7 +26,9 @@ does.  Arrays are opened with zarr-python 3 (Zarr v2 and v3).
 from __future__ import annotations
 
 import functools
+import json
 import os
+import re
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -35,11 +37,27 @@ from typing import Any, NamedTuple
 import numpy as np
 from lxml import etree
 
-from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
+from ..errors import (
+    ImageDataError,
+    MissingDataError,
+    ProjectFormatError,
+    TilefuseError,
+    UnsupportedFormatError,
+    where,
+)
 from ..project.views import ViewId
 from . import register_loader
 from ..project.paths import parse_location, path_element, single_child
-from .base import ImageLoader, Region, cached_handle, normalize_region
+from .base import (
+    MAX_METADATA_BYTES,
+    ImageLoader,
+    Region,
+    block_byte_limit,
+    cached_handle,
+    check_regular_file,
+    normalize_region,
+    read_regular_file,
+)
 
 __all__ = ["OmeZarrLoader", "ZGroup"]
 
@@ -54,11 +72,28 @@ class ZGroup(NamedTuple):
     indices: tuple[int, ...] | None = None
 
 
-class _Image(NamedTuple):
-    """Per-process cache of one view's multiscale metadata and open arrays."""
+#: The metadata files of a Zarr group or array (v2 and v3); what cached entries are anchored on.
+_METADATA = (".zgroup", ".zattrs", ".zarray", "zarr.json")
 
-    arrays: list[Any]  # zarr arrays, level 0 first
-    factors: list[tuple[float, float, float]]
+
+class _Level(NamedTuple):
+    """One open level array (cached per process, valid while its metadata files are unchanged)."""
+
+    array: Any  # a zarr array
+    path: Path
+    meta: dict[str, dict]  # its parsed metadata files
+
+
+class _Image(NamedTuple):
+    """One view's levels with their downsampling factors, put together from the cached group and levels."""
+
+    levels: list[_Level]  # level 0 first
+    factors: list[tuple[float, float, float]]  # scale ratios rounded to 4 decimals, as BigStitcher
+    ratios: list[tuple[float, float, float]]  # the same, unrounded (for checking level shapes)
+
+    @property
+    def arrays(self) -> list[Any]:
+        return [level.array for level in self.levels]
 
 
 def _parse_indices(text: str | None) -> tuple[int, ...] | None:
@@ -205,16 +240,29 @@ class OmeZarrLoader(ImageLoader):
             raise MissingDataError(f"{self.path}: the loader has no zgroup for {view}")
         return self.path / _inside_path(zg.path, f"{where(self.xml_path, _ELEMENT)}: <zgroup> of {view}")
 
-    def _image(self, view: ViewId) -> _Image:
+    def _datasets(self, view: ViewId) -> list[tuple[str, list[float] | None]]:
+        """``(path, scale)`` of each level, from the group's NGFF metadata (cached, anchored on them)."""
         group = self._group_path(view)
-        return cached_handle((str(group), "omezarr-image"), lambda: _open_image(group, view))
+        return cached_handle((str(group), "omezarr-multiscales"), lambda: _open_group(group, view),
+                             anchors=_metadata_files(group))
+
+    def _open_level(self, view: ViewId, sub: str) -> _Level:
+        path = self._group_path(view) / sub
+        return cached_handle((str(path), "omezarr-array"), lambda: _open_level(path, view),
+                             anchors=_metadata_files(path))
+
+    def _image(self, view: ViewId) -> _Image:
+        datasets = self._datasets(view)
+        levels = [self._open_level(view, sub) for sub, _ in datasets]
+        return _compose(self._group_path(view), view, datasets, levels)
 
     def _level(self, view: ViewId, level: int):
-        img = self._image(view)
-        if not 0 <= level < len(img.arrays):
+        # One level without the others: a read re-stats only its own metadata and the group's.
+        datasets = self._datasets(view)
+        if not 0 <= level < len(datasets):
             raise ImageDataError(f"{self._group_path(view)}: level {level} does not exist "
-                                 f"({len(img.arrays)} levels, {view})")
-        return img.arrays[level]
+                                 f"({len(datasets)} levels, {view})")
+        return self._open_level(view, datasets[level][0]).array
 
     def _select(self, view: ViewId, arr, region: Region) -> tuple:
         """The zarr index of a 3D region, fixing the higher dimensions."""
@@ -247,7 +295,8 @@ class OmeZarrLoader(ImageLoader):
         if ViewId(*view) not in self.zgroups:
             return False
         group = self._group_path(view)
-        return group.is_dir() and any((group / m).is_file() for m in (".zattrs", ".zgroup", "zarr.json"))
+        # exists(), not is_file(): a FIFO or folder there is refused when opened, not "no pixels"
+        return group.is_dir() and any((group / m).exists() for m in (".zattrs", ".zgroup", "zarr.json"))
 
     def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
         return list(self._image(view).factors)
@@ -267,9 +316,37 @@ class OmeZarrLoader(ImageLoader):
         return np.asarray(arr[self._select(view, arr, region)])
 
     def check_view(self, view: ViewId) -> None:
-        """Every level selects a 3D volume with the XML's ``indicies`` (metadata were parsed on opening)."""
-        for level in range(len(self._image(view).arrays)):
-            self._select(view, self._level(view, level), (slice(0, 0),) * 3)
+        """Every level selects a 3D volume with the XML's ``indicies`` and has its chunks under its declared keys.
+
+        (The metadata were parsed on opening.)  Chunk files stored under another
+        key encoding than the metadata declare (``"0/0/0"`` folders under a
+        ``.zarray`` without ``dimension_separator``, whose default is ``"."``)
+        would all read as missing, i.e. as the fill value: refused.  A level 0
+        without any chunk is logged (:func:`~.validate.warn_reads_as_fill`).
+        """
+        view = ViewId(*view)
+        image = self._image(view)
+        for number, level in enumerate(image.levels):
+            self._select(view, level.array, (slice(0, 0),) * 3)
+            if not _check_chunk_keys(level, view) and number == 0:
+                from .validate import warn_reads_as_fill
+
+                warn_reads_as_fill(str(level.path), view, level.array.fill_value)
+
+    def level_shape_range(self, view: ViewId, level: int, shape0) -> tuple[tuple[int, int], ...]:
+        """Floor or ceiling of level 0 / the *unrounded* scale ratio (the factors are rounded to 4 decimals)."""
+        from .validate import level_shape_range
+
+        return level_shape_range(shape0, self._image(view).ratios[level])
+
+    def anchor_files(self, view: ViewId) -> list[Path]:
+        """The metadata files of the view's group and of every level array."""
+        group = self._group_path(view)
+        try:
+            subs = [sub for sub, _ in self._datasets(view)]
+        except Exception:  # noqa: BLE001 - damaged: the check reports it
+            subs = []
+        return _metadata_files(group) + [f for sub in subs for f in _metadata_files(group / sub)]
 
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []
@@ -291,61 +368,85 @@ def _multiscales(attrs: Mapping[str, Any]) -> list | None:
     return None
 
 
-def _open_image(group_path: Path, view: ViewId) -> _Image:
+def _metadata_files(folder: Path) -> list[Path]:
+    return [folder / name for name in _METADATA]
+
+
+def _open_group(group_path: Path, view: ViewId) -> list[tuple[str, list[float] | None]]:
+    """The checked ``(path, scale)`` of each level of a view's NGFF multiscale group."""
     import zarr
 
     if not group_path.is_dir():
         raise MissingDataError(f"{group_path}: OME-Zarr group for {view} does not exist")
     _check_json(group_path)
     try:
-        group = zarr.open_group(str(group_path), mode="r")
+        # Through the checking store, so that no metadata file zarr looks at can block or be huge;
+        # consolidated metadata (.zmetadata) are not read: a stale copy would describe other arrays.
+        store = _checking_store_class()(zarr.storage.LocalStore(group_path, read_only=True))
+        group = zarr.open_group(store, mode="r", use_consolidated=False)
+    except TilefuseError:
+        raise
     except Exception as exc:  # zarr raises several types for a non-group
-        raise MissingDataError(f"{group_path}: cannot open OME-Zarr group for {view} ({exc})") from None
-    datasets = _parse_multiscales(dict(group.attrs), f"{group_path}: {view}")
-    arrays, scales = [], []
-    for sub, scale in datasets:
-        array_path = group_path / sub
-        meta = _check_json(array_path)
-        if not any(name in meta for name in (".zarray", "zarr.json")):
-            raise MissingDataError(f"{array_path}: level array missing for {view} (no .zarray or zarr.json)")
-        try:
-            store = _checking_store_class()(zarr.storage.LocalStore(array_path, read_only=True),
-                                            blosc=_uses_blosc(meta))
-            arr = zarr.open_array(store, mode="r")
-        except Exception as exc:  # zarr's own metadata checks (zero chunks, unknown dtype or codec...)
-            raise ImageDataError(f"{array_path}: cannot open the level array of {view} ({exc})") from exc
-        if arr.ndim < 3:
-            raise ImageDataError(f"{array_path}: {arr.ndim}D array, expected at least 3D ({view})")
-        if scale is not None and len(scale) != arr.ndim:
+        raise MissingDataError(f"{group_path}: cannot open OME-Zarr group for {view} "
+                               f"({type(exc).__name__}: {exc})") from None
+    return _parse_multiscales(dict(group.attrs), f"{group_path}: {view}")
+
+
+def _open_level(array_path: Path, view: ViewId) -> _Level:
+    """One level array, read through a store that checks its chunks (see :func:`_checking_store_class`)."""
+    import zarr
+
+    meta = _check_json(array_path)
+    if not any(name in meta for name in (".zarray", "zarr.json")):
+        raise MissingDataError(f"{array_path}: level array missing for {view} (no .zarray or zarr.json)")
+    try:
+        store = _checking_store_class()(zarr.storage.LocalStore(array_path, read_only=True),
+                                        blosc=_uses_blosc(meta))
+        arr = zarr.open_array(store, mode="r")
+    except TilefuseError:
+        raise
+    except Exception as exc:  # zarr's own metadata checks (zero chunks, unknown dtype or codec...)
+        raise ImageDataError(f"{array_path}: cannot open the level array of {view} ({exc})") from exc
+    if arr.ndim < 3:
+        raise ImageDataError(f"{array_path}: {arr.ndim}D array, expected at least 3D ({view})")
+    # No stored chunk (a shard, with sharding) can be larger than a full one, compressed.
+    store.max_bytes = block_byte_limit(arr.shards or arr.chunks, arr.dtype)
+    return _Level(arr, array_path, meta)
+
+
+def _compose(group_path: Path, view: ViewId, datasets, levels: list[_Level]) -> _Image:
+    """The view's levels with their factors: NGFF scales relative to level 0, else shape ratios."""
+    scales = []
+    for (sub, scale), level in zip(datasets, levels):
+        if scale is not None and len(scale) != level.array.ndim:
             raise ImageDataError(
                 f"{group_path}: {view}: the scale of dataset {sub!r} has {len(scale)} values for a "
-                f"{arr.ndim}D array"
+                f"{level.array.ndim}D array"
             )
-        arrays.append(arr)
         scales.append(None if scale is None else scale[-3:])
-    factors = []
-    for arr, scale in zip(arrays, scales):
+    ratios = []
+    for level, scale in zip(levels, scales):
         if scale is not None and scales[0] is not None:
-            f = tuple(round(s / s0, 4) for s, s0 in zip(scale, scales[0]))
+            ratios.append(tuple(s / s0 for s, s0 in zip(scale, scales[0])))
         else:
             # No scale transform: infer the factor from the shapes.
-            f = tuple(round(n0 / max(n, 1), 4) for n0, n in zip(arrays[0].shape[-3:], arr.shape[-3:]))
-        factors.append(f)
-    return _Image(arrays, factors)
+            shape0 = levels[0].array.shape[-3:]
+            ratios.append(tuple(n0 / max(n, 1) for n0, n in zip(shape0, level.array.shape[-3:])))
+    factors = [tuple(round(r, 4) for r in ratio) for ratio in ratios]
+    return _Image(levels, factors, ratios)
 
 
 def _check_json(folder: Path) -> dict[str, dict]:
-    """The Zarr metadata files of a folder, parsed: refused here when corrupt, before zarr reports
-    them as something else (a missing array)."""
-    import json
-
+    """The Zarr metadata files of a folder, parsed: refused here when corrupt or not regular files, before
+    zarr reports them as something else (a missing array) or blocks on them (a FIFO)."""
     found = {}
-    for name in (".zgroup", ".zattrs", ".zarray", "zarr.json"):
+    for name in _METADATA:
         file = folder / name
-        if not file.is_file():
+        raw = read_regular_file(file, MAX_METADATA_BYTES, "Zarr metadata file")
+        if raw is None:
             continue
         try:
-            meta = json.loads(file.read_text(encoding="utf-8"))
+            meta = json.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ImageDataError(f"corrupt JSON in {file} ({exc})") from None
         if not isinstance(meta, dict):
@@ -362,6 +463,79 @@ def _uses_blosc(meta: Mapping[str, dict]) -> bool:
         isinstance(codecs, list) and any(isinstance(c, Mapping) and c.get("name") == "blosc" for c in codecs))
 
 
+# -- chunk keys ------------------------------------------------------------------
+def _key_encoding(meta: Mapping[str, dict]) -> tuple[str, str, str]:
+    """``(prefix, separator, setting)`` of an array's chunk keys, as its metadata declare them.
+
+    Zarr v2: ``"0.0.0"`` or, with ``"dimension_separator": "/"``, ``"0/0/0"`` (the
+    default is ``"."``: older zarr-python did not write the key).  Zarr v3:
+    ``"c/0/0/0"`` by default, ``"c.0.0.0"``, or the v2 forms with the ``"v2"``
+    encoding.
+    """
+    if ".zarray" in meta:
+        declared = meta[".zarray"].get("dimension_separator")
+        setting = (f'"dimension_separator": "{declared}" in .zarray' if declared is not None
+                   else '.zarray without "dimension_separator" (default ".")')
+        return "", declared or ".", setting
+    encoding = meta.get("zarr.json", {}).get("chunk_key_encoding") or {"name": "default"}
+    name = encoding.get("name", "default") if isinstance(encoding, Mapping) else str(encoding)
+    config = encoding.get("configuration") or {} if isinstance(encoding, Mapping) else {}
+    separator = config.get("separator", "/" if name == "default" else ".")
+    setting = f'"chunk_key_encoding": {json.dumps(encoding)} in zarr.json'
+    return ("c" if name == "default" else ""), separator, setting
+
+
+def _find_chunk(folder: Path, prefix: str, separator: str, ndim: int) -> str | None:
+    """The key of one stored chunk file under an encoding, or None; stops at the first one found."""
+    if separator == "/":
+        parts = ([re.escape(prefix)] if prefix else []) + [r"\d+"] * ndim
+    else:
+        parts = [(re.escape(prefix) + r"\." if prefix else "") + r"\.".join([r"\d+"] * ndim)]
+    patterns = [re.compile(p) for p in parts]
+
+    def search(path: str, depth: int) -> str | None:
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            return None
+        last = depth == len(patterns) - 1
+        for entry in entries:
+            if not patterns[depth].fullmatch(entry.name):
+                continue
+            if last and not entry.is_dir():
+                return entry.name
+            if not last and entry.is_dir():
+                found = search(entry.path, depth + 1)
+                if found is not None:
+                    return f"{entry.name}/{found}"
+        return None
+
+    return search(str(folder), 0)
+
+
+def _check_chunk_keys(level: _Level, view: ViewId) -> bool:
+    """Whether a level stores chunks under its declared keys; refuse chunks stored only under other keys."""
+    ndim = level.array.ndim
+    prefix, separator, setting = _key_encoding(level.meta)
+    if separator not in (".", "/"):
+        raise ImageDataError(f"{level.path}: {setting}: chunk key separator {separator!r} is not '.' or '/' ({view})")
+    if _find_chunk(level.path, prefix, separator, ndim) is not None:
+        return True
+    for other in [("", "."), ("", "/"), ("c", "."), ("c", "/")]:
+        if other == (prefix, separator):
+            continue
+        found = _find_chunk(level.path, *other, ndim)
+        if found is not None:
+            fix = (f'; if they are this level\'s chunks, write "dimension_separator": "{other[1]}" into .zarray'
+                   if ".zarray" in level.meta and not other[0] else "")
+            raise ImageDataError(
+                f"{level.path}: chunks are stored under keys like {found!r} but the metadata declare "
+                f"{setting}, under which zarr finds none and would read the whole level ({view}) as its fill "
+                f"value{fix}"
+            )
+    return False
+
+
 #: Blosc frame header: version, versionlz, flags, typesize, then little-endian uint32 nbytes, blocksize, cbytes.
 _BLOSC_HEADER = 16
 
@@ -370,8 +544,10 @@ _BLOSC_HEADER = 16
 def _checking_store_class():
     """A zarr store that refuses chunks zarr would otherwise misread (built on first use: zarr loads lazily).
 
-    * A chunk key that is a folder: a plain store reports it missing, and the
-      chunk would read as the fill value.
+    * A chunk key that is a folder (a plain store reports it missing, and the
+      chunk would read as the fill value), a FIFO (it would block) or a device
+      (``/dev/zero`` would be read without end); and a chunk larger than any
+      chunk of the array can be (:func:`~.base.block_byte_limit`).
     * A Blosc frame whose length differs from the ``cbytes`` in its header: the
       Blosc 1 decoder trusts the header and decodes a truncated chunk into
       garbage without an error (measured: half a zstd chunk "decodes" to a full
@@ -380,20 +556,24 @@ def _checking_store_class():
     from zarr.storage import WrapperStore
 
     class ChunkCheckingStore(WrapperStore):
-        def __init__(self, store, *, blosc: bool = False) -> None:
+        def __init__(self, store, *, blosc: bool = False, max_bytes: int = MAX_METADATA_BYTES) -> None:
             super().__init__(store)
             self.blosc = blosc
+            self.max_bytes = max_bytes  # set to the largest possible chunk once the array is open
 
         def _with_store(self, store):
-            return type(self)(store, blosc=self.blosc)
+            return type(self)(store, blosc=self.blosc, max_bytes=self.max_bytes)
 
         async def get(self, key, prototype, byte_range=None):
-            buf = await self._store.get(key, prototype, byte_range)
-            if key.rsplit("/", 1)[-1] in (".zarray", ".zattrs", ".zgroup", "zarr.json"):
-                return buf
             file = Path(self._store.root) / key
-            if buf is None and file.is_dir():
-                raise ImageDataError(f"{file}: Zarr chunk is a folder, not a chunk file")
+            metadata = key.rsplit("/", 1)[-1] in (*_METADATA, ".zmetadata")
+            # A stat before the plain store opens the file: a FIFO would block it, /dev/zero exhaust
+            # the memory, and no stored chunk can be larger than a full one, compressed.
+            check_regular_file(file, "Zarr metadata file" if metadata else "Zarr chunk",
+                               MAX_METADATA_BYTES if metadata else self.max_bytes)
+            buf = await self._store.get(key, prototype, byte_range)
+            if metadata:
+                return buf
             if buf is not None and byte_range is None and self.blosc:
                 data = buf.to_bytes()
                 cbytes = struct.unpack_from("<I", data, 12)[0] if len(data) >= _BLOSC_HEADER else None

@@ -15,56 +15,136 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import stat
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from itertools import product
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
 from ..errors import ImageDataError, TilefuseError
 from ..project.views import ViewId
 
-__all__ = ["ImageLoader", "cached_handle", "cached_value", "block_slices", "normalize_region", "describe_files",
-           "path_identity"]
+__all__ = ["ImageLoader", "cached_handle", "cached_entry", "cached_value", "block_slices", "normalize_region",
+           "describe_files", "path_identity", "file_identity", "check_regular_file", "read_regular_file",
+           "block_byte_limit", "MAX_METADATA_BYTES"]
 
 Region = tuple[slice, slice, slice]
 
-_HANDLES: dict[tuple[str, Any], Any] = {}
+_HANDLES: dict[tuple[str, Any], "_Entry"] = {}
 _HANDLES_LOCK = threading.Lock()
 
+#: What a metadata file (JSON attributes, ``.zarray``...) may weigh before it is refused unread.
+MAX_METADATA_BYTES = 64 * 2**20
 
-def cached_handle(key: tuple[str, Any], opener: Callable[[], Any]) -> Any:
+
+class _Entry(NamedTuple):
+    """A cached handle or value and the identity of the files it was made from."""
+
+    value: Any
+    identity: tuple
+
+
+def file_identity(paths: Iterable[str | os.PathLike]) -> tuple:
+    """``(st_dev, st_ino, st_size, st_mtime_ns)`` of each path (``None`` for a missing one).
+
+    What the per-process caches key on: a file replaced by another (new inode)
+    or rewritten in place (new size or modification time) has another
+    identity, so whatever was cached from the old file is not used for the new
+    one.  One ``stat`` per path (a few microseconds), cheap next to decoding a
+    block.  The same "size + modification time" rule as the resume fingerprint
+    (:func:`path_identity`), with the same limit: a file rewritten with the
+    same size and modification time is not noticed.
+    """
+    out = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+        except (OSError, ValueError):  # missing, unreadable folder, NUL in the name
+            out.append(None)
+        else:
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def cached_entry(key: tuple[str, Any], opener: Callable[[], Any], *,
+                 anchors: Iterable[str | os.PathLike]) -> _Entry:
+    """Like :func:`cached_handle`, returning the handle with the identity of its anchors (for keying blocks)."""
+    identity = file_identity(anchors)  # before opening: a change while opening shows on the next use
+    entry = _HANDLES.get(key)
+    if entry is not None and entry.identity == identity:
+        return entry
+    with _HANDLES_LOCK:
+        entry = _HANDLES.get(key)
+        if entry is not None and entry.identity == identity:
+            return entry
+        if entry is not None:  # the file changed: nothing made from the old one may be used
+            _forget_path(str(key[0]))
+        entry = _Entry(opener(), identity)
+        _HANDLES[key] = entry
+    return entry
+
+
+def cached_handle(key: tuple[str, Any], opener: Callable[[], Any], *,
+                  anchors: Iterable[str | os.PathLike]) -> Any:
     """Return a per-process cached file handle, opening it on first use.
 
     Handles live in a module-level dict, never on the loader, so loaders stay
     small and picklable and every worker process opens its own files once.
+
+    An entry is valid only for the files it was made from: ``anchors`` are the
+    files whose identity (:func:`file_identity`) stands for the handle's
+    content, re-``stat``-ed on every use.  When one was replaced or rewritten,
+    the old handle is closed, everything cached from files under ``key[0]``
+    (other handles, decoded blocks) is dropped, and the file is opened again.
+    Anchors must be files: a folder's modification time does not change when a
+    file inside it is rewritten (N5 and Zarr entries anchor on their metadata
+    files).
     """
-    handle = _HANDLES.get(key)
-    if handle is None:
-        with _HANDLES_LOCK:
-            handle = _HANDLES.get(key)
-            if handle is None:
-                handle = opener()
-                _HANDLES[key] = handle
-    return handle
+    return cached_entry(key, opener, anchors=anchors).value
 
 
-def cached_value(key: tuple[str, Any], compute: Callable[[], Any]) -> Any:
+def cached_value(key: tuple[str, Any], compute: Callable[[], Any], *,
+                 anchors: Iterable[str | os.PathLike]) -> Any:
     """Like :func:`cached_handle`, for values whose computation itself opens handles.
 
     ``compute`` runs outside the lock (it may call :func:`cached_handle`); two
     threads missing at once both compute and the first result is kept.  The
-    value is dropped with the handles of ``key[0]`` (:func:`drop_cached_handles`).
+    value is dropped with the handles of ``key[0]`` (:func:`drop_cached_handles`)
+    and recomputed when an anchor's identity changes.
     """
-    value = _HANDLES.get(key)
-    if value is None:
-        value = compute()
-        with _HANDLES_LOCK:
-            value = _HANDLES.setdefault(key, value)
+    identity = file_identity(anchors)
+    entry = _HANDLES.get(key)
+    if entry is not None and entry.identity == identity:
+        return entry.value
+    value = compute()
+    with _HANDLES_LOCK:
+        entry = _HANDLES.get(key)
+        if entry is not None and entry.identity == identity:
+            return entry.value
+        _HANDLES[key] = _Entry(value, identity)
     return value
+
+
+def _close(value: Any) -> None:
+    close = getattr(value, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # pragma: no cover - best effort
+            pass
+
+
+def _forget_path(path: str) -> None:
+    """Drop (closing) the entries and decoded blocks of exactly ``path``; the caller holds the lock."""
+    from ._blockcache import forget_file
+
+    forget_file(path)
+    for key in [k for k in _HANDLES if str(k[0]) == path]:
+        _close(_HANDLES.pop(key).value)
 
 
 def drop_cached_handles(prefix: str | None = None) -> None:
@@ -78,13 +158,76 @@ def drop_cached_handles(prefix: str | None = None) -> None:
     with _HANDLES_LOCK:
         for key in list(_HANDLES):
             if prefix is None or str(key[0]).startswith(prefix):
-                handle = _HANDLES.pop(key)
-                close = getattr(handle, "close", None)
-                if close is not None:
-                    try:
-                        close()
-                    except Exception:  # pragma: no cover - best effort
-                        pass
+                _close(_HANDLES.pop(key).value)
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "file", max_bytes: int | None = None) -> bool:
+    """False if ``path`` does not exist; raise :class:`ImageDataError` unless it is a regular file.
+
+    For libraries that open files by name (h5py, tifffile, zarr's store): a
+    FIFO would block them forever and a device such as ``/dev/zero`` would be
+    read without end.  Symbolic links are followed (a link to a regular file is
+    fine).  With ``max_bytes``, a larger file is refused too (a block that
+    cannot be what its shape and type allow).
+    """
+    try:
+        st = os.stat(path)
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return False
+    _check_stat(st, path, what, max_bytes)
+    return True
+
+
+def _check_stat(st: os.stat_result, path, what: str, max_bytes: int | None) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise ImageDataError(f"{path}: {what} is {_file_kind(st.st_mode)}, not a regular file")
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise ImageDataError(
+            f"{path}: {what} has {st.st_size:,} bytes, more than it can hold ({max_bytes:,}); "
+            "the file is damaged or not what the project describes"
+        )
+
+
+def read_regular_file(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes | None:
+    """The bytes of a regular file of at most ``max_bytes``, or None if it does not exist.
+
+    Anything else is refused with :class:`ImageDataError` without blocking or
+    reading on: a folder, a FIFO (opened non-blocking, then refused), a device
+    (``/dev/zero`` would be read until memory runs out), or a file larger than
+    what it can possibly hold (a block of known shape and type).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError, ValueError):
+        return None
+    except IsADirectoryError:  # pragma: no cover - Linux opens folders read-only; other systems may not
+        raise ImageDataError(f"{path}: {what} is a folder, not a regular file") from None
+    with os.fdopen(fd, "rb") as f:
+        _check_stat(os.fstat(f.fileno()), path, what, max_bytes)
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:  # grew since the stat
+        raise ImageDataError(f"{path}: {what} is larger than it can be ({max_bytes:,} bytes)")
+    return data
+
+
+def block_byte_limit(shape: Iterable[int], dtype: np.dtype) -> int:
+    """The most bytes a stored block of ``shape`` and ``dtype`` may take, whatever its compression.
+
+    Twice the raw size plus 64 KiB: codecs expand incompressible data by a
+    fraction of a percent (deflate, zstd, blosc, bzip2, xz), and headers are
+    small; a file beyond that is not such a block.
+    """
+    raw = int(np.prod([int(n) for n in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
+    return 2 * raw + 64 * 2**10
 
 
 def path_identity(paths: Iterable[str | os.PathLike]) -> str:
@@ -245,6 +388,31 @@ class ImageLoader(ABC):
         not walk a whole container per view.
         """
         return self.files()
+
+    def anchor_files(self, view: ViewId) -> list[Path]:
+        """The files whose identity stands for what :func:`~tilefuse.loaders.validate.check_view` saw of one view.
+
+        The check's result is reused (per process) only while none of these
+        changed (:func:`file_identity`: device, inode, size, modification time).
+        They should be files: a folder's modification time does not change when
+        a file inside it is rewritten.  By default :meth:`view_files`; loaders
+        whose views are folders (N5, OME-Zarr) name their metadata files.
+        """
+        return self.view_files(view)
+
+    def level_shape_range(self, view: ViewId, level: int,
+                          shape0: tuple[int, int, int]) -> tuple[tuple[int, int], ...]:
+        """Smallest and largest size, per axis ``(z, y, x)``, a coarser level may have given level 0's shape.
+
+        :func:`~tilefuse.loaders.validate.check_view` refuses a level outside
+        this range.  By default each axis is the floor or the ceiling of level
+        0's size divided by the level's factor (BigDataViewer floors, other
+        writers round up; see :func:`~tilefuse.loaders.validate.level_shape_range`).
+        Loaders whose levels follow another formula (split views) override it.
+        """
+        from .validate import level_shape_range
+
+        return level_shape_range(shape0, self.levels(view)[level])
 
     # -- the element a loader came from ------------------------------------------
     def _remember_xml(self, element, base_dir: Path) -> None:

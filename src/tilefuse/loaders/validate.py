@@ -14,17 +14,23 @@ Checked, once per view per process:
 * the levels' downsampling factors are finite and >= 1, level 0 is
   ``(1, 1, 1)`` and no factor decreases from one level to the next;
 * every level's shape is positive, no larger than the previous level's, and
-  within one voxel of ``level 0 / factor`` (writers floor or ceil; BDV's
-  ``max(n // f, 1)`` is the floor);
+  on each axis the floor or the ceiling of ``level 0 / factor`` (BDV's
+  ``max(n // f, 1)`` is the floor, other writers round up), or whatever the
+  loader's :meth:`~tilefuse.loaders.base.ImageLoader.level_shape_range` says
+  for levels built by another formula (split views);
 * the pixel type is one of the ten BDV / N5 numeric types and every level's
   block shape is positive.
 
 What can only be seen when reading (a block's header, a chunk's decoded
-size, a truncated TIFF) is checked by the loaders at read time.
+size, a truncated TIFF) is checked by the loaders at read time.  A view
+without any stored block at level 0 is legal (every format reads absent
+blocks as the fill value) but logged as a warning
+(:func:`warn_reads_as_fill`), as it usually means a broken export.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -36,7 +42,10 @@ from ..errors import ImageDataError, where
 from ..project.views import ViewId
 from .base import ImageLoader, cached_value, describe_files
 
-__all__ = ["ViewData", "check_view", "allow_external_data", "ALLOW_EXTERNAL_ENV", "SUPPORTED_DTYPES"]
+__all__ = ["ViewData", "check_view", "allow_external_data", "level_shape_range", "warn_reads_as_fill",
+           "ALLOW_EXTERNAL_ENV", "SUPPORTED_DTYPES"]
+
+log = logging.getLogger(__name__)
 
 #: The pixel types every format can hold and every writer of tilefuse can write (BDV / N5 names).
 SUPPORTED_DTYPES = (
@@ -46,8 +55,8 @@ SUPPORTED_DTYPES = (
 #: Set to ``1`` to read HDF5 external storage and external links to files the XML does not list.
 ALLOW_EXTERNAL_ENV = "TILEFUSE_ALLOW_EXTERNAL_DATA"
 
-#: A level may be this many voxels outside ``[floor(n / f), ceil(n / f)]`` (split views, rounding writers).
-_SHAPE_SLACK = 1
+#: ``n / f`` this close (relative) to an integer is that integer: float factors such as 1.1 carry rounding noise.
+_RATIO_TOLERANCE = 1e-9
 
 
 @dataclass(frozen=True)
@@ -93,19 +102,26 @@ def check_view(loader: ImageLoader, view: ViewId, size: tuple[int, int, int] | N
     Notes
     -----
     The result is cached per process, keyed on the view's file, the loader, the
-    view and ``size``; writers that rewrite a file drop it with the file's handles
-    (:func:`~tilefuse.loaders.base.drop_cached_handles`).  Failures are not
-    cached.
+    view and ``size``, and valid only while the loader's
+    :meth:`~tilefuse.loaders.base.ImageLoader.anchor_files` of the view keep
+    their identity (size, modification time, inode): a file replaced or
+    rewritten since is checked again.  Writers that rewrite a file also drop it
+    with the file's handles (:func:`~tilefuse.loaders.base.drop_cached_handles`).
+    Failures are not cached.
     """
     from dask.base import tokenize
 
     view = ViewId(*view)
     size = None if size is None else tuple(int(n) for n in size)
-    # Anchored on the view's file, so that rewriting it drops the check; tokenized, as tokens need not hash.
-    files = loader.view_files(view)
+    try:
+        files = loader.view_files(view)
+        anchors = loader.anchor_files(view)
+    except Exception:  # noqa: BLE001 - the check itself reports what is wrong, uncached
+        return _check(loader, view, size, xml_path)
+    # Keyed on the view's file, so that writers dropping its handles drop the check; tokenized, as tokens need not hash.
     anchor = str(files[0]) if files else repr(loader)
     key = (anchor, ("check_view", type(loader).__name__, tokenize(loader.token()), view, size))
-    return cached_value(key, lambda: _check(loader, view, size, xml_path))
+    return cached_value(key, lambda: _check(loader, view, size, xml_path), anchors=anchors)
 
 
 def _check(loader: ImageLoader, view: ViewId, size, xml_path) -> ViewData:
@@ -127,7 +143,8 @@ def _check(loader: ImageLoader, view: ViewId, size, xml_path) -> ViewData:
                 f"{_xyz(size)} (x y z) but {view} in {describe_files(loader, view)} is {_xyz(shape)} (x y z)"
             )
         if level > 0:
-            _check_level_shape(shape, shapes[0], shapes[-1], factors, f"{here}, level {level}")
+            bounds = loader.level_shape_range(view, level, shapes[0])
+            _check_level_shape(shape, shapes[0], shapes[-1], factors, bounds, f"{here}, level {level}")
         shapes.append(shape)
         chunks.append(block)
     return ViewData(tuple(levels), tuple(shapes), tuple(chunks), dtype)
@@ -159,17 +176,53 @@ def _check_levels(levels, here: str) -> list[tuple[float, float, float]]:
     return out
 
 
-def _check_level_shape(shape, shape0, previous, factors, here: str) -> None:
-    """A coarser level holds level 0 shrunk by its factors (floor or ceil, one voxel of slack)."""
-    for axis, (n, n0, prev, f) in enumerate(zip(shape, shape0, previous, factors)):
-        lo = max(math.floor(n0 / f) - _SHAPE_SLACK, 1)
-        hi = min(math.ceil(n0 / f) + _SHAPE_SLACK, prev)
+def level_shape_range(shape0, factors) -> tuple[tuple[int, int], ...]:
+    """Per axis, the floor and the ceiling of ``shape0 / factors`` (at least 1): the sizes a level may have.
+
+    BigDataViewer's writers floor (``max(n // f, 1)``), others round up; both
+    are right, anything else is not (a level padded by one voxel shifts every
+    coarser pixel).  A ratio within a relative 1e-9 of an integer counts as
+    that integer, so float factors (1.1, or Zarr scale ratios) do not widen
+    the range by rounding noise.
+    """
+    out = []
+    for n0, f in zip(shape0, factors):
+        ratio = n0 / f
+        nearest = round(ratio)
+        if abs(ratio - nearest) <= _RATIO_TOLERANCE * max(1.0, ratio):
+            lo = hi = nearest
+        else:
+            lo, hi = math.floor(ratio), math.ceil(ratio)
+        out.append((max(lo, 1), max(hi, 1)))
+    return tuple(out)
+
+
+def _check_level_shape(shape, shape0, previous, factors, bounds, here: str) -> None:
+    """A coarser level holds level 0 shrunk by its factors (``bounds`` per axis), no larger than the level before."""
+    for axis, (n, prev, (lo, hi)) in enumerate(zip(shape, previous, bounds)):
+        name = "zyx"[axis]
         if not lo <= n <= hi:
-            name = "zyx"[axis]
+            expected = f"{lo}" if lo == hi else f"{lo} or {hi}" if hi == lo + 1 else f"{lo}..{hi}"
             raise ImageDataError(
                 f"{here}: shape {_xyz(shape)} (x y z) does not fit downsampling factors {_xyz(factors)} of "
-                f"level 0 ({_xyz(shape0)}): {name} should be {lo}..{hi}; the pyramid is damaged"
+                f"level 0 ({_xyz(shape0)}): {name} should be {expected}; the pyramid is damaged"
             )
+        if n > prev:
+            raise ImageDataError(
+                f"{here}: shape {_xyz(shape)} (x y z) is larger along {name} than the level before "
+                f"({_xyz(previous)}); the pyramid is damaged"
+            )
+
+
+def warn_reads_as_fill(files: str, view: ViewId, fill=0) -> None:
+    """Log (WARNING) that a view has no stored block at level 0, so it reads as its fill value everywhere.
+
+    Not an error: an all-empty tile is valid in every format, and writers skip
+    blocks equal to the fill value.  But it is also what a broken export or a
+    wrong path looks like, so it is said once per view.
+    """
+    value = "zeros" if fill is None or fill == 0 else f"the fill value {fill!r}"
+    log.warning("%s: %s has no stored blocks at level 0; it reads as %s", files, ViewId(*view), value)
 
 
 def _positive_triple(values, what: str) -> tuple[int, int, int]:

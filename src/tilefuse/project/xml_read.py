@@ -15,6 +15,7 @@ checks (references, composed models, counts) live in :mod:`.checks`.
 from __future__ import annotations
 
 import re
+import stat
 from pathlib import Path
 
 from lxml import etree
@@ -225,14 +226,24 @@ def read_spimdata(path: str | Path) -> SpimData:
     """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise MissingDataError(f"{path}: is not a file (a project XML was expected)")
-        if size > MAX_XML_BYTES:
-            raise ProjectFormatError(f"{path}: {size:,} bytes is larger than any project XML "
-                                     f"(limit {MAX_XML_BYTES:,}); is it the right file?")
+        info = path.stat()
+    except (FileNotFoundError, NotADirectoryError, ValueError):  # ValueError: a NUL in the name
+        raise MissingDataError(f"{path}: project XML not found") from None
+    except OSError as exc:
+        raise TilefuseError(f"{path}: cannot read the project XML ({exc.strerror or exc})") from None
+    # Checked before opening: a FIFO would block the read forever, a device (/dev/zero) never end.
+    if stat.S_ISDIR(info.st_mode):
+        raise MissingDataError(f"{path}: is a folder, not a file (a project XML was expected)")
+    if not stat.S_ISREG(info.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(info.st_mode)
+                else "a character device" if stat.S_ISCHR(info.st_mode) else "a special file")
+        raise ProjectFormatError(f"{path}: is {kind}, not a regular file; a project XML was expected")
+    if info.st_size > MAX_XML_BYTES:
+        raise ProjectFormatError(f"{path}: {info.st_size:,} bytes is larger than any project XML "
+                                 f"(limit {MAX_XML_BYTES:,}); is it the right file?")
+    try:
         raw = path.read_bytes()
-    except (FileNotFoundError, ValueError):  # ValueError: a NUL in the name
+    except FileNotFoundError:  # deleted since
         raise MissingDataError(f"{path}: project XML not found") from None
     except OSError as exc:
         raise TilefuseError(f"{path}: cannot read the project XML ({exc.strerror or exc})") from None
