@@ -1,4 +1,4 @@
-"""Running dask work: the one place that picks the scheduler, watches a cluster and shows progress.
+"""Running dask work: the one place that picks the scheduler, watches a cluster and counts progress.
 
 Every computation of tilefuse goes through :func:`compute` (or :func:`store`,
 its sibling for writing dask arrays into array-like targets).  ``client=None``
@@ -8,6 +8,13 @@ tilefuse) puts a client into dask's global configuration.  A client in
 ``dask.config`` cannot be pickled, and the nanny copies the configuration
 into every worker process it starts - so a killed worker could not be
 restarted and the run hung (issue 9).
+
+Progress
+--------
+``progress=True`` draws a bar of its own (:mod:`tilefuse._progress`): over
+the tasks locally, over the results as they arrive on a cluster.  A stage
+that shows one bar over several computations passes its
+:class:`~tilefuse._progress.Progress` instead, advanced once per result.
 
 On a cluster
 ------------
@@ -34,14 +41,15 @@ import contextlib
 import os
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import dask
 
+from ._progress import Progress, progress_bar
 from .errors import TilefuseError, WorkerLostError
 
-__all__ = ["compute", "store", "progress_bar", "worker_timeout_seconds", "RETRIES", "WORKER_TIMEOUT", "POLL_INTERVAL"]
+__all__ = ["compute", "store", "worker_timeout_seconds", "RETRIES", "WORKER_TIMEOUT", "POLL_INTERVAL"]
 
 #: Automatic re-runs of a task that raised, and deaths of its worker tolerated
 #: (``allowed-failures`` of the clusters tilefuse starts), before giving up.
@@ -82,32 +90,52 @@ def worker_timeout_seconds(value: float | None = None) -> float:
     return seconds
 
 
-@contextlib.contextmanager
-def progress_bar(enabled: bool, description: str, client: Any = None) -> Iterator[None]:
-    """Show a tqdm bar over the dask tasks run inside the block (local threaded scheduler only).
+class _TaskCounter:
+    """A dask local-scheduler callback advancing ``bar``: per task, or per finished result.
 
-    On a cluster the tasks run elsewhere and are not seen by local callbacks;
-    use the dashboard (the writers also count written chunks themselves).
+    ``results`` (the collections computed) switches to counting results: a
+    collection is finished when every one of its output keys has run.  What
+    no task produced (literal values, non-dask arguments) counts when the
+    computation ends.
     """
-    if not enabled or client is not None:
-        yield
-        return
-    from dask.callbacks import Callback
-    from tqdm.auto import tqdm
 
-    class _Bar(Callback):
-        def _start_state(self, dsk, state):
-            self._bar = tqdm(total=sum(len(state[k]) for k in ("ready", "waiting", "running", "finished")),
-                             desc=description, unit="task", leave=True)
+    def __init__(self, bar: Progress, results: Sequence | None = None) -> None:
+        from dask.callbacks import Callback
 
-        def _posttask(self, key, result, dsk, state, worker_id):
-            self._bar.update(1)
+        self.bar = bar
+        self.per_result = results is not None
+        self.owner: dict = {}
+        self.left: list[int] = []
+        self.counted = 0
+        if results is not None:
+            from dask.core import flatten
 
-        def _finish(self, dsk, state, errored):
-            self._bar.close()
+            for i, collection in enumerate(results):
+                keys = set(flatten(collection.__dask_keys__())) if dask.is_dask_collection(collection) else set()
+                self.left.append(len(keys))
+                for key in keys:
+                    self.owner[key] = i
+        self.callback = Callback(start_state=self._start_state, posttask=self._posttask, finish=self._finish)
 
-    with _Bar():
-        yield
+    def _start_state(self, dsk, state) -> None:
+        if not self.per_result:  # counting tasks: the total is only known now
+            self.bar.add_total(sum(len(state[k]) for k in ("ready", "waiting", "running", "finished")))
+
+    def _posttask(self, key, result, dsk, state, worker_id) -> None:
+        if not self.per_result:
+            self.bar.update(1)
+            return
+        i = self.owner.pop(key, None)
+        if i is not None:
+            self.left[i] -= 1
+            if self.left[i] == 0:
+                self.counted += 1
+                self.bar.update(1)
+
+    def _finish(self, dsk, state, errored) -> None:
+        if self.per_result and not errored:
+            self.bar.update(len(self.left) - self.counted)
+            self.counted = len(self.left)
 
 
 def _local_scheduler() -> str:
@@ -122,7 +150,7 @@ def _local_scheduler() -> str:
     return "threads"
 
 
-def compute(*collections, client: Any = None, progress: bool = False, description: str = "computing",
+def compute(*collections, client: Any = None, progress: bool | Progress = False, description: str = "computing",
             num_workers: int | None = None, retries: int = RETRIES, worker_timeout: float | None = None):
     """Compute dask collections like ``dask.compute``, locally or on ``client``.
 
@@ -134,10 +162,13 @@ def compute(*collections, client: Any = None, progress: bool = False, descriptio
         Run on this cluster.  By default the local threaded scheduler (or the
         synchronous one when ``dask.config`` asks for it, for debugging); a
         default distributed client is not picked up, pass it here.
-    progress : bool
-        Show a progress bar over the tasks (local scheduler only).
+    progress : bool or Progress
+        True: show a bar of its own, over the tasks (locally) or over the
+        results as they arrive (on a cluster, where the tasks run elsewhere).
+        A :class:`~tilefuse._progress.Progress` of the caller's stage: advance
+        it by one per collection as each is finished.
     description : str
-        Label of the progress bar.
+        Label of the bar opened for ``progress=True``.
     num_workers : int, optional
         Threads of the local scheduler (default: one per core).
     retries : int
@@ -157,16 +188,24 @@ def compute(*collections, client: Any = None, progress: bool = False, descriptio
         On a cluster: no worker was alive for ``worker_timeout`` seconds, or a
         task's workers died more often than the scheduler allows.
     """
-    if client is None:
-        kwargs: dict = {"scheduler": _local_scheduler()}
-        if num_workers and kwargs["scheduler"] == "threads":
-            kwargs["num_workers"] = num_workers
-        with progress_bar(progress, description):
+    with contextlib.ExitStack() as stack:
+        if isinstance(progress, Progress):
+            bar, per_result = progress, True
+        else:
+            total = len(collections) if client is not None else None
+            bar = stack.enter_context(progress_bar(description, total, unit="task", enabled=bool(progress)))
+            per_result = client is not None
+        if client is None:
+            kwargs: dict = {"scheduler": _local_scheduler()}
+            if num_workers and kwargs["scheduler"] == "threads":
+                kwargs["num_workers"] = num_workers
+            if bar.enabled:
+                stack.enter_context(_TaskCounter(bar, collections if per_result else None).callback)
             return dask.compute(*collections, **kwargs)
-    return _compute_on_cluster(client, collections, retries, worker_timeout_seconds(worker_timeout))
+        return _compute_on_cluster(client, collections, retries, worker_timeout_seconds(worker_timeout), bar)
 
 
-def store(sources: Sequence, targets: Sequence, *, client: Any = None, progress: bool = False,
+def store(sources: Sequence, targets: Sequence, *, client: Any = None, progress: bool | Progress = False,
           description: str = "writing", **compute_kwargs) -> None:
     """Write dask arrays into targets (``target[region] = block``) through :func:`compute`.
 
@@ -234,7 +273,8 @@ def _killed_message(exc: Exception) -> str:
             "chunks, or more memory; the workers' logs say why they died.")
 
 
-def _compute_on_cluster(client: Any, collections: tuple, retries: int, timeout: float) -> tuple:
+def _compute_on_cluster(client: Any, collections: tuple, retries: int, timeout: float,
+                        bar: Progress = Progress()) -> tuple:
     from distributed import Future, KilledWorker, as_completed
 
     watch = _ClusterWatch(client, timeout)
@@ -252,6 +292,7 @@ def _compute_on_cluster(client: Any, collections: tuple, retries: int, timeout: 
                 if future.cancelled():  # by the scheduler, or the connection to it was lost
                     raise result
                 results[future.key] = result
+                bar.update(1)
             elif time.monotonic() >= next_check:
                 watch.check(len(results), len(futures))
                 next_check = time.monotonic() + POLL_INTERVAL
@@ -263,6 +304,7 @@ def _compute_on_cluster(client: Any, collections: tuple, retries: int, timeout: 
     except BaseException:
         _cancel(client, futures)
         raise
+    bar.update(len(submitted) - len(futures))  # values that were not dask collections
     return tuple(results[f.key] if isinstance(f, Future) else f for f in submitted)
 
 

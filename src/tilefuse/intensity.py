@@ -21,17 +21,21 @@ brightness.  BigStitcher stores a per-view correction ``corrected = a * I + b``
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ._options import Options, number, option
+from ._progress import progress_bar
 from .errors import TilefuseError
 from .project.project import Project
 from .project.views import ViewId
 
 __all__ = ["IntensityOptions", "IntensityResult", "match_intensities", "INTENSITY_MODELS"]
+
+log = logging.getLogger(__name__)
 
 #: ``a * I + b`` per view, or ``a * I`` alone.
 INTENSITY_MODELS = ("affine", "gain")
@@ -114,7 +118,7 @@ def match_intensities(
         ``min_samples``
             Pairs whose overlap has fewer valid samples on the grid are ignored.
     progress : bool
-        Show a progress bar over the pairs.
+        Show a progress bar over the overlapping pairs.
     client : distributed.Client, optional
         Render the overlaps on this cluster; by default local threads.
 
@@ -159,33 +163,32 @@ def match_intensities(
         return [fuse_sources([sources[v]], origin=lo, spacing=sp, shape=shape, blending="first",
                              dtype=np.float32, fill_value=np.nan, chunks=shape) for v in (pair.a, pair.b)]
 
+    log.debug("matching intensities of %d views over %d overlapping pairs on a grid of %g world units (%s model)",
+              len(views), len(pairs), downsampling, model)
     matched = []  # (i, j, qa, qb)
     used = []
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(pairs), desc="matching intensities", unit="pair")
     batch = 64  # pairs rendered per compute: parallel, with little in memory at once
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start:start + batch]
-        rendered = compute(*[r for pair in chunk for r in renderings(pair)], client=client)
-        for k, pair in enumerate(chunk):
-            a, b = rendered[2 * k], rendered[2 * k + 1]
-            valid = np.isfinite(a) & np.isfinite(b)
-            n = int(valid.sum())
-            if n < min_samples:
-                continue
-            matched.append((index[pair.a], index[pair.b], np.quantile(a[valid], levels),
-                            np.quantile(b[valid], levels)))
-            used.append((pair.a, pair.b, n))
-        if bar is not None:
+    with progress_bar("matching intensities", len(pairs), unit="overlap", enabled=progress) as bar:
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start:start + batch]
+            rendered = compute(*[r for pair in chunk for r in renderings(pair)], client=client)
+            for k, pair in enumerate(chunk):
+                a, b = rendered[2 * k], rendered[2 * k + 1]
+                valid = np.isfinite(a) & np.isfinite(b)
+                n = int(valid.sum())
+                if n < min_samples:
+                    log.debug("%s - %s: %d valid samples, fewer than %d: ignored", pair.a, pair.b, n, min_samples)
+                    continue
+                matched.append((index[pair.a], index[pair.b], np.quantile(a[valid], levels),
+                                np.quantile(b[valid], levels)))
+                used.append((pair.a, pair.b, n))
+                log.debug("%s - %s: %d samples, middle quantiles %.4g and %.4g", pair.a, pair.b, n,
+                          matched[-1][2][len(levels) // 2], matched[-1][3][len(levels) // 2])
             bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
 
     n_views = len(views)
     if not matched:
+        log.debug("no overlap has %d valid samples: every view keeps its intensities", min_samples)
         return IntensityResult({v: (1.0, 0.0) for v in views}, used)
     scale = float(np.median(np.concatenate([np.r_[qa, qb] for _, _, qa, qb in matched]))) or 1.0
     per_view = 2 if model == "affine" else 1
@@ -232,4 +235,9 @@ def match_intensities(
         diffs = [np.mean(np.abs((a[i] * qa + b[i]) - (a[j] * qb + b[j]))) for i, j, qa, qb in matched]
         return float(np.mean(diffs) / scale)
 
-    return IntensityResult(models, used, mismatch(np.ones(n_views), np.zeros(n_views)), mismatch(gains, offsets))
+    result = IntensityResult(models, used, mismatch(np.ones(n_views), np.zeros(n_views)), mismatch(gains, offsets))
+    for view, (a, b) in models.items():
+        log.debug("%s: corrected = %.4f * I %+.4g", view, a, b)
+    log.debug("intensity mismatch over %d pairs: %.4f before, %.4f after", len(used), result.mismatch_before,
+              result.mismatch_after)
+    return result

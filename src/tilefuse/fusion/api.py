@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -252,6 +251,9 @@ def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, inte
         shape, block = shape[1:], block[1:]
     cache = chunk_world is not None and _block_cache_pays(
         block, shape, np.asarray(chunk_world, dtype=np.float64) / axis_scales(affine))
+    log.debug("%s: reads pyramid level %d (factors z y x %s, shape %s)%s", view, level,
+              tuple(data.levels[level]), tuple(data.shapes[level]),
+              "" if chunk_world is None else f", decoded-block cache {'on' if cache else 'off'}")
     return FusionSource(key=view, shape=shape, affine=affine,
                         reader=partial(_read_region, loader, view, level, ndim, cache),
                         intensity=adjust, dtype=data.dtype,
@@ -323,10 +325,7 @@ def _warn_if_mostly_empty(project: Project, views, shape, spacing) -> None:
 def _warn_missing(project: Project, views) -> None:
     missing = project.missing_views
     if missing:
-        warnings.warn(
-            f"{where(project.path, '<MissingViews>')}: {len(missing)} missing views are skipped",
-            stacklevel=3,
-        )
+        log.warning("%s: %d missing views are skipped", where(project.path, "<MissingViews>"), len(missing))
 
 
 def plan_fusion(
@@ -434,6 +433,10 @@ def plan_fusion(
         # N5 64x128x128).  Measured on 16 tiles of 128x512x512: 127^3 chunks
         # 35 s, (128, 256, 256) 19 s, (128, 512, 512) 16.5 s but 2x the memory.
         chunks = (min(shape[0], 128), 256, 256)
+    log.debug("fusion plan: %d views into %d timepoints x %d channels; grid (z y x) %s voxels of %s world units "
+              "(%s %s) from %s; chunks %s; blending %s, interpolation %s", len(views), len(timepoints),
+              len(channels), shape, spacing.tolist(), tuple(round(v, 6) for v in voxel_size), unit,
+              np.round(origin, 3).tolist(), chunks or "auto", options.blending, options.interpolation)
     return FusionPlan(project, volumes, timepoints, channels, origin, spacing, shape, voxel_size, unit, ndim,
                       options, chunks)
 

@@ -12,6 +12,7 @@ or all at once with :func:`register`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from itertools import product
@@ -28,6 +29,8 @@ from .options import RegistrationOptions
 from .pairwise import Link, RegistrationGroups, make_groups, pairwise
 
 __all__ = ["RegistrationResult", "register", "solve", "links_from_project", "STITCHING_TRANSFORM"]
+
+log = logging.getLogger(__name__)
 
 #: Name of the ViewTransform added by registration (BigStitcher's name).
 STITCHING_TRANSFORM = "Stitching Transform"
@@ -199,7 +202,11 @@ def solve(
     for link in links:
         if not link.valid and link.status == "accepted":
             link.status = "no valid shift"
+        log.debug("link %s - %s: %s; correlation %.3f, shift %s, residual %.3f", link.a, link.b, link.status,
+                  link.correlation, np.round(link.shift, 3).tolist(), link.residual)
     translations = {k: np.asarray(solution.translations[k], dtype=np.float64) for k in keys}
+    for key, t in translations.items():
+        log.debug("group %s: correction (z y x) %s world units", key, np.round(t, 3).tolist())
     transforms = {}
     if model != "translation":
         matches = [_point_matches(link) for link in links if link.accepted]

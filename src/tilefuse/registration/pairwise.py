@@ -13,12 +13,13 @@ at a time.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Hashable, Sequence
-import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from .._progress import progress_bar
 from ..downsample import block_mean
 from ..errors import RegistrationError, where
 from ..geometry import Box
@@ -29,6 +30,8 @@ from .pairs import OverlapPair, overlapping_pairs
 from .phase_correlation import pairwise_shift
 
 __all__ = ["Link", "RegistrationGroups", "make_groups", "pairwise", "choose_level", "pair_hash"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -86,8 +89,7 @@ def make_groups(
     views = list(project.views if views is None else views)
     missing = project.missing_views
     if missing:
-        warnings.warn(f"{where(project.path, '<MissingViews>')}: {len(missing)} missing views are skipped",
-                      stacklevel=2)
+        log.warning("%s: %d missing views are skipped", where(project.path, "<MissingViews>"), len(missing))
         views = [v for v in views if v not in missing]
     groups = project.group_views(views, by=group_by)
     asked = {kind: value for kind, value in (("channel", channel), ("illumination", illumination))
@@ -107,6 +109,7 @@ def make_groups(
         members[key] = vs
         used[key] = chosen
         tps[key] = vs[0].timepoint
+        log.debug("group %s: %d views, registered on %s", key, len(vs), ", ".join(map(str, chosen)))
     return RegistrationGroups(members, used, tps)
 
 
@@ -260,7 +263,8 @@ def pairwise(
     pairs = overlapping_pairs(boxes, min_fraction=min_overlap, neighbours_only=neighbours_only,
                               same=groups.timepoint)
     ndim = project.ndim
-    if downsampling == "auto":
+    auto = isinstance(downsampling, str) and downsampling == "auto"
+    if auto:
         downsampling = _auto_downsampling(project, first, pairs, ndim)
     downsampling = tuple(int(f) for f in downsampling)
     if len(downsampling) == 2:
@@ -268,6 +272,9 @@ def pairwise(
     if len(downsampling) != 3 or min(downsampling) < 1:
         raise RegistrationError(f"downsampling must be 3 positive integers (z, y, x), got {downsampling}")
     options = dict(n_peaks=n_peaks, subpixel=subpixel)
+    log.debug("%d overlapping pairs of %d groups (min overlap %g%s), downsampling (z y x) %s%s, %d peaks%s",
+              len(pairs), len(boxes), min_overlap, ", face neighbours only" if neighbours_only else "",
+              downsampling, " (auto)" if auto else "", n_peaks, f", refined ({refine})" if refine else "")
 
     if refine is not None:
         from .sitk_refine import SITK_TRANSFORMS
@@ -279,16 +286,19 @@ def pairwise(
         task, meta = _pair_task(project, loader, groups, first, pair, downsampling, options)
         tasks.append(task + (None if refine is None else (refine, meta[0]),))
         metas.append(meta)
-    results = compute(*[dask.delayed(_register_pair, pure=True)(*t) for t in tasks],
-                      client=client, progress=progress, description="pairwise registration")
+    with progress_bar("registering pairs", len(tasks), unit="pair", enabled=progress) as bar:
+        results = compute(*[dask.delayed(_register_pair, pure=True)(*t) for t in tasks], client=client,
+                          progress=bar)
     links = []
-    for pair, meta, (res, refinement) in zip(pairs, metas, results):
+    for pair, task, meta, (res, refinement) in zip(pairs, tasks, metas, results):
         spacing, w0_a, w0_b = meta[:3]
         va, vb = tuple(groups.used[pair.a]), tuple(groups.used[pair.b])
         h = pair_hash(project.model(first[pair.a]), project.model(first[pair.b]))
         if res is None or not res.valid:
             links.append(Link(pair.a, pair.b, np.zeros(3), float("nan") if res is None else float(res.correlation),
                               pair.overlap, va, vb, h, valid=False, status="no valid shift"))
+            log.debug("pair %s - %s: no valid shift (correlation %.3f; level %d, crop %s)", pair.a, pair.b,
+                      links[-1].correlation, task[3], meta[3])
             continue
         info = {"shift_voxels": np.asarray(res.shift), "spacing": spacing, "origin_a": w0_a, "origin_b": w0_b,
                 "crop_shape": meta[3]}
@@ -299,6 +309,9 @@ def pairwise(
         # A_crop[x] ≈ B_crop[x - d]  =>  t_b - t_a = w0_a - w0_b + spacing * d
         shift = (w0_a - w0_b) + spacing * d
         links.append(Link(pair.a, pair.b, shift, float(res.correlation), pair.overlap, va, vb, h, info=info))
+        log.debug("pair %s - %s: shift (z y x) %s world units, correlation %.3f (level %d, crop %s)%s", pair.a,
+                  pair.b, np.round(shift, 3).tolist(), res.correlation, task[3], meta[3],
+                  "" if refinement is None else f", SimpleITK correlation {refinement.correlation:.3f}")
     return links
 
 

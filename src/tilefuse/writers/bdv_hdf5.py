@@ -20,6 +20,7 @@ same).  Integer types are rounded to nearest and clipped to the type's range.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import threading
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, UnsupportedFormatError
 from ..loaders._hdf5 import BDV_DATA_TYPES
@@ -39,6 +41,8 @@ from ._atomic import raise_if_write_error
 __all__ = ["write_bdv_hdf5", "propose_factors"]
 
 Factors = tuple[int, int, int]
+
+log = logging.getLogger(__name__)
 
 
 def write_bdv_hdf5(
@@ -73,7 +77,7 @@ def write_bdv_hdf5(
         ``"gzip"`` (deflate level 4, plus byte shuffle for floats) or None.
         These are the filters BDV's Java reader supports.
     progress
-        Show a tqdm bar counting written chunks.
+        Show one progress bar over the chunks of all views and levels.
 
     Returns
     -------
@@ -102,10 +106,13 @@ def write_bdv_hdf5(
     drop_cached_handles(str(tmp))
     if tmp.exists():
         tmp.unlink()
-    bar = None
     write_lock = threading.Lock()
+    total = sum(_n_chunks(shape, _level_chunks(shape, chunks))
+                for arr in views.values() for shape in _level_shapes(arr.shape, levels))
+    log.debug("%s: %d views, %d levels (factors z y x %s), chunks %s, %s compression, %d chunks",
+              writing(path), len(views), len(levels), levels, chunks, compression, total)
     try:
-        with h5py.File(tmp, "w") as f:
+        with h5py.File(tmp, "w") as f, progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
             for setup, dtype in sorted(setup_dtypes.items()):
                 group = f.require_group(f"s{setup:02d}")
                 # Fixed-length ASCII, as pybdv and JHDF5 write it.
@@ -137,12 +144,6 @@ def write_bdv_hdf5(
                         **kwargs,
                     )
 
-            if progress:
-                from tqdm.auto import tqdm
-
-                total = sum(_n_chunks(ds.shape, ds.chunks) for ds in datasets.values())
-                bar = tqdm(total=total, desc=f"writing {path.name}", unit="chunk")
-
             # One store per level: level l reads the level l-1 just written.
             for level, fl in enumerate(levels):
                 sources, targets = [], []
@@ -167,9 +168,6 @@ def write_bdv_hdf5(
         raise_if_write_error(exc, path, f"removed the incomplete {tmp.name}; an existing {path.name} is "
                              "untouched", watch=[tmp])
         raise
-    finally:
-        if bar is not None:
-            bar.close()
     # Loaders may hold a handle on an older file of that name.
     drop_cached_handles(str(path))
     os.replace(tmp, path)
@@ -333,7 +331,7 @@ class _ChunkTarget:
     own shuffle + deflate filters produce, so any reader decodes it.
     """
 
-    def __init__(self, ds, compression, lock, bar=None) -> None:
+    def __init__(self, ds, compression, lock, bar: Progress) -> None:
         self.ds, self.lock, self.bar = ds, lock, bar
         self.shape, self.dtype, self.chunks = ds.shape, ds.dtype, ds.chunks
         self.compress = compression == "gzip"
@@ -357,5 +355,4 @@ class _ChunkTarget:
             data = deflate(data, _GZIP_LEVEL)
         with self.lock:
             self.ds.id.write_direct_chunk(offset, data)
-        if self.bar is not None:
-            self.bar.update(1)
+        self.bar.update(1)

@@ -17,14 +17,17 @@ The pyramid helpers (:func:`level_shapes`, :func:`write_level0`,
 
 from __future__ import annotations
 
+import logging
+import math
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError
 from ..loaders._n5format import N5_DTYPES, N5_VERSION, create_dataset, normalize_compression, write_attributes
@@ -33,6 +36,8 @@ from ..project.views import ViewId
 from ._atomic import atomic_output
 
 __all__ = ["write_bdv_n5", "level_shapes", "write_level0", "write_downsampled"]
+
+log = logging.getLogger(__name__)
 
 Region = tuple[slice, slice, slice]
 
@@ -68,20 +73,17 @@ def level_shapes(shape: Sequence[int], factors: Sequence[Sequence[int]]) -> list
     return shapes
 
 
-def _progress(iterable: Iterable, total: int, desc: str, enabled: bool) -> Iterable:
-    if not enabled:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, total=total, desc=desc, unit="block")
+def n_blocks(shape: Sequence[int], chunks: Sequence[int]) -> int:
+    """Blocks of ``chunks`` covering ``shape``: what a bar counts for one pyramid level."""
+    return math.prod(-(-int(n) // int(c)) for n, c in zip(shape, chunks))
 
 
-def _run_blocks(func: Callable[[Region], None], regions: list[Region], desc: str, progress: bool) -> None:
+def _run_blocks(func: Callable[[Region], None], regions: list[Region], bar: Progress) -> None:
     # Block codecs (zlib, zstd, blosc) release the GIL, so threads overlap I/O and compression.
     workers = max(1, min(len(regions), os.cpu_count() or 1))
     with ThreadPoolExecutor(workers) as pool:
-        for _ in _progress(pool.map(func, regions), len(regions), desc, progress):
-            pass
+        for _ in pool.map(func, regions):
+            bar.update(1)
 
 
 def write_level0(
@@ -90,16 +92,16 @@ def write_level0(
     chunks: Sequence[int],
     dtype: np.dtype,
     *,
-    desc: str = "level 0",
-    progress: bool = False,
+    bar: Progress = Progress(),
     client: Any = None,
 ) -> None:
     """Stream ``image`` (numpy, dask or any sliceable array) block by block into ``write``.
 
     ``write(region, block)`` receives chunk-aligned regions of the block grid
-    ``chunks``.  Dask arrays are rechunked to that grid and stored with
-    :func:`tilefuse._compute.store`, so their graph runs once per block - on
-    ``client``'s workers when given (``write`` is then pickled to them).
+    ``chunks``; ``bar`` advances by one per block written.  Dask arrays are
+    rechunked to that grid and stored with :func:`tilefuse._compute.store`,
+    so their graph runs once per block - on ``client``'s workers when given
+    (``write`` is then pickled to them).
     """
     shape = tuple(int(n) for n in image.shape)
     chunks = tuple(int(c) for c in chunks)
@@ -110,26 +112,32 @@ def write_level0(
     if da is not None and isinstance(image, da.Array):
         from .._compute import store
 
-        target = _RegionTarget(write, dtype)
         arr = image.rechunk(tuple(min(c, max(n, 1)) for c, n in zip(chunks, shape)))
-        store([arr], [target], client=client, progress=progress, description=desc)
+        # On a cluster the writes happen in the workers, which cannot draw this process's bar:
+        # the level counts once it is stored.
+        target = _RegionTarget(write, dtype, bar if client is None else Progress())
+        store([arr], [target], client=client)
+        if client is not None:
+            bar.update(n_blocks(shape, chunks))
         return
 
     def one(region: Region) -> None:
         write(region, np.asarray(image[region]).astype(dtype, copy=False))
 
-    _run_blocks(one, [r for _, r in block_slices(shape, chunks)], desc, progress)
+    _run_blocks(one, [r for _, r in block_slices(shape, chunks)], bar)
 
 
 class _RegionTarget:
     """A ``__setitem__`` target for :func:`dask.array.store` that forwards to ``write``."""
 
-    def __init__(self, write: Callable[[Region, np.ndarray], None], dtype: np.dtype) -> None:
+    def __init__(self, write: Callable[[Region, np.ndarray], None], dtype: np.dtype, bar: Progress) -> None:
         self.write = write
         self.dtype = dtype
+        self.bar = bar
 
     def __setitem__(self, key: Region, value: np.ndarray) -> None:
         self.write(tuple(key), np.asarray(value).astype(self.dtype, copy=False))
+        self.bar.update(1)
 
 
 def write_downsampled(
@@ -141,10 +149,12 @@ def write_downsampled(
     chunks: Sequence[int],
     dtype: np.dtype,
     *,
-    desc: str = "downsampling",
-    progress: bool = False,
+    bar: Progress = Progress(),
 ) -> None:
-    """Write one pyramid level as the block mean of the previous one, output block by block."""
+    """Write one pyramid level as the block mean of the previous one, output block by block.
+
+    ``bar`` advances by one per block written.
+    """
 
     def one(region: Region) -> None:
         # Output voxel i averages source voxels [i*r, (i+1)*r); an axis shorter
@@ -152,7 +162,7 @@ def write_downsampled(
         src = tuple(slice(s.start * r, min(s.stop * r, n)) for s, r, n in zip(region, rel, src_shape))
         write(region, block_mean(read(src), rel, dtype=dtype, edge="trim"))
 
-    _run_blocks(one, [r for _, r in block_slices(tuple(dst_shape), tuple(chunks))], desc, progress)
+    _run_blocks(one, [r for _, r in block_slices(tuple(dst_shape), tuple(chunks))], bar)
 
 
 def as_view_images(images: Mapping[Any, Any], supported: Mapping[str, Any] | None = None) -> dict[ViewId, Any]:
@@ -216,7 +226,7 @@ def write_bdv_n5(
         ``(z, y, x)`` voxel size, or ``{setup: (z, y, x)}``; stored as the
         timepoint's ``resolution`` attribute (x y z) for viewers such as Paintera.
     progress
-        Show a tqdm progress bar per level.
+        Show one progress bar over the blocks of all views and levels.
     overwrite
         Replace an existing output; otherwise an existing ``path`` raises
         :class:`~tilefuse.writers._atomic.OutputExistsError`.  The container is
@@ -251,7 +261,11 @@ def write_bdv_n5(
             )
         setups.setdefault(view.setup, (dtype, tuple(image.shape)))
 
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    total = sum(n_blocks(shape, chunks) for image in views.values() for shape in level_shapes(image.shape, factors))
+    log.debug("%s: %d views, %d levels (factors z y x %s), blocks %s, %s compression, %d blocks", writing(path),
+              len(views), len(factors), factors, chunks, comp.get("type"), total)
+    with atomic_output(path, overwrite=overwrite) as tmp, \
+            progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
         write_attributes(tmp, {"n5": N5_VERSION})
         for setup, (dtype, shape0) in sorted(setups.items()):
             write_attributes(tmp / f"setup{setup}", {
@@ -262,7 +276,7 @@ def write_bdv_n5(
                 "compression": comp,
             })
         for view, image in sorted(views.items()):
-            _write_view(tmp, view, image, factors, chunks, comp, voxel_size_of(voxel_size, view.setup), progress,
+            _write_view(tmp, view, image, factors, chunks, comp, voxel_size_of(voxel_size, view.setup), bar,
                         client)
     # Loaders may have cached metadata of an older container at this path.
     drop_cached_handles(str(path))
@@ -271,11 +285,13 @@ def write_bdv_n5(
 
 def _write_view(root: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],
                 chunks: tuple[int, int, int], comp: dict, voxel_size: tuple[float, float, float],
-                progress: bool, client: Any = None) -> None:
+                bar: Progress, client: Any = None) -> None:
     dtype = np.dtype(image.dtype)
     group = root / f"setup{view.setup}" / f"timepoint{view.timepoint}"
     write_attributes(group, {"multiScale": True, "resolution": list(voxel_size[::-1])})
     shapes = level_shapes(image.shape, factors)
+    log.debug("%s -> setup%d/timepoint%d: %s, level shapes (z y x) %s", view, view.setup, view.timepoint, dtype,
+              shapes)
     previous = None
     for level, (shape, f) in enumerate(zip(shapes, factors)):
         ds = create_dataset(group / f"s{level}", shape, chunks, dtype, comp,
@@ -284,11 +300,9 @@ def _write_view(root: Path, view: ViewId, image: Any, factors: list[tuple[int, i
         def write(region: Region, block: np.ndarray, ds=ds) -> None:
             ds.write_block(tuple(s.start // c for s, c in zip(region, ds.chunks)), block)
 
-        desc = f"setup {view.setup} tp {view.timepoint} s{level}"
         if level == 0:
-            write_level0(image, write, chunks, dtype, desc=desc, progress=progress, client=client)
+            write_level0(image, write, chunks, dtype, bar=bar, client=client)
         else:
             rel = [b // a for a, b in zip(factors[level - 1], f)]
-            write_downsampled(previous.read, write, previous.shape, shape, rel, chunks, dtype,
-                              desc=desc, progress=progress)
+            write_downsampled(previous.read, write, previous.shape, shape, rel, chunks, dtype, bar=bar)
         previous = ds

@@ -18,6 +18,7 @@ as ``<name>.partial`` and renamed at the end.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -25,12 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from .._progress import Progress, progress_bar, writing
 from ..project.views import ViewId
 from ..loaders.base import drop_cached_handles
 from ._atomic import atomic_output
-from .bdv_n5 import as_view_images, check_factors, level_shapes, voxel_size_of, write_downsampled, write_level0
+from .bdv_n5 import (as_view_images, check_factors, level_shapes, n_blocks, voxel_size_of, write_downsampled,
+                     write_level0)
 
 __all__ = ["write_bdv_omezarr", "ngff_multiscales"]
+
+log = logging.getLogger(__name__)
 
 _ZARR_DTYPES = {
     name: None
@@ -105,7 +110,7 @@ def write_bdv_omezarr(
     chunks
         Block shape ``(z, y, x)``; arrays are chunked ``(1, 1, *chunks)``.
     progress
-        Show a progress bar per level.
+        Show one progress bar over the chunks of all views and levels.
     voxel_size
         ``(z, y, x)`` or ``{setup: (z, y, x)}``; default 1 as BigStitcher writes.
     compressor
@@ -132,12 +137,16 @@ def write_bdv_omezarr(
         compressor = Blosc(cname="zstd", clevel=5, shuffle=Blosc.SHUFFLE)
 
     zgroups = {}
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    total = sum(n_blocks(shape, chunks) for image in views.values() for shape in level_shapes(image.shape, factors))
+    log.debug("%s: %d views, %d levels (factors z y x %s), chunks %s, %s, %d chunks", writing(path), len(views),
+              len(factors), factors, chunks, compressor, total)
+    with atomic_output(path, overwrite=overwrite) as tmp, \
+            progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
         zarr.open_group(str(tmp), mode="w", zarr_format=2)
         for view, image in sorted(views.items()):
             name = f"s{view.setup}-t{view.timepoint}.zarr"
             vs = voxel_size_of(voxel_size, view.setup)
-            _write_view(tmp / name, view, image, factors, chunks, compressor, vs, progress, client)
+            _write_view(tmp / name, view, image, factors, chunks, compressor, vs, bar, client)
             zgroups[view] = ZGroup(name, (0, 0))
     drop_cached_handles(str(path))
     return OmeZarrLoader.for_container(path, zgroups)
@@ -145,14 +154,16 @@ def write_bdv_omezarr(
 
 def _write_view(group_path: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],
                 chunks: tuple[int, int, int], compressor: Any, voxel_size: tuple[float, float, float],
-                progress: bool, client: Any = None) -> None:
+                bar: Progress, client: Any = None) -> None:
     import zarr
 
     dtype = np.dtype(image.dtype)
     group = zarr.open_group(str(group_path), mode="w", zarr_format=2)
     group.attrs["multiscales"] = ngff_multiscales(factors, voxel_size)
+    shapes = level_shapes(image.shape, factors)
+    log.debug("%s -> %s: %s, level shapes (z y x) %s", view, group_path.name, dtype, shapes)
     previous = None
-    for level, shape in enumerate(level_shapes(image.shape, factors)):
+    for level, shape in enumerate(shapes):
         arr = group.create_array(
             str(level),
             shape=(1, 1, *shape),
@@ -166,15 +177,13 @@ def _write_view(group_path: Path, view: ViewId, image: Any, factors: list[tuple[
         def write(region, block, arr=arr) -> None:
             arr[(0, 0, *region)] = block
 
-        desc = f"setup {view.setup} tp {view.timepoint} level {level}"
         if level == 0:
-            write_level0(image, write, chunks, dtype, desc=desc, progress=progress, client=client)
+            write_level0(image, write, chunks, dtype, bar=bar, client=client)
         else:
             rel = [b // a for a, b in zip(factors[level - 1], factors[level])]
 
             def read(region, src=previous):
                 return src[(0, 0, *region)]
 
-            write_downsampled(read, write, previous.shape[2:], shape, rel, chunks, dtype,
-                              desc=desc, progress=progress)
+            write_downsampled(read, write, previous.shape[2:], shape, rel, chunks, dtype, bar=bar)
         previous = arr

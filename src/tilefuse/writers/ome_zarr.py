@@ -64,6 +64,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, TilefuseError
 from ._atomic import OutputExistsError, atomic_output, remove_path
@@ -291,7 +292,7 @@ def _worker_threads(client=None) -> int:
     return os.cpu_count() or 1
 
 
-def _write_level(src, target, done_dir: Path, level_dir: Path, bar, client=None) -> None:
+def _write_level(src, target, done_dir: Path, level_dir: Path, bar: Progress, client=None) -> None:
     import dask
 
     from .._compute import compute
@@ -313,8 +314,7 @@ def _write_level(src, target, done_dir: Path, level_dir: Path, bar, client=None)
         for b in batch:
             region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, b))
             tasks.append(store(pieces[b], target, region, str(done_dir / _marker(b)), str(_chunk_file(level_dir, b))))
-        compute(*tasks, client=client)
-        bar.update(len(batch))
+        compute(*tasks, client=client, progress=bar)  # the bar advances as each chunk is stored
 
 
 # ----------------------------------------------------------------------------
@@ -629,7 +629,7 @@ def write_ome_zarr(
         Labels for the ``omero`` channel metadata (written whenever the image
         has a ``c`` axis or names are given).
     progress : bool
-        Show a tqdm progress bar counting written chunks.
+        Show a progress bar counting written chunks (of all levels).
     resume : bool or {"auto", "require", "never"}
         What to do with a ``<path>.partial`` left by an interrupted run.
         ``True``/``"auto"``: continue it if it was made from the same work
@@ -676,7 +676,6 @@ def write_ome_zarr(
     to trust.
     """
     import dask.array as da
-    from tqdm.auto import tqdm
 
     path = Path(path)
     mode = _resume_mode(resume)
@@ -739,7 +738,9 @@ def write_ome_zarr(
             kept, dropped = _check_markers(tmp, len(plan))
             log.info("resuming %s: %d of %d chunks already written%s", tmp, kept, total,
                      f" ({dropped} more found damaged, written again)" if dropped else "")
-        with tqdm(total=total, disable=not progress, desc=path.name, unit="chunk") as bar:
+        log.debug("%s: axes %s, %s, chunks %s, %d levels %s, %s, %d chunks", writing(path), axes, dtype,
+                  chunk_shape, len(plan), [lv.shape for lv in plan], codec, total)
+        with progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
             target = None
             for level, lv in enumerate(plan):
                 src = arr if level == 0 else _downsample(target, lv.step, chunk_shape)

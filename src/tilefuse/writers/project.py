@@ -337,15 +337,18 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
         write_bdv_n5(tmp, views, compression=compression, voxel_size=voxel_size, client=client, **kwargs)
         return N5Loader.for_container(container)
     if format == "tiff":
+        from .._progress import progress_bar, writing
         from ..loaders._tiff import FileMap2Loader
         from .tiff import write_tiff
 
         files = {}
         tmp.mkdir()
-        for view, image in views.items():
-            name = f"t{view.timepoint}_s{view.setup}.tif"
-            write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um", client=client)
-            files[view] = container / name
+        with progress_bar(writing(container), len(views), unit="view", enabled=progress) as bar:
+            for view, image in views.items():
+                name = f"t{view.timepoint}_s{view.setup}.tif"
+                write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um", client=client)
+                files[view] = container / name
+                bar.update(1)
         return FileMap2Loader.for_files(files)
     from ..loaders._zarr import OmeZarrLoader
     from .bdv_zarr import write_bdv_omezarr

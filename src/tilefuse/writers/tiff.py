@@ -17,16 +17,20 @@ The file is written as ``<name>.partial`` and renamed when complete.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from .._progress import Progress, progress_bar, writing
 from ..errors import ImageDataError
 from ._atomic import atomic_output
 
 __all__ = ["write_tiff", "BIGTIFF_THRESHOLD"]
+
+log = logging.getLogger(__name__)
 
 #: Above this many bytes of pixels classic TIFF offsets (32 bit) may overflow.
 BIGTIFF_THRESHOLD = int(3.9e9)
@@ -38,10 +42,9 @@ _TO_MICROMETER = {
 _OME_UNIT = {1.0: "µm", 1e-3: "nm", 1e3: "mm"}
 
 
-def _slabs(image, progress: bool, desc: str, client=None) -> Iterator[np.ndarray]:
-    """Yield (z, c, y, x) slabs, computing one dask block row along z at a time."""
+def _slabs(image, bar: Progress, client=None) -> Iterator[np.ndarray]:
+    """Yield (z, c, y, x) slabs, computing one dask block row along z at a time; ``bar`` counts planes."""
     import dask.array as da
-    from tqdm.auto import tqdm
 
     from .._compute import compute
 
@@ -53,16 +56,15 @@ def _slabs(image, progress: bool, desc: str, client=None) -> Iterator[np.ndarray
     else:
         step = max(1, min(nz, 16))
         bounds = np.append(np.arange(0, nz, step), nz)
-    with tqdm(total=nz, disable=not progress, desc=desc, unit="plane") as bar:
-        for z0, z1 in zip(bounds[:-1], bounds[1:]):
-            slab = image[int(z0) : int(z1)]
-            slab = compute(slab, client=client)[0] if lazy else np.asarray(slab)
-            yield slab
-            bar.update(int(z1 - z0))
+    for z0, z1 in zip(bounds[:-1], bounds[1:]):
+        slab = image[int(z0) : int(z1)]
+        slab = compute(slab, client=client)[0] if lazy else np.asarray(slab)
+        yield slab
+        bar.update(int(z1 - z0))
 
 
-def _pages(image, progress: bool, desc: str, client=None) -> Iterator[np.ndarray]:
-    for slab in _slabs(image, progress, desc, client):
+def _pages(image, bar: Progress, client=None) -> Iterator[np.ndarray]:
+    for slab in _slabs(image, bar, client):
         for plane in slab:  # (c, y, x)
             yield from plane
 
@@ -98,7 +100,7 @@ def write_tiff(
         :data:`BIGTIFF_THRESHOLD` bytes.  BigTIFF files are written as OME-TIFF
         since ImageJ hyperstacks cannot be BigTIFF.
     progress : bool
-        Show a tqdm progress bar over z planes.
+        Show a progress bar over the z planes.
     overwrite : bool
         Replace an existing file at ``path``.
     compression : str, optional
@@ -182,11 +184,14 @@ def write_tiff(
             else:
                 kwargs["resolution"] = (1.0 / spacing[2], 1.0 / spacing[1])
     kwargs["metadata"] = metadata
+    log.debug("%s: %s %s (z c y x) %s, %s, compression %s", writing(path), "BigTIFF" if bigtiff else "TIFF",
+              (nz, nc, ny, nx), dtype, "ImageJ hyperstack" if imagej else "OME-TIFF", compression)
 
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    with atomic_output(path, overwrite=overwrite) as tmp, \
+            progress_bar(writing(path), nz, unit="plane", enabled=progress) as bar:
         with tifffile.TiffWriter(tmp, bigtiff=bigtiff, imagej=imagej, ome=not imagej) as tif:
             tif.write(
-                _pages(image, progress, path.name, client),
+                _pages(image, bar, client),
                 shape=(nz, nc, ny, nx),
                 dtype=dtype,
                 **kwargs,
