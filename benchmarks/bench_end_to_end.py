@@ -68,7 +68,7 @@ def task_run(task: dict) -> dict:
     with cluster_client(workers=task.get("workers") or None) as client:
         t_cluster = time.perf_counter() - t0
         t1 = time.perf_counter()
-        report = run(task["xml"], task["out"], client=client, overwrite=True, resume=False)
+        report = run(task["xml"], task["out"], client=client, writing=OutputOptions(overwrite=True, resume="never"))
         wall = time.perf_counter() - t1
     times = dict(report.timer.times)
     out = {"stages": times, "run_s": wall, "cluster_start_s": t_cluster,

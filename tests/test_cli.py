@@ -33,7 +33,7 @@ def test_register_fuse_and_run(sample, capsys, tmp_path):
     xml = sample / "dataset.xml"
     before = xml.read_bytes()
     out = tmp_path / "registered.xml"
-    assert main(["register", str(xml), "-o", str(out), "--plot", str(tmp_path / "links.png"), "-q"]) == 0
+    assert main(["register", str(xml), "-o", str(out), "--plot", str(tmp_path / "links.png")]) == 0
     text = capsys.readouterr().out
     assert "links" in text and "kept" in text
     assert xml.read_bytes() == before, "the input XML is untouched"
@@ -47,13 +47,13 @@ def test_register_fuse_and_run(sample, capsys, tmp_path):
     scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale[-1] == pytest.approx(2.0)
 
-    assert main(["run", str(xml), str(tmp_path / "run.ome.zarr"), "-q"]) == 0
+    assert main(["run", str(xml), str(tmp_path / "run.ome.zarr")]) == 0
     assert (tmp_path / "run.registered.xml").exists()
     assert "time per stage" in capsys.readouterr().out
 
     # the options that change the weights: content-based fusion and matched intensities
     assert main(["run", str(xml), str(tmp_path / "cb.ome.zarr"), "--content-based", "--match-intensity",
-                 "--downsample", "2", "-q"]) == 0
+                 "--downsample", "2"]) == 0
     text = capsys.readouterr().out
     assert "intensities" in text and "mismatch" in text
     assert "IntensityAdjustments" in (tmp_path / "cb.registered.xml").read_text()

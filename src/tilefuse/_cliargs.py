@@ -16,7 +16,7 @@ import argparse
 import dataclasses
 from typing import Any
 
-from ._options import Options
+from ._options import Options, parse_number, parse_whole
 from .errors import OptionError
 
 __all__ = ["add_options", "options_from", "flag_names", "option_fields"]
@@ -49,7 +49,7 @@ def _converter(f: dataclasses.Field):
         kind = type(f.default)
         if kind not in (str, int, float):
             raise TypeError(f"option {f.name!r} needs a parse function for the command line")
-        parse = kind
+        parse = {str: str, int: parse_whole, float: parse_number}[kind]
     check = f.metadata.get("check") or (lambda value: value)
 
     def convert(text: str):

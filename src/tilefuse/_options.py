@@ -32,7 +32,7 @@ from .errors import OptionError
 
 __all__ = [
     "Options", "option", "number", "choice", "per_axis", "optional", "numeric_dtype", "text",
-    "parse_numbers", "OPTION_DTYPES",
+    "parse_numbers", "parse_number", "parse_whole", "OPTION_DTYPES",
 ]
 
 #: Pixel types an output may have: the ten BDV / N5 / OME-Zarr numeric types.
@@ -230,6 +230,22 @@ def parse_numbers(text_value: str, kind: type = float) -> tuple:
     except ValueError:
         what = "whole numbers" if kind is int else "numbers"
         raise OptionError("", f"needs {what} separated by commas, got {text_value!r}") from None
+
+
+def parse_number(text_value: str) -> float:
+    """One number typed on the command line (``"0.5"``, ``"1e-3"``)."""
+    try:
+        return float(text_value)
+    except ValueError:
+        raise OptionError("", f"must be a number, got {text_value!r}") from None
+
+
+def parse_whole(text_value: str) -> int:
+    """One whole number typed on the command line."""
+    try:
+        return _whole(text_value)
+    except ValueError:
+        raise OptionError("", f"must be a whole number, got {text_value!r}") from None
 
 
 def _whole(text_value: str) -> int:

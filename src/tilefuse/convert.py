@@ -17,9 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ._options import Options, choice, number, option, optional, parse_numbers, per_axis, text
 from .errors import MissingDataError, ProjectFormatError, TilefuseError
+from .writers.project import FORMATS
 
-__all__ = ["TileEntry", "read_positions_csv", "read_tile_configuration", "read_positions", "convert_tiffs",
+__all__ = ["ConvertOptions", "TileEntry", "read_positions_csv", "read_tile_configuration", "read_positions", "convert_tiffs",
            "lazy_tiff"]
 
 
@@ -157,24 +159,50 @@ def lazy_tiff(path: str | Path):
     return da.from_zarr(arr)
 
 
+def _voxel_size(value) -> tuple[float, float, float]:
+    sizes = per_axis(number(0, lo_open=True), counts=(2, 3), names="[z,]y,x")(value)
+    return sizes if len(sizes) == 3 else (1.0,) + sizes
+
+
+@dataclass(frozen=True)
+class ConvertOptions(Options):
+    """How to turn TIFFs and positions into a project (checked when made; ``tilefuse convert``'s flags)."""
+
+    voxel_size: tuple[float, float, float] = option(
+        (1.0, 1.0, 1.0), check=_voxel_size, parse=parse_numbers, metavar="[Z,]Y,X", example="2,0.65,0.65",
+        help="voxel size in --unit, z,y,x (or y,x for 2D tiles; default 1)")
+    unit: str = option("µm", check=text, metavar="UNIT", example="nm", help="unit of the voxel size (default µm)")
+    position_unit: str | None = option(
+        None, check=optional(choice(("physical", "voxel"))), parse=str, metavar="{physical,voxel}",
+        example="voxel", help="unit of the positions (default: voxel for TileConfiguration, physical for CSV)")
+    format: str = option("hdf5", choices=tuple(FORMATS), example="n5", help="pixel container (default hdf5)")
+    chunks: tuple[int, int, int] | None = option(
+        None, check=optional(per_axis(number(1, integer=True), counts=(3,))),
+        parse=lambda t: parse_numbers(t, int), metavar="Z,Y,X", example="1,64,64", help="block shape of the container")
+
+
 def convert_tiffs(
     folder: str | Path,
     positions: str | Path,
     output: str | Path,
+    options: ConvertOptions | None = None,
     *,
-    voxel_size=(1.0, 1.0, 1.0),
-    unit: str = "µm",
-    position_unit: str | None = None,
-    format: str = "hdf5",
+    factors="auto",
     progress: bool = False,
     overwrite: bool = False,
-    **kwargs,
+    **changes,
 ):
     """Make a project from a folder of TIFFs and a positions file.
 
-    ``position_unit`` defaults to ``"voxel"`` for TileConfiguration files
-    (Fiji writes pixels) and ``"physical"`` for CSV files.
+    ``options`` (a :class:`ConvertOptions`; ``**changes`` changes its fields)
+    gives the voxel size and unit, the unit of the positions, the container
+    and its block shape; ``factors`` the pyramid (see :func:`tilefuse.write_project`).  ``position_unit`` defaults to ``"voxel"`` for
+    TileConfiguration files (Fiji writes pixels) and ``"physical"`` for CSV
+    files.
     """
+    o = ConvertOptions.build(options, **changes)
+    voxel_size, unit, position_unit, format = o.voxel_size, o.unit, o.position_unit, o.format
+    kwargs = {"factors": factors} if o.chunks is None else {"factors": factors, "chunks": o.chunks}
     from .writers.project import write_project
 
     folder = Path(folder)

@@ -11,15 +11,61 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
+from ._options import Options, choice, number, option, optional, parse_numbers, per_axis
+from .errors import OptionError
 from .project.project import Project
 from .project.views import ViewId
-from .sample_data import make_mosaic
+from .sample_data import TEXTURES, make_mosaic
+from .writers.project import FORMATS
 
-__all__ = ["make_sample_project", "sample_outputs", "score_registration", "tile_positions"]
+__all__ = ["SampleOptions", "make_sample_project", "sample_outputs", "score_registration", "tile_positions"]
+
+
+def _whole_numbers(text: str) -> tuple[int, ...]:
+    return parse_numbers(text, int)
+
+
+def _tile_list(value) -> tuple[int, ...]:
+    items = (value,) if isinstance(value, (int, np.integer)) else tuple(value)
+    return tuple(number(0, integer=True)(v) for v in items)
+
+
+@dataclass(frozen=True)
+class SampleOptions(Options):
+    """What sample to generate (checked when made; ``tilefuse sample`` and ``demo`` build their flags here)."""
+
+    ndim: int = option(2, check=choice((2, 3)), flags={"--3d": 3},
+                       help="a 3D anisotropic light-sheet sample (default: a 2D slide-scanner mosaic)")
+    grid: tuple[int, ...] | None = option(
+        None, check=optional(per_axis(number(1, integer=True), counts=(2, 3), names="[z,]y,x")),
+        parse=_whole_numbers, metavar="[Z,]Y,X", example="2,2",
+        help="tiles per axis (default 3,4 in 2D, 1,2,2 in 3D)")
+    tile_shape: tuple[int, ...] | None = option(
+        None, check=optional(per_axis(number(8, integer=True), counts=(2, 3), names="[z,]y,x")),
+        parse=_whole_numbers, flag="--tile", metavar="[Z,]Y,X", example="64,64",
+        help="voxels per tile (default 512,512 in 2D, 64,256,256 in 3D)")
+    overlap: float = option(0.1, check=number(0, 0.9, lo_open=True), metavar="FRACTION", example="0.2",
+                            help="overlap of neighbouring tiles, a fraction of the tile (default 0.1)")
+    max_offset: float = option(8.0, check=number(0), metavar="UNITS", example="4",
+                               help="largest stage error, world units (default 8)")
+    empty_tiles: tuple[int, ...] = option((), check=_tile_list, parse=_whole_numbers, metavar="I,J,...",
+                                          example="1", help="tile indices holding only background")
+    texture: str = option("procedural", choices=TEXTURES, example="photo", help="what the tiles show")
+    format: str = option("hdf5", choices=tuple(FORMATS), example="n5",
+                         help="pixel container of the project (default hdf5)")
+    seed: int = option(0, check=number(0, integer=True), metavar="N", example="3",
+                       help="random seed (the same seed gives the same sample)")
+
+    def _check_together(self) -> None:
+        for name in ("grid", "tile_shape"):
+            value = getattr(self, name)
+            if value is not None and len(value) != self.ndim:
+                raise OptionError(name, f"a {self.ndim}D sample needs {self.ndim} numbers, got {value}")
 
 
 def sample_outputs(outdir: str | Path, format: str = "hdf5") -> list[Path]:
@@ -32,20 +78,12 @@ def sample_outputs(outdir: str | Path, format: str = "hdf5") -> list[Path]:
 
 def make_sample_project(
     outdir: str | Path,
+    options: SampleOptions | None = None,
     *,
-    ndim: int = 2,
-    grid: Sequence[int] | None = None,
-    tile_shape: Sequence[int] | None = None,
-    overlap: float = 0.1,
-    max_offset: float = 8.0,
-    empty_tiles: Sequence[int] = (),
-    texture: str = "procedural",
-    format: str = "hdf5",
     factors="auto",
-    seed: int = 0,
     progress: bool = False,
     overwrite: bool = False,
-    **mosaic_options,
+    **changes,
 ) -> Project:
     """Generate a tiled sample and write it as ``outdir/dataset.xml`` (+ pixels, ``truth.json``).
 
@@ -53,19 +91,24 @@ def make_sample_project(
 
     Parameters
     ----------
-    ndim : {2, 3}
-        2D (slide scanner) or 3D (light-sheet, anisotropic z) sample.
-    grid, tile_shape : sequence of int, optional
-        Tiles per axis and voxels per tile (numpy order).  Defaults: 2D 3×4
-        tiles of 512×512; 3D 1×2×2 tiles of 64×256×256 (z spacing 3× xy).
-    overlap, max_offset, empty_tiles, texture, seed
-        See :func:`tilefuse.sample_data.make_mosaic`.
-    format : {"hdf5", "n5", "zarr", "tiff"}
-        Pixel container (see :func:`tilefuse.write_project`).
-    overwrite : bool
-        Replace an existing project and ``truth.json`` in ``outdir``; without
-        it they are refused before anything is generated.
+    outdir : path-like
+    options : SampleOptions, optional
+        What to generate (default ``SampleOptions()``).
+    factors : "auto" or sequence
+        Pyramid levels (see :func:`tilefuse.write_project`).
+    progress, overwrite : bool
+        Show a progress bar; replace an existing project and ``truth.json`` in
+        ``outdir`` (without it they are refused before anything is generated).
+    **changes
+        Fields of :class:`SampleOptions` to change (``ndim``, ``grid``,
+        ``tile_shape``, ``overlap``, ``max_offset``, ``empty_tiles``,
+        ``texture``, ``format``, ``seed``); other keywords are passed to
+        :func:`tilefuse.sample_data.make_mosaic` (e.g. ``noise=False``).
     """
+    names = {f.name for f in fields(SampleOptions)}
+    mosaic_options = {k: changes.pop(k) for k in list(changes) if k not in names}
+    o = SampleOptions.build(options, **changes)
+    ndim, grid, tile_shape, format = o.ndim, o.grid, o.tile_shape, o.format
     from .writers._atomic import check_outputs
 
     outdir = Path(outdir)
@@ -75,8 +118,8 @@ def make_sample_project(
         grid = (3, 4) if ndim == 2 else (1, 2, 2)
     if tile_shape is None:
         tile_shape = (512, 512) if ndim == 2 else (64, 256, 256)
-    mosaic = make_mosaic(grid, tile_shape, overlap, max_offset=max_offset, empty_tiles=empty_tiles,
-                         texture=texture, seed=seed, **mosaic_options)
+    mosaic = make_mosaic(grid, tile_shape, o.overlap, max_offset=o.max_offset, empty_tiles=o.empty_tiles,
+                         texture=o.texture, seed=o.seed, **mosaic_options)
     min_res = float(min(mosaic.voxel_size))
     images = [mosaic.tile_dask(i) for i in range(mosaic.n_tiles)]
     voxel_size = tuple(mosaic.voxel_size)

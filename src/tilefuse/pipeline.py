@@ -3,20 +3,27 @@
 from __future__ import annotations
 
 import contextlib
-import sys
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ._options import Options, number, option, optional, parse_whole, text
 from .demo import StageTimer
+from .errors import OptionError
 from .fusion.api import plan_fusion
-from .intensity import IntensityResult, match_intensities
+from .fusion.options import FusionOptions
+from .intensity import IntensityOptions, IntensityResult, match_intensities
 from .project.project import Project, open_project
 from .registration.api import RegistrationResult, register
+from .registration.options import RegistrationOptions
 from .writers._atomic import claim_outputs, input_paths
 from .writers.fused import output_format, write_fused
+from .writers.options import OutputOptions
 from .writers.project import container_path
 
-__all__ = ["RunReport", "run", "run_outputs", "cluster_client"]
+__all__ = ["ClusterOptions", "RunReport", "run", "run_outputs", "cluster_client"]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,6 +52,21 @@ class RunReport:
                   f"voxel size       {tuple(round(v, 4) for v in self.output_voxel_size)} (z, y, x)",
                   "time per stage", self.timer.report()]
         return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class ClusterOptions(Options):
+    """Where to compute: local threads (default), local worker processes, or a running cluster."""
+
+    workers: int | None = option(None, check=optional(number(1, integer=True)), parse=parse_whole, metavar="N",
+                                 example="2", help="start a local dask.distributed cluster with N worker processes")
+    scheduler: str | None = option(None, check=optional(text), parse=str, metavar="ADDRESS",
+                                   example="tcp://127.0.0.1:8786",
+                                   help="address of a running dask.distributed scheduler")
+
+    def _check_together(self) -> None:
+        if self.workers is not None and self.scheduler is not None:
+            raise OptionError("workers", "give workers or a scheduler, not both")
 
 
 @contextlib.contextmanager
@@ -158,6 +180,7 @@ def run_outputs(
     registered_xml: str | Path | None = None,
     skip_registration: bool = False,
     match_intensity: bool = False,
+    container: str = "hdf5",
 ) -> list[Path]:
     """Every file or folder :func:`run` writes with these arguments, the main output first.
 
@@ -171,7 +194,7 @@ def run_outputs(
         stem = output.name.split(".")[0]
         outputs.append(Path(registered_xml) if registered_xml else output.with_name(f"{stem}.registered.xml"))
     if output_format(output) == "bdv":
-        outputs.append(container_path(output))  # write_fused's default container
+        outputs.append(container_path(output, container))
     return outputs
 
 
@@ -179,17 +202,24 @@ def run(
     project: Project | str | Path,
     output: str | Path,
     *,
-    register_options: dict | None = None,
-    fusion_options: dict | None = None,
+    registration: RegistrationOptions | None = None,
+    intensity: IntensityOptions | None = None,
+    fusion: FusionOptions | None = None,
+    writing: OutputOptions | None = None,
     skip_registration: bool = False,
     match_intensity: bool = False,
     registered_xml: str | Path | None = None,
     client=None,
     progress: bool = False,
-    overwrite: bool = False,
-    resume: bool = True,
 ) -> RunReport:
     """Register a project, save the registered XML beside the output, and fuse it.
+
+    Each stage takes its own options (defaults when not given):
+    ``registration`` (:class:`~tilefuse.registration.options.RegistrationOptions`),
+    ``intensity`` (:class:`~tilefuse.intensity.IntensityOptions`, used with
+    ``match_intensity``), ``fusion`` (:class:`~tilefuse.fusion.options.FusionOptions`)
+    and ``writing`` (:class:`~tilefuse.writers.options.OutputOptions`: container,
+    overwrite, resume, pyramid levels).
 
     With ``match_intensity`` the tiles' intensities are matched after
     registration (:func:`tilefuse.intensity.match_intensities`) and fused
@@ -199,61 +229,51 @@ def run(
 
     Before any computation every output (:func:`run_outputs`) is checked:
     none may be, contain or lie inside an input (the XML or a file the loader
-    reads) or another output, none may exist unless ``overwrite``, and every
-    output folder must be writable; otherwise a
+    reads) or another output, none may exist unless ``writing.overwrite``, and
+    every output folder must be writable; otherwise a
     :class:`~tilefuse.errors.TilefuseError` (``OutputIsInputError``,
     ``OutputClashError``, ``OutputExistsError``, ``OutputError``) is raised at
     once.  The outputs stay locked against other runs until the function
     returns (``OutputBusyError`` if another run holds one).
     """
+    registration = RegistrationOptions.build(registration)
+    intensity_options = IntensityOptions.build(intensity)
+    fusion = FusionOptions.build(fusion)
+    writing = OutputOptions.build(writing)
     timer = StageTimer()
     timer.start("open")
     if not isinstance(project, Project):
         project = open_project(project)
     output = Path(output)
     outputs = run_outputs(output, registered_xml=registered_xml, skip_registration=skip_registration,
-                          match_intensity=match_intensity)
+                          match_intensity=match_intensity, container=writing.container)
     xml_out = outputs[1] if not skip_registration or match_intensity else None
     # Hours of registration and fusion must not end in "read-only file system" or "already exists".
-    with claim_outputs(outputs, input_paths(project), overwrite=overwrite):
-        return _run(project, output, xml_out, timer, register_options=register_options,
-                    fusion_options=fusion_options, skip_registration=skip_registration,
-                    match_intensity=match_intensity, client=client, progress=progress, overwrite=overwrite,
-                    resume=resume)
-
-
-def _run(project, output, xml_out, timer, *, register_options, fusion_options, skip_registration,
-         match_intensity, client, progress, overwrite, resume) -> RunReport:
-    result = None
-    stages = 1 + (not skip_registration) + bool(match_intensity)
-    stage = 0
-
-    def announce(i: int, text: str) -> None:
-        if progress:  # one numbered line per stage above its bar
-            print(f"[{i}/{stages}] {text}", file=sys.stderr, flush=True)
-
-    if not skip_registration:
-        stage += 1
-        announce(stage, f"registering {len(project.views)} views")
-        timer.start("register")
-        result = register(project, client=client, progress=progress, **(register_options or {}))
-        project = result.apply(project)
-    intensity = None
-    fusion_options = dict(fusion_options or {})
-    if match_intensity:
-        stage += 1
-        announce(stage, "matching tile intensities over the overlaps")
-        timer.start("match intensities")
-        intensity = match_intensities(project, progress=progress, client=client)
-        project = intensity.apply(project)
-        fusion_options["intensity_adjustment"] = True
-    if xml_out is not None:
-        project.save(xml_out)
-    timer.start("fuse + write")
-    plan = plan_fusion(project, **fusion_options)
-    announce(stages, f"fusing {len(plan.timepoints)}x{len(plan.channels)} volumes of "
-                     f"{' x '.join(map(str, plan.shape))} voxels into {output}")
-    write_fused(plan, output, progress=progress, overwrite=overwrite, resume=resume, client=client)
-    timer.stop()
+    with claim_outputs(outputs, input_paths(project), overwrite=writing.overwrite):
+        result = None
+        stages = 1 + (not skip_registration) + bool(match_intensity)
+        stage = 0
+        if not skip_registration:
+            stage += 1
+            log.info("[%d/%d] registering %d views", stage, stages, len(project.views))
+            timer.start("register")
+            result = register(project, options=registration, client=client, progress=progress)
+            project = result.apply(project)
+        matched = None
+        if match_intensity:
+            stage += 1
+            log.info("[%d/%d] matching tile intensities over the overlaps", stage, stages)
+            timer.start("match intensities")
+            matched = match_intensities(project, options=intensity_options, progress=progress, client=client)
+            project = matched.apply(project)
+            fusion = fusion.replace(intensity_adjustment=True)
+        if xml_out is not None:
+            project.save(xml_out)
+        timer.start("fuse + write")
+        plan = plan_fusion(project, options=fusion)
+        log.info("[%d/%d] fusing %dx%d volumes of %s voxels into %s", stages, stages, len(plan.timepoints),
+                 len(plan.channels), " x ".join(map(str, plan.shape)), output)
+        write_fused(plan, output, writing, progress=progress, client=client)
+        timer.stop()
     shape = (len(plan.timepoints), len(plan.channels)) + tuple(plan.shape)
-    return RunReport(result, xml_out, output, shape, plan.voxel_size, timer, intensity)
+    return RunReport(result, xml_out, output, shape, plan.voxel_size, timer, matched)

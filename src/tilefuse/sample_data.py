@@ -55,7 +55,7 @@ import numpy as np
 
 from .errors import ProjectFormatError, TilefuseError
 
-__all__ = ["Mosaic", "make_mosaic", "load_truth"]
+__all__ = ["Mosaic", "make_mosaic", "load_truth", "TEXTURES"]
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -583,6 +583,10 @@ def _per_axis(value, ndim: int, what: str) -> tuple[float, ...]:
     return tuple(float(v) for v in arr)
 
 
+#: What a sample's tiles show: a procedural texture of blobs and lines, or a photograph.
+TEXTURES = ("procedural", "photo")
+
+
 def make_mosaic(
     grid: Sequence[int] = (2, 3),
     tile_shape: Sequence[int] | None = None,
@@ -663,7 +667,7 @@ def make_mosaic(
     overlap = _per_axis(overlap, ndim, "overlap")
     if any(not 0 <= o < 1 for o in overlap):
         raise TilefuseError(f"overlap must be in [0, 1), got {overlap}")
-    if texture not in ("procedural", "photo"):
+    if texture not in TEXTURES:
         raise TilefuseError(f"texture must be 'procedural' or 'photo', got {texture!r}")
     dtype = np.dtype(dtype)
     small = dtype.itemsize == 1

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._options import Options, choice, number, option, optional, parse_numbers, per_axis
+from .._options import Options, choice, number, option, optional, parse_number, parse_numbers, per_axis
 from ..errors import OptionError
 from ..project.project import ATTRIBUTE_KINDS
 from .global_affine import GLOBAL_MODELS
@@ -98,10 +98,10 @@ class RegistrationOptions(Options):
                         help="global model per tile (rigid/affine: best with --refine rigid/affine)")
     preset: str = option("relaxed", choices=tuple(PRESETS), example="strict",
                          help="link rejection thresholds (BigStitcher's presets; default relaxed)")
-    rel_threshold: float | None = option(None, check=optional(number(0, lo_open=True)), parse=float,
+    rel_threshold: float | None = option(None, check=optional(number(0, lo_open=True)), parse=parse_number,
                                          metavar="RATIO", example="3",
                                          help="reject links whose error exceeds this times the mean (preset's)")
-    abs_threshold: float | None = option(None, check=optional(number(0, lo_open=True)), parse=float,
+    abs_threshold: float | None = option(None, check=optional(number(0, lo_open=True)), parse=parse_number,
                                          metavar="UNITS", example="4",
                                          help="reject links whose error exceeds this, world units (preset's)")
     min_correlation: float = option(0.3, check=number(0, 1), metavar="R", example="0.5",

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._options import Options, choice, number, option, optional
+from .._options import Options, choice, number, option, optional, parse_whole
 from ..errors import OptionError
 
 __all__ = ["OutputOptions", "CONTAINERS", "RESUME_MODES"]
@@ -40,6 +40,6 @@ class OutputOptions(Options):
         "auto", check=_resume, flags={"--resume": "require", "--no-resume": "never"},
         help="--resume: continue a partial output of the same work and refuse one of other work; "
              "--no-resume: start over (default: continue the same work, start over otherwise)")
-    n_levels: int | None = option(None, check=optional(number(1, integer=True)), parse=int, flag="--levels",
+    n_levels: int | None = option(None, check=optional(number(1, integer=True)), parse=parse_whole, flag="--levels",
                                   metavar="N", example="2",
                                   help="OME-Zarr pyramid levels (default: until the image spans one chunk)")
