@@ -44,7 +44,7 @@ class FusionOptions(Options):
     """
 
     bounding_box: str | Box | None = option(
-        None, check=_box, parse=str, metavar="NAME",
+        None, check=_box, parse=str, metavar="NAME", example="cropped",
         help="fuse this <BoundingBoxDefinition> of the XML (default: the union of the views)")
     downsampling: tuple[float, float, float] = option(
         (1.0, 1.0, 1.0), check=per_axis(number(0, lo_open=True)), parse=parse_numbers, flag="--downsample",
