@@ -279,3 +279,17 @@ def test_a_view_far_from_the_others_is_named(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="tilefuse"):
         tilefuse.plan_fusion(make_sample_project(tmp_path / "ok", grid=(2, 2), tile_shape=(32, 32)))
     assert "far from the others" not in caplog.text
+
+
+def test_intensity_adjustment_without_adjustments_warns(tmp_path, caplog):
+    from tilefuse.demo import make_sample_project
+
+    project = make_sample_project(tmp_path, grid=(1, 2), tile_shape=(32, 32))
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        tilefuse.plan_fusion(project, intensity_adjustment=True)
+    assert "nothing to apply" in caplog.text
+    caplog.clear()
+    project.data.intensity_adjustments = {project.views[0]: (1.1, 0.0)}
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        tilefuse.plan_fusion(project, intensity_adjustment=True)
+    assert "1 of 2 views have no <IntensityAdjustments>" in caplog.text

@@ -206,3 +206,29 @@ def test_photo_mosaic_with_repetitive_content_and_an_empty_tile(tmp_path):
     err = np.delete(err, 6, axis=0)  # the empty tile keeps its stage position by design
     err -= err.mean(axis=0)
     assert np.linalg.norm(err, axis=1).max() < 0.5, np.round(np.linalg.norm(err, axis=1), 3)
+
+
+def test_register_warns_about_unlinked_groups_and_weak_far_links(tmp_path, caplog):
+    """Registration says what to check: tiles left without links, weak links moving a tile far."""
+    from tilefuse.demo import make_sample_project
+
+    project = make_sample_project(tmp_path / "far", grid=(1, 3), tile_shape=(64, 64), overlap=0.25)
+    apart = np.eye(4)
+    apart[2, 3] = 200.0  # the last tile far from the others: it overlaps nothing
+    project.preconcatenate(project.views[2], apart, "moved away")
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        result = tilefuse.register(project)
+    assert any("1 of 3 groups have no kept link" in w for w in result.warnings())
+    assert "no kept link" in caplog.text and "dataset.xml" in caplog.text
+    caplog.clear()
+    lonely = make_sample_project(tmp_path / "lonely", grid=(1, 2), tile_shape=(32, 32), overlap=0.2)
+    for view in lonely.views[1:]:
+        lonely.preconcatenate(view, apart, "moved away")
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        result = tilefuse.register(lonely)
+    assert result.warnings() and "nothing was registered" in result.warnings()[0]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        good = tilefuse.register(make_sample_project(tmp_path / "good", grid=(2, 2), tile_shape=(96, 96),
+                                                     overlap=0.25))
+    assert good.warnings() == [] and "no kept link" not in caplog.text

@@ -322,6 +322,18 @@ def _warn_if_mostly_empty(project: Project, views, shape, spacing) -> None:
         np.round(centres[far], 1).tolist(), np.round(median, 1).tolist())
 
 
+def _warn_if_nothing_to_adjust(project: Project, views) -> None:
+    """``intensity_adjustment`` asked for, but views without adjustments would be fused unchanged."""
+    adjusted = project.data.intensity_adjustments or {}
+    missing = [v for v in views if v not in adjusted]
+    if len(missing) == len(views):
+        log.warning("%s: intensity adjustment asked for, but the project has no <IntensityAdjustments> for its "
+                    "views: nothing to apply (run 'tilefuse intensity' first)", where(project.path))
+    elif missing:
+        log.warning("%s: %d of %d views have no <IntensityAdjustments> and are fused unchanged (e.g. %s)",
+                    where(project.path), len(missing), len(views), missing[0])
+
+
 def _warn_missing(project: Project, views) -> None:
     missing = project.missing_views
     if missing:
@@ -424,6 +436,8 @@ def plan_fusion(
     voxel_size = tuple(float(s) * min_res for s in spacing) if vs is not None else tuple(spacing)
     if bounding_box is None:
         _warn_if_mostly_empty(project, views, shape, spacing)
+    if options.intensity_adjustment:
+        _warn_if_nothing_to_adjust(project, views)
     chunks = options.chunks
     if chunks is not None and len(chunks) == 2 and ndim == 3:
         raise OptionError("chunks", f"a 3D fusion needs 3 chunk sizes (z, y, x), got {chunks}")

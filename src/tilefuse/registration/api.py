@@ -19,7 +19,7 @@ from itertools import product
 
 import numpy as np
 
-from ..errors import RegistrationError
+from ..errors import RegistrationError, where
 from ..geometry import translation_matrix
 from ..project.model import PairwiseResult
 from ..project.project import Project
@@ -62,6 +62,40 @@ class RegistrationResult:
     @property
     def rejected(self) -> list[Link]:
         return [link for link in self.links if not link.accepted]
+
+    def warnings(self) -> list[str]:
+        """What a user should check before trusting the result, one sentence each (empty: nothing).
+
+        * no pair of groups overlapped (nothing was registered);
+        * groups left without any kept link: they keep their stage positions relative to the
+          others, so their error is the stage's;
+        * kept links with a correlation just above the threshold (within 0.1) whose shift is
+          large (over three times the pairs' median and 5 world units): a weak match that moves
+          a tile far is the classic false positive.
+        """
+        out = []
+        n_groups = len(self.groups.members)
+        if n_groups > 1 and not self.links:
+            out.append(f"no two of the {n_groups} groups overlap (min_overlap "
+                       f"{self.params.get('min_overlap', 'default')}): nothing was registered, the stage "
+                       "positions are unchanged")
+            return out
+        linked = {k for link in self.accepted for k in (link.a, link.b)}
+        alone = [k for k in self.groups.members if k not in linked]
+        if n_groups > 1 and alone:
+            shown = ", ".join(map(str, alone[:5])) + (f" and {len(alone) - 5} more" if len(alone) > 5 else "")
+            out.append(f"{len(alone)} of {n_groups} groups have no kept link and keep their stage positions "
+                       f"relative to their neighbours: {shown}")
+        if self.accepted:
+            floor = float(self.params.get("min_correlation", 0.0)) + 0.1
+            typical = float(np.median([np.linalg.norm(link.shift) for link in self.links if link.valid] or [0]))
+            for link in self.accepted:
+                size = float(np.linalg.norm(link.shift))
+                if link.correlation < floor and size > max(_OUTLIER_FACTOR * typical, _OUTLIER_FLOOR):
+                    out.append(f"link {link.a} - {link.b} was kept with correlation {link.correlation:.2f} "
+                               f"(threshold {floor - 0.1:.2f}) and moves a tile by {size:.1f} world units "
+                               f"(pairs' median {typical:.1f}): check it, or raise min_correlation")
+        return out
 
     def apply(self, project: Project, *, inplace: bool = False, name: str = STITCHING_TRANSFORM) -> Project:
         """Add each group's translation to the front of its views' chains.
@@ -362,5 +396,9 @@ def register(
     links = pairwise(project, groups, downsampling=o.downsampling, min_overlap=o.min_overlap,
                      neighbours_only=o.neighbours_only, n_peaks=o.n_peaks, refine=o.refine, client=client,
                      progress=progress)
-    return solve(links, groups, preset=o.preset, rel_threshold=o.rel_threshold, abs_threshold=o.abs_threshold,
-                 min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model)
+    result = solve(links, groups, preset=o.preset, rel_threshold=o.rel_threshold, abs_threshold=o.abs_threshold,
+                   min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model)
+    result.params["min_overlap"] = o.min_overlap
+    for text in result.warnings():
+        log.warning("%s: %s", where(project.path), text)
+    return result
