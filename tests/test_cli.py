@@ -78,3 +78,11 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert main(["info", str(tmp_path / "missing.xml")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("tilefuse info: error:") and "missing.xml" in err and err.count("\n") == 1
+
+
+def test_run_report_names_the_options_that_differ(sample, tmp_path, capsys):
+    assert main(["run", str(sample / "dataset.xml"), str(tmp_path / "o.ome.zarr"), "--blending", "average",
+                 "--preset", "strict"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("options") and "preset=strict" in first and "blending=average" in first
+    assert "interpolation" not in first  # defaults are not listed

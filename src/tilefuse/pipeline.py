@@ -37,9 +37,15 @@ class RunReport:
     output_voxel_size: tuple
     timer: StageTimer = field(default_factory=StageTimer)
     intensity: IntensityResult | None = None
+    #: The options each stage ran with (registration, intensity, fusion, writing).
+    options: dict[str, Options] = field(default_factory=dict)
 
     def summary(self) -> str:
         lines = []
+        changed = [f"{stage}: " + ", ".join(f"{k}={v}" for k, v in _non_default(opts).items())
+                   for stage, opts in self.options.items() if _non_default(opts)]
+        if changed:
+            lines += ["options          " + "; ".join(changed)]
         if self.registration is not None:
             lines += ["registration", self.registration.summary()]
         if self.intensity is not None:
@@ -52,6 +58,12 @@ class RunReport:
                   f"voxel size       {tuple(round(v, 4) for v in self.output_voxel_size)} (z, y, x)",
                   "time per stage", self.timer.report()]
         return "\n".join(lines)
+
+
+def _non_default(options: Options) -> dict:
+    """The fields of an options object that differ from the class's defaults, as plain values."""
+    defaults = type(options)().as_dict()
+    return {k: v for k, v in options.as_dict().items() if v != defaults.get(k)}
 
 
 @dataclass(frozen=True)
@@ -276,4 +288,9 @@ def run(
         write_fused(plan, output, writing, progress=progress, client=client)
         timer.stop()
     shape = (len(plan.timepoints), len(plan.channels)) + tuple(plan.shape)
-    return RunReport(result, xml_out, output, shape, plan.voxel_size, timer, matched)
+    used = {"registration": registration, "intensity": intensity_options, "fusion": fusion, "writing": writing}
+    if skip_registration:
+        del used["registration"]
+    if not match_intensity:
+        del used["intensity"]
+    return RunReport(result, xml_out, output, shape, plan.voxel_size, timer, matched, used)
