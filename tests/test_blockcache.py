@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tilefuse.loaders import _blockcache as bc
-from tilefuse.loaders._deflate import BACKEND, inflate
+from tilefuse import _blockcache as bc
+from tilefuse.formats.deflate import BACKEND, inflate
 from tilefuse.loaders._hdf5 import Hdf5Loader
 from tilefuse.project.views import ViewId
 from tilefuse.writers.bdv_hdf5 import write_bdv_hdf5
@@ -113,7 +113,7 @@ def test_inflate_backend_decodes_zlib_streams():
 
 
 def test_n5_reads_reuse_blocks_and_see_rewritten_blocks(cache, tmp_path):
-    from tilefuse.loaders._n5format import create_dataset
+    from tilefuse.formats.n5 import create_dataset
 
     cache.set_block_cache_size(64)
     rng = np.random.default_rng(1)
@@ -151,7 +151,7 @@ def test_deflate_streams_are_standard():
     import gzip
     import zlib
 
-    from tilefuse.loaders._deflate import deflate, isal_level
+    from tilefuse.formats.deflate import deflate, isal_level
 
     raw = np.random.default_rng(2).integers(0, 300, 200_000).astype(np.uint16).tobytes()
     for level in (0, 1, 4, 6, 9):

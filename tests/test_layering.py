@@ -4,8 +4,9 @@ The layers, bottom to top (the developers' guide's Layout rule; README "Layout" 
 
 ==  ==========================  =================================================================
  0  core                        the package root (eagerly: errors, _version), errors, _version,
-                                _options, _numeric, _text, _progress, _compute, _timing, _files
-                                (atomic-output primitives), downsample, geometry/*
+                                _options, _numeric, _text, _progress, _compute, _timing,
+                                _inputs (reading damaged files safely), _blockcache (decoded blocks),
+                                _outputs (atomic-output primitives), downsample, geometry/*
  1  project model and XML       project/* (ids, paths, model, xml_read, xml_write, checks,
                                 timepoints, Project, summary)
  2  formats                     formats/* (N5 blocks and attributes, deflate, BDV layout)
@@ -44,8 +45,8 @@ ROOT = "tilefuse"
 #: (layer, name, module patterns), bottom to top; a package's pattern ``pkg*`` covers its __init__ and modules.
 LAYERS = [
     (0, "core", ["tilefuse", "tilefuse.errors", "tilefuse._version", "tilefuse._options", "tilefuse._numeric",
-                 "tilefuse._text", "tilefuse._progress", "tilefuse._compute", "tilefuse._timing",
-                 "tilefuse._files", "tilefuse.downsample", "tilefuse.geometry*"]),
+                 "tilefuse._text", "tilefuse._progress", "tilefuse._compute", "tilefuse._timing", "tilefuse._inputs",
+                 "tilefuse._blockcache", "tilefuse._outputs", "tilefuse.downsample", "tilefuse.geometry*"]),
     (1, "project model and XML", ["tilefuse.project*"]),
     (2, "formats", ["tilefuse.formats*"]),
     (3, "loaders", ["tilefuse.loaders*"]),

@@ -26,7 +26,7 @@ from lxml import etree
 
 import tilefuse
 from tilefuse.errors import TilefuseError
-from tilefuse.loaders._n5format import decode_block, encode_block
+from tilefuse.formats.n5 import decode_block, encode_block
 
 SHAPE = (8, 32, 40)  # z y x of each view
 FACTORS = [(1, 1, 1), (1, 2, 2), (2, 4, 4)]

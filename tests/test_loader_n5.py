@@ -15,9 +15,9 @@ from lxml import etree
 from conftest import EXAMPLES, example_loader_element
 from tilefuse.errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from tilefuse.loaders import LOADERS
-from tilefuse.loaders import _n5format
+from tilefuse.formats import n5 as _n5format
 from tilefuse.loaders._n5 import N5Loader
-from tilefuse.loaders._n5format import N5Dataset, create_dataset, decode_block, encode_block, read_attributes
+from tilefuse.formats.n5 import N5Dataset, create_dataset, decode_block, encode_block, read_attributes
 from tilefuse.project.views import ViewId
 from tilefuse.writers._atomic import OutputExistsError
 from tilefuse.writers.bdv_n5 import level_shapes, write_bdv_n5

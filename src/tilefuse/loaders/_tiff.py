@@ -32,10 +32,11 @@ from ..errors import (
     UnsupportedFormatError,
     where,
 )
+from .._inputs import check_regular_file
+from ..project.paths import path_element, read_path_element, single_child
 from ..project.views import ViewId
 from . import register_loader
-from ..project.paths import path_element, read_path_element, single_child
-from .base import ImageLoader, Region, cached_handle, check_regular_file, normalize_region
+from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["FileMap2Loader", "TiffEntry"]
 

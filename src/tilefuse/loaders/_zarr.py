@@ -45,19 +45,12 @@ from ..errors import (
     UnsupportedFormatError,
     where,
 )
+from .._inputs import MAX_METADATA_BYTES, block_byte_limit, check_regular_file, read_regular_file
+from ..formats.bdv import ZARR_VIEW_GROUP, zarr_view
+from ..project.paths import parse_location, path_element, single_child
 from ..project.views import ViewId
 from . import register_loader
-from ..project.paths import parse_location, path_element, single_child
-from .base import (
-    MAX_METADATA_BYTES,
-    ImageLoader,
-    Region,
-    block_byte_limit,
-    cached_handle,
-    check_regular_file,
-    normalize_region,
-    read_regular_file,
-)
+from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["OmeZarrLoader", "ZGroup"]
 
@@ -151,7 +144,7 @@ class OmeZarrLoader(ImageLoader):
         if views is None:
             views = _scan_bigstitcher_groups(path)
         elif not isinstance(views, Mapping):
-            views = {ViewId(*v): f"s{ViewId(*v).setup}-t{ViewId(*v).timepoint}.zarr" for v in views}
+            views = {ViewId(*v): zarr_view(ViewId(*v).timepoint, ViewId(*v).setup) for v in views}
         idx = tuple(int(i) for i in indices) if indices else None
         groups = {
             ViewId(*k): (ZGroup(v, idx) if isinstance(v, str) else ZGroup(*v)) for k, v in views.items()
@@ -630,12 +623,10 @@ def _inside_path(path: str, what: str) -> str:
 
 def _scan_bigstitcher_groups(path: Path) -> dict[ViewId, str]:
     """Find ``s{setup}-t{tp}.zarr`` groups in a container written by BigStitcher/tilefuse."""
-    import re
-
     found = {}
     if path.is_dir():
         for child in path.iterdir():
-            m = re.fullmatch(r"s(\d+)-t(\d+)\.zarr", child.name)
+            m = ZARR_VIEW_GROUP.fullmatch(child.name)
             if m and child.is_dir():
                 found[ViewId(int(m.group(2)), int(m.group(1)))] = child.name
     if not found:

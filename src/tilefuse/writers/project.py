@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ProjectFormatError, TilefuseError
-from ..loaders.base import drop_cached_handles
 from ..geometry import scale_matrix, translation_matrix
+from ..loaders import loader_class
+from ..loaders.base import drop_cached_handles
 from ..project.checks import MAX_COORDINATE, check_spimdata
 from ..project.model import STANDARD_ATTRIBUTES, AttributeBlock, Entity, SpimData, Timepoints, ViewSetup, ViewTransform
 from ..project.project import Project
@@ -325,20 +326,17 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
     if chunks is not None:
         kwargs["chunks"] = tuple(int(c) for c in chunks)
     if format == "hdf5":
-        from ..loaders._hdf5 import Hdf5Loader
         from .bdv_hdf5 import write_bdv_hdf5
 
         write_bdv_hdf5(tmp, views, compression=compression, **kwargs)
-        return Hdf5Loader.for_file(container)
+        return loader_class("bdv.hdf5").for_file(container)
     if format == "n5":
-        from ..loaders._n5 import N5Loader
         from .bdv_n5 import write_bdv_n5
 
         write_bdv_n5(tmp, views, compression=compression, voxel_size=voxel_size, client=client, **kwargs)
-        return N5Loader.for_container(container)
+        return loader_class("bdv.n5").for_container(container)
     if format == "tiff":
         from .._progress import progress_bar, writing
-        from ..loaders._tiff import FileMap2Loader
         from .tiff import write_tiff
 
         files = {}
@@ -349,9 +347,8 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
                 write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um", client=client)
                 files[view] = container / name
                 bar.update(1)
-        return FileMap2Loader.for_files(files)
-    from ..loaders._zarr import OmeZarrLoader
+        return loader_class("spimreconstruction.filemap2").for_files(files)
     from .bdv_zarr import write_bdv_omezarr
 
     written = write_bdv_omezarr(tmp, views, voxel_size=voxel_size, client=client, **kwargs)
-    return OmeZarrLoader.for_container(container, written.zgroups)
+    return loader_class("bdv.multimg.zarr").for_container(container, written.zgroups)
