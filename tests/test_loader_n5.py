@@ -19,7 +19,7 @@ from tilefuse.formats import n5 as _n5format
 from tilefuse.loaders._n5 import N5Loader
 from tilefuse.formats.n5 import N5Dataset, create_dataset, decode_block, encode_block, read_attributes
 from tilefuse.project.views import ViewId
-from tilefuse.writers._atomic import OutputExistsError
+from tilefuse.errors import OutputExistsError
 from tilefuse.writers.bdv_n5 import level_shapes, write_bdv_n5
 
 FULL = (slice(None),) * 3

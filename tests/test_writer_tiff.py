@@ -8,7 +8,9 @@ import pytest
 import tifffile
 
 from tilefuse.errors import ImageDataError
-from tilefuse.writers._atomic import OutputExistsError, atomic_output, partial_path
+from tilefuse._outputs import partial_path
+from tilefuse.errors import OutputExistsError
+from tilefuse.writers._atomic import atomic_output
 from tilefuse.writers.tiff import write_tiff
 
 

@@ -109,7 +109,7 @@ def make_sample_project(
     mosaic_options = {k: changes.pop(k) for k in list(changes) if k not in names}
     o = SampleOptions.build(options, **changes)
     ndim, grid, tile_shape, format = o.ndim, o.grid, o.tile_shape, o.format
-    from .writers._atomic import check_outputs
+    from ._outputs import check_outputs
 
     outdir = Path(outdir)
     check_outputs(sample_outputs(outdir, format), overwrite=overwrite)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import check_outputs, fsync_path, output_errors, rename_all
 from .._text import shortlist
 from ..errors import (
     ImageDataError,
@@ -457,9 +458,6 @@ class Project:
             The XML cannot be written (no space, read-only, no permission);
             nothing was changed.
         """
-        # Imported here: the writers package imports this module.
-        from ..writers._atomic import check_outputs, fsync_path, output_errors
-
         target = Path(path) if path is not None else self.path
         if target is None:
             raise TilefuseError("the project has no path: give save() one")
@@ -519,8 +517,6 @@ def _rotate_backups(target: Path, new: Path) -> None:
     its name throughout (the new ``~1`` starts as a hard link to it), so even a
     crash half-way never leaves the project without its current XML.
     """
-    from ..writers._atomic import fsync_path, rename_all
-
     def name(i: int) -> Path:
         return target.with_name(f"{target.name}~{i}")
 

@@ -36,7 +36,7 @@ from ..formats.bdv import BDV_DATA_TYPES, hdf5_cells, hdf5_setup
 from ..formats.deflate import deflate
 from ..loaders.base import drop_cached_handles
 from ..project.views import ViewId
-from ._atomic import raise_if_write_error
+from .._outputs import raise_if_write_error
 
 __all__ = ["write_bdv_hdf5", "propose_factors"]
 

@@ -231,7 +231,7 @@ def write_bdv_n5(
         Show one progress bar over the blocks of all views and levels.
     overwrite
         Replace an existing output; otherwise an existing ``path`` raises
-        :class:`~tilefuse.writers._atomic.OutputExistsError`.  The container is
+        :class:`~tilefuse.errors.OutputExistsError`.  The container is
         written as ``<path>.partial`` and renamed when complete.
     client
         Compute and write the level-0 blocks of dask inputs on this

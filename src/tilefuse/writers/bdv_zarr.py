@@ -119,7 +119,7 @@ def write_bdv_omezarr(
         A numcodecs codec; default Blosc/zstd with byte shuffle.
     overwrite
         Replace an existing output; otherwise an existing ``path`` raises
-        :class:`~tilefuse.writers._atomic.OutputExistsError`.
+        :class:`~tilefuse.errors.OutputExistsError`.
     client
         Compute and write the level-0 blocks of dask inputs on this
         ``distributed.Client`` (its workers must see ``path``).

@@ -67,7 +67,9 @@ import numpy as np
 from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, TilefuseError
-from ._atomic import OutputExistsError, atomic_output, remove_path
+from .._outputs import remove_path
+from ..errors import OutputExistsError
+from ._atomic import atomic_output
 
 __all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel", "ResumeMismatchError"]
 

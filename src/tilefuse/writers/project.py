@@ -33,7 +33,8 @@ from ..project.project import Project
 from ..project.timepoints import format_integer_pattern
 from ..project.views import ViewId
 from ..project.xml_read import read_spimdata
-from ._atomic import atomic_outputs, check_outputs, remove_path
+from .._outputs import check_outputs, remove_path
+from ._atomic import atomic_outputs
 
 __all__ = ["write_project", "calibration_matrix", "container_path", "FORMATS"]
 
