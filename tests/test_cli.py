@@ -10,7 +10,7 @@ import tifffile
 import zarr
 
 from tilefuse.cli import main
-from tilefuse.project import open_project
+from tilefuse import open_project
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import pytest
 import tilefuse
 from tilefuse import errors
 from tilefuse.geometry import Box
-from tilefuse.project import open_project
+from tilefuse import open_project
 from tilefuse.sample_data import make_mosaic
 
 

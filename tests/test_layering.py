@@ -168,7 +168,6 @@ def test_every_lazy_public_name_exists():
     assert not missing
 
 
-@pytest.mark.xfail(strict=True, reason="project.project imports loaders (fixed below)")
 def test_no_module_imports_a_layer_above_its_own():
     found = violations()
     assert not found, "imports that run upward:\n" + "\n".join(found)

@@ -11,7 +11,8 @@ import pytest
 from conftest import example_xmls
 from tilefuse import errors
 from tilefuse.geometry import from_xml_affine, to_xml_affine
-from tilefuse.project import ViewId, open_project
+from tilefuse import open_project
+from tilefuse.project import ViewId
 from tilefuse.project.timepoints import parse_integer_pattern
 from xmlcompare import parse, xml_differences
 

@@ -14,7 +14,7 @@ from scipy import ndimage
 import tilefuse
 from tilefuse.cli import main
 from tilefuse.demo import make_sample_project, score_registration
-from tilefuse.project import open_project
+from tilefuse import open_project
 from tilefuse.registration.phase_correlation import _prepare_refinement, _refine_gradient
 
 TILES = [(16, 64, 64), (32, 64, 64), (16, 96, 96)]

@@ -8,7 +8,8 @@ import pytest
 import tilefuse
 from tilefuse import errors
 from tilefuse.demo import make_sample_project, score_registration
-from tilefuse.project import ViewId, open_project
+from tilefuse import open_project
+from tilefuse.project import ViewId
 from tilefuse.registration.api import STITCHING_TRANSFORM
 from tilefuse.registration.pairs import overlapping_pairs
 from tilefuse.geometry import Box

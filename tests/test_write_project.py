@@ -12,7 +12,8 @@ import tifffile
 import tilefuse
 from tilefuse import errors
 from tilefuse.convert import convert_tiffs, read_tile_configuration
-from tilefuse.project import ViewId, open_project
+from tilefuse import open_project
+from tilefuse.project import ViewId
 
 
 @pytest.fixture

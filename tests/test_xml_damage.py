@@ -21,7 +21,8 @@ from lxml import etree
 from conftest import example_xmls
 from tilefuse import errors
 from tilefuse.demo import make_sample_project
-from tilefuse.project import ViewId, open_project
+from tilefuse import open_project
+from tilefuse.project import ViewId
 from xmlcompare import xml_differences
 
 EXAMPLES = {p.name: p for p in example_xmls()}

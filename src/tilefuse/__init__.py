@@ -1,8 +1,9 @@
 """tilefuse: read BigStitcher projects, refine tile registration, fuse tiles chunk by chunk.
 
-The data flow, one subpackage per stage::
+The data flow, one subpackage per stage (each imports only the ones before it)::
 
-    project (XML model)  ->  loaders (pixels as dask)  ->  registration  ->  intensity  ->  fusion  ->  writers
+    project (XML model)  ->  formats  ->  loaders (pixels as dask)  ->  opening (open_project)
+        ->  registration  ->  fusion  ->  intensity  ->  writers  ->  pipeline  ->  cli
 
 Typical use::
 
@@ -43,7 +44,7 @@ _LAZY = {
     "plan_fusion": "fusion.api",
     "Project": "project",
     "ViewId": "project",
-    "open_project": "project",
+    "open_project": "opening",
     "squeeze_z": "project",
     "RegistrationResult": "registration.api",
     "RegistrationOptions": "registration.options",

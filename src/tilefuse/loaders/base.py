@@ -305,6 +305,26 @@ class ImageLoader(ABC):
         """
         return self.view_files(view)
 
+    def checked_layout(self, view: ViewId, size: tuple[int, int, int] | None = None, *,
+                       xml_path: str | os.PathLike | None = None):
+        """One view's data checked against the project (its XML ``<size>``); the checked layout.
+
+        What :meth:`tilefuse.project.Project.check_view` asks before anything
+        reads pixels: :func:`tilefuse.loaders.validate.check_view` (cached per
+        process while the view's files keep their identity).
+
+        Returns
+        -------
+        tilefuse.loaders.validate.ViewData
+        """
+        from .validate import check_view
+
+        return check_view(self, view, size, xml_path=xml_path)
+
+    def describe_files(self, view: ViewId | None = None) -> str:
+        """The files of this loader (of one view when given) for a message: see :func:`describe_files`."""
+        return describe_files(self, view)
+
     def level_shape_range(self, view: ViewId, level: int,
                           shape0: tuple[int, int, int]) -> tuple[tuple[int, int], ...]:
         """Smallest and largest size, per axis ``(z, y, x)``, a coarser level may have given level 0's shape.

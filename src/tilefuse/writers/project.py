@@ -29,6 +29,7 @@ from ..loaders import loader_class
 from ..loaders.base import drop_cached_handles
 from ..project.checks import MAX_COORDINATE, check_spimdata
 from ..project.model import STANDARD_ATTRIBUTES, AttributeBlock, Entity, SpimData, Timepoints, ViewSetup, ViewTransform
+from ..opening import open_project
 from ..project.project import Project
 from ..project.timepoints import format_integer_pattern
 from ..project.views import ViewId
@@ -304,7 +305,7 @@ def write_project(
     # Loaders may hold handles on the container this one replaced.
     drop_cached_handles(str(container))
     drop_cached_handles(str(container.resolve()))
-    return Project.open(path)
+    return open_project(path)
 
 
 def _read_back(tmp_xml: Path, path: Path, partials: list[Path]) -> None:
