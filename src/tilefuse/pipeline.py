@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._options import Options, number, option, optional, parse_whole, text
-from .demo import StageTimer
+from ._timing import StageTimer
 from .errors import OptionError
 from .fusion.api import plan_fusion
 from .fusion.options import FusionOptions
