@@ -84,7 +84,7 @@ def test_hdf5_reads_reuse_blocks_and_see_rewritten_files(cache, tmp_path):
     first = rng.integers(0, 60000, (20, 40, 50)).astype(np.uint16)
     path = tmp_path / "data.h5"
     write_bdv_hdf5(path, {ViewId(0, 0): first}, chunks=(8, 16, 16))
-    loader = Hdf5Loader.for_file(path)
+    loader = Hdf5Loader.for_path(path)
     view = ViewId(0, 0)
     region_a = (slice(0, 20), slice(0, 20), slice(0, 30))
     region_b = (slice(0, 20), slice(10, 40), slice(20, 50))
@@ -100,7 +100,7 @@ def test_hdf5_reads_reuse_blocks_and_see_rewritten_files(cache, tmp_path):
     assert (after["hits"] - middle["hits"], after["misses"] - middle["misses"]) == (6, 21)
     second = first[::-1].copy()
     write_bdv_hdf5(path, {ViewId(0, 0): second}, chunks=(8, 16, 16))
-    np.testing.assert_array_equal(Hdf5Loader.for_file(path).read(view, 0, region_a, cache=True),
+    np.testing.assert_array_equal(Hdf5Loader.for_path(path).read(view, 0, region_a, cache=True),
                                   second[region_a])
 
 

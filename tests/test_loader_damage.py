@@ -789,7 +789,7 @@ def test_split_box_outside_the_original_view_is_refused(pristine):
     from tilefuse.project.views import ViewId
 
     root, reference = pristine["hdf5"]
-    original = Hdf5Loader.for_file(root / "dataset.h5")
+    original = Hdf5Loader.for_path(root / "dataset.h5")
     view = ViewId(0, 0)
     inside = SplitLoader(original, {0: 0}, {0: ((0, 4, 10), (7, 31, 39))})
     assert check_view(inside, view).shapes[0] == (8, 28, 30)

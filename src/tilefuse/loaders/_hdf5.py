@@ -101,7 +101,7 @@ class Hdf5Loader(ImageLoader):
 
     # -- construction ---------------------------------------------------
     @classmethod
-    def for_file(
+    def for_path(
         cls, path: str | os.PathLike, partitions: Iterable[Partition] = ()
     ) -> "Hdf5Loader":
         """A loader for an HDF5 file, without any XML (e.g. one just written)."""

@@ -45,7 +45,7 @@ _ELEMENT = '<ImageLoader format="bdv.n5">'
 class N5Loader(ImageLoader):
     """Reads BDV N5 containers written by BigDataViewer, BigStitcher or tilefuse.
 
-    Build it from XML with :meth:`from_xml` or from Python with :meth:`from_path` (alias :meth:`for_container`).
+    Build it from XML with :meth:`from_xml` or from Python with :meth:`for_path`.
     """
 
     format = "bdv.n5"
@@ -58,12 +58,9 @@ class N5Loader(ImageLoader):
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def from_path(cls, path: str | Path, version: str = "1.1") -> "N5Loader":
+    def for_path(cls, path: str | Path, version: str = "1.1") -> "N5Loader":
         """A loader for the local N5 container at ``path`` (no XML needed)."""
         return cls(Path(os.path.normpath(Path(path).absolute())), version=version)
-
-    #: Alias of :meth:`from_path`.
-    for_container = from_path
 
     @classmethod
     def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "N5Loader":

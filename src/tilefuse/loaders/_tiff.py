@@ -81,8 +81,8 @@ class FileMap2Loader(ImageLoader):
 
     # -- construction ---------------------------------------------------
     @classmethod
-    def for_files(cls, files: Mapping) -> "FileMap2Loader":
-        """A loader without XML.
+    def for_path(cls, files: Mapping) -> "FileMap2Loader":
+        """A loader without XML, for the TIFF files of the views.
 
         ``files`` maps ``ViewId``/``(timepoint, setup)`` to a path, or to a
         ``(path, series, channel)`` tuple, or to a :class:`TiffEntry`.

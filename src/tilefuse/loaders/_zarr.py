@@ -105,7 +105,7 @@ def _parse_indices(text: str | None) -> tuple[int, ...] | None:
 class OmeZarrLoader(ImageLoader):
     """Reads the per-view OME-Zarr images of BigStitcher's ``bdv.multimg.zarr`` loader.
 
-    Build it from XML with :meth:`from_xml` or from Python with :meth:`from_path` (alias :meth:`for_container`).
+    Build it from XML with :meth:`from_xml` or from Python with :meth:`for_path`.
     """
 
     format = "bdv.multimg.zarr"
@@ -120,7 +120,7 @@ class OmeZarrLoader(ImageLoader):
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def from_path(
+    def for_path(
         cls,
         path: str | Path,
         views: Mapping[ViewId, str | ZGroup | tuple] | Iterable[ViewId] | None = None,
@@ -150,9 +150,6 @@ class OmeZarrLoader(ImageLoader):
             ViewId(*k): (ZGroup(v, idx) if isinstance(v, str) else ZGroup(*v)) for k, v in views.items()
         }
         return cls(path, groups, version="3.0")
-
-    #: Alias of :meth:`from_path`.
-    for_container = from_path
 
     @classmethod
     def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "OmeZarrLoader":

@@ -220,6 +220,15 @@ class ImageLoader(ABC):
 
     # -- construction ---------------------------------------------------
     @classmethod
+    def for_path(cls, *args, **kwargs) -> "ImageLoader":
+        """A loader for data on disk without any XML (e.g. just written); each format's own arguments.
+
+        ``bdv.hdf5``: the ``.h5`` file; ``bdv.n5`` and ``bdv.multimg.zarr``: the
+        container folder; ``spimreconstruction.filemap2``: the file of each view.
+        """
+        raise NotImplementedError(f"{cls.format}: a loader of this format is made from XML only")
+
+    @classmethod
     @abstractmethod
     def from_xml(cls, element, base_dir: Path, xml_path: Path | None) -> "ImageLoader":
         """Build the loader from its ``<ImageLoader>`` element.

@@ -280,7 +280,7 @@ def write_bdv_n5(
                         client)
     # Loaders may have cached metadata of an older container at this path.
     drop_cached_handles(str(path))
-    return loader_class("bdv.n5").for_container(path)
+    return loader_class("bdv.n5").for_path(path)
 
 
 def _write_view(root: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],

@@ -149,7 +149,7 @@ def write_bdv_omezarr(
             _write_view(tmp / name, view, image, factors, chunks, compressor, vs, bar, client)
             zgroups[view] = name
     drop_cached_handles(str(path))
-    return loader_class("bdv.multimg.zarr").for_container(path, zgroups, indices=(0, 0))
+    return loader_class("bdv.multimg.zarr").for_path(path, zgroups, indices=(0, 0))
 
 
 def _write_view(group_path: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],

@@ -331,12 +331,12 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
         from .bdv_hdf5 import write_bdv_hdf5
 
         write_bdv_hdf5(tmp, views, compression=compression, **kwargs)
-        return loader_class("bdv.hdf5").for_file(container)
+        return loader_class("bdv.hdf5").for_path(container)
     if format == "n5":
         from .bdv_n5 import write_bdv_n5
 
         write_bdv_n5(tmp, views, compression=compression, voxel_size=voxel_size, client=client, **kwargs)
-        return loader_class("bdv.n5").for_container(container)
+        return loader_class("bdv.n5").for_path(container)
     if format == "tiff":
         from .._progress import progress_bar, writing
         from .tiff import write_tiff
@@ -349,8 +349,8 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
                 write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um", client=client)
                 files[view] = container / name
                 bar.update(1)
-        return loader_class("spimreconstruction.filemap2").for_files(files)
+        return loader_class("spimreconstruction.filemap2").for_path(files)
     from .bdv_zarr import write_bdv_omezarr
 
     written = write_bdv_omezarr(tmp, views, voxel_size=voxel_size, client=client, **kwargs)
-    return loader_class("bdv.multimg.zarr").for_container(container, written.zgroups)
+    return loader_class("bdv.multimg.zarr").for_path(container, written.zgroups)
