@@ -9,8 +9,8 @@ import pytest
 import tifffile
 import zarr
 
-from tilefuse.cli import main
 from tilefuse import open_project
+from tilefuse.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -59,10 +59,10 @@ def _read_all(xml: Path, readers=None) -> dict:
         readers += [("fuse", ds) for ds in DOWNSAMPLINGS]
     for reader in readers:
         if reader[0] == "image":
-            out[reader] = _attempt(lambda: project.image(reader[1], reader[2]).compute())
+            out[reader] = _attempt(lambda reader=reader: project.image(reader[1], reader[2]).compute())
         else:
             out[reader] = _attempt(
-                lambda: tilefuse.plan_fusion(project, downsampling=reader[1]).to_dask().compute())
+                lambda reader=reader: tilefuse.plan_fusion(project, downsampling=reader[1]).to_dask().compute())
     return out
 
 

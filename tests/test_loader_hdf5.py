@@ -13,12 +13,12 @@ import pytest
 from lxml import etree
 
 from conftest import EXAMPLES, loader_element
+from tilefuse.downsample import block_mean
 from tilefuse.errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from tilefuse.loaders import LOADERS
 from tilefuse.loaders._hdf5 import Hdf5Loader, Partition
 from tilefuse.loaders.base import drop_cached_handles
 from tilefuse.project.views import ViewId
-from tilefuse.downsample import block_mean
 from tilefuse.writers.bdv_hdf5 import propose_factors, write_bdv_hdf5
 
 PYBDV_H5 = EXAMPLES / "pybdv_example.h5"

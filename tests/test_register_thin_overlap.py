@@ -12,9 +12,9 @@ import pytest
 from scipy import ndimage
 
 import tilefuse
+from tilefuse import open_project
 from tilefuse.cli import main
 from tilefuse.demo import make_sample_project, score_registration
-from tilefuse import open_project
 from tilefuse.registration.subpixel import prepare_refinement, refine_gradient
 
 TILES = [(16, 64, 64), (32, 64, 64), (16, 96, 96)]

@@ -24,11 +24,11 @@ import tifffile
 import zarr
 
 import tilefuse
+from tilefuse import open_project
 from tilefuse.cli import main
 from tilefuse.demo import make_sample_project
 from tilefuse.errors import OutputError, OutputIsInputError, TilefuseError
 from tilefuse.pipeline import run
-from tilefuse import open_project
 from tilefuse.writers._atomic import atomic_outputs
 
 # Runs the CLI in a child process, optionally under a file size limit (writes past it fail

@@ -11,8 +11,8 @@ import pytest
 import zarr
 
 from tilefuse._outputs import partial_path
-from tilefuse.errors import OutputExistsError
 from tilefuse.downsample import block_mean
+from tilefuse.errors import OutputExistsError
 from tilefuse.writers.ome_zarr import pyramid_plan, write_ome_zarr
 
 

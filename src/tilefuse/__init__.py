@@ -32,6 +32,7 @@ from .errors import (
     UnsupportedFormatError,
     WorkerLostError,
 )
+
 # Public names are imported on first use (PEP 562), so `import tilefuse` stays
 # fast and a stage's dependencies load only when that stage is used.
 _LAZY = {

@@ -171,9 +171,9 @@ def _client(args):
 
 def _preview(args, path, out, overwrite: bool) -> None:
     """Save a PNG: the middle z plane of the first (t, c) at the coarsest written level."""
-    from .plotting import save_preview
-
     import zarr
+
+    from .plotting import save_preview
 
     path = Path(path)
     if str(path).endswith(".zarr"):
@@ -310,8 +310,8 @@ def _cmd_fuse(args) -> None:
 
 
 def _cmd_run(args) -> None:
-    from .pipeline import run, run_outputs
     from .opening import open_project
+    from .pipeline import run, run_outputs
     from .writers._atomic import input_paths
 
     registration, fusion, writing = _options(args, _REGISTRATION), _options(args, _FUSION), _options(args, _OUTPUT)

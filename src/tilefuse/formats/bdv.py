@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["BDV_DATA_TYPES", "ZARR_VIEW_GROUP", "hdf5_cells", "hdf5_setup", "n5_level", "n5_setup", "n5_view", "zarr_view"]
+__all__ = ["BDV_DATA_TYPES", "ZARR_VIEW_GROUP", "hdf5_cells", "hdf5_setup", "n5_level", "n5_setup", "n5_view",
+           "zarr_view"]
 
 #: The pixel types of BDV and N5 (``dataType`` names; numpy spells them identically).
 BDV_DATA_TYPES = (

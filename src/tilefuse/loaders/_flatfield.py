@@ -76,7 +76,7 @@ class FlatFieldLoader(ImageLoader):
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "FlatFieldLoader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> FlatFieldLoader:
         here = f'<ImageLoader format="{element.get("format", cls.format)}">'
         inner = element.find("WrappedImgLoader/ImageLoader")
         if inner is None:

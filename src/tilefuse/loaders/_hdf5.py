@@ -29,14 +29,14 @@ from pathlib import Path
 import numpy as np
 from lxml import etree
 
+from .._blockcache import cached_block
+from .._inputs import check_regular_file
 from ..errors import (
     ImageDataError,
     MissingDataError,
     ProjectFormatError,
     where,
 )
-from .._blockcache import cached_block
-from .._inputs import check_regular_file
 from ..formats.bdv import BDV_DATA_TYPES, hdf5_cells, hdf5_setup
 from ..formats.deflate import DeflateError, inflate
 from ..project.paths import path_element, read_path_element
@@ -103,12 +103,12 @@ class Hdf5Loader(ImageLoader):
     @classmethod
     def for_path(
         cls, path: str | os.PathLike, partitions: Iterable[Partition] = ()
-    ) -> "Hdf5Loader":
+    ) -> Hdf5Loader:
         """A loader for an HDF5 file, without any XML (e.g. one just written)."""
         return cls(path, partitions)
 
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "Hdf5Loader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> Hdf5Loader:
         base_dir = Path(base_dir)
         path = read_path_element(element, "hdf5", base_dir, xml_path)
         partitions = [

@@ -58,12 +58,12 @@ class N5Loader(ImageLoader):
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def for_path(cls, path: str | Path, version: str = "1.1") -> "N5Loader":
+    def for_path(cls, path: str | Path, version: str = "1.1") -> N5Loader:
         """A loader for the local N5 container at ``path`` (no XML needed)."""
         return cls(Path(os.path.normpath(Path(path).absolute())), version=version)
 
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "N5Loader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> N5Loader:
         n5 = single_child(element, "n5", xml_path, _ELEMENT)
         if n5 is None or not (n5.text or "").strip():
             raise ProjectFormatError(f"{where(xml_path, _ELEMENT)}: missing <n5> path")

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from lxml import etree
 
+from .._inputs import MAX_METADATA_BYTES, block_byte_limit, check_regular_file, read_regular_file
 from ..errors import (
     ImageDataError,
     MissingDataError,
@@ -45,7 +46,6 @@ from ..errors import (
     UnsupportedFormatError,
     where,
 )
-from .._inputs import MAX_METADATA_BYTES, block_byte_limit, check_regular_file, read_regular_file
 from ..formats.bdv import ZARR_VIEW_GROUP, zarr_view
 from ..project.paths import parse_location, path_element, single_child
 from ..project.views import ViewId
@@ -125,7 +125,7 @@ class OmeZarrLoader(ImageLoader):
         path: str | Path,
         views: Mapping[ViewId, str | ZGroup | tuple] | Iterable[ViewId] | None = None,
         indices: Sequence[int] | None = (0, 0),
-    ) -> "OmeZarrLoader":
+    ) -> OmeZarrLoader:
         """A version-3.0 loader for a local container (no XML needed).
 
         Parameters
@@ -152,7 +152,7 @@ class OmeZarrLoader(ImageLoader):
         return cls(path, groups, version="3.0")
 
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "OmeZarrLoader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> OmeZarrLoader:
         version = (element.get("version") or "").strip()
         zarr_el = single_child(element, "zarr", xml_path, _ELEMENT)
         if zarr_el is None or not (zarr_el.text or "").strip():

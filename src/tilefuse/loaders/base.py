@@ -33,7 +33,7 @@ __all__ = ["ImageLoader", "cached_handle", "cached_entry", "cached_value", "bloc
 
 Region = tuple[slice, slice, slice]
 
-_HANDLES: dict[tuple[str, Any], "_Entry"] = {}
+_HANDLES: dict[tuple[str, Any], _Entry] = {}
 _HANDLES_LOCK = threading.Lock()
 
 
@@ -220,7 +220,7 @@ class ImageLoader(ABC):
 
     # -- construction ---------------------------------------------------
     @classmethod
-    def for_path(cls, *args, **kwargs) -> "ImageLoader":
+    def for_path(cls, *args, **kwargs) -> ImageLoader:
         """A loader for data on disk without any XML (e.g. just written); each format's own arguments.
 
         ``bdv.hdf5``: the ``.h5`` file; ``bdv.n5`` and ``bdv.multimg.zarr``: the
@@ -230,7 +230,7 @@ class ImageLoader(ABC):
 
     @classmethod
     @abstractmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None) -> "ImageLoader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None) -> ImageLoader:
         """Build the loader from its ``<ImageLoader>`` element.
 
         ``base_dir`` is the project's resolved BasePath; ``xml_path`` is only
@@ -282,7 +282,7 @@ class ImageLoader(ABC):
         Loaders without such blocks ignore it.
         """
 
-    def check_view(self, view: ViewId) -> None:
+    def check_view(self, view: ViewId) -> None:  # noqa: B027 - a hook: by default nothing to check
         """Check the format-specific structure of one view's data; raise if it cannot be trusted.
 
         Called once per view (and process) by :func:`tilefuse.loaders.validate.check_view`

@@ -87,7 +87,7 @@ class Project:
         self._loader = loader
         self._loader_error = loader_error
 
-    def copy(self) -> "Project":
+    def copy(self) -> Project:
         """A deep copy (the loader is shared: it holds no state worth copying)."""
         new = Project.__new__(Project)
         new.data = copy.deepcopy(self.data)

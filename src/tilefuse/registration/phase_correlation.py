@@ -28,8 +28,8 @@ project knowledge: arrays in, a :class:`PairwiseShift` out.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 from numpy.typing import ArrayLike

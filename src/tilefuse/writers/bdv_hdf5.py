@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import raise_if_write_error
 from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, UnsupportedFormatError
@@ -36,7 +37,6 @@ from ..formats.bdv import BDV_DATA_TYPES, hdf5_cells, hdf5_setup
 from ..formats.deflate import deflate
 from ..loaders.base import drop_cached_handles
 from ..project.views import ViewId
-from .._outputs import raise_if_write_error
 
 __all__ = ["write_bdv_hdf5", "propose_factors"]
 

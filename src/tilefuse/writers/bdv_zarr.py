@@ -32,8 +32,15 @@ from ..loaders import loader_class
 from ..loaders.base import drop_cached_handles
 from ..project.views import ViewId
 from ._atomic import atomic_output
-from .bdv_n5 import (as_view_images, check_factors, level_shapes, n_blocks, voxel_size_of, write_downsampled,
-                     write_level0)
+from .bdv_n5 import (
+    as_view_images,
+    check_factors,
+    level_shapes,
+    n_blocks,
+    voxel_size_of,
+    write_downsampled,
+    write_level0,
+)
 
 __all__ = ["write_bdv_omezarr", "ngff_multiscales"]
 

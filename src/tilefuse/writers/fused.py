@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import check_outputs
 from ..errors import FusionError
 from ..fusion.api import FusionPlan
-from .._outputs import check_outputs
 from ._atomic import input_paths
 from .options import OutputOptions
 

@@ -23,18 +23,18 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import check_outputs, remove_path
 from ..errors import ProjectFormatError, TilefuseError
 from ..geometry import scale_matrix, translation_matrix
 from ..loaders import loader_class
 from ..loaders.base import drop_cached_handles
+from ..opening import open_project
 from ..project.checks import MAX_COORDINATE, check_spimdata
 from ..project.model import STANDARD_ATTRIBUTES, AttributeBlock, Entity, SpimData, Timepoints, ViewSetup, ViewTransform
-from ..opening import open_project
 from ..project.project import Project
 from ..project.timepoints import format_integer_pattern
 from ..project.views import ViewId
 from ..project.xml_read import read_spimdata
-from .._outputs import check_outputs, remove_path
 from ._atomic import atomic_outputs
 
 __all__ = ["write_project", "calibration_matrix", "container_path", "FORMATS"]
