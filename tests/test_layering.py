@@ -20,6 +20,9 @@ The layers, bottom to top (the developers' guide's Layout rule; README "Layout" 
 10  command line                cli, _cliargs
 ==  ==========================  =================================================================
 
+The view ids and path helpers (project/views.py, project/paths.py) import only core, but
+importing them runs project/__init__.py, so they count as layer 1 (the loaders, above, use them).
+
 A module may import its own layer and any layer below.  Every ``import`` statement counts, at
 module level and inside functions, absolute and relative.  Importing ``tilefuse.a.b`` runs
 ``tilefuse/a/__init__.py`` first, so it counts as importing the package ``tilefuse.a`` too
