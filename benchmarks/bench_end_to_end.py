@@ -63,6 +63,7 @@ def task_run(task: dict) -> dict:
     import tilefuse
     from tilefuse.demo import score_registration
     from tilefuse.pipeline import cluster_client, run
+    from tilefuse.writers.options import OutputOptions
 
     t0 = time.perf_counter()
     with cluster_client(workers=task.get("workers") or None) as client:

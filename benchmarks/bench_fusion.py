@@ -244,8 +244,8 @@ def task_quality(task: dict) -> dict:
     return out
 
 
-TASKS = {"floor": task_floor, "floor_zarr0": task_floor, "tilefuse_omezarr": task_tilefuse_omezarr, "tilefuse_zarr0": task_tilefuse_zarr0,
-         "tilefuse_content_zarr0": task_tilefuse_zarr0,
+TASKS = {"floor": task_floor, "floor_zarr0": task_floor, "tilefuse_omezarr": task_tilefuse_omezarr,
+         "tilefuse_zarr0": task_tilefuse_zarr0, "tilefuse_content_zarr0": task_tilefuse_zarr0,
          "peer_zarr0": task_peer_zarr0, "quality": task_quality}
 
 

@@ -234,7 +234,8 @@ def _h5_edit(root: Path, rng: np.random.Generator) -> str:
             old = f[name]
             data = old[...]
             if kind == "cells-shape":
-                shape = tuple(int(n) + int(d) for n, d in zip(old.shape, _pick(rng, [(0, 1, 0), (0, -3, 2), (1, 0, 0)])))
+                grow = _pick(rng, [(0, 1, 0), (0, -3, 2), (1, 0, 0)])
+                shape = tuple(int(n) + int(d) for n, d in zip(old.shape, grow))
                 new = np.resize(data, shape)
             elif kind == "level-bigger":
                 new = np.resize(data, (old.shape[0], old.shape[1] * 2 + 1, old.shape[2] * 2 + 1))

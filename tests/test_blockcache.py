@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tilefuse.loaders import _blockcache as bc
-from tilefuse.loaders._deflate import BACKEND, inflate
+from tilefuse import _blockcache as bc
+from tilefuse.formats.deflate import BACKEND, inflate
 from tilefuse.loaders._hdf5 import Hdf5Loader
 from tilefuse.project.views import ViewId
 from tilefuse.writers.bdv_hdf5 import write_bdv_hdf5
@@ -84,7 +84,7 @@ def test_hdf5_reads_reuse_blocks_and_see_rewritten_files(cache, tmp_path):
     first = rng.integers(0, 60000, (20, 40, 50)).astype(np.uint16)
     path = tmp_path / "data.h5"
     write_bdv_hdf5(path, {ViewId(0, 0): first}, chunks=(8, 16, 16))
-    loader = Hdf5Loader.for_file(path)
+    loader = Hdf5Loader.for_path(path)
     view = ViewId(0, 0)
     region_a = (slice(0, 20), slice(0, 20), slice(0, 30))
     region_b = (slice(0, 20), slice(10, 40), slice(20, 50))
@@ -100,7 +100,7 @@ def test_hdf5_reads_reuse_blocks_and_see_rewritten_files(cache, tmp_path):
     assert (after["hits"] - middle["hits"], after["misses"] - middle["misses"]) == (6, 21)
     second = first[::-1].copy()
     write_bdv_hdf5(path, {ViewId(0, 0): second}, chunks=(8, 16, 16))
-    np.testing.assert_array_equal(Hdf5Loader.for_file(path).read(view, 0, region_a, cache=True),
+    np.testing.assert_array_equal(Hdf5Loader.for_path(path).read(view, 0, region_a, cache=True),
                                   second[region_a])
 
 
@@ -113,7 +113,7 @@ def test_inflate_backend_decodes_zlib_streams():
 
 
 def test_n5_reads_reuse_blocks_and_see_rewritten_blocks(cache, tmp_path):
-    from tilefuse.loaders._n5format import create_dataset
+    from tilefuse.formats.n5 import create_dataset
 
     cache.set_block_cache_size(64)
     rng = np.random.default_rng(1)
@@ -151,7 +151,7 @@ def test_deflate_streams_are_standard():
     import gzip
     import zlib
 
-    from tilefuse.loaders._deflate import deflate, isal_level
+    from tilefuse.formats.deflate import deflate, isal_level
 
     raw = np.random.default_rng(2).integers(0, 300, 200_000).astype(np.uint16).tobytes()
     for level in (0, 1, 4, 6, 9):

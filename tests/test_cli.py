@@ -9,8 +9,8 @@ import pytest
 import tifffile
 import zarr
 
+from tilefuse import open_project
 from tilefuse.cli import main
-from tilefuse.project import open_project
 
 
 @pytest.fixture(scope="module")

@@ -23,10 +23,9 @@ import numpy as np
 import pytest
 
 import tilefuse
+from docblocks import DocBlockError, blocks, check_parses, run_blocks, shell_env
 from tilefuse.demo import make_sample_project
 from tilefuse.project.model import BoundingBox
-
-from docblocks import DocBlockError, blocks, check_parses, run_blocks, shell_env
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"

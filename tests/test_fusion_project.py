@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 
 import tilefuse
-from tilefuse import errors
+from tilefuse import errors, open_project
 from tilefuse.geometry import Box
-from tilefuse.project import open_project
 from tilefuse.sample_data import make_mosaic
 
 

@@ -30,11 +30,10 @@ import pytest
 from lxml import etree
 
 import tilefuse
-from tilefuse.errors import TilefuseError
-from tilefuse.sample_data import make_mosaic
-
 from conftest import EXAMPLES, example_xmls
 from damage import copy_project, damage
+from tilefuse.errors import TilefuseError
+from tilefuse.sample_data import make_mosaic
 
 #: Cases per kind of damage; their sum is the size of the corpus.
 N_CASES = {"hdf5": 50, "hdf5-3d": 25, "n5": 56, "zarr": 64, "tiff": 30, "xml": 72}
@@ -128,7 +127,8 @@ def _run(xml: Path, base: Base, data_damage: bool, description: str) -> str:
                 if data_damage:
                     ref = base.pixels.get((view, level))
                     assert ref is not None, f"{description}: {view} level {level} appeared"
-                    np.testing.assert_array_equal(arr, ref, err_msg=f"{description}: wrong pixels, {view} level {level}")
+                    np.testing.assert_array_equal(arr, ref,
+                                                  err_msg=f"{description}: wrong pixels, {view} level {level}")
                 else:
                     _check_pixels_against_xml(project, view, level, arr, base)
         for ds in (1, 2):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tilefuse.errors import RegistrationError
-from tilefuse.registration.global_opt import PRESETS, GlobalSolution, Link, solve_translations
+from tilefuse.registration.global_opt import PRESETS, GlobalSolution, ShiftConstraint, solve_translations
 
 
 def _grid_links(ny, nx, truth, rng, noise=0.05, corr=(0.7, 0.95), key=lambda i: i):
@@ -20,7 +20,7 @@ def _grid_links(ny, nx, truth, rng, noise=0.05, corr=(0.7, 0.95), key=lambda i: 
             i = y * nx + x
             for j in ([i + 1] if x + 1 < nx else []) + ([i + nx] if y + 1 < ny else []):
                 shift = truth[j] - truth[i] + rng.normal(0, noise, truth.shape[1])
-                links.append(Link(key(i), key(j), shift, rng.uniform(*corr)))
+                links.append(ShiftConstraint(key(i), key(j), shift, rng.uniform(*corr)))
     return links
 
 
@@ -61,7 +61,7 @@ def test_outliers_rejected_and_truth_recovered():
     bad = [7, 61, 120, 150]  # far apart; correlations as good as the rest
     for k in bad:
         lk = links[k]
-        links[k] = Link(lk.a, lk.b, lk.shift + np.array([9.0, -6.0, 12.0]), 0.9)
+        links[k] = ShiftConstraint(lk.a, lk.b, lk.shift + np.array([9.0, -6.0, 12.0]), 0.9)
     sol = solve_translations(100, links)
     assert sorted(np.flatnonzero(~sol.accepted)) == bad
     for k in bad:
@@ -82,7 +82,7 @@ def test_presets():
     rng = np.random.default_rng(2)
     truth = rng.normal(0, 4, (25, 2))
     links = _grid_links(5, 5, truth, rng)
-    links[3] = Link(links[3].a, links[3].b, links[3].shift + 2.5, 0.9)  # moderate error
+    links[3] = ShiftConstraint(links[3].a, links[3].b, links[3].shift + 2.5, 0.9)  # moderate error
     rel, ab = PRESETS["strict"]
     strict = solve_translations(25, links, rel_threshold=rel, abs_threshold=ab)
     rel, ab = PRESETS["none"]
@@ -95,9 +95,9 @@ def test_bridge_outlier_is_kept():
     rng = np.random.default_rng(4)
     truth = rng.normal(0, 4, (10, 3))
     links = _grid_links(3, 3, truth[:9], rng)  # loopy 3x3 block: groups 0..8
-    links.append(Link(8, 9, truth[9] - truth[8] + 25.0, 0.5))  # group 9 hangs on one bad link
+    links.append(ShiftConstraint(8, 9, truth[9] - truth[8] + 25.0, 0.5))  # group 9 hangs on one bad link
     assert (links[7].a, links[7].b) == (4, 5)
-    links[7] = Link(4, 5, links[7].shift + 15.0, 0.9)  # and one inside the block
+    links[7] = ShiftConstraint(4, 5, links[7].shift + 15.0, 0.9)  # and one inside the block
     rel, ab = PRESETS["strict"]  # a 3x3 block spreads the error: relaxed accepts it
     sol = solve_translations(10, links, rel_threshold=rel, abs_threshold=ab)
     assert sol.accepted[-1] and not sol.accepted[7]
@@ -110,7 +110,7 @@ def test_bridge_outlier_is_kept():
 
 def test_inconsistent_triangle_cannot_lose_links_below_a_tree():
     """Only bridges left -> stop, report not converged, nothing disconnected."""
-    links = [Link(0, 1, [10.0, 0]), Link(1, 2, [0, 10.0]), Link(0, 2, [-30.0, 0])]
+    links = [ShiftConstraint(0, 1, [10.0, 0]), ShiftConstraint(1, 2, [0, 10.0]), ShiftConstraint(0, 2, [-30.0, 0])]
     sol = solve_translations(3, links)
     assert sol.accepted.sum() == 2  # one removed, the rest is a tree (all bridges)
     assert sol.converged and len(sol.components) == 1
@@ -118,11 +118,11 @@ def test_inconsistent_triangle_cannot_lose_links_below_a_tree():
 
 def test_prefilter_reasons():
     links = [
-        Link(0, 1, [1.0, 0.0], 0.2),
-        Link(1, 2, [50.0, 0.0], 0.9),
-        Link(0, 2, [1.0, 1.0], float("-inf")),
-        Link(2, 3, [0.0, 1.0], 0.9),
-        Link(3, 3, [0.0, 0.0], 0.9),
+        ShiftConstraint(0, 1, [1.0, 0.0], 0.2),
+        ShiftConstraint(1, 2, [50.0, 0.0], 0.9),
+        ShiftConstraint(0, 2, [1.0, 1.0], float("-inf")),
+        ShiftConstraint(2, 3, [0.0, 1.0], 0.9),
+        ShiftConstraint(3, 3, [0.0, 0.0], 0.9),
     ]
     sol = solve_translations(4, links, min_correlation=0.3, max_shift=20)
     assert sol.reasons[0] == "correlation below 0.3 (r = 0.200)"
@@ -153,12 +153,12 @@ def test_fixed_groups():
 
 
 def test_link_weight_defaults():
-    assert Link(0, 1, [0, 0], 0.5).weight == 0.5
-    assert Link(0, 1, [0, 0], 2.0).weight == 1.0
-    assert Link(0, 1, [0, 0], -0.3).weight == 0.01
-    assert Link(0, 1, [0, 0], 0.5, weight=3.0).weight == 3.0
+    assert ShiftConstraint(0, 1, [0, 0], 0.5).weight == 0.5
+    assert ShiftConstraint(0, 1, [0, 0], 2.0).weight == 1.0
+    assert ShiftConstraint(0, 1, [0, 0], -0.3).weight == 0.01
+    assert ShiftConstraint(0, 1, [0, 0], 0.5, weight=3.0).weight == 3.0
     # weights matter: two contradicting links, the heavier one wins more
-    sol = solve_translations(2, [Link(0, 1, [0.0], 1.0, weight=3.0), Link(0, 1, [4.0], 1.0)],
+    sol = solve_translations(2, [ShiftConstraint(0, 1, [0.0], 1.0, weight=3.0), ShiftConstraint(0, 1, [4.0], 1.0)],
                              rel_threshold=math.inf, abs_threshold=math.inf)
     np.testing.assert_allclose(sol.translations[1], [1.0])
 
@@ -198,7 +198,7 @@ def test_weak_links_keep_stage_relative_positions():
 
 
 def test_weak_links_respect_fixed_blocks():
-    strong = [Link(0, 1, [2.0, 0.0]), Link(2, 3, [0.0, 2.0])]
+    strong = [ShiftConstraint(0, 1, [2.0, 0.0]), ShiftConstraint(2, 3, [0.0, 2.0])]
     sol = solve_translations(4, strong, fixed=[3], weak_links=[(1, 2)])
     np.testing.assert_array_equal(sol.translations[3], 0)  # its block stays put
     np.testing.assert_allclose(sol.translations[2], [0.0, -2.0])
@@ -211,7 +211,7 @@ def test_large_grid_is_fast():
     truth = rng.normal(0, 4, (600, 3))
     links = _grid_links(20, 30, truth, rng)
     for k in rng.choice(len(links), 5, replace=False):
-        links[k] = Link(links[k].a, links[k].b, links[k].shift + 20.0, 0.8)
+        links[k] = ShiftConstraint(links[k].a, links[k].b, links[k].shift + 20.0, 0.8)
     start = time.perf_counter()
     sol = solve_translations(600, links)
     elapsed = time.perf_counter() - start
@@ -222,11 +222,11 @@ def test_large_grid_is_fast():
 
 def test_bad_input_raises():
     with pytest.raises(RegistrationError, match="unknown group 'x'"):
-        solve_translations(3, [Link(0, "x", [1.0, 2.0])])
+        solve_translations(3, [ShiftConstraint(0, "x", [1.0, 2.0])])
     with pytest.raises(RegistrationError, match="differ in length"):
-        solve_translations(3, [Link(0, 1, [1.0, 2.0]), Link(1, 2, [1.0, 2.0, 3.0])])
+        solve_translations(3, [ShiftConstraint(0, 1, [1.0, 2.0]), ShiftConstraint(1, 2, [1.0, 2.0, 3.0])])
     with pytest.raises(RegistrationError, match="fixed group 7"):
-        solve_translations(3, [Link(0, 1, [1.0])], fixed=[7])
+        solve_translations(3, [ShiftConstraint(0, 1, [1.0])], fixed=[7])
     with pytest.raises(RegistrationError, match="duplicate"):
         solve_translations([0, 0], [])
 

@@ -26,7 +26,7 @@ from lxml import etree
 
 import tilefuse
 from tilefuse.errors import TilefuseError
-from tilefuse.loaders._n5format import decode_block, encode_block
+from tilefuse.formats.n5 import decode_block, encode_block
 
 SHAPE = (8, 32, 40)  # z y x of each view
 FACTORS = [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
@@ -59,10 +59,10 @@ def _read_all(xml: Path, readers=None) -> dict:
         readers += [("fuse", ds) for ds in DOWNSAMPLINGS]
     for reader in readers:
         if reader[0] == "image":
-            out[reader] = _attempt(lambda: project.image(reader[1], reader[2]).compute())
+            out[reader] = _attempt(lambda reader=reader: project.image(reader[1], reader[2]).compute())
         else:
             out[reader] = _attempt(
-                lambda: tilefuse.plan_fusion(project, downsampling=reader[1]).to_dask().compute())
+                lambda reader=reader: tilefuse.plan_fusion(project, downsampling=reader[1]).to_dask().compute())
     return out
 
 
@@ -789,7 +789,7 @@ def test_split_box_outside_the_original_view_is_refused(pristine):
     from tilefuse.project.views import ViewId
 
     root, reference = pristine["hdf5"]
-    original = Hdf5Loader.for_file(root / "dataset.h5")
+    original = Hdf5Loader.for_path(root / "dataset.h5")
     view = ViewId(0, 0)
     inside = SplitLoader(original, {0: 0}, {0: ((0, 4, 10), (7, 31, 39))})
     assert check_view(inside, view).shapes[0] == (8, 28, 30)

@@ -13,12 +13,12 @@ import pytest
 from lxml import etree
 
 from conftest import EXAMPLES, loader_element
+from tilefuse.downsample import block_mean
 from tilefuse.errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from tilefuse.loaders import LOADERS
 from tilefuse.loaders._hdf5 import Hdf5Loader, Partition
 from tilefuse.loaders.base import drop_cached_handles
 from tilefuse.project.views import ViewId
-from tilefuse.downsample import block_mean
 from tilefuse.writers.bdv_hdf5 import propose_factors, write_bdv_hdf5
 
 PYBDV_H5 = EXAMPLES / "pybdv_example.h5"
@@ -36,7 +36,7 @@ ALL = (slice(None),) * 3
 
 @needs_examples
 def test_pybdv_example_matches_h5py():
-    loader = Hdf5Loader.for_file(PYBDV_H5)
+    loader = Hdf5Loader.for_path(PYBDV_H5)
     assert LOADERS["bdv.hdf5"] is Hdf5Loader
     assert loader.has_view(V0) and not loader.has_view(ViewId(0, 1)) and not loader.has_view(ViewId(1, 0))
     assert loader.levels(V0) == [(1.0, 1.0, 1.0), (2.0, 2.0, 2.0)]
@@ -62,7 +62,7 @@ def test_pybdv_example_matches_h5py():
 
 @needs_examples
 def test_kidney_legacy_int16_reads_as_uint16():
-    loader = Hdf5Loader.for_file(KIDNEY_H5)
+    loader = Hdf5Loader.for_path(KIDNEY_H5)
     with h5py.File(KIDNEY_H5, "r") as f:
         assert "dataType" not in f["s00"].attrs and f["t00000/s01/0/cells"].dtype == np.int16
         for setup in range(3):
@@ -85,7 +85,7 @@ def test_legacy_high_values_are_bit_reinterpreted(tmp_path):
         f["s00/resolutions"] = np.ones((1, 3))
         f["s00/subdivisions"] = np.array([[6, 1, 1]], dtype=np.int32)
         f.create_dataset("t00000/s00/0/cells", data=values.view(np.int16), chunks=(1, 1, 6))
-    got = Hdf5Loader.for_file(path).read(V0, 0, ALL)
+    got = Hdf5Loader.for_path(path).read(V0, 0, ALL)
     assert got.dtype == np.uint16
     np.testing.assert_array_equal(got, values)
 
@@ -132,7 +132,7 @@ def test_corrupt_files_raise_image_data_error(tmp_path):
     truncated.write_bytes(PYBDV_H5.read_bytes()[:50_000])
     for path in (text, truncated):
         with pytest.raises(ImageDataError, match=path.name):
-            Hdf5Loader.for_file(path).shape(V0)
+            Hdf5Loader.for_path(path).shape(V0)
 
 
 @needs_examples
@@ -142,7 +142,7 @@ def test_absent_view_and_level(tmp_path):
     with h5py.File(path, "a") as f:
         del f["t00000/s00/1"]
         f.copy(f["s00"], "s01")  # setup 1 has metadata but no pixels
-    loader = Hdf5Loader.for_file(path)
+    loader = Hdf5Loader.for_path(path)
     view = ViewId(0, 1)
     assert not loader.has_view(view)
     with pytest.raises(MissingDataError) as err:
@@ -183,7 +183,7 @@ def test_region_read_decodes_only_needed_chunks(tmp_path):
         for offset, size in garbage:
             fh.seek(offset)
             fh.write(b"\xff" * size)
-    loader = Hdf5Loader.for_file(path)
+    loader = Hdf5Loader.for_path(path)
     np.testing.assert_array_equal(loader.read(V0, 0, region), ref)
     np.testing.assert_array_equal(loader.image(V0)[region].compute(), ref)
     with pytest.raises(ImageDataError, match="sabotaged.h5.*t00000/s00/0/cells"):  # the sabotage is real
@@ -229,7 +229,7 @@ def test_partitioned_dataset(tmp_path):
     assert loader.partitions[1] == Partition(tmp_path / "b.h5", (0, 1), (2,), (10, 11), (0,))
     assert loader.files() == [tmp_path / "master.h5", tmp_path / "a.h5", tmp_path / "b.h5"]
     # the master alone, through h5py's external links
-    via_master = Hdf5Loader.for_file(tmp_path / "master.h5")
+    via_master = Hdf5Loader.for_path(tmp_path / "master.h5")
     for (tp, s), ref in pix.items():
         view = ViewId(tp, s)
         for ld in (loader, via_master):
@@ -254,7 +254,7 @@ def test_partitioned_dataset(tmp_path):
 
 @needs_examples
 def test_loader_pickles_small_and_reads_after_unpickling():
-    loader = Hdf5Loader.for_file(KIDNEY_H5)
+    loader = Hdf5Loader.for_path(KIDNEY_H5)
     loader.shape(ViewId(0, 1))  # opens and caches the handle
     blob = pickle.dumps(loader)
     assert len(blob) < 1000
@@ -314,7 +314,7 @@ def test_writer_layout_checked_with_pybdv_and_h5py(tmp_path):
         ViewId(1, 0): u16[::-1],
         ViewId(0, 4): f32.compute(),
     }
-    loader = Hdf5Loader.for_file(path)
+    loader = Hdf5Loader.for_path(path)
     with h5py.File(path, "r") as f:
         assert f["s00"].attrs["dataType"] == b"uint16" and f["s04"].attrs["dataType"] == b"float32"
         assert f["s00/resolutions"].dtype == np.float64 and f["s00/subdivisions"].dtype == np.int32
@@ -366,7 +366,7 @@ def test_writer_streams_blocks(tmp_path):
     assert src.largest_read <= 8 * 32 * 32
     z, y, x = np.ogrid[:20, :96, :120]
     full = ((z * 7 + y * 3 + x) % 1000).astype(np.uint16)
-    loader = Hdf5Loader.for_file(path)
+    loader = Hdf5Loader.for_path(path)
     np.testing.assert_array_equal(loader.read(V0, 0, ALL), full)
     np.testing.assert_array_equal(loader.read(V0, 1, ALL), _ref_block_mean(full, (2, 2, 2)))
 
@@ -376,11 +376,11 @@ def test_writer_replaces_atomically_and_cleans_up(tmp_path, capsys):
     a = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8)
     write_bdv_hdf5(path, {V0: a}, progress=True)
     assert "chunk" in capsys.readouterr().err  # tqdm bar
-    loader = Hdf5Loader.for_file(path)
+    loader = Hdf5Loader.for_path(path)
     np.testing.assert_array_equal(loader.read(V0, 0, ALL), a)  # handle now cached
 
     write_bdv_hdf5(path, {V0: a[:, ::-1]})  # overwrite: cached handle must not serve the old file
-    np.testing.assert_array_equal(Hdf5Loader.for_file(path).read(V0, 0, ALL), a[:, ::-1])
+    np.testing.assert_array_equal(Hdf5Loader.for_path(path).read(V0, 0, ALL), a[:, ::-1])
 
     def boom(block):
         raise RuntimeError("source failed")
@@ -389,7 +389,7 @@ def test_writer_replaces_atomically_and_cleans_up(tmp_path, capsys):
     with pytest.raises(RuntimeError, match="source failed"):
         write_bdv_hdf5(path, {V0: bad})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.h5"]
-    np.testing.assert_array_equal(Hdf5Loader.for_file(path).read(V0, 0, ALL), a[:, ::-1])
+    np.testing.assert_array_equal(Hdf5Loader.for_path(path).read(V0, 0, ALL), a[:, ::-1])
 
 
 def test_writer_rejects_bad_input(tmp_path):
@@ -414,7 +414,7 @@ def test_pybdv_written_legacy_file_reads_back(tmp_path):
     a = np.random.default_rng(3).integers(0, 65535, (6, 20, 24), dtype=np.uint16)
     path = tmp_path / "pb.h5"
     pybdv.make_bdv(a, str(path), downscale_factors=[[1, 2, 2]], downscale_mode="mean", chunks=(3, 10, 12))
-    loader = Hdf5Loader.for_file(path)
+    loader = Hdf5Loader.for_path(path)
     assert loader.dtype(V0) == np.uint16
     assert loader.levels(V0) == [(1.0, 1.0, 1.0), (1.0, 2.0, 2.0)]
     np.testing.assert_array_equal(loader.image(V0).compute(), a)

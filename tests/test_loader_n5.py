@@ -13,13 +13,12 @@ import pytest
 from lxml import etree
 
 from conftest import EXAMPLES, example_loader_element
-from tilefuse.errors import ImageDataError, MissingDataError, UnsupportedFormatError
+from tilefuse.errors import ImageDataError, MissingDataError, OutputExistsError, UnsupportedFormatError
+from tilefuse.formats import n5 as _n5format
+from tilefuse.formats.n5 import N5Dataset, create_dataset, decode_block, encode_block, read_attributes
 from tilefuse.loaders import LOADERS
-from tilefuse.loaders import _n5format
 from tilefuse.loaders._n5 import N5Loader
-from tilefuse.loaders._n5format import N5Dataset, create_dataset, decode_block, encode_block, read_attributes
 from tilefuse.project.views import ViewId
-from tilefuse.writers._atomic import OutputExistsError
 from tilefuse.writers.bdv_n5 import level_shapes, write_bdv_n5
 
 FULL = (slice(None),) * 3
@@ -103,7 +102,9 @@ def test_lz4_block_stream(tmp_path):
     payload = data.astype(">u2").tobytes()
     first, second = payload[:20], payload[20:]
     lz = bytes(LZ4().encode(second))[4:]  # strip numcodecs' size prefix -> bare LZ4 block
-    frame = lambda token, body, n: b"LZ4Block" + bytes([token]) + struct.pack("<iii", len(body), n, 0) + body
+    def frame(token, body, n):
+        return b"LZ4Block" + bytes([token]) + struct.pack("<iii", len(body), n, 0) + body
+
     stream = frame(0x10, first, len(first)) + frame(0x20, lz, len(second)) + frame(0x10, b"", 0)
     header = struct.pack(">HH3I", 0, 3, 4, 3, 2)
     np.testing.assert_array_equal(decode_block(header + stream, np.dtype("uint16"), {"type": "lz4"}), data)

@@ -63,7 +63,7 @@ def stacks(tmp_path):
 
 def test_reads_every_layout_pixel_exact(stacks):
     _, mapping = stacks
-    loader = FileMap2Loader.for_files({v: spec for v, (spec, _) in mapping.items()})
+    loader = FileMap2Loader.for_path({v: spec for v, (spec, _) in mapping.items()})
     assert LOADERS["spimreconstruction.filemap2"] is FileMap2Loader
     for view, (_, ref) in mapping.items():
         assert loader.has_view(view)
@@ -100,7 +100,7 @@ def test_region_read_decodes_only_needed_pages(tmp_path):
             if not 4 <= z < 7:
                 fh.seek(offset)
                 fh.write(b"\x00\x01" * (size // 2))
-    loader = FileMap2Loader.for_files({V0: path})
+    loader = FileMap2Loader.for_path({V0: path})
     region = (slice(4, 7), slice(10, 30), slice(0, 30))
     np.testing.assert_array_equal(loader.read(V0, 0, region), data[region])
     with pytest.raises(ImageDataError, match="stack.tif") as err:  # the sabotage is real

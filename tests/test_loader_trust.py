@@ -293,12 +293,12 @@ def test_zarr_v3_chunks_under_other_keys_than_declared_are_refused(tmp_path):
 
     view = ViewId(0, 0)
     container, data = _zarr_v3_view(tmp_path / "ok", None)
-    loader = OmeZarrLoader.from_path(container, [view], indices=None)
+    loader = OmeZarrLoader.for_path(container, [view], indices=None)
     check_view(loader, view)
     np.testing.assert_array_equal(loader.read(view, 0, (slice(None),) * 3), data)
 
     container, _ = _zarr_v3_view(tmp_path / "bad", {"name": "v2", "configuration": {"separator": "."}})
-    loader = OmeZarrLoader.from_path(container, [view], indices=None)
+    loader = OmeZarrLoader.for_path(container, [view], indices=None)
     with pytest.raises(ImageDataError, match=r"s0-t0\.zarr/0: chunks are stored under keys like 'c/\d+/\d+/\d+' but "
                                              r"the metadata declare \"chunk_key_encoding\": \{\"name\": \"v2\""):
         check_view(loader, view)
@@ -322,7 +322,7 @@ def test_a_split_view_keeps_its_own_level_formula(tmp_path):
     images = _write(tmp_path, "hdf5", seed=5)
     view = ViewId(0, 0)
     # x 3..5 (3 voxels) at the level of factor 4: floor(3/4) .. floor(4.99/4) = 0 .. 1, 2 voxels; 3/4 rounds up to 1
-    split = SplitLoader(Hdf5Loader.for_file(tmp_path / "dataset.h5"), {0: 0}, {0: ((0, 0, 3), (7, 31, 5))})
+    split = SplitLoader(Hdf5Loader.for_path(tmp_path / "dataset.h5"), {0: 0}, {0: ((0, 0, 3), (7, 31, 5))})
     data = check_view(split, view)
     assert data.shapes[2][2] == 2
     level2 = tilefuse.open_project(tmp_path / "dataset.xml").image(view, 2).compute()

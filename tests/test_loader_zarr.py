@@ -174,7 +174,7 @@ def test_voxel_size_and_xml(tmp_path):
     np.testing.assert_array_equal(again.read(ViewId(0, 1), 0, FULL), a)
     clone = pickle.loads(pickle.dumps(again))
     np.testing.assert_array_equal(clone.read(ViewId(0, 1), 1, FULL), loader.read(ViewId(0, 1), 1, FULL))
-    scanned = OmeZarrLoader.for_container(tmp_path / "p" / "d.ome.zarr")
+    scanned = OmeZarrLoader.for_path(tmp_path / "p" / "d.ome.zarr")
     assert scanned.zgroups == {ViewId(0, 1): ZGroup("s1-t0.zarr", (0, 0))}
 
 
@@ -252,9 +252,9 @@ def test_partial_read_fetches_only_needed_chunks(tmp_path, monkeypatch):
     assert sorted("/".join(k.split("/")[-3:]) for k in keys) == ["0/0/0", "0/1/0", "1/0/0", "1/1/0"]
 
 
-def test_for_container_with_view_list(tmp_path):
+def test_for_path_with_view_list(tmp_path):
     # The form writers/project.py uses: just the views, BigStitcher group names.
-    loader = OmeZarrLoader.for_container(tmp_path / "c.ome.zarr", [ViewId(1, 4), ViewId(0, 2)])
+    loader = OmeZarrLoader.for_path(tmp_path / "c.ome.zarr", [ViewId(1, 4), ViewId(0, 2)])
     assert loader.zgroups == {ViewId(1, 4): ZGroup("s4-t1.zarr", (0, 0)), ViewId(0, 2): ZGroup("s2-t0.zarr", (0, 0))}
     assert not loader.has_view(ViewId(1, 4))
     with pytest.raises(MissingDataError, match=r"s4-t1\.zarr.*timepoint 1, setup 4"):

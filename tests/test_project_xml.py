@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from conftest import example_xmls
-from tilefuse import errors
+from tilefuse import errors, open_project
 from tilefuse.geometry import from_xml_affine, to_xml_affine
-from tilefuse.project import ViewId, open_project
+from tilefuse.project import ViewId
 from tilefuse.project.timepoints import parse_integer_pattern
 from xmlcompare import parse, xml_differences
 
@@ -138,13 +138,15 @@ def test_missing_truncated_and_unknown(tmp_path):
     bad.write_text("<SpimData><SequenceDescription><ViewSetups>")
     with pytest.raises(errors.ProjectFormatError, match="bad.xml.*not well-formed"):
         open_project(bad)
-    reg = '<ViewRegistration timepoint="0" setup="7"><ViewTransform type="affine"><affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>'
+    reg = ('<ViewRegistration timepoint="0" setup="7">'
+           '<ViewTransform type="affine"><affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>')
     with pytest.raises(errors.ProjectFormatError, match="setup 7"):
         open_project(_write(tmp_path, reg))
 
 
 def test_unknown_elements_are_kept(tmp_path):
-    reg = '<Foo a="1"><bar/></Foo><ViewRegistration timepoint="0" setup="0"><ViewTransform type="affine"><affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>'
+    reg = ('<Foo a="1"><bar/></Foo><ViewRegistration timepoint="0" setup="0">'
+           '<ViewTransform type="affine"><affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>')
     path = _write(tmp_path, reg, extra_setup="<camera><name>c</name></camera>")
     before = parse(path)
     open_project(path).save()
@@ -155,7 +157,8 @@ def test_unknown_elements_are_kept(tmp_path):
 
 def test_unknown_loader_fails_only_for_pixels(tmp_path):
     path = _write(tmp_path, "")
-    text = path.read_text().replace("<ViewSetups>", '<ImageLoader format="spimreconstruction.lightsheetz1"/><ViewSetups>')
+    loader = '<ImageLoader format="spimreconstruction.lightsheetz1"/>'
+    text = path.read_text().replace("<ViewSetups>", loader + "<ViewSetups>")
     path.write_text(text)
     p = open_project(path)
     with pytest.raises(errors.UnsupportedFormatError, match="lightsheetz1"):
@@ -163,7 +166,8 @@ def test_unknown_loader_fails_only_for_pixels(tmp_path):
 
 
 def test_backups_rotate(tmp_path):
-    reg = '<ViewRegistration timepoint="0" setup="0"><ViewTransform type="affine"><affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>'
+    reg = ('<ViewRegistration timepoint="0" setup="0">'
+           '<ViewTransform type="affine"><affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>')
     path = _write(tmp_path, reg)
     p = open_project(path)
     for _ in range(7):
@@ -181,9 +185,11 @@ def test_integer_pattern(pattern, ids):
 
 def test_timepoint_forms(tmp_path):
     reg = ""
-    p = open_project(_write(tmp_path, reg, timepoints='<Timepoints type="range"><first>2</first><last>4</last></Timepoints>'))
+    p = open_project(_write(tmp_path, reg,
+                            timepoints='<Timepoints type="range"><first>2</first><last>4</last></Timepoints>'))
     assert p.timepoints == [2, 3, 4]
-    p = open_project(_write(tmp_path, reg, timepoints='<Timepoints type="list"><Timepoint><id>7</id><name>a</name></Timepoint><Timepoint><id>3</id></Timepoint></Timepoints>'))
+    p = open_project(_write(tmp_path, reg, timepoints='<Timepoints type="list"><Timepoint><id>7</id><name>a</name>'
+                                                      '</Timepoint><Timepoint><id>3</id></Timepoint></Timepoints>'))
     assert p.timepoints == [7, 3]
     with pytest.raises(errors.ProjectFormatError, match="unknown type"):
         open_project(_write(tmp_path, reg, timepoints='<Timepoints type="weird"/>'))

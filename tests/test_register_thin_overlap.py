@@ -12,10 +12,10 @@ import pytest
 from scipy import ndimage
 
 import tilefuse
+from tilefuse import open_project
 from tilefuse.cli import main
 from tilefuse.demo import make_sample_project, score_registration
-from tilefuse.project import open_project
-from tilefuse.registration.phase_correlation import _prepare_refinement, _refine_gradient
+from tilefuse.registration.subpixel import prepare_refinement, refine_gradient
 
 TILES = [(16, 64, 64), (32, 64, 64), (16, 96, 96)]
 
@@ -53,8 +53,8 @@ def test_refinement_keeps_an_axis_too_thin_to_refine():
     volume = ndimage.gaussian_filter(rng.random((24, 80, 20)), 2).astype(np.float32) * 1000 + 100
     fixed = volume[2:18, 4:68, 2:8]  # (16, 64, 6): the nominal overlap of two 64 px tiles
     moving = volume[1:17, 3:67, 2:8]
-    fs, _, spline = _prepare_refinement(fixed, moving)
+    fs, _, spline = prepare_refinement(fixed, moving)
     start = np.array([1.0, 1.0, 5.0])  # x shift 5 of 6: the overlap window is one voxel deep
-    shift, _ = _refine_gradient(fs, spline, None, start, min_count=50)
+    shift, _ = refine_gradient(fs, spline, None, start, min_count=50)
     assert shift.shape == (3,) and np.all(np.isfinite(shift))
     assert shift[2] == 5.0  # x is held: nothing to fit along one voxel

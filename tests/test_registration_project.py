@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 
 import tilefuse
-from tilefuse import errors
+from tilefuse import errors, open_project
 from tilefuse.demo import make_sample_project, score_registration
-from tilefuse.project import ViewId, open_project
+from tilefuse.geometry import Box
+from tilefuse.project import ViewId
 from tilefuse.registration.api import STITCHING_TRANSFORM
 from tilefuse.registration.pairs import overlapping_pairs
-from tilefuse.geometry import Box
 
 
 @pytest.fixture(scope="module")

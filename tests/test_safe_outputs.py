@@ -24,12 +24,12 @@ import tifffile
 import zarr
 
 import tilefuse
+from tilefuse import open_project
 from tilefuse.cli import main
 from tilefuse.demo import make_sample_project
-from tilefuse.errors import OutputError, TilefuseError
+from tilefuse.errors import OutputError, OutputIsInputError, TilefuseError
 from tilefuse.pipeline import run
-from tilefuse.project import open_project
-from tilefuse.writers._atomic import OutputIsInputError, atomic_outputs
+from tilefuse.writers._atomic import atomic_outputs
 
 # Runs the CLI in a child process, optionally under a file size limit (writes past it fail
 # with EFBIG, as they fail with ENOSPC on a full disk) or killed with SIGKILL once the
@@ -113,7 +113,7 @@ def test_failed_saves_on_a_full_disk_leave_the_file_and_every_backup(sample):
     _, before = _project_with_backups(sample)
     # Five saves in a row, each failing for real (EFBIG past a 1 kB file size limit).
     script = (
-        "import numpy as np; from tilefuse.project import open_project\n"
+        "import numpy as np; from tilefuse import open_project\n"
         "from tilefuse.errors import OutputError\n"
         f"p = open_project({str(sample)!r})\n"
         "for i in range(5):\n"
@@ -509,7 +509,7 @@ def test_run_checks_the_fused_output_before_registering_and_keeps_the_registered
 
 
 def test_run_library_refuses_existing_outputs_before_registering(sample, tmp_path, monkeypatch):
-    from tilefuse.writers._atomic import OutputExistsError
+    from tilefuse import OutputExistsError
 
     calls = []
     monkeypatch.setattr(HEAVY["run"], lambda *a, **k: calls.append(1))
@@ -635,7 +635,8 @@ def test_a_second_run_into_the_same_output_stops_at_once_and_a_dead_runs_lock_bl
 
 
 def test_output_lock_is_reentrant_within_a_process_and_removed_at_the_end(tmp_path):
-    from tilefuse.writers._atomic import lock_path, output_lock
+    from tilefuse._outputs import lock_path
+    from tilefuse.writers._atomic import output_lock
 
     out = tmp_path / "new" / "f.tif"
     with output_lock([out]):

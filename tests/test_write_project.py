@@ -10,9 +10,9 @@ import pytest
 import tifffile
 
 import tilefuse
-from tilefuse import errors
+from tilefuse import errors, open_project
 from tilefuse.convert import convert_tiffs, read_tile_configuration
-from tilefuse.project import ViewId, open_project
+from tilefuse.project import ViewId
 
 
 @pytest.fixture
@@ -51,7 +51,7 @@ def test_write_project_round_trip(tmp_path, tiles, fmt):
 
 def test_hdf5_output_read_by_independent_readers(tmp_path, tiles):
     pytest.importorskip("pybdv")
-    from pybdv.metadata import get_resolution, get_data_path
+    from pybdv.metadata import get_data_path, get_resolution
 
     tilefuse.write_project(tmp_path / "dataset.xml", tiles, POSITIONS, voxel_size=(2.0, 0.5, 0.5),
                            factors=[(1, 1, 1), (1, 2, 2)], chunks=(4, 16, 16))

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import zarr
 
-from tilefuse.writers._atomic import OutputExistsError, partial_path
+from tilefuse._outputs import partial_path
 from tilefuse.downsample import block_mean
+from tilefuse.errors import OutputExistsError
 from tilefuse.writers.ome_zarr import pyramid_plan, write_ome_zarr
 
 

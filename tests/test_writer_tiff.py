@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from tilefuse.errors import ImageDataError
-from tilefuse.writers._atomic import OutputExistsError, atomic_output, partial_path
+from tilefuse._outputs import partial_path
+from tilefuse.errors import ImageDataError, OutputExistsError
+from tilefuse.writers._atomic import atomic_output
 from tilefuse.writers.tiff import write_tiff
 
 

@@ -19,9 +19,9 @@ import pytest
 from lxml import etree
 
 from conftest import example_xmls
-from tilefuse import errors
+from tilefuse import errors, open_project
 from tilefuse.demo import make_sample_project
-from tilefuse.project import ViewId, open_project
+from tilefuse.project import ViewId
 from xmlcompare import xml_differences
 
 EXAMPLES = {p.name: p for p in example_xmls()}
@@ -40,7 +40,8 @@ _ENRICH_3D = {
     ),
     "ViewInterestPoints": ('<ViewInterestPointsFile timepoint="0" setup="0" label="beads" params="dog">'
                            "interestpoints/tpId_0_viewSetupId_0/beads</ViewInterestPointsFile>"),
-    "PointSpreadFunctions": '<BoundingBoxDefinition timepoint="0" setup="0"><File>psf_0.tif</File></BoundingBoxDefinition>',
+    "PointSpreadFunctions": ('<BoundingBoxDefinition timepoint="0" setup="0"><File>psf_0.tif</File>'
+                             '</BoundingBoxDefinition>'),
 }
 _LIST_TIMEPOINTS = '<Timepoints type="list"><Timepoint><id>0</id><name>t0</name></Timepoint></Timepoints>'
 
@@ -145,7 +146,7 @@ def _numeric_tokens(root):
             continue
         if el.tag in ("illumination", "channel", "tile", "angle") and el.getparent().tag != "attributes":
             continue
-        for i, token in enumerate((el.text or "").split()):
+        for i, _ in enumerate((el.text or "").split()):
             found.append((el, i))
     return found
 
@@ -240,7 +241,10 @@ def test_report_counts():
 # -- specific guarantees ------------------------------------------------------------
 
 
-def _project_xml(tmp_path: Path, *, timepoints: str = '<Timepoints type="pattern"><integerpattern>0</integerpattern></Timepoints>',
+_PATTERN_TIMEPOINTS = '<Timepoints type="pattern"><integerpattern>0</integerpattern></Timepoints>'
+
+
+def _project_xml(tmp_path: Path, *, timepoints: str = _PATTERN_TIMEPOINTS,
                  affine: str = "1 0 0 0 0 1 0 0 0 0 1 0", setups: int = 1, inner: str = "") -> Path:
     setup_xml = "".join(f"<ViewSetup><id>{i}</id><size>4 3 2</size></ViewSetup>" for i in range(setups))
     text = f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -284,7 +288,8 @@ def test_too_many_views_are_refused(tmp_path):
     ("1 0 0 1e300 0 1 0 0 0 0 1 0", "world coordinates"),
 ])
 def test_composed_models_must_be_invertible(tmp_path, affine, problem):
-    path = _project_xml(tmp_path, affine=affine, inner=f'<ViewTransform type="affine"><affine>{affine}</affine></ViewTransform>')
+    inner = f'<ViewTransform type="affine"><affine>{affine}</affine></ViewTransform>'
+    path = _project_xml(tmp_path, affine=affine, inner=inner)
     with pytest.raises(errors.ProjectFormatError, match=problem) as info:
         open_project(path)
     assert 'dataset.xml, <ViewRegistration timepoint="0" setup="0">' in str(info.value)
@@ -305,9 +310,11 @@ def test_size_without_pixels_may_be_zero_but_never_negative_or_fractional(tmp_pa
     path = _project_xml(tmp_path)
     path.write_text(path.read_text().replace("<size>4 3 2</size>", "<size>0 0 2</size>"))
     assert open_project(path).setups[0].size == (2, 0, 0)
-    with_loader = path.read_text().replace("<ViewSetups>", '<ImageLoader format="bdv.hdf5"><hdf5 type="relative">d.h5</hdf5></ImageLoader><ViewSetups>')
+    loader = '<ImageLoader format="bdv.hdf5"><hdf5 type="relative">d.h5</hdf5></ImageLoader>'
+    with_loader = path.read_text().replace("<ViewSetups>", loader + "<ViewSetups>")
     path.write_text(with_loader)
-    with pytest.raises(errors.ProjectFormatError, match=r"<ViewSetup> id 0 <size>: '0 0 2': every number must be at least 1"):
+    with pytest.raises(errors.ProjectFormatError,
+                       match=r"<ViewSetup> id 0 <size>: '0 0 2': every number must be at least 1"):
         open_project(path)
     for bad in ("4 -3 2", "4 3 2.5", "4 3 NaN", "4 3"):
         path.write_text(with_loader.replace("<size>0 0 2</size>", f"<size>{bad}</size>"))
@@ -326,13 +333,13 @@ XI = '<xi:include xmlns:xi="http://www.w3.org/2001/XInclude" href="more.xml"/>'
 def test_xinclude_is_kept_where_it_was(tmp_path, anchor):
     """An <xi:include> is neither resolved nor dropped: saving writes it back in place."""
     (tmp_path / "more.xml").write_text("<ViewSetup><id>5</id><size>1 1 1</size></ViewSetup>")
-    text = f"""<?xml version="1.0" encoding="UTF-8"?>
+    text = """<?xml version="1.0" encoding="UTF-8"?>
 <SpimData version="0.2"><BasePath type="relative">.</BasePath>
 <SequenceDescription><ViewSetups><ViewSetup><id>0</id><size>4 3 2</size><attributes><tile>0</tile></attributes></ViewSetup></ViewSetups>
 <Timepoints type="list"><Timepoint><id>0</id></Timepoint></Timepoints><MissingViews></MissingViews></SequenceDescription>
 <ViewRegistrations><ViewRegistration timepoint="0" setup="0"><ViewTransform type="affine"><affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration></ViewRegistrations>
 <IntensityAdjustments><IntensityAdjustments timepoint="0" setup="0"><model>1 0</model></IntensityAdjustments></IntensityAdjustments>
-</SpimData>"""
+</SpimData>"""  # noqa: E501 - one element per line, as written; lines are the document's
     assert anchor in text
     path = tmp_path / "dataset.xml"
     path.write_text(text.replace(anchor, anchor + XI, 1))

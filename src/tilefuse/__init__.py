@@ -1,8 +1,9 @@
 """tilefuse: read BigStitcher projects, refine tile registration, fuse tiles chunk by chunk.
 
-The data flow, one subpackage per stage::
+The data flow, one subpackage per stage (each imports only the ones before it)::
 
-    project (XML model)  ->  loaders (pixels as dask)  ->  registration  ->  intensity  ->  fusion  ->  writers
+    project (XML model)  ->  formats  ->  loaders (pixels as dask)  ->  opening (open_project)
+        ->  registration  ->  fusion  ->  intensity  ->  writers  ->  pipeline  ->  cli
 
 Typical use::
 
@@ -20,13 +21,18 @@ from .errors import (
     ImageDataError,
     MissingDataError,
     OptionError,
+    OutputBusyError,
+    OutputClashError,
     OutputError,
+    OutputExistsError,
+    OutputIsInputError,
     ProjectFormatError,
     RegistrationError,
     TilefuseError,
     UnsupportedFormatError,
     WorkerLostError,
 )
+
 # Public names are imported on first use (PEP 562), so `import tilefuse` stays
 # fast and a stage's dependencies load only when that stage is used.
 _LAZY = {
@@ -39,7 +45,7 @@ _LAZY = {
     "plan_fusion": "fusion.api",
     "Project": "project",
     "ViewId": "project",
-    "open_project": "project",
+    "open_project": "opening",
     "squeeze_z": "project",
     "RegistrationResult": "registration.api",
     "RegistrationOptions": "registration.options",
@@ -78,7 +84,11 @@ __all__ = [
     "IntensityOptions",
     "MissingDataError",
     "OptionError",
+    "OutputBusyError",
+    "OutputClashError",
     "OutputError",
+    "OutputExistsError",
+    "OutputIsInputError",
     "OutputOptions",
     "Project",
     "ProjectFormatError",

@@ -100,7 +100,7 @@ class Options:
     def _check_together(self) -> None:
         """Checks that involve several fields (subclasses override)."""
 
-    def replace(self, **changes) -> "Options":
+    def replace(self, **changes) -> Options:
         """A copy with some fields changed (checked like a new instance)."""
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
         if unknown:
@@ -109,7 +109,7 @@ class Options:
         return dataclasses.replace(self, **changes)
 
     @classmethod
-    def build(cls, options: "Options | None" = None, **changes) -> "Options":
+    def build(cls, options: Options | None = None, **changes) -> Options:
         """``options`` (or the defaults) with ``changes`` applied: how functions taking both build theirs."""
         if options is not None and not isinstance(options, cls):
             raise OptionError("options", f"expected {cls.__name__}, got {type(options).__name__}")

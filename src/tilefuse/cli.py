@@ -171,9 +171,9 @@ def _client(args):
 
 def _preview(args, path, out, overwrite: bool) -> None:
     """Save a PNG: the middle z plane of the first (t, c) at the coarsest written level."""
-    from .plotting import save_preview
-
     import zarr
+
+    from .plotting import save_preview
 
     path = Path(path)
     if str(path).endswith(".zarr"):
@@ -207,7 +207,7 @@ def _outputs(args, outputs, inputs=(), *, overwrite: bool | None = None, in_plac
 
 
 def _cmd_info(args) -> None:
-    from .project import open_project
+    from .opening import open_project
     from .project.summary import project_summary
     from .writers._atomic import input_paths
 
@@ -244,7 +244,7 @@ def _cmd_convert(args) -> None:
 
 
 def _cmd_register(args) -> None:
-    from .project import open_project
+    from .opening import open_project
     from .registration.api import register
     from .writers._atomic import input_paths
 
@@ -267,7 +267,7 @@ def _cmd_register(args) -> None:
 
 def _cmd_intensity(args) -> None:
     from .intensity import match_intensities
-    from .project import open_project
+    from .opening import open_project
     from .writers._atomic import input_paths
 
     options = _options(args, _INTENSITY)
@@ -287,7 +287,7 @@ def _cmd_intensity(args) -> None:
 
 def _cmd_fuse(args) -> None:
     from .fusion.api import plan_fusion
-    from .project import open_project
+    from .opening import open_project
     from .writers._atomic import input_paths
     from .writers.fused import output_format, write_fused
     from .writers.project import container_path
@@ -310,8 +310,8 @@ def _cmd_fuse(args) -> None:
 
 
 def _cmd_run(args) -> None:
+    from .opening import open_project
     from .pipeline import run, run_outputs
-    from .project import open_project
     from .writers._atomic import input_paths
 
     registration, fusion, writing = _options(args, _REGISTRATION), _options(args, _FUSION), _options(args, _OUTPUT)
@@ -348,7 +348,7 @@ def _cmd_demo(args) -> None:
             report = run(project, fused, writing=OutputOptions(overwrite=args.overwrite, resume="never"),
                          client=client, progress=args.progress, registered_xml=registered)
         _say(args, report.summary())
-        from .project import open_project
+        from .opening import open_project
 
         after = score_registration(open_project(registered), outdir / "truth.json")
         _say(args, f"tile position error vs truth (world px, global translation removed):\n"

@@ -21,8 +21,8 @@ from ._options import Options, choice, number, option, optional, parse_numbers, 
 from .errors import MissingDataError, ProjectFormatError, TilefuseError
 from .writers.project import FORMATS
 
-__all__ = ["ConvertOptions", "TileEntry", "read_positions_csv", "read_tile_configuration", "read_positions", "convert_tiffs",
-           "lazy_tiff"]
+__all__ = ["ConvertOptions", "TileEntry", "read_positions_csv", "read_tile_configuration", "read_positions",
+           "convert_tiffs", "lazy_tiff"]
 
 
 @dataclass
@@ -196,9 +196,9 @@ def convert_tiffs(
 
     ``options`` (a :class:`ConvertOptions`; ``**changes`` changes its fields)
     gives the voxel size and unit, the unit of the positions, the container
-    and its block shape; ``factors`` the pyramid (see :func:`tilefuse.write_project`).  ``position_unit`` defaults to ``"voxel"`` for
-    TileConfiguration files (Fiji writes pixels) and ``"physical"`` for CSV
-    files.
+    and its block shape; ``factors`` the pyramid (see :func:`tilefuse.write_project`).
+    ``position_unit`` defaults to ``"voxel"`` for TileConfiguration files (Fiji
+    writes pixels) and ``"physical"`` for CSV files.
     """
     o = ConvertOptions.build(options, **changes)
     voxel_size, unit, position_unit, format = o.voxel_size, o.unit, o.position_unit, o.format

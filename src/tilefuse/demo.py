@@ -9,7 +9,6 @@ registration can be scored with :func:`score_registration`.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -109,7 +108,7 @@ def make_sample_project(
     mosaic_options = {k: changes.pop(k) for k in list(changes) if k not in names}
     o = SampleOptions.build(options, **changes)
     ndim, grid, tile_shape, format = o.ndim, o.grid, o.tile_shape, o.format
-    from .writers._atomic import check_outputs
+    from ._outputs import check_outputs
 
     outdir = Path(outdir)
     check_outputs(sample_outputs(outdir, format), overwrite=overwrite)
@@ -166,27 +165,3 @@ def score_registration(project: Project, truth_path: str | Path) -> dict:
     stage_mean, stage_max = errors(stage)
     mean, mx = errors(current)
     return {"stage_mean": stage_mean, "stage_max": stage_max, "mean": mean, "max": mx, "n_tiles": len(tiles)}
-
-
-class StageTimer:
-    """Wall time per named stage, for the end-of-run report."""
-
-    def __init__(self) -> None:
-        self.times: dict[str, float] = {}
-        self._t0 = time.perf_counter()
-        self._name: str | None = None
-
-    def start(self, name: str) -> None:
-        self.stop()
-        self._name, self._t0 = name, time.perf_counter()
-
-    def stop(self) -> None:
-        if self._name is not None:
-            self.times[self._name] = self.times.get(self._name, 0.0) + time.perf_counter() - self._t0
-            self._name = None
-
-    def report(self) -> str:
-        self.stop()
-        total = sum(self.times.values())
-        rows = [f"  {name:<22} {t:8.2f} s" for name, t in self.times.items()]
-        return "\n".join(rows + [f"  {'total':<22} {total:8.2f} s"])

@@ -21,6 +21,10 @@ __all__ = [
     "RegistrationError",
     "FusionError",
     "OutputError",
+    "OutputExistsError",
+    "OutputIsInputError",
+    "OutputClashError",
+    "OutputBusyError",
     "SelectionError",
     "WorkerLostError",
     "OptionError",
@@ -62,6 +66,22 @@ class OutputError(TilefuseError, OSError):
     The message names the output, the cause and what was kept, e.g.
     ``out/fused.h5: cannot write: no space left on device; ...``.
     """
+
+
+class OutputExistsError(TilefuseError, FileExistsError):
+    """The output (or a foreign partial output) already exists and may not be replaced."""
+
+
+class OutputIsInputError(TilefuseError, ValueError):
+    """An output path is, contains or lies inside one of the run's inputs."""
+
+
+class OutputClashError(TilefuseError, ValueError):
+    """Two outputs of one run are the same path, or one lies inside the other."""
+
+
+class OutputBusyError(TilefuseError, BlockingIOError):
+    """Another run is writing the same output right now."""
 
 
 class SelectionError(TilefuseError, ValueError):

@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ._options import Options, number, option, optional, parse_whole, text
-from .demo import StageTimer
+from ._timing import StageTimer
 from .errors import OptionError
 from .fusion.api import plan_fusion
 from .fusion.options import FusionOptions
 from .intensity import IntensityOptions, IntensityResult, match_intensities
-from .project.project import Project, open_project
+from .opening import open_project
+from .project.project import Project
 from .registration.api import RegistrationResult, register
 from .registration.options import RegistrationOptions
 from .writers._atomic import claim_outputs, input_paths

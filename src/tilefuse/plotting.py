@@ -59,7 +59,7 @@ def plot_layout(project, path: str | Path, views=None, *, overwrite: bool = Fals
 
     The tiles and their grid are :func:`tilefuse.project.summary.tile_layout`'s,
     the same that ``tilefuse info`` prints as text.  ``overwrite=True``
-    replaces an existing file (else :class:`~tilefuse.writers._atomic.OutputExistsError`).
+    replaces an existing file (else :class:`~tilefuse.errors.OutputExistsError`).
     """
     from .project.summary import tile_layout
 

@@ -434,8 +434,8 @@ class Mosaic:
         if region is None:
             lo, hi = self.bounds()
             region = tuple(
-                slice(int(math.floor(l / s)), int(math.ceil(h / s)) + 1)
-                for l, h, s in zip(lo, hi, spacing)
+                slice(int(math.floor(a / s)), int(math.ceil(b / s)) + 1)
+                for a, b, s in zip(lo, hi, spacing)
             )
         region = tuple(region)
         if len(region) != self.ndim or any(

@@ -47,8 +47,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from ..errors import FusionError, ImageDataError, UnsupportedFormatError
 from .._numeric import cast_to_dtype
+from ..errors import FusionError, ImageDataError, UnsupportedFormatError
 from .blending import adjust_blending, cosine_profile, cosine_weights
 from .resample import (
     grid_affine,

@@ -27,7 +27,7 @@ class Box:
             raise ValueError(f"box corners differ in length: {self.lo} vs {self.hi}")
 
     @classmethod
-    def from_arrays(cls, lo, hi) -> "Box":
+    def from_arrays(cls, lo, hi) -> Box:
         return cls(tuple(float(v) for v in lo), tuple(float(v) for v in hi))
 
     @property
@@ -47,13 +47,13 @@ class Box:
     def volume(self) -> float:
         return 0.0 if self.is_empty else float(np.prod(self.size))
 
-    def intersect(self, other: "Box") -> "Box":
+    def intersect(self, other: Box) -> Box:
         return Box.from_arrays(np.maximum(self.lo, other.lo), np.minimum(self.hi, other.hi))
 
-    def union(self, other: "Box") -> "Box":
+    def union(self, other: Box) -> Box:
         return Box.from_arrays(np.minimum(self.lo, other.lo), np.maximum(self.hi, other.hi))
 
-    def grow(self, margin) -> "Box":
+    def grow(self, margin) -> Box:
         m = np.broadcast_to(np.asarray(margin, dtype=np.float64), (self.ndim,))
         return Box.from_arrays(np.asarray(self.lo) - m, np.asarray(self.hi) + m)
 

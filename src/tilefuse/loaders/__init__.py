@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._blockcache import block_cache_info, clear_block_cache, set_block_cache_size
 from ..errors import UnsupportedFormatError, where
-from ._blockcache import block_cache_info, clear_block_cache, set_block_cache_size
 from .base import ImageLoader
 
 __all__ = [

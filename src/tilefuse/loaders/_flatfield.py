@@ -38,11 +38,12 @@ from pathlib import Path
 import numpy as np
 from lxml import etree
 
+from .._inputs import check_regular_file
 from ..errors import ImageDataError, MissingDataError, ProjectFormatError, where
 from ..project.paths import path_element, read_path_element
 from ..project.views import ViewId
 from . import loader_from_xml, register_loader
-from .base import ImageLoader, Region, cached_handle, check_regular_file, normalize_region
+from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["FlatFieldLoader"]
 
@@ -75,7 +76,7 @@ class FlatFieldLoader(ImageLoader):
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "FlatFieldLoader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> FlatFieldLoader:
         here = f'<ImageLoader format="{element.get("format", cls.format)}">'
         inner = element.find("WrappedImgLoader/ImageLoader")
         if inner is None:

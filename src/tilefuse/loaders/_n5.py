@@ -29,10 +29,11 @@ import numpy as np
 from lxml import etree
 
 from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
+from ..formats.bdv import n5_level, n5_setup, n5_view
+from ..formats.n5 import N5_DTYPES, N5Dataset, read_attributes
+from ..project.paths import parse_location, path_element, single_child
 from ..project.views import ViewId
 from . import register_loader
-from ._n5format import N5_DTYPES, N5Dataset, read_attributes
-from ..project.paths import parse_location, path_element, single_child
 from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["N5Loader"]
@@ -44,7 +45,7 @@ _ELEMENT = '<ImageLoader format="bdv.n5">'
 class N5Loader(ImageLoader):
     """Reads BDV N5 containers written by BigDataViewer, BigStitcher or tilefuse.
 
-    Build it from XML with :meth:`from_xml` or from Python with :meth:`from_path` (alias :meth:`for_container`).
+    Build it from XML with :meth:`from_xml` or from Python with :meth:`for_path`.
     """
 
     format = "bdv.n5"
@@ -57,15 +58,12 @@ class N5Loader(ImageLoader):
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def from_path(cls, path: str | Path, version: str = "1.1") -> "N5Loader":
+    def for_path(cls, path: str | Path, version: str = "1.1") -> N5Loader:
         """A loader for the local N5 container at ``path`` (no XML needed)."""
         return cls(Path(os.path.normpath(Path(path).absolute())), version=version)
 
-    #: Alias of :meth:`from_path`.
-    for_container = from_path
-
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "N5Loader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> N5Loader:
         n5 = single_child(element, "n5", xml_path, _ELEMENT)
         if n5 is None or not (n5.text or "").strip():
             raise ProjectFormatError(f"{where(xml_path, _ELEMENT)}: missing <n5> path")
@@ -111,7 +109,7 @@ class N5Loader(ImageLoader):
         return path
 
     def _setup_attributes(self, view: ViewId) -> dict[str, Any]:
-        path = self._container(view) / f"setup{view.setup}"
+        path = self._container(view) / n5_setup(view.setup)
         attrs = cached_handle((str(path), "n5-setup-attributes"), lambda: read_attributes(path),
                               anchors=[path / "attributes.json"])
         if not attrs:
@@ -122,7 +120,7 @@ class N5Loader(ImageLoader):
         nlev = len(self.levels(view))
         if not 0 <= level < nlev:
             raise ImageDataError(f"{self._where(view)}: level {level} does not exist ({nlev} levels)")
-        path = self._container(view) / f"setup{view.setup}" / f"timepoint{view.timepoint}" / f"s{level}"
+        path = self._container(view) / n5_level(view.timepoint, view.setup, level)
 
         def opener() -> N5Dataset:
             try:
@@ -138,7 +136,7 @@ class N5Loader(ImageLoader):
     # -- metadata -------------------------------------------------------------
     def has_view(self, view: ViewId) -> bool:
         path = self._check_local(view)
-        s0 = path / f"setup{view.setup}" / f"timepoint{view.timepoint}" / "s0" / "attributes.json"
+        s0 = path / n5_level(view.timepoint, view.setup, 0) / "attributes.json"
         return s0.exists()  # not is_file(): a FIFO or folder there is refused when read, not "no pixels"
 
     def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
@@ -201,13 +199,12 @@ class N5Loader(ImageLoader):
         if self.path is None:
             return []
         view = ViewId(*view)
-        setup = self.path / f"setup{view.setup}"
         try:
             n_levels = len(self.levels(view))
         except Exception:  # noqa: BLE001 - damaged: the check reports it
             n_levels = 1
-        return [setup / "attributes.json"] + [
-            setup / f"timepoint{view.timepoint}" / f"s{level}" / "attributes.json" for level in range(n_levels)]
+        return [self.path / n5_setup(view.setup) / "attributes.json"] + [
+            self.path / n5_level(view.timepoint, view.setup, level) / "attributes.json" for level in range(n_levels)]
 
     def files(self) -> list[Path]:
         return [self.path] if self.path is not None else []
@@ -216,8 +213,7 @@ class N5Loader(ImageLoader):
         if self.path is None:
             return []
         view = ViewId(*view)
-        setup = self.path / f"setup{view.setup}"
-        return [setup / "attributes.json", setup / f"timepoint{view.timepoint}"]
+        return [self.path / n5_setup(view.setup) / "attributes.json", self.path / n5_view(view.timepoint, view.setup)]
 
 
 def _any_block(dataset: Path, ndim: int) -> bool:

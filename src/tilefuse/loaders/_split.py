@@ -73,7 +73,7 @@ class SplitLoader(ImageLoader):
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "SplitLoader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> SplitLoader:
         fmt = element.get("format", cls.format)
         here = f'<ImageLoader format="{fmt}">'
         inner = element.find("ImageLoader")

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 from lxml import etree
 
+from .._inputs import check_regular_file
 from ..errors import (
     ImageDataError,
     MissingDataError,
@@ -32,10 +33,10 @@ from ..errors import (
     UnsupportedFormatError,
     where,
 )
+from ..project.paths import path_element, read_path_element, single_child
 from ..project.views import ViewId
 from . import register_loader
-from ..project.paths import path_element, read_path_element, single_child
-from .base import ImageLoader, Region, cached_handle, check_regular_file, normalize_region
+from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["FileMap2Loader", "TiffEntry"]
 
@@ -80,8 +81,8 @@ class FileMap2Loader(ImageLoader):
 
     # -- construction ---------------------------------------------------
     @classmethod
-    def for_files(cls, files: Mapping) -> "FileMap2Loader":
-        """A loader without XML.
+    def for_path(cls, files: Mapping) -> FileMap2Loader:
+        """A loader without XML, for the TIFF files of the views.
 
         ``files`` maps ``ViewId``/``(timepoint, setup)`` to a path, or to a
         ``(path, series, channel)`` tuple, or to a :class:`TiffEntry`.
@@ -99,7 +100,7 @@ class FileMap2Loader(ImageLoader):
         return cls(entries)
 
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "FileMap2Loader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> FileMap2Loader:
         context = f'<ImageLoader format="{cls.format}">'
         files_elem = single_child(element, "files", xml_path, context)
         mappings = files_elem.findall("FileMapping") if files_elem is not None else []
@@ -250,7 +251,7 @@ class _SeriesHandle:
         self.tif, self.array, self.axes = tif, array, axes
 
     @classmethod
-    def open(cls, entry: TiffEntry, view: ViewId) -> "_SeriesHandle":
+    def open(cls, entry: TiffEntry, view: ViewId) -> _SeriesHandle:
         import tifffile
         import zarr
 

@@ -37,6 +37,7 @@ from typing import Any, NamedTuple
 import numpy as np
 from lxml import etree
 
+from .._inputs import MAX_METADATA_BYTES, block_byte_limit, check_regular_file, read_regular_file
 from ..errors import (
     ImageDataError,
     MissingDataError,
@@ -45,19 +46,11 @@ from ..errors import (
     UnsupportedFormatError,
     where,
 )
+from ..formats.bdv import ZARR_VIEW_GROUP, zarr_view
+from ..project.paths import parse_location, path_element, single_child
 from ..project.views import ViewId
 from . import register_loader
-from ..project.paths import parse_location, path_element, single_child
-from .base import (
-    MAX_METADATA_BYTES,
-    ImageLoader,
-    Region,
-    block_byte_limit,
-    cached_handle,
-    check_regular_file,
-    normalize_region,
-    read_regular_file,
-)
+from .base import ImageLoader, Region, cached_handle, normalize_region
 
 __all__ = ["OmeZarrLoader", "ZGroup"]
 
@@ -112,7 +105,7 @@ def _parse_indices(text: str | None) -> tuple[int, ...] | None:
 class OmeZarrLoader(ImageLoader):
     """Reads the per-view OME-Zarr images of BigStitcher's ``bdv.multimg.zarr`` loader.
 
-    Build it from XML with :meth:`from_xml` or from Python with :meth:`from_path` (alias :meth:`for_container`).
+    Build it from XML with :meth:`from_xml` or from Python with :meth:`for_path`.
     """
 
     format = "bdv.multimg.zarr"
@@ -127,12 +120,12 @@ class OmeZarrLoader(ImageLoader):
 
     # -- construction ---------------------------------------------------------
     @classmethod
-    def from_path(
+    def for_path(
         cls,
         path: str | Path,
         views: Mapping[ViewId, str | ZGroup | tuple] | Iterable[ViewId] | None = None,
         indices: Sequence[int] | None = (0, 0),
-    ) -> "OmeZarrLoader":
+    ) -> OmeZarrLoader:
         """A version-3.0 loader for a local container (no XML needed).
 
         Parameters
@@ -151,18 +144,15 @@ class OmeZarrLoader(ImageLoader):
         if views is None:
             views = _scan_bigstitcher_groups(path)
         elif not isinstance(views, Mapping):
-            views = {ViewId(*v): f"s{ViewId(*v).setup}-t{ViewId(*v).timepoint}.zarr" for v in views}
+            views = {ViewId(*v): zarr_view(ViewId(*v).timepoint, ViewId(*v).setup) for v in views}
         idx = tuple(int(i) for i in indices) if indices else None
         groups = {
             ViewId(*k): (ZGroup(v, idx) if isinstance(v, str) else ZGroup(*v)) for k, v in views.items()
         }
         return cls(path, groups, version="3.0")
 
-    #: Alias of :meth:`from_path`.
-    for_container = from_path
-
     @classmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> "OmeZarrLoader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> OmeZarrLoader:
         version = (element.get("version") or "").strip()
         zarr_el = single_child(element, "zarr", xml_path, _ELEMENT)
         if zarr_el is None or not (zarr_el.text or "").strip():
@@ -630,12 +620,10 @@ def _inside_path(path: str, what: str) -> str:
 
 def _scan_bigstitcher_groups(path: Path) -> dict[ViewId, str]:
     """Find ``s{setup}-t{tp}.zarr`` groups in a container written by BigStitcher/tilefuse."""
-    import re
-
     found = {}
     if path.is_dir():
         for child in path.iterdir():
-            m = re.fullmatch(r"s(\d+)-t(\d+)\.zarr", child.name)
+            m = ZARR_VIEW_GROUP.fullmatch(child.name)
             if m and child.is_dir():
                 found[ViewId(int(m.group(2)), int(m.group(1)))] = child.name
     if not found:

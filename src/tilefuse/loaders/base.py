@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
-import stat
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -25,20 +24,17 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
+from .._inputs import file_identity
 from ..errors import ImageDataError, TilefuseError
 from ..project.views import ViewId
 
 __all__ = ["ImageLoader", "cached_handle", "cached_entry", "cached_value", "block_slices", "normalize_region",
-           "describe_files", "path_identity", "file_identity", "check_regular_file", "read_regular_file",
-           "block_byte_limit", "MAX_METADATA_BYTES"]
+           "describe_files", "path_identity"]
 
 Region = tuple[slice, slice, slice]
 
-_HANDLES: dict[tuple[str, Any], "_Entry"] = {}
+_HANDLES: dict[tuple[str, Any], _Entry] = {}
 _HANDLES_LOCK = threading.Lock()
-
-#: What a metadata file (JSON attributes, ``.zarray``...) may weigh before it is refused unread.
-MAX_METADATA_BYTES = 64 * 2**20
 
 
 class _Entry(NamedTuple):
@@ -46,28 +42,6 @@ class _Entry(NamedTuple):
 
     value: Any
     identity: tuple
-
-
-def file_identity(paths: Iterable[str | os.PathLike]) -> tuple:
-    """``(st_dev, st_ino, st_size, st_mtime_ns)`` of each path (``None`` for a missing one).
-
-    What the per-process caches key on: a file replaced by another (new inode)
-    or rewritten in place (new size or modification time) has another
-    identity, so whatever was cached from the old file is not used for the new
-    one.  One ``stat`` per path (a few microseconds), cheap next to decoding a
-    block.  The same "size + modification time" rule as the resume fingerprint
-    (:func:`path_identity`), with the same limit: a file rewritten with the
-    same size and modification time is not noticed.
-    """
-    out = []
-    for path in paths:
-        try:
-            st = os.stat(path)
-        except (OSError, ValueError):  # missing, unreadable folder, NUL in the name
-            out.append(None)
-        else:
-            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
-    return tuple(out)
 
 
 def cached_entry(key: tuple[str, Any], opener: Callable[[], Any], *,
@@ -140,7 +114,7 @@ def _close(value: Any) -> None:
 
 def _forget_path(path: str) -> None:
     """Drop (closing) the entries and decoded blocks of exactly ``path``; the caller holds the lock."""
-    from ._blockcache import forget_file
+    from .._blockcache import forget_file
 
     forget_file(path)
     for key in [k for k in _HANDLES if str(k[0]) == path]:
@@ -152,82 +126,13 @@ def drop_cached_handles(prefix: str | None = None) -> None:
 
     Decoded blocks cached from those files are dropped too.
     """
-    from ._blockcache import clear_block_cache
+    from .._blockcache import clear_block_cache
 
     clear_block_cache(prefix)
     with _HANDLES_LOCK:
         for key in list(_HANDLES):
             if prefix is None or str(key[0]).startswith(prefix):
                 _close(_HANDLES.pop(key).value)
-
-
-def _file_kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):
-        if test(mode):
-            return name
-    return "a special file"
-
-
-def check_regular_file(path: str | os.PathLike, what: str = "file", max_bytes: int | None = None) -> bool:
-    """False if ``path`` does not exist; raise :class:`ImageDataError` unless it is a regular file.
-
-    For libraries that open files by name (h5py, tifffile, zarr's store): a
-    FIFO would block them forever and a device such as ``/dev/zero`` would be
-    read without end.  Symbolic links are followed (a link to a regular file is
-    fine).  With ``max_bytes``, a larger file is refused too (a block that
-    cannot be what its shape and type allow).
-    """
-    try:
-        st = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return False
-    _check_stat(st, path, what, max_bytes)
-    return True
-
-
-def _check_stat(st: os.stat_result, path, what: str, max_bytes: int | None) -> None:
-    if not stat.S_ISREG(st.st_mode):
-        raise ImageDataError(f"{path}: {what} is {_file_kind(st.st_mode)}, not a regular file")
-    if max_bytes is not None and st.st_size > max_bytes:
-        raise ImageDataError(
-            f"{path}: {what} has {st.st_size:,} bytes, more than it can hold ({max_bytes:,}); "
-            "the file is damaged or not what the project describes"
-        )
-
-
-def read_regular_file(path: str | os.PathLike, max_bytes: int, what: str = "file") -> bytes | None:
-    """The bytes of a regular file of at most ``max_bytes``, or None if it does not exist.
-
-    Anything else is refused with :class:`ImageDataError` without blocking or
-    reading on: a folder, a FIFO (opened non-blocking, then refused), a device
-    (``/dev/zero`` would be read until memory runs out), or a file larger than
-    what it can possibly hold (a block of known shape and type).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except (FileNotFoundError, NotADirectoryError, ValueError):
-        return None
-    except IsADirectoryError:  # pragma: no cover - Linux opens folders read-only; other systems may not
-        raise ImageDataError(f"{path}: {what} is a folder, not a regular file") from None
-    with os.fdopen(fd, "rb") as f:
-        _check_stat(os.fstat(f.fileno()), path, what, max_bytes)
-        data = f.read(max_bytes + 1)
-    if len(data) > max_bytes:  # grew since the stat
-        raise ImageDataError(f"{path}: {what} is larger than it can be ({max_bytes:,} bytes)")
-    return data
-
-
-def block_byte_limit(shape: Iterable[int], dtype: np.dtype) -> int:
-    """The most bytes a stored block of ``shape`` and ``dtype`` may take, whatever its compression.
-
-    Twice the raw size plus 64 KiB: codecs expand incompressible data by a
-    fraction of a percent (deflate, zstd, blosc, bzip2, xz), and headers are
-    small; a file beyond that is not such a block.
-    """
-    raw = int(np.prod([int(n) for n in shape], dtype=np.int64)) * np.dtype(dtype).itemsize
-    return 2 * raw + 64 * 2**10
 
 
 def path_identity(paths: Iterable[str | os.PathLike]) -> str:
@@ -315,8 +220,17 @@ class ImageLoader(ABC):
 
     # -- construction ---------------------------------------------------
     @classmethod
+    def for_path(cls, *args, **kwargs) -> ImageLoader:
+        """A loader for data on disk without any XML (e.g. just written); each format's own arguments.
+
+        ``bdv.hdf5``: the ``.h5`` file; ``bdv.n5`` and ``bdv.multimg.zarr``: the
+        container folder; ``spimreconstruction.filemap2``: the file of each view.
+        """
+        raise NotImplementedError(f"{cls.format}: a loader of this format is made from XML only")
+
+    @classmethod
     @abstractmethod
-    def from_xml(cls, element, base_dir: Path, xml_path: Path | None) -> "ImageLoader":
+    def from_xml(cls, element, base_dir: Path, xml_path: Path | None) -> ImageLoader:
         """Build the loader from its ``<ImageLoader>`` element.
 
         ``base_dir`` is the project's resolved BasePath; ``xml_path`` is only
@@ -364,11 +278,11 @@ class ImageLoader(ABC):
 
         ``cache=True`` hints that overlapping reads will follow (neighbouring
         fusion chunks): loaders that decode compressed blocks then keep them
-        in the per-process cache of :mod:`tilefuse.loaders._blockcache`.
+        in the per-process cache of :mod:`tilefuse._blockcache`.
         Loaders without such blocks ignore it.
         """
 
-    def check_view(self, view: ViewId) -> None:
+    def check_view(self, view: ViewId) -> None:  # noqa: B027 - a hook: by default nothing to check
         """Check the format-specific structure of one view's data; raise if it cannot be trusted.
 
         Called once per view (and process) by :func:`tilefuse.loaders.validate.check_view`
@@ -399,6 +313,26 @@ class ImageLoader(ABC):
         whose views are folders (N5, OME-Zarr) name their metadata files.
         """
         return self.view_files(view)
+
+    def checked_layout(self, view: ViewId, size: tuple[int, int, int] | None = None, *,
+                       xml_path: str | os.PathLike | None = None):
+        """One view's data checked against the project (its XML ``<size>``); the checked layout.
+
+        What :meth:`tilefuse.project.Project.check_view` asks before anything
+        reads pixels: :func:`tilefuse.loaders.validate.check_view` (cached per
+        process while the view's files keep their identity).
+
+        Returns
+        -------
+        tilefuse.loaders.validate.ViewData
+        """
+        from .validate import check_view
+
+        return check_view(self, view, size, xml_path=xml_path)
+
+    def describe_files(self, view: ViewId | None = None) -> str:
+        """The files of this loader (of one view when given) for a message: see :func:`describe_files`."""
+        return describe_files(self, view)
 
     def level_shape_range(self, view: ViewId, level: int,
                           shape0: tuple[int, int, int]) -> tuple[tuple[int, int], ...]:

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ImageDataError, where
+from ..formats.bdv import BDV_DATA_TYPES
 from ..project.views import ViewId
 from .base import ImageLoader, cached_value, describe_files
 
@@ -48,9 +49,7 @@ __all__ = ["ViewData", "check_view", "allow_external_data", "level_shape_range",
 log = logging.getLogger(__name__)
 
 #: The pixel types every format can hold and every writer of tilefuse can write (BDV / N5 names).
-SUPPORTED_DTYPES = (
-    "uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64", "float32", "float64",
-)
+SUPPORTED_DTYPES = BDV_DATA_TYPES
 
 #: Set to ``1`` to read HDF5 external storage and external links to files the XML does not list.
 ALLOW_EXTERNAL_ENV = "TILEFUSE_ALLOW_EXTERNAL_DATA"

@@ -1,7 +1,12 @@
-"""The project model: SpimData2 XML in and out, and the :class:`Project` API."""
+"""The project model: SpimData2 XML in and out, and the :class:`Project` API.
+
+Opening a project with its pixels is :func:`tilefuse.open_project`
+(:mod:`tilefuse.opening`): it builds the image loader, which this package,
+below the loaders, does not know.
+"""
 
 from .model import SpimData, ViewSetup, ViewTransform
-from .project import ATTRIBUTE_KINDS, Project, open_project, squeeze_z
+from .project import ATTRIBUTE_KINDS, Project, squeeze_z
 from .views import ViewId
 
 __all__ = [
@@ -11,6 +16,5 @@ __all__ = [
     "ViewId",
     "ViewSetup",
     "ViewTransform",
-    "open_project",
     "squeeze_z",
 ]

@@ -1,9 +1,11 @@
 """The :class:`Project`: a BigStitcher project a user can work with.
 
 It wraps the parsed :class:`~tilefuse.project.model.SpimData`, resolves paths,
-builds the image loader, and answers the questions the rest of tilefuse asks:
-which views exist, how they group, where each voxel lands in world space, and
-what its pixels are (as lazy dask arrays).
+holds the image loader it is given, and answers the questions the rest of
+tilefuse asks: which views exist, how they group, where each voxel lands in
+world space, and what its pixels are (as lazy dask arrays).  It knows no pixel
+format: :func:`tilefuse.open_project` (:mod:`tilefuse.opening`) reads the XML
+and builds the loader its ``<ImageLoader>`` describes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import check_outputs, fsync_path, output_errors, rename_all
 from .._text import shortlist
 from ..errors import (
     ImageDataError,
@@ -29,37 +32,14 @@ from ..geometry import Box, compose_chain, mipmap_transform, view_box
 from .model import Entity, SpimData, ViewTransform
 from .paths import parse_location
 from .views import ViewId
-from .xml_read import read_spimdata
 from .xml_write import write_spimdata
 
-__all__ = ["Project", "open_project", "squeeze_z", "ATTRIBUTE_KINDS"]
+__all__ = ["Project", "squeeze_z", "ATTRIBUTE_KINDS"]
 
 #: Attribute kinds usable in :meth:`Project.select` and :meth:`Project.group_views`.
 ATTRIBUTE_KINDS = ("channel", "illumination", "tile", "angle")
 
 _MAX_BACKUPS = 5
-
-
-def open_project(path: str | Path) -> "Project":
-    """Open a BigStitcher project (``dataset.xml``).
-
-    Parameters
-    ----------
-    path : str or Path
-        The SpimData2 XML file.
-
-    Returns
-    -------
-    Project
-
-    Raises
-    ------
-    MissingDataError
-        The file does not exist.
-    ProjectFormatError
-        The XML is malformed; the message names the file and element.
-    """
-    return Project.open(path)
 
 
 def squeeze_z(image):
@@ -80,8 +60,9 @@ def _as_set(value) -> set | None:
 class Project:
     """A SpimData2 project: views, their transforms and their pixels.
 
-    Most users get one from :func:`open_project`.  The object is not
-    thread-safe for modification; reading pixels through :meth:`image` is.
+    Most users get one from :func:`tilefuse.open_project`, which builds the
+    loader.  The object is not thread-safe for modification; reading pixels
+    through :meth:`image` is.
 
     Parameters
     ----------
@@ -90,33 +71,23 @@ class Project:
     path : Path, optional
         Where the XML lives (relative paths resolve against its folder).
     loader : ImageLoader, optional
-        A loader to use instead of the one described by ``data.image_loader``.
+        The loader of the pixels: the one ``data.image_loader`` describes, or
+        another (then see :meth:`set_loader`).  Without one the project has no
+        pixels.
+    loader_error : TilefuseError, optional
+        Why there is no loader (e.g. an image format tilefuse cannot read):
+        raised when pixels are asked for, so that the XML and the transforms
+        stay usable.
     """
 
-    def __init__(self, data: SpimData, path: str | Path | None = None, loader=None):
+    def __init__(self, data: SpimData, path: str | Path | None = None, loader=None, *,
+                 loader_error: TilefuseError | None = None):
         self.data = data
         self.path = Path(path).resolve() if path is not None else None
         self._loader = loader
-        self._loader_error: TilefuseError | None = None
-        if loader is None and data.image_loader is not None and self.path is not None:
-            self._build_loader()
+        self._loader_error = loader_error
 
-    # -- construction -----------------------------------------------------------
-    @classmethod
-    def open(cls, path: str | Path) -> "Project":
-        path = Path(path)
-        return cls(read_spimdata(path), path)
-
-    def _build_loader(self) -> None:
-        from ..loaders import loader_from_xml
-
-        try:
-            self._loader = loader_from_xml(self.data.image_loader, self.base_dir, self.path)
-        except UnsupportedFormatError as exc:
-            # Keep the project usable (XML, transforms); fail only when pixels are asked for.
-            self._loader_error = exc
-
-    def copy(self) -> "Project":
+    def copy(self) -> Project:
         """A deep copy (the loader is shared: it holds no state worth copying)."""
         new = Project.__new__(Project)
         new.data = copy.deepcopy(self.data)
@@ -143,6 +114,9 @@ class Project:
         if self._loader_error is not None:
             raise self._loader_error
         if self._loader is None:
+            if self.data.image_loader is not None:
+                raise MissingDataError(f"{where(self.path, '<ImageLoader>')}: the image loader was not built "
+                                       "(open the project with tilefuse.open_project)")
             raise MissingDataError(f"{where(self.path, '<ImageLoader>')}: the project has no image loader")
         return self._loader
 
@@ -403,7 +377,8 @@ class Project:
         """Check a view's pixel data against the project before reading them; return their layout.
 
         Every path that reads pixels (:meth:`image`, registration, intensity
-        matching, fusion) calls this.  It runs once per view per process (see
+        matching, fusion) calls this.  It runs once per view per process (the
+        loader's :meth:`~tilefuse.loaders.base.ImageLoader.checked_layout`; see
         :func:`tilefuse.loaders.validate.check_view` for what is checked).
 
         Returns
@@ -420,9 +395,6 @@ class Project:
             The data disagree with the XML or with themselves; the message names the file, the view
             and what is wrong.
         """
-        from ..loaders.base import describe_files
-        from ..loaders.validate import check_view
-
         view = ViewId(*view)
         loader = self.loader
         if view in self.missing_views:
@@ -430,8 +402,8 @@ class Project:
         if view.setup not in self.setups or view.timepoint not in self.timepoints:
             raise MissingDataError(f"{where(self.path)}: {view} is not part of the project")
         if not loader.has_view(view):
-            raise MissingDataError(f"{where(self.path)}: {view} has no pixels in {describe_files(loader, view)}")
-        return check_view(loader, view, self.setups[view.setup].size, xml_path=self.path)
+            raise MissingDataError(f"{where(self.path)}: {view} has no pixels in {loader.describe_files(view)}")
+        return loader.checked_layout(view, self.setups[view.setup].size, xml_path=self.path)
 
     def check_size(self, view: ViewId) -> None:
         """Raise :class:`ImageDataError` if the view's data disagree with the XML (see :meth:`check_view`)."""
@@ -457,9 +429,6 @@ class Project:
             The XML cannot be written (no space, read-only, no permission);
             nothing was changed.
         """
-        # Imported here: the writers package imports this module.
-        from ..writers._atomic import check_outputs, fsync_path, output_errors
-
         target = Path(path) if path is not None else self.path
         if target is None:
             raise TilefuseError("the project has no path: give save() one")
@@ -519,8 +488,6 @@ def _rotate_backups(target: Path, new: Path) -> None:
     its name throughout (the new ``~1`` starts as a hard link to it), so even a
     crash half-way never leaves the project without its current XML.
     """
-    from ..writers._atomic import fsync_path, rename_all
-
     def name(i: int) -> Path:
         return target.with_name(f"{target.name}~{i}")
 

@@ -5,7 +5,7 @@ nothing of projects; :mod:`.pairwise` and :mod:`.api` apply them to a project.
 """
 
 from .api import STITCHING_TRANSFORM, RegistrationResult, links_from_project, register, solve
-from .global_opt import PRESETS, GlobalSolution, solve_translations
+from .global_opt import PRESETS, GlobalSolution, ShiftConstraint, solve_translations
 from .options import RegistrationOptions
 from .pairwise import Link, RegistrationGroups, make_groups, pairwise
 from .phase_correlation import PairwiseShift, pairwise_shift
@@ -19,6 +19,7 @@ __all__ = [
     "RegistrationGroups",
     "RegistrationOptions",
     "RegistrationResult",
+    "ShiftConstraint",
     "links_from_project",
     "make_groups",
     "pairwise",

@@ -24,7 +24,8 @@ from ..geometry import translation_matrix
 from ..project.model import PairwiseResult
 from ..project.project import Project
 from .global_affine import GLOBAL_MODELS, PointMatches, solve_affine
-from .global_opt import PRESETS, Link as SolverLink, bridges, solve_translations
+from .global_opt import PRESETS, bridges, solve_translations
+from .global_opt import ShiftConstraint as SolverLink  # the name in solve()'s body until it says ShiftConstraint
 from .options import RegistrationOptions
 from .pairwise import Link, RegistrationGroups, make_groups, pairwise
 

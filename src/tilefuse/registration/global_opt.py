@@ -20,8 +20,8 @@ per link reduce to one vector equation.
 from __future__ import annotations
 
 import math
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 import scipy.sparse as sp
@@ -30,7 +30,7 @@ from scipy.sparse.linalg import spsolve
 
 from ..errors import RegistrationError
 
-__all__ = ["Link", "GlobalSolution", "PRESETS", "solve_translations"]
+__all__ = ["ShiftConstraint", "GlobalSolution", "PRESETS", "solve_translations"]
 
 #: Link-rejection thresholds ``(relative, absolute)`` of BigStitcher's
 #: "remove wrong links" choices: STRICT, RELAXED (its default) and none.
@@ -46,8 +46,11 @@ _MIN_MAX_ERROR = 0.75
 
 
 @dataclass
-class Link:
-    """A measured shift between two groups.
+class ShiftConstraint:
+    """A measured shift between two groups, as the solve takes it.
+
+    Built from a registration link (:class:`tilefuse.registration.pairwise.Link`,
+    which also carries the views and the overlap) or given directly.
 
     Parameters
     ----------
@@ -128,14 +131,14 @@ class GlobalSolution:
 
 def solve_translations(
     groups: Sequence[Hashable] | int,
-    links: Iterable[Link],
+    links: Iterable[ShiftConstraint],
     *,
     fixed: Iterable[Hashable] | None = None,
     min_correlation: float = 0.0,
     max_shift: float | Sequence[float] | None = None,
     rel_threshold: float = 5.0,
     abs_threshold: float = 7.0,
-    weak_links: Iterable[Link | tuple[Hashable, Hashable]] | None = None,
+    weak_links: Iterable[ShiftConstraint | tuple[Hashable, Hashable]] | None = None,
     max_iterations: int | None = None,
     ndim: int | None = None,
 ) -> GlobalSolution:
@@ -146,7 +149,7 @@ def solve_translations(
     groups : sequence of hashable or int
         Group keys, in the order used to pick a component's reference group;
         an int ``n`` means ``range(n)``.
-    links : iterable of Link
+    links : iterable of ShiftConstraint
         Measured shifts (``t_b - t_a ≈ shift``).
     fixed : iterable of hashable, optional
         Groups held at ``t = 0``.  A component without a fixed group holds
@@ -163,7 +166,7 @@ def solve_translations(
         ``|t_b - t_a - shift|`` in the component (BigStitcher averages tile
         errors instead; per link is the same quantity without counting a
         link once per tile).  See :data:`PRESETS`; ``inf`` disables it.
-    weak_links : iterable of Link or (a, b) pairs, optional
+    weak_links : iterable of ShiftConstraint or (a, b) pairs, optional
         Second round: after the strong solve, each connected component moves
         as one rigid block, and blocks are placed relative to each other so
         that weak links keep their stage-relative positions
@@ -299,7 +302,7 @@ def _group_index(index: Mapping, key, link_no: int) -> int:
         raise RegistrationError(f"link {link_no} refers to unknown group {key!r}") from None
 
 
-def _link_ndim(links: Sequence[Link], ndim: int | None) -> int:
+def _link_ndim(links: Sequence[ShiftConstraint], ndim: int | None) -> int:
     sizes = {lk.shift.size for lk in links}
     if len(sizes) > 1:
         raise RegistrationError(f"link shifts differ in length: {sorted(sizes)}")
@@ -454,7 +457,7 @@ def _place_components(t, labels, weak_links, index, fixed_idx, dim) -> np.ndarra
     n_comp = int(labels.max()) + 1 if labels.size else 0
     ca, cb, targets, weights = [], [], [], []
     for i, wl in enumerate(weak_links):
-        if isinstance(wl, Link):
+        if isinstance(wl, ShiftConstraint):
             a, b, target, w = wl.a, wl.b, wl.shift, wl.weight
         else:
             a, b = wl

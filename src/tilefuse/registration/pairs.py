@@ -70,11 +70,11 @@ def overlapping_pairs(
         olo = np.maximum(lo[i], lo[rest])
         ohi = np.minimum(hi[i], hi[rest])
         ok = np.all(ohi >= olo, axis=1)
-        for j, l, h in zip(rest[ok], olo[ok], ohi[ok]):
+        for j, box_lo, box_hi in zip(rest[ok], olo[ok], ohi[ok]):
             ka, kb = keys[i], keys[j]
             if same is not None and same[ka] != same[kb]:
                 continue
-            ext = (h - l) + 1.0
+            ext = (box_hi - box_lo) + 1.0
             frac = float(np.prod(ext) / min(volume[i], volume[j]))
             if frac < min_fraction:
                 continue
@@ -83,7 +83,7 @@ def overlapping_pairs(
                 if int(thin.sum()) != 1:
                     continue
             a, b = (ka, kb) if i < j else (kb, ka)
-            pairs.append(OverlapPair(a, b, Box.from_arrays(l, h), frac))
+            pairs.append(OverlapPair(a, b, Box.from_arrays(box_lo, box_hi), frac))
     index = {k: n for n, k in enumerate(keys)}
     pairs.sort(key=lambda p: (index[p.a], index[p.b]))
     return pairs

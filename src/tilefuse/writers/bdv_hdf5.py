@@ -29,14 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import raise_if_write_error
 from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, UnsupportedFormatError
-from ..loaders._hdf5 import BDV_DATA_TYPES
-from ..loaders._deflate import deflate
+from ..formats.bdv import BDV_DATA_TYPES, hdf5_cells, hdf5_setup
+from ..formats.deflate import deflate
 from ..loaders.base import drop_cached_handles
 from ..project.views import ViewId
-from ._atomic import raise_if_write_error
 
 __all__ = ["write_bdv_hdf5", "propose_factors"]
 
@@ -114,7 +114,7 @@ def write_bdv_hdf5(
     try:
         with h5py.File(tmp, "w") as f, progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
             for setup, dtype in sorted(setup_dtypes.items()):
-                group = f.require_group(f"s{setup:02d}")
+                group = f.require_group(hdf5_setup(setup))
                 # Fixed-length ASCII, as pybdv and JHDF5 write it.
                 group.attrs["dataType"] = np.bytes_(dtype.name)
                 # Views of one setup may differ in shape; declare the largest one's blocks.
@@ -137,7 +137,7 @@ def write_bdv_hdf5(
                         if arr.dtype.kind == "f":
                             kwargs["shuffle"] = True
                     datasets[view, level] = f.create_dataset(
-                        f"t{view.timepoint:05d}/s{view.setup:02d}/{level}/cells",
+                        hdf5_cells(view.timepoint, view.setup, level),
                         shape=shape,
                         dtype=arr.dtype,
                         chunks=_level_chunks(shape, chunks),
@@ -325,7 +325,7 @@ class _ChunkTarget:
     h5py compresses under its global lock, i.e. on one core; compressing in
     the dask worker threads (the codec releases the GIL) and handing HDF5 the
     finished bytes with ``write_direct_chunk`` uses all of them; ISA-L
-    (:mod:`tilefuse.loaders._deflate`) encodes 7.5x faster than zlib.  Every block
+    (:mod:`tilefuse.formats.deflate`) encodes 7.5x faster than zlib.  Every block
     must be exactly one chunk of the dataset, which the writer guarantees by
     chunking its sources like the dataset.  The byte layout is what HDF5's
     own shuffle + deflate filters produce, so any reader decodes it.

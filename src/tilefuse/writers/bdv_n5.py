@@ -30,7 +30,9 @@ import numpy as np
 from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError
-from ..loaders._n5format import N5_DTYPES, N5_VERSION, create_dataset, normalize_compression, write_attributes
+from ..formats.bdv import n5_setup, n5_view
+from ..formats.n5 import N5_DTYPES, N5_VERSION, create_dataset, normalize_compression, write_attributes
+from ..loaders import loader_class
 from ..loaders.base import block_slices, drop_cached_handles
 from ..project.views import ViewId
 from ._atomic import atomic_output
@@ -229,7 +231,7 @@ def write_bdv_n5(
         Show one progress bar over the blocks of all views and levels.
     overwrite
         Replace an existing output; otherwise an existing ``path`` raises
-        :class:`~tilefuse.writers._atomic.OutputExistsError`.  The container is
+        :class:`~tilefuse.errors.OutputExistsError`.  The container is
         written as ``<path>.partial`` and renamed when complete.
     client
         Compute and write the level-0 blocks of dask inputs on this
@@ -240,8 +242,6 @@ def write_bdv_n5(
     N5Loader
         A loader for the written container.
     """
-    from ..loaders._n5 import N5Loader
-
     path = Path(os.path.normpath(Path(path).absolute()))
     views = as_view_images(images, N5_DTYPES)
     factors = check_factors(factors)
@@ -268,7 +268,7 @@ def write_bdv_n5(
             progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
         write_attributes(tmp, {"n5": N5_VERSION})
         for setup, (dtype, shape0) in sorted(setups.items()):
-            write_attributes(tmp / f"setup{setup}", {
+            write_attributes(tmp / n5_setup(setup), {
                 "downsamplingFactors": [list(f[::-1]) for f in factors],
                 "dataType": dtype.name,
                 "blockSize": list(chunks[::-1]),
@@ -280,14 +280,14 @@ def write_bdv_n5(
                         client)
     # Loaders may have cached metadata of an older container at this path.
     drop_cached_handles(str(path))
-    return N5Loader.for_container(path)
+    return loader_class("bdv.n5").for_path(path)
 
 
 def _write_view(root: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],
                 chunks: tuple[int, int, int], comp: dict, voxel_size: tuple[float, float, float],
                 bar: Progress, client: Any = None) -> None:
     dtype = np.dtype(image.dtype)
-    group = root / f"setup{view.setup}" / f"timepoint{view.timepoint}"
+    group = root / n5_view(view.timepoint, view.setup)
     write_attributes(group, {"multiScale": True, "resolution": list(voxel_size[::-1])})
     shapes = level_shapes(image.shape, factors)
     log.debug("%s -> setup%d/timepoint%d: %s, level shapes (z y x) %s", view, view.setup, view.timepoint, dtype,

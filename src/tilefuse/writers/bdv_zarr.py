@@ -27,11 +27,20 @@ from typing import Any
 import numpy as np
 
 from .._progress import Progress, progress_bar, writing
-from ..project.views import ViewId
+from ..formats.bdv import zarr_view
+from ..loaders import loader_class
 from ..loaders.base import drop_cached_handles
+from ..project.views import ViewId
 from ._atomic import atomic_output
-from .bdv_n5 import (as_view_images, check_factors, level_shapes, n_blocks, voxel_size_of, write_downsampled,
-                     write_level0)
+from .bdv_n5 import (
+    as_view_images,
+    check_factors,
+    level_shapes,
+    n_blocks,
+    voxel_size_of,
+    write_downsampled,
+    write_level0,
+)
 
 __all__ = ["write_bdv_omezarr", "ngff_multiscales"]
 
@@ -117,15 +126,13 @@ def write_bdv_omezarr(
         A numcodecs codec; default Blosc/zstd with byte shuffle.
     overwrite
         Replace an existing output; otherwise an existing ``path`` raises
-        :class:`~tilefuse.writers._atomic.OutputExistsError`.
+        :class:`~tilefuse.errors.OutputExistsError`.
     client
         Compute and write the level-0 blocks of dask inputs on this
         ``distributed.Client`` (its workers must see ``path``).
     """
     import zarr
     from numcodecs import Blosc
-
-    from ..loaders._zarr import OmeZarrLoader, ZGroup
 
     path = Path(os.path.normpath(Path(path).absolute()))
     views = as_view_images(images, _ZARR_DTYPES)
@@ -144,12 +151,12 @@ def write_bdv_omezarr(
             progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
         zarr.open_group(str(tmp), mode="w", zarr_format=2)
         for view, image in sorted(views.items()):
-            name = f"s{view.setup}-t{view.timepoint}.zarr"
+            name = zarr_view(view.timepoint, view.setup)
             vs = voxel_size_of(voxel_size, view.setup)
             _write_view(tmp / name, view, image, factors, chunks, compressor, vs, bar, client)
-            zgroups[view] = ZGroup(name, (0, 0))
+            zgroups[view] = name
     drop_cached_handles(str(path))
-    return OmeZarrLoader.for_container(path, zgroups)
+    return loader_class("bdv.multimg.zarr").for_path(path, zgroups, indices=(0, 0))
 
 
 def _write_view(group_path: Path, view: ViewId, image: Any, factors: list[tuple[int, int, int]],

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import check_outputs
 from ..errors import FusionError
 from ..fusion.api import FusionPlan
-from ._atomic import check_outputs, input_paths
+from ._atomic import input_paths
 from .options import OutputOptions
 
 __all__ = ["write_fused", "output_format"]

@@ -64,10 +64,11 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .._outputs import remove_path
 from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
-from ..errors import ImageDataError, TilefuseError
-from ._atomic import OutputExistsError, atomic_output, remove_path
+from ..errors import ImageDataError, OutputExistsError, TilefuseError
+from ._atomic import atomic_output
 
 __all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel", "ResumeMismatchError"]
 
@@ -431,7 +432,8 @@ def _omero(smallest, axes: str, channel_names, dtype: np.dtype, path: Path, clie
                 },
             }
         )
-    return {"version": NGFF_VERSION, "channels": channels, "rdefs": {"model": "greyscale" if n_channels == 1 else "color"}}
+    model = "greyscale" if n_channels == 1 else "color"
+    return {"version": NGFF_VERSION, "channels": channels, "rdefs": {"model": model}}
 
 
 # ----------------------------------------------------------------------------

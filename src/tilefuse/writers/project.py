@@ -23,16 +23,19 @@ from pathlib import Path
 
 import numpy as np
 
+from .._outputs import check_outputs, remove_path
 from ..errors import ProjectFormatError, TilefuseError
-from ..loaders.base import drop_cached_handles
 from ..geometry import scale_matrix, translation_matrix
+from ..loaders import loader_class
+from ..loaders.base import drop_cached_handles
+from ..opening import open_project
 from ..project.checks import MAX_COORDINATE, check_spimdata
 from ..project.model import STANDARD_ATTRIBUTES, AttributeBlock, Entity, SpimData, Timepoints, ViewSetup, ViewTransform
 from ..project.project import Project
 from ..project.timepoints import format_integer_pattern
 from ..project.views import ViewId
 from ..project.xml_read import read_spimdata
-from ._atomic import atomic_outputs, check_outputs, remove_path
+from ._atomic import atomic_outputs
 
 __all__ = ["write_project", "calibration_matrix", "container_path", "FORMATS"]
 
@@ -302,7 +305,7 @@ def write_project(
     # Loaders may hold handles on the container this one replaced.
     drop_cached_handles(str(container))
     drop_cached_handles(str(container.resolve()))
-    return Project.open(path)
+    return open_project(path)
 
 
 def _read_back(tmp_xml: Path, path: Path, partials: list[Path]) -> None:
@@ -325,20 +328,17 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
     if chunks is not None:
         kwargs["chunks"] = tuple(int(c) for c in chunks)
     if format == "hdf5":
-        from ..loaders._hdf5 import Hdf5Loader
         from .bdv_hdf5 import write_bdv_hdf5
 
         write_bdv_hdf5(tmp, views, compression=compression, **kwargs)
-        return Hdf5Loader.for_file(container)
+        return loader_class("bdv.hdf5").for_path(container)
     if format == "n5":
-        from ..loaders._n5 import N5Loader
         from .bdv_n5 import write_bdv_n5
 
         write_bdv_n5(tmp, views, compression=compression, voxel_size=voxel_size, client=client, **kwargs)
-        return N5Loader.for_container(container)
+        return loader_class("bdv.n5").for_path(container)
     if format == "tiff":
         from .._progress import progress_bar, writing
-        from ..loaders._tiff import FileMap2Loader
         from .tiff import write_tiff
 
         files = {}
@@ -349,9 +349,8 @@ def _write_pixels(format, tmp, container, views, factors, chunks, compression, p
                 write_tiff(image, tmp / name, voxel_size=voxel_size, unit="um", client=client)
                 files[view] = container / name
                 bar.update(1)
-        return FileMap2Loader.for_files(files)
-    from ..loaders._zarr import OmeZarrLoader
+        return loader_class("spimreconstruction.filemap2").for_path(files)
     from .bdv_zarr import write_bdv_omezarr
 
     written = write_bdv_omezarr(tmp, views, voxel_size=voxel_size, client=client, **kwargs)
-    return OmeZarrLoader.for_container(container, written.zgroups)
+    return loader_class("bdv.multimg.zarr").for_path(container, written.zgroups)

@@ -34,13 +34,15 @@ from typing import Any
 
 import numpy as np
 
+from .._blockcache import cached_block, forget_block
+from .._inputs import MAX_METADATA_BYTES, block_byte_limit, file_identity, read_regular_file
 from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
-from ._blockcache import cached_block, forget_block
-from ._deflate import DeflateError, deflate, inflate_members
-from .base import MAX_METADATA_BYTES, block_byte_limit, file_identity, read_regular_file
+from .bdv import BDV_DATA_TYPES
+from .deflate import DeflateError, deflate, inflate_members
 
 __all__ = [
     "N5_DTYPES",
+    "N5_VERSION",
     "N5Dataset",
     "create_dataset",
     "read_attributes",
@@ -51,12 +53,7 @@ __all__ = [
 ]
 
 #: N5 ``dataType`` names and their numpy types.
-N5_DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name)
-    for name in (
-        "uint8", "uint16", "uint32", "uint64", "int8", "int16", "int32", "int64", "float32", "float64",
-    )
-}
+N5_DTYPES: dict[str, np.dtype] = {name: np.dtype(name) for name in BDV_DATA_TYPES}
 
 _MODE_DEFAULT = 0
 _MODE_VARLENGTH = 1
