@@ -24,8 +24,7 @@ from ..geometry import translation_matrix
 from ..project.model import PairwiseResult
 from ..project.project import Project
 from .global_affine import GLOBAL_MODELS, PointMatches, solve_affine
-from .global_opt import PRESETS, bridges, solve_translations
-from .global_opt import ShiftConstraint as SolverLink  # the name in solve()'s body until it says ShiftConstraint
+from .global_opt import PRESETS, ShiftConstraint, bridges, solve_translations
 from .options import RegistrationOptions
 from .pairwise import Link, RegistrationGroups, make_groups, pairwise
 
@@ -215,8 +214,8 @@ def solve(
     while True:
         candidates = [link for link in links if link.valid and link.status == "accepted"]
         solver_links = [
-            SolverLink(a=link.a, b=link.b, shift=np.asarray(link.shift, dtype=np.float64),
-                       correlation=float(link.correlation))
+            ShiftConstraint(a=link.a, b=link.b, shift=np.asarray(link.shift, dtype=np.float64),
+                            correlation=float(link.correlation))
             for link in candidates
         ]
         solution = solve_translations(
