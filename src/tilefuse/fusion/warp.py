@@ -35,7 +35,6 @@ numba) and release the GIL, so dask's threads run them in parallel.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numba
@@ -106,6 +105,14 @@ def _inside(c, n, tol):
     return c >= -tol and c <= (n - 1) + tol
 
 
+#: BigStitcher's ramp ``0.5 * (1 + cos((1 - t) * pi))`` tabulated on ``t = 0, 1/N, .., 1`` and
+#: interpolated linearly: off by at most 4e-8 (float32 rounding; measured on 10^6 points) and
+#: cheaper than a cosine per voxel (3D chunk of a rotated view, cosine blending: 42 -> 51
+#: Mvox/s).  BigStitcher itself looks the cosine up in a table of step 0.001.
+_RAMP_STEPS = 4096
+_RAMP = 0.5 * (1.0 + np.cos((1.0 - np.linspace(0.0, 1.0, _RAMP_STEPS + 1)) * np.pi))
+
+
 @_inline
 def _cosine(c, n, rng, border, floor):
     """One axis's floored cosine weight, float32 (as ``cosine_profile`` then the floor)."""
@@ -117,7 +124,9 @@ def _cosine(c, n, rng, border, floor):
     elif dist <= 0.0:
         p = 0.0
     elif dist < rng:
-        p = 0.5 * (1.0 + math.cos((1.0 - min(max(dist / rng, 0.0), 1.0)) * math.pi))
+        t = dist / rng * _RAMP_STEPS
+        i = min(int(t), _RAMP_STEPS - 1)
+        p = _RAMP[i] + (t - i) * (_RAMP[i + 1] - _RAMP[i])
     else:
         p = 1.0
     return max(np.float32(p), floor)
@@ -146,9 +155,22 @@ def _warp(crop, m, start, order, out):
                                 (r2 + m[2, 2] * x) - start[2], order)
 
 
+@_inline
+def _flat(c_first, c_last, n, rng, border):
+    """Whether an axis's cosine profile is 1 all along a row segment (both ends beyond the ramp).
+
+    The coordinate is monotonic along the segment, so both ends suffice; the
+    test is the one :func:`_cosine` makes, so skipping it changes nothing.
+    """
+    if n <= 1:
+        return True
+    return min(c_first - border, (n - 1) - c_first - border) >= rng > 0.0 and \
+        min(c_last - border, (n - 1) - c_last - border) >= rng
+
+
 @_jit
 def _blend(crop, m, start, order, shape, cos_w, rng, border, floor, gain, offset, adjust,
-          content, mc, num, den):
+           content, mc, num, den):
     """Accumulate ``w * (gain * I + offset)`` and ``w`` over the samples inside the view."""
     tol = INSIDE_TOL
     flat = crop.ravel()
@@ -162,6 +184,7 @@ def _blend(crop, m, start, order, shape, cos_w, rng, border, floor, gain, offset
     for z0 in range(0, nz, _BZ):
         for y0 in range(0, ny, _BY):
             for x0 in range(0, nx, _BX):
+                x1 = min(x0 + _BX, nx)
                 for z in range(z0, min(z0 + _BZ, nz)):
                     for y in range(y0, min(y0 + _BY, ny)):
                         r0 = (m[0, 3] + m[0, 0] * z) + m[0, 1] * y
@@ -170,22 +193,35 @@ def _blend(crop, m, start, order, shape, cos_w, rng, border, floor, gain, offset
                         q0 = (mc[0, 3] + mc[0, 0] * z) + mc[0, 1] * y
                         q1 = (mc[1, 3] + mc[1, 0] * z) + mc[1, 1] * y
                         q2 = (mc[2, 3] + mc[2, 0] * z) + mc[2, 1] * y
+                        # The segment's ends decide for all of it (coordinates are monotonic
+                        # along it and the inside set is an interval): skip per-voxel tests
+                        # and cosines where they cannot change anything.
+                        a0, a1, a2 = r0 + m[0, 2] * x0, r1 + m[1, 2] * x0, r2 + m[2, 2] * x0
+                        b0, b1, b2 = r0 + m[0, 2] * (x1 - 1), r1 + m[1, 2] * (x1 - 1), r2 + m[2, 2] * (x1 - 1)
+                        in_a = _inside(a0, shape[0], tol) and _inside(a1, shape[1], tol) and _inside(a2, shape[2], tol)
+                        in_b = _inside(b0, shape[0], tol) and _inside(b1, shape[1], tol) and _inside(b2, shape[2], tol)
+                        test = not (in_a and in_b)
+                        ramp0 = cos_w and not _flat(a0, b0, shape[0], rng[0], border[0])
+                        ramp1 = cos_w and not _flat(a1, b1, shape[1], rng[1], border[1])
+                        ramp2 = cos_w and not _flat(a2, b2, shape[2], rng[2], border[2])
                         row = (z * ny + y) * nx
-                        for x in range(x0, min(x0 + _BX, nx)):
+                        for x in range(x0, x1):
                             c0 = r0 + m[0, 2] * x
                             c1 = r1 + m[1, 2] * x
                             c2 = r2 + m[2, 2] * x
-                            if not (_inside(c0, shape[0], tol) and _inside(c1, shape[1], tol)
-                                    and _inside(c2, shape[2], tol)):
+                            if test and not (_inside(c0, shape[0], tol) and _inside(c1, shape[1], tol)
+                                             and _inside(c2, shape[2], tol)):
                                 continue
                             w = np.float32(1.0)
-                            if cos_w:
+                            if ramp0:
                                 w = w * _cosine(c0, shape[0], rng[0], border[0], floor)
+                            if ramp1:
                                 w = w * _cosine(c1, shape[1], rng[1], border[1], floor)
+                            if ramp2:
                                 w = w * _cosine(c2, shape[2], rng[2], border[2], floor)
                             if has_content:
                                 cw = _sample(cflat, cdims, q0 + mc[0, 2] * x, q1 + mc[1, 2] * x,
-                                            q2 + mc[2, 2] * x, 1)
+                                             q2 + mc[2, 2] * x, 1)
                                 w = w * max(cw, floor)
                             v = _sample(flat, dims, c0 - start[0], c1 - start[1], c2 - start[2], order)
                             if adjust:
