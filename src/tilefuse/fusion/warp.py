@@ -4,21 +4,21 @@ The separable fast paths of :mod:`tilefuse.fusion.resample` need a diagonal
 ``L`` (translation, axis-aligned scaling).  A view at another angle of a
 multi-view acquisition, or any view after an affine registration, has a full
 ``L``: every output voxel needs its own eight (3D) or four (2D) source voxels
-and fractions.  ``scipy.ndimage.affine_transform`` does that at ~18 Mvox/s per
-core; done with numpy arrays (coordinates, flat indices, ``np.take`` of every
-corner, lerps) it reaches ~2.5x that, because every step is a pass over memory
-and the gathers dominate (measured while designing this module: 2.1-2.4x on a
-64x256x256 chunk of a view rotated by 45 degrees, best block shape).  So the
-loops are compiled with numba, one pass over the output with nothing stored
-per voxel:
+and fractions.  ``scipy.ndimage.affine_transform`` does that at ~19 Mvox/s per
+core.  Done with numpy arrays (coordinates, flat indices, ``np.take`` of every
+corner, corner pairs packed into wider elements, lerps) it stayed at 2.1-2.4x
+that on a 64x256x256 chunk of a view rotated by 45 degrees: every step is a
+pass over memory and each gather costs ~1.3 ns per voxel.  So the loops are
+compiled with numba (7x scipy on that chunk; ``benchmarks/bench_affine.py``),
+one pass over the output with nothing stored per voxel:
 
-* source coordinates are computed incrementally along each output row, in
-  float64 and in the same order as
-  :func:`~tilefuse.fusion.resample.source_coordinates` (so the inside test is
-  the same as :func:`~tilefuse.fusion.resample.inside_mask`'s);
-* values are interpolated on the crop with edge extension exactly as
+* source coordinates are computed along each output row in float64 and in
+  the same order as :func:`~tilefuse.fusion.resample.source_coordinates`
+  (so the inside test is the same as
+  :func:`~tilefuse.fusion.resample.inside_mask`'s);
+* values are interpolated on the crop with edge extension as
   ``scipy.ndimage.affine_transform(mode="nearest", prefilter=False)`` does
-  (linear; nearest rounds half up), in float64, and stored as float32;
+  (linear, in float32 lerps; nearest rounds half up), stored as float32;
 * :func:`blend_warped` folds in everything the fusion engine's general path
   applies to a sample - the inside test, BigStitcher's cosine weights floored
   per axis (or 1 for average blending), content-based weights interpolated
@@ -29,8 +29,8 @@ per voxel:
 Rules are those of :mod:`tilefuse.fusion.resample` (module notes) and
 :mod:`tilefuse.fusion.blending`; tests compare with the scipy path.  A 2D
 problem is run as a 3D one with a singleton first axis.  The kernels are
-compiled on first use (about a second per input type, cached on disk by
-numba) and release the GIL, so dask's threads run them in parallel.
+compiled on first use (a few seconds, then cached on disk by numba) and
+release the GIL, so dask's threads run them in parallel.
 """
 
 from __future__ import annotations
@@ -52,11 +52,13 @@ KERNEL_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.float32))
 
 #: Output block (z, y, x) the kernels walk at a time: the source voxels a block
 #: of a rotated view needs stay in cache while it is done (~10 % faster than
-#: whole rows on a 45-degree view; measured with 8x32x32 .. 16x16x64 alike).
+#: whole rows on a 45-degree view; 8x32x32 .. 16x16x64 measured alike).
 _BZ, _BY, _BX = 8, 32, 32
 
-# compiled on first use, then loaded from numba's on-disk cache (~1 s saved per process)
-_jit = numba.njit(cache=True, nogil=True)
+# Compiled on first use, then loaded from numba's on-disk cache.  error_model="numpy": no
+# Python-style zero-division checks in the loops (the one division, by a ramp width, is
+# guarded), worth 15 % on a cosine-blended chunk.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 _inline = numba.njit(inline="always", cache=True)
 
 
@@ -72,19 +74,31 @@ def _axis_taps(u, hi, imax, order):
 
 
 @_inline
-def _sample(flat, dims, u0, u1, u2, order):
-    """Value at crop-local ``(u0, u1, u2)``: linear (float32 lerps) or nearest."""
-    m0, m1, m2 = dims
-    i0, f0 = _axis_taps(u0, m0 - 1.0, max(m0 - 2, 0), order)
-    i1, f1 = _axis_taps(u1, m1 - 1.0, max(m1 - 2, 0), order)
-    i2, f2 = _axis_taps(u2, m2 - 1.0, max(m2 - 2, 0), order)
-    k = uint64((i0 * m1 + i1) * m2 + i2)  # unsigned: no negative-index wrap checks
+def _geometry(data):
+    """What the samplers need of an array's shape, computed once per call rather than per voxel."""
+    m0, m1, m2 = data.shape
+    # steps to the upper neighbour in the raveled array (0 along a singleton axis)
+    return (m0, m1, m2, m0 - 1.0, m1 - 1.0, m2 - 1.0, max(m0 - 2, 0), max(m1 - 2, 0), max(m2 - 2, 0),
+            uint64(m1 * m2 if m0 > 1 else 0), uint64(m2 if m1 > 1 else 0), uint64(1 if m2 > 1 else 0))
+
+
+@_inline
+def _taps(geo, u0, u1, u2, order):
+    """Flat index of the lower corner and the three fractions at crop-local ``(u0, u1, u2)``."""
+    m0, m1, m2, h0, h1, h2, j0, j1, j2, d0, d1, d2 = geo
+    i0, f0 = _axis_taps(u0, h0, j0, order)
+    i1, f1 = _axis_taps(u1, h1, j1, order)
+    i2, f2 = _axis_taps(u2, h2, j2, order)
+    return (i0 * m1 + i1) * m2 + i2, f0, f1, f2
+
+
+@_inline
+def _lerp(flat, geo, k, f0, f1, f2, order):
+    """The value from the lower corner ``k`` and the fractions: linear (float32 lerps) or nearest."""
+    d0, d1, d2 = geo[9], geo[10], geo[11]
+    k = uint64(k)  # unsigned: no negative-index wrap checks
     if order == 0:
         return np.float32(flat[k])
-    # steps to the upper neighbour (0 along a singleton axis)
-    d2 = uint64(1 if m2 > 1 else 0)
-    d1 = uint64(m2 if m1 > 1 else 0)
-    d0 = uint64(m1 * m2 if m0 > 1 else 0)
     p = np.float32(flat[k])
     v00 = p + f2 * (np.float32(flat[k + d2]) - p)
     p = np.float32(flat[k + d1])
@@ -99,18 +113,26 @@ def _sample(flat, dims, u0, u1, u2, order):
 
 
 @_inline
+def _sample(flat, geo, u0, u1, u2, order):
+    """Value at crop-local ``(u0, u1, u2)``."""
+    k, f0, f1, f2 = _taps(geo, u0, u1, u2, order)
+    return _lerp(flat, geo, k, f0, f1, f2, order)
+
+
+@_inline
 def _inside(c, n, tol):
     if n == 1:
         return abs(c) <= 0.5 + tol
     return c >= -tol and c <= (n - 1) + tol
 
 
-#: BigStitcher's ramp ``0.5 * (1 + cos((1 - t) * pi))`` tabulated on ``t = 0, 1/N, .., 1`` and
-#: interpolated linearly: off by at most 4e-8 (float32 rounding; measured on 10^6 points) and
-#: cheaper than a cosine per voxel (3D chunk of a rotated view, cosine blending: 42 -> 51
-#: Mvox/s).  BigStitcher itself looks the cosine up in a table of step 0.001.
+#: BigStitcher's ramp ``0.5 * (1 + cos((1 - t) * pi)) = sin(pi t / 2) ** 2``, with the sine
+#: tabulated on ``t = 0, 1/N, .., 1`` and interpolated linearly, then squared: within 5e-8 of
+#: the exact value *relative to it* (float32 rounding, also for the tiny weights near a view's
+#: edge, where an absolute error would be amplified in ``sum w I / sum w``), and cheaper than a
+#: cosine per voxel.  BigStitcher itself looks the cosine up in a table of step 0.001.
 _RAMP_STEPS = 4096
-_RAMP = 0.5 * (1.0 + np.cos((1.0 - np.linspace(0.0, 1.0, _RAMP_STEPS + 1)) * np.pi))
+_SINE = np.sin(np.linspace(0.0, np.pi / 2, _RAMP_STEPS + 1))
 
 
 @_inline
@@ -126,7 +148,8 @@ def _cosine(c, n, rng, border, floor):
     elif dist < rng:
         t = dist / rng * _RAMP_STEPS
         i = min(int(t), _RAMP_STEPS - 1)
-        p = _RAMP[i] + (t - i) * (_RAMP[i + 1] - _RAMP[i])
+        p = _SINE[i] + (t - i) * (_SINE[i + 1] - _SINE[i])
+        p = p * p
     else:
         p = 1.0
     return max(np.float32(p), floor)
@@ -136,23 +159,33 @@ def _cosine(c, n, rng, border, floor):
 def _warp(crop, m, start, order, out):
     """``out[x] = crop(M x - start)`` with edge extension, float32."""
     flat = crop.ravel()
-    dims = crop.shape
+    geo = _geometry(crop)
     res = out.ravel()
     nz, ny, nx = out.shape
+    # Per row segment, first the indices and fractions (a loop the compiler vectorises),
+    # then the gathers: 1.8x faster than one loop doing both (64x256x256 chunk, 45 degrees).
+    idx = np.empty(_BX, np.int64)
+    fr0 = np.empty(_BX, np.float32)
+    fr1 = np.empty(_BX, np.float32)
+    fr2 = np.empty(_BX, np.float32)
     for z0 in range(0, nz, _BZ):
         for y0 in range(0, ny, _BY):
             for x0 in range(0, nx, _BX):
+                x1 = min(x0 + _BX, nx)
                 for z in range(z0, min(z0 + _BZ, nz)):
                     for y in range(y0, min(y0 + _BY, ny)):
                         # row start, summed as source_coordinates does
                         r0 = (m[0, 3] + m[0, 0] * z) + m[0, 1] * y
                         r1 = (m[1, 3] + m[1, 0] * z) + m[1, 1] * y
                         r2 = (m[2, 3] + m[2, 0] * z) + m[2, 1] * y
-                        row = (z * ny + y) * nx
-                        for x in range(x0, min(x0 + _BX, nx)):
-                            res[uint64(row + x)] = _sample(
-                                flat, dims, (r0 + m[0, 2] * x) - start[0], (r1 + m[1, 2] * x) - start[1],
+                        for x in range(x0, x1):
+                            idx[x - x0], fr0[x - x0], fr1[x - x0], fr2[x - x0] = _taps(
+                                geo, (r0 + m[0, 2] * x) - start[0], (r1 + m[1, 2] * x) - start[1],
                                 (r2 + m[2, 2] * x) - start[2], order)
+                        row = (z * ny + y) * nx
+                        for x in range(x0, x1):
+                            i = x - x0
+                            res[uint64(row + x)] = _lerp(flat, geo, idx[i], fr0[i], fr1[i], fr2[i], order)
 
 
 @_inline
@@ -174,10 +207,14 @@ def _blend(crop, m, start, order, shape, cos_w, rng, border, floor, gain, offset
     """Accumulate ``w * (gain * I + offset)`` and ``w`` over the samples inside the view."""
     tol = INSIDE_TOL
     flat = crop.ravel()
-    dims = crop.shape
+    geo = _geometry(crop)
     has_content = content.shape[0] > 0
     cflat = content.ravel()
-    cdims = content.shape
+    cgeo = _geometry(content)
+    idx = np.empty(_BX, np.int64)
+    fr0 = np.empty(_BX, np.float32)
+    fr1 = np.empty(_BX, np.float32)
+    fr2 = np.empty(_BX, np.float32)
     acc_v = num.ravel()
     acc_w = den.ravel()
     nz, ny, nx = num.shape
@@ -204,6 +241,10 @@ def _blend(crop, m, start, order, shape, cos_w, rng, border, floor, gain, offset
                         ramp0 = cos_w and not _flat(a0, b0, shape[0], rng[0], border[0])
                         ramp1 = cos_w and not _flat(a1, b1, shape[1], rng[1], border[1])
                         ramp2 = cos_w and not _flat(a2, b2, shape[2], rng[2], border[2])
+                        for x in range(x0, x1):  # indices and fractions first (vectorised)
+                            idx[x - x0], fr0[x - x0], fr1[x - x0], fr2[x - x0] = _taps(
+                                geo, (r0 + m[0, 2] * x) - start[0], (r1 + m[1, 2] * x) - start[1],
+                                (r2 + m[2, 2] * x) - start[2], order)
                         row = (z * ny + y) * nx
                         for x in range(x0, x1):
                             c0 = r0 + m[0, 2] * x
@@ -220,10 +261,11 @@ def _blend(crop, m, start, order, shape, cos_w, rng, border, floor, gain, offset
                             if ramp2:
                                 w = w * _cosine(c2, shape[2], rng[2], border[2], floor)
                             if has_content:
-                                cw = _sample(cflat, cdims, q0 + mc[0, 2] * x, q1 + mc[1, 2] * x,
+                                cw = _sample(cflat, cgeo, q0 + mc[0, 2] * x, q1 + mc[1, 2] * x,
                                              q2 + mc[2, 2] * x, 1)
                                 w = w * max(cw, floor)
-                            v = _sample(flat, dims, c0 - start[0], c1 - start[1], c2 - start[2], order)
+                            i = x - x0
+                            v = _lerp(flat, geo, idx[i], fr0[i], fr1[i], fr2[i], order)
                             if adjust:
                                 v = v * gain
                                 v = v + offset
