@@ -55,7 +55,8 @@ import numpy as np
 
 from .errors import ProjectFormatError, TilefuseError
 
-__all__ = ["Mosaic", "make_mosaic", "load_truth", "TEXTURES"]
+__all__ = ["Mosaic", "make_mosaic", "load_truth", "TEXTURES", "MultiView", "make_multiview",
+           "load_multiview_truth", "rotation_about_axis", "rotation_name", "STAGE_AXIS"]
 
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -723,4 +724,505 @@ def make_mosaic(
         vignetting=float(vignetting),
         _gains=gains,
         _vignette_centres=centres,
+    )
+
+
+# ----------------------------------------------------------------------------
+# multi-angle light-sheet acquisitions
+# ----------------------------------------------------------------------------
+#: Rotation axis of the sample stage, ``(z, y, x)``: BigStitcher's ``<axis>0 1 0</axis>``.
+STAGE_AXIS = (0.0, 1.0, 0.0)
+#: Value-noise octaves of the multi-view tissue (lattice spacing in world units, amplitude):
+#: coarse only, so that the PSF (a few world units) does not change them.
+_TISSUE_OCTAVES = ((48.0, 1.0), (16.0, 0.5))
+#: Nuclei: one candidate per lattice cell of this size (world units), radius range.
+_NUCLEUS_CELL = 14.0
+_NUCLEUS_SIGMA = (2.0, 3.5)
+
+
+def rotation_about_axis(axis: Sequence[float], degrees: float) -> np.ndarray:
+    """BigStitcher's ``Rotation around axis (..) by .. degrees`` as a 4x4 ``zyx`` matrix.
+
+    ``axis`` is ``(z, y, x)``.  BigStitcher writes the transpose of the
+    right-handed rotation (the real 7-angle project in
+    ``bigstitcher_examples/rhapso_filemap2_7angles_2tp.xml``: about x by 90
+    degrees, ``y' = z`` and ``z' = -y``); so do we.
+    """
+    from scipy.spatial.transform import Rotation
+
+    axis_xyz = np.asarray(axis, dtype=np.float64)[::-1]
+    axis_xyz = axis_xyz / np.linalg.norm(axis_xyz)
+    r_xyz = Rotation.from_rotvec(-np.deg2rad(degrees) * axis_xyz).as_matrix()
+    m = np.eye(4)
+    m[:3, :3] = r_xyz[::-1, ::-1]  # xyz -> zyx: reverse rows and columns
+    return m
+
+
+def rotation_name(axis: Sequence[float], degrees: float) -> str:
+    """The ViewTransform name BigStitcher gives a rotation about ``axis`` (``(z, y, x)``)."""
+    x, y, z = (float(v) for v in list(axis)[::-1])
+    return f"Rotation around axis ({x}, {y}, {z}) by {float(degrees)} degrees"
+
+
+def _translation(t) -> np.ndarray:
+    m = np.eye(4)
+    m[:3, 3] = t
+    return m
+
+
+def _gauss_splat(out: np.ndarray, centre, sigma, amp: float, z0: int = 0) -> None:
+    """Add ``amp * exp(-|v - centre|^2 / 2 sigma^2)`` (separable, per-axis sigma in voxels) to ``out``.
+
+    ``out`` holds planes ``z0 .. z0 + len(out)`` of the volume; the Gaussian
+    is cut at 4 sigma.
+    """
+    lo, hi, profiles = [], [], []
+    offsets = (z0, 0, 0)
+    for d in range(3):
+        a = max(int(math.floor(centre[d] - 4 * sigma[d])), offsets[d])
+        b = min(int(math.ceil(centre[d] + 4 * sigma[d])) + 1, offsets[d] + out.shape[d])
+        if b <= a:
+            return
+        x = np.arange(a, b, dtype=np.float64)
+        profiles.append(np.exp(-0.5 * ((x - centre[d]) / sigma[d]) ** 2))
+        lo.append(a - offsets[d])
+        hi.append(b - offsets[d])
+    block = amp * profiles[0][:, None, None] * profiles[1][None, :, None] * profiles[2][None, None, :]
+    out[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] += block
+
+
+@dataclass(eq=False)
+class MultiView:
+    """Views of one synthetic sample taken at several angles about the y axis, with known truth.
+
+    Build it with :func:`make_multiview`.  View ``i`` shows angle
+    ``view_angle[i]`` and tile ``view_tile[i]`` (angle-major); its pixels are
+    generated on demand by :meth:`view`.  All transforms are 4x4 ``zyx``
+    matrices from the view's voxels to world units (the finest voxel).
+
+    Attributes
+    ----------
+    angles : tuple of float
+        Rotation of each angle about y, degrees.
+    grid : (int, int)
+        Tiles per angle along the view's y and x.
+    tile_shape : (int, int, int)
+        Voxels per view, ``(z, y, x)``; z is the detection axis.
+    voxel_size : (float, float, float)
+        Physical voxel size (anisotropic z).
+    nominal : (n_views, 4, 4) ndarray
+        What the stage reports (written to the XML): rotation about y, the
+        tile's place, calibration.
+    true : (n_views, 4, 4) ndarray
+        Where the views really are: ``nominal`` after a rigid error (a
+        rotation per angle about the view's centre, a translation per view;
+        view 0 has none).
+    beads : (n_beads, 3) ndarray
+        World positions of the sub-resolution beads.
+    psf_sigma : (float, float)
+        Gaussian PSF sigma along the detection axis and across it, world units.
+    """
+
+    angles: tuple[float, ...]
+    grid: tuple[int, int]
+    tile_shape: tuple[int, int, int]
+    voxel_size: tuple[float, float, float]
+    overlap: float
+    nominal: np.ndarray
+    true: np.ndarray
+    beads: np.ndarray
+    nuclei: np.ndarray = field(repr=False, default=None)
+    nucleus_sigma: np.ndarray = field(repr=False, default=None)
+    tissue_axes: np.ndarray = field(repr=False, default=None)
+    psf_sigma: tuple[float, float] = (3.0, 1.0)
+    max_offset: float = 6.0
+    max_rotation: float = 1.0
+    empty_views: frozenset[int] = frozenset()
+    dtype: np.dtype = np.dtype("uint16")
+    seed: int = 0
+    noise: bool = True
+    background: float = 100.0
+    signal: float = 600.0
+    bead_signal: float = 3000.0
+
+    @property
+    def ndim(self) -> int:
+        return 3
+
+    @property
+    def n_views(self) -> int:
+        return len(self.nominal)
+
+    def __len__(self) -> int:
+        return self.n_views
+
+    @property
+    def calibration(self) -> np.ndarray:
+        """World units per voxel along each axis: ``voxel_size / min(voxel_size)``."""
+        vs = np.asarray(self.voxel_size, dtype=float)
+        return vs / vs.min()
+
+    @property
+    def view_angle(self) -> np.ndarray:
+        """Angle index of every view."""
+        return np.arange(self.n_views) // (self.grid[0] * self.grid[1])
+
+    @property
+    def view_tile(self) -> np.ndarray:
+        """Tile index (within its angle) of every view."""
+        return np.arange(self.n_views) % (self.grid[0] * self.grid[1])
+
+    def tile_positions(self) -> np.ndarray:
+        """Stage position of every tile of one angle (world units, the view frame before rotation)."""
+        return _multiview_tiles(self.grid, self.tile_shape, self.calibration, self.overlap)
+
+    def transform_chain(self, i: int) -> list[tuple[str, np.ndarray]]:
+        """View ``i``'s nominal ViewTransforms in XML order, as BigStitcher names them."""
+        degrees = self.angles[self.view_angle[i]]
+        return [
+            (rotation_name(STAGE_AXIS, degrees), rotation_about_axis(STAGE_AXIS, degrees)),
+            ("Translation to Regular Grid", _translation(self.tile_positions()[self.view_tile[i]])),
+            ("calibration", np.diag([*self.calibration, 1.0])),
+        ]
+
+    def bead_voxels(self, i: int, margin: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+        """Beads inside view ``i`` (``margin`` voxels in from its edges): indices and voxel coordinates.
+
+        Coordinates are ``(z, y, x)`` voxels of the view under its true transform.
+        """
+        inv = np.linalg.inv(self.true[i])
+        vox = self.beads @ inv[:3, :3].T + inv[:3, 3]
+        hi = np.asarray(self.tile_shape) - 1 - margin
+        keep = np.all((vox >= margin) & (vox <= hi), axis=1)
+        return np.flatnonzero(keep), vox[keep]
+
+    # -- pixels ---------------------------------------------------------------
+    def _psf_voxels(self) -> np.ndarray:
+        sz, sxy = self.psf_sigma
+        return np.array([sz, sxy, sxy])
+
+    def view(self, i: int, planes: slice | None = None) -> np.ndarray:
+        """Generate the pixels of view ``i`` (or some of its z planes); deterministic for a given seed.
+
+        Tissue (smooth density plus nuclei) and beads are evaluated at the
+        view's voxel centres under its true transform; nuclei and beads are
+        Gaussians convolved analytically with the PSF, which is elongated
+        along the view's own z (the detection axis), so every angle blurs
+        the sample differently.  Poisson noise, rounding to ``dtype``.
+        """
+        i = int(i)
+        if not 0 <= i < self.n_views:
+            raise IndexError(f"view {i} out of range for {self.n_views} views")
+        nz = self.tile_shape[0]
+        planes = slice(0, nz) if planes is None else planes
+        z0, z1 = max(0, planes.start or 0), min(nz, nz if planes.stop is None else planes.stop)
+        shape = (max(0, z1 - z0),) + tuple(self.tile_shape[1:])
+        expected = np.full(shape, self.background, dtype=np.float64)
+        if i not in self.empty_views and shape[0]:
+            expected += self.signal * self._tissue(i, z0, shape)
+            inv = np.linalg.inv(self.true[i])
+            cal = self.calibration
+            psf = self._psf_voxels()
+            # a bead or nucleus convolved with the PSF: Gaussian sigma^2 = s^2 + psf^2 per view axis
+            for centre, s, amp in self._blobs(i):
+                v = inv[:3, :3] @ centre + inv[:3, 3]
+                sigma = np.sqrt(s**2 + psf**2)
+                # a nucleus keeps its integrated intensity (its peak falls as the PSF spreads
+                # it); a bead's image is the PSF itself, with peak ``bead_signal``
+                peak = amp if s == 0 else amp * s**3 / np.prod(sigma)
+                _gauss_splat(expected, v, sigma / cal, peak, z0)
+        if self.noise:
+            rng = np.random.default_rng([int(self.seed), i, z0, 2])
+            expected = rng.poisson(np.maximum(expected, 0)).astype(np.float64)
+        return _cast(expected, self.dtype)
+
+    def _blobs(self, i: int):
+        """(world centre, sigma, amplitude) of the nuclei and beads near view ``i``."""
+        lo, hi = self.view_box(i)
+        reach = 5 * (max(self.psf_sigma) + _NUCLEUS_SIGMA[1])
+        for pts, sig, amp in ((self.nuclei, self.nucleus_sigma, self.signal), (self.beads, None, self.bead_signal)):
+            near = np.all((pts >= lo - reach) & (pts <= hi + reach), axis=1)
+            for k in np.flatnonzero(near):
+                yield pts[k], (0.0 if sig is None else float(sig[k])), amp
+
+    def _tissue(self, i: int, z0: int, shape) -> np.ndarray:
+        """Smooth tissue density in [0, ~1] inside an ellipsoid, at the voxels of view ``i``."""
+        from scipy.ndimage import map_coordinates
+
+        # The density varies over >= 16 world units: evaluate it every ~4 and interpolate linearly.
+        step = np.maximum(1, np.floor(4.0 / self.calibration)).astype(int)
+        first = [(a // s) * s for a, s in zip((z0, 0, 0), step)]  # nodes on multiples of the step:
+        # every block of planes interpolates the same nodes
+        axes = [np.arange(f, a + n + s, s, dtype=np.float64)[: (a + n - 1 - f) // s + 2]
+                for f, a, n, s in zip(first, (z0, 0, 0), shape, step)]
+        coarse_shape = tuple(len(a) for a in axes)
+        grid = np.meshgrid(*axes, indexing="ij")
+        vox = np.stack([g.ravel() for g in grid])
+        world = self.true[i][:3, :3] @ vox + self.true[i][:3, 3:4]
+        total = np.zeros(world.shape[1])
+        for k, (spacing, amp) in enumerate(_TISSUE_OCTAVES):
+            u = world / spacing
+            lo = np.floor(u.min(axis=1)).astype(np.int64) - 2
+            hi = np.floor(u.max(axis=1)).astype(np.int64) + 3
+            nodes = [np.arange(a, b + 1) for a, b in zip(lo, hi)]
+            lattice = 2.0 * _hash_uniform(self.seed + 501 + 101 * k, np.ix_(*nodes)) - 1.0
+            total += amp * map_coordinates(lattice, u - lo[:, None], order=3, prefilter=False, mode="nearest")
+        density = np.clip(0.55 + total / 1.2, 0.05, 1.0)
+        r = np.sqrt(np.sum((world / self.tissue_axes[:, None]) ** 2, axis=0))
+        density *= 0.5 * (1.0 - np.tanh((r - 1.0) * 8.0))  # a soft edge, ~1/8 of the radius
+        fine = np.meshgrid(*[(np.arange(n) + a - f) / s for n, a, f, s in zip(shape, (z0, 0, 0), first, step)],
+                           indexing="ij", sparse=True)
+        fine = np.broadcast_arrays(*fine)
+        return map_coordinates(density.reshape(coarse_shape), fine, order=1, mode="nearest")
+
+    def view_box(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """World bounding box of view ``i``'s voxel centres under its true transform."""
+        corners = np.array(np.meshgrid(*[[0, n - 1] for n in self.tile_shape], indexing="ij")).reshape(3, -1)
+        world = self.true[i][:3, :3] @ corners + self.true[i][:3, 3:4]
+        return world.min(axis=1), world.max(axis=1)
+
+    def view_dask(self, i: int):
+        """View ``i`` as a dask array generated when computed, one block of z planes at a time."""
+        import dask
+        import dask.array as da
+
+        nz, ny, nx = self.tile_shape
+        step = max(1, (1 << 22) // (ny * nx))  # ~4 M voxels per block: streamed, bounded memory
+        blocks = [da.from_delayed(dask.delayed(self.view, pure=True)(int(i), slice(z, min(nz, z + step))),
+                                  shape=(min(nz, z + step) - z, ny, nx), dtype=self.dtype)
+                  for z in range(0, nz, step)]
+        return da.concatenate(blocks, axis=0)
+
+    # -- ground truth files -----------------------------------------------------
+    def params(self) -> dict:
+        """The :func:`make_multiview` arguments that regenerate this acquisition."""
+        return {"angles": list(self.angles), "grid": list(self.grid), "tile_shape": list(self.tile_shape),
+                "voxel_size": list(self.voxel_size), "overlap": self.overlap, "n_beads": len(self.beads),
+                "psf_sigma": list(self.psf_sigma), "max_offset": self.max_offset,
+                "max_rotation": self.max_rotation, "empty_views": sorted(self.empty_views),
+                "dtype": np.dtype(self.dtype).name, "seed": self.seed, "noise": self.noise,
+                "background": self.background, "signal": self.signal, "bead_signal": self.bead_signal}
+
+    def save_truth(self, path: str | os.PathLike, setups: Sequence[int] | None = None) -> Path:
+        """Write the transforms and bead positions for scoring (JSON, under a temporary name then renamed).
+
+        ``setups`` are the ViewSetup ids of the views in the project (default
+        ``0 .. n_views - 1``).  Matrices are 4x4 ``zyx``, view voxel -> world
+        (finest voxel); bead positions are world ``zyx``.
+        """
+        path = Path(path)
+        setups = list(range(self.n_views)) if setups is None else [int(s) for s in setups]
+        views = []
+        for i in range(self.n_views):
+            err = self.true[i] @ np.linalg.inv(self.nominal[i])
+            angle = float(np.degrees(np.arccos(np.clip((np.trace(err[:3, :3]) - 1) / 2, -1, 1))))
+            views.append({
+                "view": i, "setup": setups[i], "timepoint": 0, "angle": int(self.view_angle[i]),
+                "degrees": float(self.angles[self.view_angle[i]]), "tile": int(self.view_tile[i]),
+                "nominal_zyx": self.nominal[i].tolist(), "true_zyx": self.true[i].tolist(),
+                "error_rotation_degrees": angle, "empty": i in self.empty_views,
+            })
+        doc = {
+            "format": "tilefuse-multiview-truth/1",
+            "units": "world units = finest voxel spacing; matrices map view voxels (z, y, x, 1) to world",
+            "calibration_zyx": [float(v) for v in self.calibration],
+            "voxel_size_zyx": [float(v) for v in self.voxel_size],
+            "params": self.params(),
+            "views": views,
+            "beads_zyx": self.beads.tolist(),
+        }
+        tmp = path.with_name(path.name + ".partial")
+        tmp.write_text(json.dumps(doc, indent=1))
+        os.replace(tmp, path)
+        return path
+
+
+def load_multiview_truth(path: str | os.PathLike) -> dict:
+    """Read a file written by :meth:`MultiView.save_truth`.
+
+    Returns
+    -------
+    dict
+        ``setup``, ``timepoint``, ``angle``, ``tile`` (int arrays per view),
+        ``degrees`` (float array), ``nominal`` and ``true`` ((n_views, 4, 4)
+        ``zyx`` matrices), ``beads`` ((n, 3) world ``zyx``), ``calibration``
+        and ``params``.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+        views = doc["views"]
+        return {
+            "setup": np.array([v["setup"] for v in views], dtype=int),
+            "timepoint": np.array([v["timepoint"] for v in views], dtype=int),
+            "angle": np.array([v["angle"] for v in views], dtype=int),
+            "tile": np.array([v["tile"] for v in views], dtype=int),
+            "degrees": np.array([v["degrees"] for v in views], dtype=float),
+            "nominal": np.array([v["nominal_zyx"] for v in views], dtype=float).reshape(-1, 4, 4),
+            "true": np.array([v["true_zyx"] for v in views], dtype=float).reshape(-1, 4, 4),
+            "beads": np.array(doc["beads_zyx"], dtype=float).reshape(-1, 3),
+            "calibration": np.array(doc["calibration_zyx"], dtype=float),
+            "params": doc.get("params"),
+        }
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProjectFormatError(f"{path}: not a multi-view truth file ({exc})") from None
+
+
+def _multiview_tiles(grid, tile_shape, calibration, overlap) -> np.ndarray:
+    """Stage positions of one angle's tiles (world ``zyx``), centred on the rotation axis."""
+    extent = (np.asarray(tile_shape) - 1) * calibration
+    step = np.asarray(tile_shape[1:]) * calibration[1:] * (1 - overlap)
+    pos = []
+    for iy in range(grid[0]):
+        for ix in range(grid[1]):
+            yx = np.array([iy, ix]) * step
+            total = (np.asarray(grid) - 1) * step + extent[1:]
+            pos.append([-extent[0] / 2, *(yx - total / 2)])
+    return np.array(pos)
+
+
+def make_multiview(
+    angles: int | Sequence[float] = 4,
+    grid: Sequence[int] = (1, 1),
+    tile_shape: Sequence[int] = (48, 160, 160),
+    overlap: float = 0.15,
+    *,
+    voxel_size: Sequence[float] = (3.0, 1.0, 1.0),
+    n_beads: int | None = None,
+    psf_sigma: Sequence[float] = (3.0, 1.0),
+    max_offset: float = 6.0,
+    max_rotation: float = 1.0,
+    empty_views: Iterable[int] = (),
+    noise: bool = True,
+    dtype=np.uint16,
+    seed: int = 0,
+    background: float = 100.0,
+    signal: float = 600.0,
+    bead_signal: float = 3000.0,
+) -> MultiView:
+    """Describe a multi-angle light-sheet acquisition of a synthetic sample with beads.
+
+    The sample - tissue (a smooth density and nuclei inside an ellipsoid)
+    with sub-resolution beads in and around it - sits at the world origin on
+    the stage's rotation axis (y).  Each angle images it with the same tiles;
+    the stage's transforms (``nominal``) are off from the true ones by a
+    rotation per angle and a translation per view, both of known size.
+
+    Parameters
+    ----------
+    angles : int or sequence of float
+        Number of angles spread over 180 degrees (4: 0, 45, 90, 135) or the
+        angles themselves, degrees about y.
+    grid : (int, int)
+        Tiles per angle along y and x.
+    tile_shape : (int, int, int)
+        Voxels per view ``(z, y, x)``.
+    overlap : float
+        Overlap of neighbouring tiles of one angle, a fraction of the tile.
+    voxel_size : (float, float, float)
+        Physical voxel size; z coarser than x and y as in light-sheet stacks.
+    n_beads : int, optional
+        Number of beads; default about one per 24^3 world units of the
+        imaged cylinder.
+    psf_sigma : (float, float)
+        Gaussian PSF sigma along the detection axis (each view's z) and
+        across it, world units (finest voxels).
+    max_offset : float
+        Largest translation error per axis, world units; each has magnitude
+        in ``[max_offset / 4, max_offset]`` and a random sign (view 0: none).
+    max_rotation : float
+        Largest rotation error of an angle, degrees, about a random axis
+        through each view's centre; magnitude in ``[max_rotation / 4,
+        max_rotation]`` (angle 0: none).
+    empty_views : iterable of int
+        Views showing only the background (plus noise).
+    noise : bool
+        Add Poisson noise.
+    dtype : numpy dtype
+        Pixel type (integers are rounded and clipped).
+    seed : int
+        Seeds sample, errors and noise.
+    background, signal, bead_signal : float
+        Constant background, tissue and bead brightness in grey levels.
+
+    Returns
+    -------
+    MultiView
+    """
+    if np.ndim(angles) == 0:
+        count = int(angles)
+        if count < 1:
+            raise TilefuseError(f"angles must be at least 1, got {angles!r}")
+        angles = tuple(180.0 * k / count for k in range(count))
+    angles = tuple(float(a) for a in angles)
+    grid = tuple(int(g) for g in grid)
+    tile_shape = tuple(int(n) for n in tile_shape)
+    if len(grid) != 2 or min(grid) < 1:
+        raise TilefuseError(f"grid must be 2 positive counts (tiles along y, x per angle), got {grid}")
+    if len(tile_shape) != 3 or min(tile_shape) < 4:
+        raise TilefuseError(f"tile_shape must be 3 sizes of at least 4 voxels, got {tile_shape}")
+    voxel_size = _per_axis(voxel_size, 3, "voxel_size")
+    if min(voxel_size) <= 0:
+        raise TilefuseError(f"voxel_size must be positive, got {voxel_size}")
+    if not 0 <= overlap < 1:
+        raise TilefuseError(f"overlap must be in [0, 1), got {overlap}")
+    psf_sigma = tuple(float(s) for s in psf_sigma)
+    if len(psf_sigma) != 2 or min(psf_sigma) <= 0:
+        raise TilefuseError(f"psf_sigma must be 2 positive widths (detection axis, across), got {psf_sigma}")
+    vs = np.asarray(voxel_size)
+    cal = vs / vs.min()
+    tiles = _multiview_tiles(grid, tile_shape, cal, overlap)
+    extent = (np.asarray(tile_shape) - 1) * cal
+    span_x = tiles[:, 2].max() - tiles[:, 2].min() + extent[2]
+    span_y = tiles[:, 1].max() - tiles[:, 1].min() + extent[1]
+    radius = 0.5 * min(extent[0], span_x)  # every angle sees this cylinder about y
+
+    rng = np.random.default_rng([int(seed), 10])
+    n_views = len(angles) * len(tiles)
+    nominal = np.empty((n_views, 4, 4))
+    true = np.empty((n_views, 4, 4))
+    centre_vox = np.append((np.asarray(tile_shape) - 1) / 2, 1.0)
+    rot_errors = []
+    for a in range(len(angles)):
+        axis = rng.normal(size=3)
+        axis /= np.linalg.norm(axis)
+        mag = 0.0 if a == 0 else rng.uniform(0.25, 1.0) * float(max_rotation)
+        rot_errors.append(rotation_about_axis(axis, mag))
+    for i in range(n_views):
+        a, t = divmod(i, len(tiles))
+        nominal[i] = rotation_about_axis(STAGE_AXIS, angles[a]) @ _translation(tiles[t]) @ np.diag([*cal, 1.0])
+        q = (nominal[i] @ centre_vox)[:3]
+        shift = rng.uniform(0.25, 1.0, 3) * float(max_offset) * rng.choice([-1.0, 1.0], 3)
+        if i == 0:
+            shift = np.zeros(3)
+        true[i] = _translation(q + shift) @ rot_errors[a] @ _translation(-q) @ nominal[i]
+
+    # beads: uniform in the cylinder every angle sees, kept off its very edge
+    volume = math.pi * radius**2 * span_y
+    count = int(round(volume / 24.0**3)) if n_beads is None else int(n_beads)
+    brng = np.random.default_rng([int(seed), 11])
+    r = 0.9 * radius * np.sqrt(brng.uniform(0, 1, count))
+    phi = brng.uniform(0, 2 * math.pi, count)
+    beads = np.column_stack([r * np.cos(phi), brng.uniform(-0.45, 0.45, count) * span_y, r * np.sin(phi)])
+    # tissue: an ellipsoid inside the cylinder, nuclei on a jittered lattice within it
+    axes = np.array([0.8 * radius, 0.42 * span_y, 0.65 * radius])
+    cell = _NUCLEUS_CELL
+    ranges = [np.arange(math.floor(-h / cell), math.floor(h / cell) + 1) for h in axes]
+    idx = np.stack([g.ravel() for g in np.meshgrid(*ranges, indexing="ij")], axis=1)
+    nrng = np.random.default_rng([int(seed), 12])
+    centres = (idx + nrng.uniform(0, 1, idx.shape)) * cell
+    keep = (np.sum((centres / axes) ** 2, axis=1) < 0.85) & (nrng.uniform(0, 1, len(centres)) < 0.7)
+    nuclei = centres[keep]
+    sig = nrng.uniform(*_NUCLEUS_SIGMA, len(centres))[keep]
+
+    dtype = np.dtype(dtype)
+    empty = frozenset(int(e) for e in empty_views)
+    if any(not 0 <= e < n_views for e in empty):
+        raise TilefuseError(f"empty views {sorted(empty)} are outside 0..{n_views - 1}")
+    return MultiView(
+        angles=angles, grid=grid, tile_shape=tile_shape, voxel_size=voxel_size, overlap=float(overlap),
+        nominal=nominal, true=true, beads=beads, nuclei=nuclei, nucleus_sigma=sig, tissue_axes=axes,
+        psf_sigma=psf_sigma, max_offset=float(max_offset), max_rotation=float(max_rotation),
+        empty_views=empty, dtype=dtype, seed=int(seed), noise=bool(noise), background=float(background),
+        signal=float(signal), bead_signal=float(bead_signal),
     )

@@ -26,10 +26,12 @@ Sampling rules (the same for both paths, and equal to
   validity mask from :func:`inside_mask` is returned separately, so callers
   set weights to 0 outside instead of dealing with NaN.
 
-Three paths compute the values:
+Four paths compute the values:
 
 * :func:`resample_affine` — any affine, through ``scipy.ndimage.affine_transform``
-  on the crop;
+  on the crop (the reference);
+* :func:`tilefuse.fusion.warp.warp_values` — any 2D or 3D affine (rotated,
+  sheared views), compiled loops over the output (~5x scipy's speed);
 * :func:`resample_shift` — ``L`` is the identity (pure translation, and output
   spacing equal to the view's voxel size, the usual stitching case).  Every
   output voxel is then the same sub-voxel shift away from a source voxel, so
@@ -433,13 +435,18 @@ def resample(
     """Resample ``crop`` onto the output grid, choosing the fast path when it applies.
 
     Translations go through :func:`resample_shift`, axis-aligned scalings
-    through :func:`resample_diagonal`, anything else through
-    :func:`resample_affine`; ``fast=False`` always uses the latter (for
-    tests and benchmarks).
+    through :func:`resample_diagonal`, any other 2D or 3D affine through
+    the compiled :func:`tilefuse.fusion.warp.warp_values`, the rest through
+    :func:`resample_affine`; ``fast=False`` always uses the latter (the
+    reference, for tests and benchmarks).
     """
     if fast and is_shift(matrix):
         return resample_shift(crop, crop_start, split_affine(matrix)[1], out_shape, order)
     if fast and is_diagonal(matrix):
         lin, offset = split_affine(matrix)
         return resample_diagonal(crop, crop_start, np.diag(lin), offset, out_shape, order)
+    if fast and np.ndim(crop) in (2, 3):
+        from .warp import warp_values  # compiled with numba: imported when a rotated view needs it
+
+        return warp_values(crop, crop_start, matrix, out_shape, order)
     return resample_affine(crop, crop_start, matrix, out_shape, order)

@@ -125,6 +125,8 @@ def write_project(
     angles: Sequence[int] | None = None,
     timepoints: Sequence[int] | None = None,
     names: dict[str, dict[int, str]] | None = None,
+    transforms: Sequence[Sequence[tuple[str, np.ndarray]]] | None = None,
+    angle_axes: dict[int, tuple[Sequence[float], float]] | None = None,
     format: str = "hdf5",
     factors: Sequence[Sequence[int]] | str = "auto",
     chunks: Sequence[int] | None = None,
@@ -159,6 +161,15 @@ def write_project(
         Images sharing all attributes but the timepoint share one ViewSetup.
     names : dict, optional
         Entity names, e.g. ``{"channel": {0: "488", 1: "561"}}``.
+    transforms : sequence of sequences of (str, ndarray), optional
+        Per image, its ViewTransforms as ``(name, 4x4 zyx matrix)`` in XML
+        order (the first is applied last), replacing the default
+        ``Translation to Regular Grid`` + ``calibration``: e.g. a rotation
+        in front of them for the views of a multi-angle acquisition.
+        ``positions`` still give the tiles' locations.
+    angle_axes : dict, optional
+        Angle id -> (rotation axis ``(z, y, x)``, degrees), written as the
+        Angle's ``<axis>`` and ``<degrees>`` (BigStitcher's angle metadata).
     format : {"hdf5", "n5", "zarr", "tiff"}
         ``"tiff"`` writes one TIFF per view in a folder and a
         ``spimreconstruction.filemap2`` loader (BigStitcher reads it through
@@ -234,6 +245,8 @@ def write_project(
     }
     tps = _per_tile(timepoints, n, "timepoints", lambda i: 0)
     names = names or {}
+    if transforms is not None and len(transforms) != n:
+        raise TilefuseError(f"transforms has {len(transforms)} entries for {n} images")
 
     # One setup per distinct attribute combination, in order of first appearance.
     setup_of: dict[tuple, int] = {}
@@ -265,16 +278,24 @@ def write_project(
         loc = tuple(float(v) for v in positions[i])
         if tile_location.setdefault(tile, loc) != loc:
             raise TilefuseError(f"image {i}: tile {tile} has two different positions")
-        data.registrations[view] = [
-            ViewTransform("Translation to Regular Grid", translation_matrix(np.asarray(loc) / min_res)),
-            ViewTransform("calibration", calibration_matrix(voxel_size, min_res)),
-        ]
+        if transforms is not None:
+            data.registrations[view] = [ViewTransform(str(name), np.array(m, dtype=np.float64))
+                                        for name, m in transforms[i]]
+        else:
+            data.registrations[view] = [
+                ViewTransform("Translation to Regular Grid", translation_matrix(np.asarray(loc) / min_res)),
+                ViewTransform("calibration", calibration_matrix(voxel_size, min_res)),
+            ]
     for kind, tag in STANDARD_ATTRIBUTES.items():
         block = AttributeBlock(name=kind, entity_tag=tag)
         for eid in sorted({int(v) for v in attrs[kind]}):
             ent = Entity(id=eid, name=str(names.get(kind, {}).get(eid, eid)))
             if kind == "tile":
                 ent.location = tile_location[eid]
+            if kind == "angle" and angle_axes and eid in angle_axes:
+                axis, degrees = angle_axes[eid]
+                ent.axis = tuple(float(v) for v in axis)
+                ent.degrees = float(degrees)
             block.entities[eid] = ent
         data.attribute_blocks[kind] = block
     tp_ids = sorted({int(t) for t in tps})
