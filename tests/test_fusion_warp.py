@@ -79,8 +79,8 @@ def test_singleton_axis_plane_rotated_in_plane():
     m[:3, :3] = lin @ np.diag([0.25, 1.0, 1.0])
     m[:3, 3] = [-0.5, 20, 25] - m[:3, :3] @ [2, 15, 15]
     out_shape = (5, 31, 31)
-    np.testing.assert_allclose(warp_values(plane, [0, 0, 0], m, out_shape), resample_affine(plane, [0, 0, 0], m, out_shape),
-                               rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(warp_values(plane, [0, 0, 0], m, out_shape),
+                               resample_affine(plane, [0, 0, 0], m, out_shape), rtol=1e-5, atol=1e-3)
 
 
 class ArrayReader:
@@ -100,7 +100,7 @@ class _Content:
 
 
 def _sources(rng, with_content):
-    """Three views of a 3D scene: two rotated (one about each of two axes, scaled like anisotropic z) and one shifted."""
+    """Three views of a 3D scene: two rotated (about two axes, scaled like anisotropic z) and one shifted."""
     out = []
     for k, (rot, t, inten) in enumerate([
         (Rotation.from_euler("y", 0.7).as_matrix() @ np.diag([2.5, 1, 1]), (4.0, 3.0, -6.0), (1.0, 0.0)),
