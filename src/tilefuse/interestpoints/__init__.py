@@ -1,8 +1,21 @@
-"""Interest points: BigStitcher's multi-view registration (detection, matching, global solve).
+"""Interest points: BigStitcher's multi-view registration, in BigStitcher's own format.
 
-Storage in BigStitcher's own format (:mod:`.storage`).
+The steps, each usable on its own::
+
+    found = detect(project)                    # DoG blobs per view, block by block (dask)
+    project = found.apply(project)             # -> interestpoints.n5 + <ViewInterestPoints>
+    matches = match(project)                   # descriptors + seeded RANSAC per overlapping pair
+    matches.save(project)                      # -> correspondences in interestpoints.n5
+
+and :func:`tilefuse.register` on a project whose views are rotated relative
+to each other runs them all and solves one transform per view
+(:func:`register_interest_points`).  Modules: :mod:`.storage` (the N5 and
+XML format), :mod:`.dog` and :mod:`.detection`, :mod:`.descriptors`,
+:mod:`.models` (fits, RANSAC, ICP) and :mod:`.matching`, :mod:`.options`.
 """
 
+from .detection import Detections, detect, detection_factors
+from .options import DEFAULT_LABEL, DetectionOptions
 from .storage import (
     CONTAINER,
     Correspondences,
@@ -21,10 +34,15 @@ from .storage import (
 
 __all__ = [
     "CONTAINER",
+    "DEFAULT_LABEL",
     "Correspondences",
+    "DetectionOptions",
+    "Detections",
     "InterestPoints",
     "add_reference",
     "container_path",
+    "detect",
+    "detection_factors",
     "labels",
     "load_correspondences",
     "load_points",
