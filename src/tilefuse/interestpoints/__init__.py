@@ -15,7 +15,8 @@ XML format), :mod:`.dog` and :mod:`.detection`, :mod:`.descriptors`,
 """
 
 from .detection import Detections, detect, detection_factors
-from .options import DEFAULT_LABEL, DetectionOptions
+from .matching import Matches, PairMatches, match
+from .options import DEFAULT_LABEL, DetectionOptions, MatchingOptions
 from .storage import (
     CONTAINER,
     Correspondences,
@@ -39,6 +40,9 @@ __all__ = [
     "DetectionOptions",
     "Detections",
     "InterestPoints",
+    "Matches",
+    "MatchingOptions",
+    "PairMatches",
     "add_reference",
     "container_path",
     "detect",
@@ -46,6 +50,7 @@ __all__ = [
     "labels",
     "load_correspondences",
     "load_points",
+    "match",
     "points_group",
     "read_correspondences",
     "read_points",
