@@ -58,7 +58,7 @@ LAYERS = [
     (6, "fusion", ["tilefuse.fusion*"]),
     (7, "intensity", ["tilefuse.intensity"]),
     (8, "writers", ["tilefuse.writers*"]),
-    (9, "applications", ["tilefuse.sample_data", "tilefuse.demo", "tilefuse.convert", "tilefuse.plotting",
+    (9, "applications", ["tilefuse.sample_data", "tilefuse.demo", "tilefuse.convert*", "tilefuse.plotting",
                          "tilefuse.pipeline"]),
     (10, "command line", ["tilefuse.cli", "tilefuse._cliargs"]),
 ]
