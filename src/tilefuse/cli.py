@@ -115,9 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", action="store_true", help="one line per view")
     _add_overwrite(p)
 
-    p = sub.add_parser("convert", help="make a project from a folder of TIFFs and positions")
-    p.add_argument("folder", type=Path, help="folder holding the TIFF files")
-    p.add_argument("positions", type=Path, help="CSV (file,x,y[,z]) or Fiji TileConfiguration.txt")
+    from .convert import CSV_HELP
+
+    p = sub.add_parser(
+        "convert", help="make a project from microscope files (CZI, OME-TIFF, ND2, LIF, TIFF) or TIFFs + positions",
+        description="tilefuse convert FILE... -o dataset.xml: microscope files with their stage positions, "
+                    "voxel size and channels (CZI, OME-TIFF, ND2, LIF, ImageJ/plain TIFF; a folder stands for the "
+                    "files in it). tilefuse convert FOLDER POSITIONS -o dataset.xml: the TIFFs of FOLDER placed by "
+                    "a positions file. " + CSV_HELP)
+    p.add_argument("inputs", type=Path, nargs="+", metavar="FILE",
+                   help="acquisition files (or folders of them), or a folder of TIFFs and its positions file")
     p.add_argument("-o", "--output", type=Path, required=True, help="project XML to write")
     _add_overwrite(p)
 
@@ -231,15 +238,26 @@ def _cmd_sample(args):
 
 
 def _cmd_convert(args) -> None:
-    from .convert import convert_tiffs
+    from .convert import convert_files, convert_tiffs
+    from .formats.acquisition import is_acquisition_file
     from .project.summary import project_summary
     from .writers.project import container_path
 
     options = _options(args, _CONVERT)
-    # The TIFFs are inputs too; convert_tiffs checks the outputs against them once it has read the positions.
-    with _outputs(args, [args.output, container_path(args.output, options.format)], [args.positions]):
-        project = convert_tiffs(args.folder, args.positions, args.output, options, progress=args.progress,
-                                overwrite=args.overwrite)
+    inputs = list(args.inputs)
+    tables = len(inputs) == 2 and inputs[0].is_dir() and not inputs[1].is_dir() and not is_acquisition_file(inputs[1])
+    outputs = [args.output] if options.in_place else [args.output, container_path(args.output, options.format)]
+    if tables:
+        # The TIFFs are inputs too; convert_tiffs checks the outputs against them once it has read the positions.
+        with _outputs(args, outputs, [inputs[1]]):
+            project = convert_tiffs(inputs[0], inputs[1], args.output, options, progress=args.progress,
+                                    overwrite=args.overwrite)
+    else:
+        files = []
+        for path in inputs:
+            files.extend(sorted(p for p in path.iterdir() if is_acquisition_file(p)) if path.is_dir() else [path])
+        with _outputs(args, outputs, files):
+            project = convert_files(files, args.output, options, progress=args.progress, overwrite=args.overwrite)
     _say(args, project_summary(project, detail=0))
 
 
