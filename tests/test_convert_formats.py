@@ -325,3 +325,81 @@ def test_cli_converts_files_and_folders(tmp_path, capsys):
     (tmp_path / "scan.nd3").write_bytes(b"?")
     assert main(["convert", str(tmp_path / "scan.nd3"), "-o", str(tmp_path / "r.xml"), "-q"]) == 2
     assert "not a file tilefuse can read as an acquisition" in capsys.readouterr().err
+
+
+# -- ND2: no Python writer and no small public multi-point file: the nd2 API, faked --------------
+class _FakeND2File:
+    """The part of nd2.ND2File tilefuse uses, for a 2-position, 3-plane, 2-channel acquisition."""
+
+    is_rgb = False
+    dtype = np.dtype(np.uint16)
+
+    def __init__(self, path):
+        from types import SimpleNamespace as NS
+
+        self.sizes = {"P": 2, "Z": 3, "C": 2, "Y": 16, "X": 20}
+        self.data = np.arange(2 * 3 * 2 * 16 * 20, dtype=np.uint16).reshape(2, 3, 2, 16, 20)
+        self.loop_indices = tuple({"P": p, "Z": z} for p in range(2) for z in range(3))
+        # stage x, y, z of each frame (µm): position 1 is 8 µm to the right; z rises 2 µm per plane
+        self._stage = [(100.0 + 8.0 * p, 50.0, 10.0 + 2.0 * z) for p in range(2) for z in range(3)]
+        channel = [NS(channel=NS(name=n, emissionLambdaNm=w), volume=NS(cameraTransformationMatrix=(-1, 0, 0, 1)))
+                   for n, w in (("DAPI", 450.0), ("", 520.0))]
+        self.metadata = NS(channels=channel)
+        self._ns = NS
+
+    def voxel_size(self):
+        return self._ns(x=0.5, y=0.5, z=2.0)
+
+    def frame_metadata(self, seq):
+        x, y, z = self._stage[seq]
+        return self._ns(channels=[self._ns(position=self._ns(stagePositionUm=(x, y, z)))])
+
+    def to_dask(self):
+        return self.data
+
+    def close(self):
+        pass
+
+
+def test_nd2_positions_channels_and_pixels_through_the_nd2_api(tmp_path, monkeypatch):
+    import sys
+    from types import ModuleType
+
+    fake = ModuleType("nd2")
+    fake.ND2File = _FakeND2File
+    monkeypatch.setitem(sys.modules, "nd2", fake)
+    (tmp_path / "multi.nd2").write_bytes(b"fake")
+    with open_acquisition(tmp_path / "multi.nd2") as f:
+        acq = f.describe()
+        assert acq.voxel_size == (2.0, 0.5, 0.5) and acq.channel_names == {0: "DAPI", 1: "520"}
+        assert any("cameraTransformationMatrix" in n for n in acq.notes)
+        first = {s.series: s.position for s in acq.stacks}
+        assert first == {0: (10.0, 50.0, 100.0), 1: (10.0, 50.0, 108.0)}, "the first plane's stage z"
+        np.testing.assert_array_equal(f.read(1, 1, 0, (slice(1, 3), slice(2, 5), slice(0, 20))),
+                                      f._nd2.data[1, 1:3, 1, 2:5])
+    project = convert_files([tmp_path / "multi.nd2"], tmp_path / "d.xml", in_place=True)
+    view = project.select(tile=1, channel=1)[0]
+    # stage µm / 0.5 µm pixels: y 50 -> 100, x 108 -> 216, z 10 -> 20 (the first plane's)
+    np.testing.assert_allclose(project.model(view)[:3, 3], [20, 100, 216])
+    np.testing.assert_array_equal(project.image(view).compute(), _FakeND2File(None).data[1, :, 1])
+
+
+def test_a_czi_region_reads_only_its_planes(tmp_path, monkeypatch):
+    pytest.importorskip("aicspylibczi")
+    mosaic = make_mosaic((1, 2), (32, 40), overlap=0.25, seed=2)
+    _write_czi_mosaic(tmp_path / "scan.czi", mosaic, nz=4)
+    project = convert_files([tmp_path / "scan.czi"], tmp_path / "d.xml", in_place=True)
+    calls = []
+    from tilefuse.formats.czi import CziAcquisition
+
+    real = CziAcquisition.read
+
+    def counting(self, series, channel, timepoint, region):
+        calls.append(region[0])
+        return real(self, series, channel, timepoint, region)
+
+    monkeypatch.setattr(CziAcquisition, "read", counting)
+    view = project.select(tile=1, channel=1)[0]
+    part = project.loader.read(view, 0, (slice(2, 3), slice(5, 9), slice(0, 40)))
+    np.testing.assert_array_equal(part[0], (mosaic.tile(1)[5:9] // 2 + 2).astype(np.uint16))
+    assert calls == [slice(2, 3)], "one plane of one tile, not the stack"
