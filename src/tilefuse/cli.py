@@ -178,7 +178,8 @@ def _preview(args, path, out, overwrite: bool) -> None:
     path = Path(path)
     if str(path).endswith(".zarr"):
         group = zarr.open_group(str(path), mode="r")
-        datasets = group.attrs["multiscales"][0]["datasets"]
+        attrs = group.attrs.asdict()
+        datasets = (attrs.get("ome") or attrs)["multiscales"][0]["datasets"]  # NGFF 0.5 (under "ome") or 0.4
         arr = group[datasets[min(len(datasets) - 1, 2)]["path"]]
         while arr.ndim > 2:
             arr = arr[arr.shape[0] // 2] if arr.ndim == 3 else arr[0]
