@@ -42,8 +42,9 @@ def test_register_fuse_and_run(sample, capsys, tmp_path):
 
     assert main(["fuse", str(out), str(tmp_path / "f.ome.zarr"), "--preview", str(tmp_path / "f.png"),
                  "--downsample", "2", "-q"]) == 0
-    assert (tmp_path / "f.ome.zarr" / ".zattrs").exists() and (tmp_path / "f.png").exists()
-    attrs = json.loads((tmp_path / "f.ome.zarr" / ".zattrs").read_text())
+    assert (tmp_path / "f.ome.zarr" / "zarr.json").exists() and (tmp_path / "f.png").exists()
+    attrs = json.loads((tmp_path / "f.ome.zarr" / "zarr.json").read_text())["attributes"]["ome"]
+    assert attrs["version"] == "0.5"
     scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale[-1] == pytest.approx(2.0)
 

@@ -162,7 +162,9 @@ def test_two_dimensional_views_are_detected_in_their_plane(tmp_path):
 def test_bad_options_name_the_option():
     with pytest.raises(OptionError, match="downsample_xy"):
         DetectionOptions(downsample_xy=3)
-    with pytest.raises(OptionError, match="find_maxima"):
-        DetectionOptions(find_maxima=False)
-    with pytest.raises(OptionError, match="min_intensity"):
-        DetectionOptions(min_intensity=0)
+    with pytest.raises(OptionError, match="find"):
+        DetectionOptions(find="blobs")
+    assert DetectionOptions(find="both").find_minima and DetectionOptions(find="both").find_maxima
+    with pytest.raises(OptionError, match="intensity_range"):
+        DetectionOptions(intensity_range=(10, 5))
+    assert "minIntensity=0.0 maxIntensity=4000.0" in DetectionOptions(intensity_range=(0, 4000)).params()

@@ -21,22 +21,12 @@ def _overlaps(origins: np.ndarray, extents: np.ndarray) -> np.ndarray:
     return np.minimum(hi[:, None], hi[None]) - np.maximum(lo[:, None], lo[None])
 
 
-def _plausible(origins: np.ndarray, extents: np.ndarray) -> float:
-    """Fraction of tiles that have a neighbour overlapping by 1-60 % of their width along one axis."""
-    n = len(origins)
-    ov = _overlaps(origins, extents)
-    frac = ov / np.maximum(extents[:, None], 1e-12)
-    good = 0
-    for i in range(n):
-        for j in range(n):
-            if i == j:
-                continue
-            f = frac[i, j]
-            touching = (f > 0).all()
-            if touching and np.any((f[1:] > 0.01) & (f[1:] < 0.6)):
-                good += 1
-                break
-    return good / n
+def _pieces(origins: np.ndarray, extents: np.ndarray) -> int:
+    """How many separate groups of overlapping tiles the positions make (1 for a mosaic)."""
+    from scipy.sparse.csgraph import connected_components
+
+    touching = (_overlaps(origins, extents) > 0).all(axis=2)
+    return int(connected_components(touching, directed=False)[0])
 
 
 def layout_warnings(origins, extents, unit: str = "µm", voxel_size=None) -> list[str]:
@@ -88,12 +78,11 @@ def layout_warnings(origins, extents, unit: str = "µm", voxel_size=None) -> lis
             out.append(f"the tiles overlap by {100 * most:.0f}% (median): neighbours are {nearest:.4g} {unit} "
                        f"apart for tiles {width:.4g} {unit} wide{cause}")
     if not out and extents[0, 1] != extents[0, 2]:
-        swapped = origins[:, [0, 2, 1]]
-        here, there = _plausible(origins, extents), _plausible(swapped, extents)
-        if here < 0.5 and there >= 0.8:
-            out.append(f"the positions fit the tiles only with x and y swapped ({100 * here:.0f}% of the tiles "
-                       f"have a plausible neighbour as given, {100 * there:.0f}% swapped): the stage axes are "
-                       "probably swapped; give --stage-axes y,x,z")
+        # Tiles wider than tall: swapped stage axes leave gaps along one axis and pile tiles up along the other.
+        here, there = _pieces(origins, extents), _pieces(origins[:, [0, 2, 1]], extents)
+        if here > 1 and there == 1:
+            out.append(f"the tiles fall apart into {here} separate groups as placed, but form one mosaic with x "
+                       "and y swapped: the stage axes are probably swapped; give --stage-axes y,x,z")
     return out
 
 

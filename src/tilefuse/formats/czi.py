@@ -106,7 +106,12 @@ class CziAcquisition(AcquisitionFile):
         if tile is None:
             return self._czi.get_scene_bounding_box(S=scene) if "S" in self._czi.dims else \
                 self._czi.get_mosaic_bounding_box()
-        return self._czi.get_mosaic_tile_bounding_box(S=scene, M=tile)
+        # libCZI wants every dimension of the subblock named: the first plane stands for the tile
+        dims = self._czi.get_dims_shape()[0]
+        fixed = {d: dims[d][0] for d in "CZT" if d in dims}
+        if "S" in self._czi.dims:
+            fixed["S"] = scene
+        return self._czi.get_mosaic_tile_bounding_box(M=tile, **fixed)
 
     def read(self, series: int, channel: int, timepoint: int, region: Region) -> np.ndarray:
         self.describe()

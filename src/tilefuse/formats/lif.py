@@ -17,12 +17,16 @@ the reference reader of LAS X files):
   then ``FlipX="1"``/``FlipY="1"`` negate x/y, as Bio-Formats does.  The
   position is the tile's corner; z is 0 (LAS X stores one z range per tile
   scan).  An image that is not a tile scan has no position.
-* Images that are not stacks of xy planes (xz or xt line scans, the
-  wavelength sweeps of LAS X ``lambda`` scans) are left out, each with a note.
+* A wavelength sweep (LAS X lambda scan: DimID 5, emission, or 9,
+  excitation) of a one-channel image is read as channels, one per
+  wavelength; readlif's ``get_frame`` ignores that dimension (it returns the
+  wrong plane), so planes are read with ``get_plane``.  Images that are not
+  stacks of xy planes (xz or xt line scans) are left out, each with a note.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 
 import numpy as np
@@ -34,6 +38,8 @@ __all__ = ["LifAcquisition"]
 
 #: LIF DimID of x, y, z, t and the mosaic (tile) dimension
 _XYZTM = {1, 2, 3, 4, 10}
+#: LIF DimID of the wavelength sweeps of lambda scans (readlif's list of known dimensions)
+_LAMBDA = {5: "emission", 9: "excitation"}
 
 
 class LifAcquisition(AcquisitionFile):
@@ -51,7 +57,7 @@ class LifAcquisition(AcquisitionFile):
         except Exception as exc:
             raise ImageDataError(f"{self.path}: not a readable LIF file ({exc})") from exc
         self._lock = threading.Lock()
-        self._series: list[tuple[int, int]] = []  # series -> (image, tile)
+        self._series: list[tuple[int, int, int | None]] = []  # series -> (image, tile, wavelength DimID)
         self._acq: Acquisition | None = None
 
     def describe(self) -> Acquisition:
@@ -67,28 +73,37 @@ class LifAcquisition(AcquisitionFile):
             name = info["name"]
             dims_n = info["dims_n"]
             other = sorted(set(dims_n) - _XYZTM)
-            if info["display_dims"] != (1, 2) or other:
+            # A wavelength sweep (LAS X lambda scan, one channel) is read as channels, one per wavelength.
+            sweep = other[0] if len(other) == 1 and other[0] in _LAMBDA and info["channels"] == 1 else None
+            if info["display_dims"] != (1, 2) or (other and sweep is None):
                 why = f"dimensions {other} besides x, y, z, t and tiles" if other else "not a stack of xy planes"
                 acq.notes.append(f"image {i} ({name!r}) left out: {why}")
                 continue
+            if sweep is not None:
+                acq.notes.append(f"image {i} ({name!r}): its {dims_n[sweep]} wavelengths ({_LAMBDA[sweep]}) are "
+                                 "read as channels")
             dims = info["dims"]
             size = tuple(_pixel_size(info["scale_n"].get(d)) for d in (3, 2, 1))
             if voxel is None:
                 voxel = size
-            elif size != voxel:
+            elif any(a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-6)
+                     for a, b in zip(size, voxel)):
                 acq.notes.append(f"image {i} ({name!r}) left out: voxel size {size} differs from {voxel}")
                 continue
+            else:
+                voxel = tuple(b if a is None else a for a, b in zip(voxel, size))
             depth = max(info["bit_depth"]) if info["bit_depth"] else 8
             dtype = np.dtype(np.uint8 if depth <= 8 else np.uint16)
             positions = _tile_positions(self._lif, info, dims.m)
+            channels = dims_n[sweep] if sweep is not None else info["channels"]
             for m in range(dims.m):
                 series = len(self._series)
-                self._series.append((i, m))
+                self._series.append((i, m, sweep))
                 label = name if dims.m == 1 else f"{name}/tile {m}"
                 acq.series_names[series] = label
                 shape = (int(dims.z), int(dims.y), int(dims.x))
                 for t in range(dims.t):
-                    for c in range(info["channels"]):
+                    for c in range(channels):
                         acq.stacks.append(Stack(series, c, t, shape, dtype, (1, shape[1], shape[2]),
                                                 positions[m], label))
         acq.voxel_size = voxel or (None, None, None)
@@ -99,11 +114,20 @@ class LifAcquisition(AcquisitionFile):
 
     def read(self, series: int, channel: int, timepoint: int, region: Region) -> np.ndarray:
         self.describe()
-        image, tile = self._series[series]
+        image, tile, sweep = self._series[series]
         with self._lock:
             img = self._lif.get_image(image)
-            planes = [np.asarray(img.get_frame(z=z, t=timepoint, c=channel, m=tile))[region[1], region[2]]
-                      for z in range(region[0].start, region[0].stop)]
+            dims_n = img.info["dims_n"]
+            planes = []
+            for z in range(region[0].start, region[0].stop):
+                # get_plane, not get_frame: get_frame ignores a wavelength dimension and reads the wrong plane
+                wanted = {3: z, 4: timepoint, 10: tile}
+                if sweep is not None:
+                    wanted[sweep] = channel
+                wanted = {d: v for d, v in wanted.items() if d in dims_n}
+                plane = img.get_plane(display_dims=(1, 2), c=0 if sweep is not None else channel,
+                                      requested_dims=wanted)
+                planes.append(np.asarray(plane)[region[1], region[2]])
         dtype = self._acq.stacks[0].dtype
         if not planes:
             return np.zeros((0, region[1].stop - region[1].start, region[2].stop - region[2].start), dtype)

@@ -17,6 +17,7 @@ XML format), :mod:`.dog` and :mod:`.detection`, :mod:`.descriptors`,
 from .detection import Detections, detect, detection_factors
 from .matching import Matches, PairMatches, match
 from .options import DEFAULT_LABEL, DetectionOptions, MatchingOptions
+from .register import InterestPointRegistration, register_interest_points
 from .storage import (
     CONTAINER,
     Correspondences,
@@ -39,6 +40,7 @@ __all__ = [
     "Correspondences",
     "DetectionOptions",
     "Detections",
+    "InterestPointRegistration",
     "InterestPoints",
     "Matches",
     "MatchingOptions",
@@ -54,6 +56,7 @@ __all__ = [
     "points_group",
     "read_correspondences",
     "read_points",
+    "register_interest_points",
     "write_correspondences",
     "write_points",
 ]

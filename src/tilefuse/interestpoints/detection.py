@@ -243,7 +243,7 @@ def detect(
 
     with progress_bar("detecting interest points", None, unit="block", enabled=progress) as bar:
         intensity = {}
-        if o.min_intensity is None:
+        if o.intensity_range is None:
             tasks, owners = [], []
             for view, plan in plans.items():
                 for lo, hi in plan["blocks"]:
@@ -256,7 +256,7 @@ def detect(
                 old = intensity.get(view, (math.inf, -math.inf))
                 intensity[view] = (min(old[0], lo), max(old[1], hi))
         else:
-            intensity = {view: (o.min_intensity, o.max_intensity) for view in plans}
+            intensity = {view: o.intensity_range for view in plans}
         tasks, owners = [], []
         for view, plan in plans.items():
             for lo, hi in plan.get("detect", plan["blocks"]):

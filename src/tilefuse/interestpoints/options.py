@@ -33,6 +33,13 @@ def _flag(value) -> bool:
     return bool(value)
 
 
+def _range(value) -> tuple[float, float]:
+    lo, hi = per_axis(number(), counts=(2,), names="min,max")(value)
+    if not hi > lo:
+        raise OptionError("", f"the maximum must be above the minimum, got {lo:g}, {hi:g}")
+    return lo, hi
+
+
 def _downsample_xy(value):
     if value == "auto":
         return value
@@ -49,7 +56,7 @@ class DetectionOptions(Options):
     ``sigma`` is in voxels of the image the detector sees (after
     downsampling), the same along every axis; ``threshold`` is a fraction of
     the view's intensity range (the image is normalised to ``[0, 1]`` by its
-    minimum and maximum, or by ``min_intensity``/``max_intensity``).
+    minimum and maximum, or by ``intensity_range``).
 
     Examples
     --------
@@ -63,8 +70,8 @@ class DetectionOptions(Options):
     threshold: float = option(0.008, check=number(0, 1, lo_open=True), metavar="FRACTION", example="0.02",
                               help="DoG threshold, a fraction of the intensity range (default 0.008: BigStitcher's "
                                    "'advanced' default; its presets are 0.001, 0.008, 0.03, 0.1)")
-    find_maxima: bool = option(True, check=_flag, flag="--no-maxima", help="do not look for bright blobs")
-    find_minima: bool = option(False, check=_flag, flag="--minima", help="also look for dark blobs")
+    find: str = option("maxima", choices=("maxima", "minima", "both"), example="both",
+                       help="bright blobs (maxima, default), dark ones (minima) or both")
     localization: str = option("quadratic", choices=("quadratic", "none"), example="none",
                                help="sub-voxel localisation: a quadratic fit (default) or none")
     downsample_xy: Any = option("auto", check=_downsample_xy,
@@ -74,10 +81,9 @@ class DetectionOptions(Options):
                                      "x/y voxels no coarser than z, BigStitcher's 'match z resolution (less)')")
     downsample_z: int = option(1, check=number(1, 8, integer=True), metavar="N", example="2",
                                help="downsampling in z (default 1)")
-    min_intensity: float | None = option(None, check=optional(number()), parse=parse_number, metavar="VALUE",
-                                         example="0", help="intensity mapped to 0 (default: the view's minimum)")
-    max_intensity: float | None = option(None, check=optional(number()), parse=parse_number, metavar="VALUE",
-                                         example="4000", help="intensity mapped to 1 (default: the view's maximum)")
+    intensity_range: tuple[float, float] | None = option(
+        None, check=optional(_range), parse=parse_numbers, metavar="MIN,MAX", example="0,4000",
+        help="intensities mapped to 0 and 1 (default: each view's minimum and maximum)")
     overlapping_only: bool = option(False, check=_flag,
                                     help="keep only points where the view overlaps a view of another tile or angle")
     max_detections: int | None = option(None, check=optional(number(1, integer=True)), parse=parse_whole,
@@ -87,20 +93,18 @@ class DetectionOptions(Options):
         metavar="Z,Y,X", example="32,64,64",
         help="voxels per computed block, after downsampling (default 64,96,96, BigStitcher's)")
 
-    def _check_together(self) -> None:
-        if not (self.find_maxima or self.find_minima):
-            raise OptionError("find_maxima", "finds nothing: look for maxima, minima or both")
-        lo, hi = self.min_intensity, self.max_intensity
-        if (lo is None) != (hi is None):
-            raise OptionError("min_intensity", "give min_intensity and max_intensity together")
-        if lo is not None and not hi > lo:
-            raise OptionError("max_intensity", f"must be above min_intensity {lo:g}, got {hi:g}")
+    @property
+    def find_maxima(self) -> bool:
+        return self.find in ("maxima", "both")
+
+    @property
+    def find_minima(self) -> bool:
+        return self.find in ("minima", "both")
 
     def params(self) -> str:
         """The XML's ``params`` text, in BigStitcher's words (``DOG s=1.8 t=0.008 min=false max=true ...``)."""
         xy = 0 if self.downsample_xy == "auto" else self.downsample_xy
-        lo = "NaN" if self.min_intensity is None else repr(float(self.min_intensity))
-        hi = "NaN" if self.max_intensity is None else repr(float(self.max_intensity))
+        lo, hi = ("NaN", "NaN") if self.intensity_range is None else map(repr, self.intensity_range)
         text = (f"DOG s={self.sigma!r} t={self.threshold!r} min={str(self.find_minima).lower()} "
                 f"max={str(self.find_maxima).lower()} imageSigmaX=0.5 imageSigmaY=0.5 imageSigmaZ=0.5 "
                 f"downsampleXYIndex={xy} downsampleZ={self.downsample_z} minIntensity={lo} maxIntensity={hi}")
@@ -135,7 +139,7 @@ class MatchingOptions(Options):
     10000
     """
 
-    method: str = option("auto", choices=DESCRIPTORS, example="rotation-invariant",
+    method: str = option("auto", choices=DESCRIPTORS, flag="--match-method", example="rotation-invariant",
                          help="descriptor matching: rotation-invariant (views at different angles), "
                               "translation-invariant (tiles), icp (no descriptors; needs a close start), or auto "
                               "(default: per pair)")

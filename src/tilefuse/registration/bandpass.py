@@ -49,29 +49,30 @@ def smooth_illumination(a: np.ndarray, sigma: float, factor: int = 4) -> np.ndar
     """A Gaussian blur of width ``sigma`` for estimating smooth illumination, computed coarse.
 
     The estimate only needs to be smooth, so it is blurred on ``factor``-fold
-    block means (sigma / factor, kernel cut at 2 sigma) and interpolated back
-    linearly: 1/factor**ndim of the voxels and a quarter of the taps.  On the
-    small 3D benchmark this made the band pass 3x cheaper (it was a third of
-    the registration time) without changing the measured errors.
+    block means (sigma / factor, kernel cut at 2 sigma; the last block of an
+    axis is padded with its edge value) and interpolated back linearly
+    (multilinear, block ``j``'s centre at fine coordinate ``(j + 0.5) factor -
+    0.5``, clamped at the ends): 1/factor**ndim of the voxels and a quarter of
+    the taps.  On the small 3D benchmark this made the band pass 3x cheaper
+    (it was a third of the registration time) without changing the measured
+    errors.  1-3D float32.
     """
+    a = np.asarray(a, dtype=np.float32)
     factors = [factor if n >= 2 * factor else 1 for n in a.shape]
-    pad = [(0, (-n) % f) for n, f in zip(a.shape, factors)]
-    padded = np.pad(a, pad, mode="edge") if any(p for _, p in pad) else a
-    blocks = padded.reshape([v for n, f in zip(padded.shape, factors) for v in (n // f, f)])
-    coarse = blocks.mean(axis=tuple(range(1, 2 * a.ndim, 2)), dtype=np.float32)
-    coarse = gaussian(coarse, [sigma / f for f in factors], truncate=2.0)
-    out = coarse
-    for axis, (n, f) in enumerate(zip(a.shape, factors)):
-        if f == 1:
-            continue
-        # block j's centre is at fine coordinate (j + 0.5) f - 0.5
-        pos = np.clip((np.arange(n) + 0.5) / f - 0.5, 0, out.shape[axis] - 1)
-        j0 = np.minimum(pos.astype(np.int64), out.shape[axis] - 2) if out.shape[axis] > 1 else np.zeros(n, int)
-        t = (pos - j0).astype(np.float32).reshape((-1,) + (1,) * (a.ndim - axis - 1))
-        lo = np.take(out, j0, axis=axis)
-        hi = np.take(out, np.minimum(j0 + 1, out.shape[axis] - 1), axis=axis)
-        out = lo + (hi - lo) * t
-    return out
+    lead = (1,) * (3 - a.ndim)
+    f3 = (1,) * len(lead) + tuple(factors)
+    a3 = a.reshape(lead + a.shape)
+    coarse = np.empty(tuple(-(-n // f) for n, f in zip(a3.shape, f3)), dtype=np.float32)
+    _block_mean(a3, np.asarray(f3, dtype=np.int64), coarse)
+    coarse = gaussian(coarse, [sigma / f for f in f3], truncate=2.0)
+    taps = []
+    for n, f, m in zip(a3.shape, f3, coarse.shape):
+        pos = np.clip((np.arange(n) + 0.5) / f - 0.5, 0, m - 1)
+        j0 = np.minimum(pos.astype(np.int64), max(m - 2, 0))
+        taps += [j0, np.minimum(j0 + 1, m - 1), (pos - j0).astype(np.float32)]
+    out = np.empty(a3.shape, dtype=np.float32)
+    _interpolate_up(coarse, *taps, out)
+    return out.reshape(a.shape)
 
 
 def gaussian(a: np.ndarray, sigma, truncate: float = 4.0) -> np.ndarray:
@@ -148,3 +149,40 @@ def _correlate_nearest(a, w, axis, out):  # pragma: no cover - compiled
                 for y in range(n1):
                     for x in range(n2):
                         out[z, y, x] += wk * a[src, y, x]
+
+
+@_jit
+def _block_mean(a, factors, out):  # pragma: no cover - compiled
+    """Means of ``factors``-sized blocks of a 3D array; a partial last block repeats its edge value."""
+    n0, n1, n2 = a.shape
+    f0, f1, f2 = factors[0], factors[1], factors[2]
+    scale = np.float32(1.0 / (f0 * f1 * f2))
+    for j0 in range(out.shape[0]):
+        for j1 in range(out.shape[1]):
+            for j2 in range(out.shape[2]):
+                acc = np.float32(0.0)
+                for k0 in range(f0):
+                    i0 = min(j0 * f0 + k0, n0 - 1)
+                    for k1 in range(f1):
+                        i1 = min(j1 * f1 + k1, n1 - 1)
+                        for k2 in range(f2):
+                            acc += a[i0, i1, min(j2 * f2 + k2, n2 - 1)]
+                out[j0, j1, j2] = acc * scale
+
+
+@_jit
+def _interpolate_up(c, lo0, hi0, t0, lo1, hi1, t1, lo2, hi2, t2, out):  # pragma: no cover - compiled
+    """Multilinear interpolation of ``c``: per axis, between indices ``lo`` and ``hi`` at fraction ``t``."""
+    for i0 in range(out.shape[0]):
+        a0, b0, u0 = lo0[i0], hi0[i0], t0[i0]
+        for i1 in range(out.shape[1]):
+            a1, b1, u1 = lo1[i1], hi1[i1], t1[i1]
+            for i2 in range(out.shape[2]):
+                a2, b2, u2 = lo2[i2], hi2[i2], t2[i2]
+                v00 = c[a0, a1, a2] + (c[a0, a1, b2] - c[a0, a1, a2]) * u2
+                v01 = c[a0, b1, a2] + (c[a0, b1, b2] - c[a0, b1, a2]) * u2
+                v10 = c[b0, a1, a2] + (c[b0, a1, b2] - c[b0, a1, a2]) * u2
+                v11 = c[b0, b1, a2] + (c[b0, b1, b2] - c[b0, b1, a2]) * u2
+                v0 = v00 + (v01 - v00) * u1
+                v1 = v10 + (v11 - v10) * u1
+                out[i0, i1, i2] = v0 + (v1 - v0) * u0
