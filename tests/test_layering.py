@@ -6,7 +6,8 @@ The layers, bottom to top (the developers' guide's Layout rule; README "Layout" 
  0  core                        the package root (eagerly: errors, _version), errors, _version,
                                 _options, _numeric, _text, _progress, _compute, _timing,
                                 _inputs (reading damaged files safely), _blockcache (decoded blocks),
-                                _outputs (atomic-output primitives), downsample, geometry/*
+                                _outputs (atomic-output primitives), _storage (local path or
+                                fsspec URL), downsample, geometry/*
  1  project model and XML       project/* (ids, paths, model, xml_read, xml_write, checks,
                                 timepoints, Project, summary)
  2  formats                     formats/* (N5 blocks and attributes, deflate, BDV layout)
@@ -49,7 +50,8 @@ ROOT = "tilefuse"
 LAYERS = [
     (0, "core", ["tilefuse", "tilefuse.errors", "tilefuse._version", "tilefuse._options", "tilefuse._numeric",
                  "tilefuse._text", "tilefuse._progress", "tilefuse._compute", "tilefuse._timing", "tilefuse._inputs",
-                 "tilefuse._blockcache", "tilefuse._outputs", "tilefuse.downsample", "tilefuse.geometry*"]),
+                 "tilefuse._blockcache", "tilefuse._outputs", "tilefuse._storage", "tilefuse.downsample",
+                 "tilefuse.geometry*"]),
     (1, "project model and XML", ["tilefuse.project*"]),
     (2, "formats", ["tilefuse.formats*"]),
     (3, "loaders", ["tilefuse.loaders*"]),

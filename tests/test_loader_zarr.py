@@ -12,7 +12,7 @@ import zarr
 from lxml import etree
 
 from conftest import example_loader_element
-from tilefuse.errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError
+from tilefuse.errors import ImageDataError, MissingDataError, ProjectFormatError
 from tilefuse.loaders import LOADERS
 from tilefuse.loaders._zarr import OmeZarrLoader, ZGroup
 from tilefuse.project.views import ViewId
@@ -82,7 +82,8 @@ def test_v2_and_unversioned_and_bad_xml(tmp_path):
         OmeZarrLoader.from_xml(etree.fromstring('<ImageLoader format="bdv.multimg.zarr"/>'), tmp_path, None)
 
 
-def test_s3_bucket_unsupported_at_read(tmp_path):
+def test_s3_bucket_form_parses_to_a_url(tmp_path):
+    """Version 1.0's <s3bucket> names s3://bucket/<zarr>/ (read in tests/test_storage_s3.py); kept verbatim."""
     el = etree.fromstring(
         '<ImageLoader format="bdv.multimg.zarr" version="1.0"><s3bucket>aind-open-data</s3bucket>'
         '<zarr type="absolute">exaSPIM/SPIM.ome.zarr</zarr><zgroups><zgroup setup="0" timepoint="0">'
@@ -90,9 +91,27 @@ def test_s3_bucket_unsupported_at_read(tmp_path):
     )
     loader = OmeZarrLoader.from_xml(el, tmp_path, None)  # parsing works
     assert loader.uri == "s3://aind-open-data/exaSPIM/SPIM.ome.zarr/"
-    with pytest.raises(UnsupportedFormatError, match="s3://aind-open-data/exaSPIM"):
-        loader.read(ViewId(0, 0), 0, FULL)
+    assert loader.files() == ["s3://aind-open-data/exaSPIM/SPIM.ome.zarr"]
     assert etree.tostring(loader.to_xml(tmp_path / "x")) == etree.tostring(el)
+
+
+def test_container_at_any_fsspec_url(tmp_path):
+    """An OME-Zarr container at a URL (fsspec's in-memory file system: no network) reads as the local one."""
+    fsspec = pytest.importorskip("fsspec")
+    a = ramp((9, 20, 17), "uint16", seed=3)
+    write_bdv_omezarr(tmp_path / "d.ome.zarr", {ViewId(0, 0): a}, factors=[(1, 1, 1), (1, 2, 2)], chunks=(4, 8, 8))
+    fs = fsspec.filesystem("memory")
+    fs.put(str(tmp_path / "d.ome.zarr") + "/", "/zarrtest/d.ome.zarr", recursive=True)
+    try:
+        loader = OmeZarrLoader.for_path("memory://zarrtest/d.ome.zarr")
+        assert loader.uri == "memory://zarrtest/d.ome.zarr" and list(loader.zgroups) == [ViewId(0, 0)]
+        loader.check_view(ViewId(0, 0))
+        np.testing.assert_array_equal(loader.read(ViewId(0, 0), 0, FULL), a)
+        assert loader.levels(ViewId(0, 0)) == [(1.0, 1.0, 1.0), (1.0, 2.0, 2.0)]
+        el = loader.to_xml(tmp_path)
+        assert el.find("zarr").text == "memory://zarrtest/d.ome.zarr" and el.find("zarr").get("type") == "absolute"
+    finally:
+        fs.rm("/zarrtest", recursive=True)
 
 
 # -- writer + loader ------------------------------------------------------------------

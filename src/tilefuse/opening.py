@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import _storage
 from .errors import UnsupportedFormatError
 from .loaders import loader_from_xml
 from .project.project import Project
@@ -23,7 +24,8 @@ def open_project(path: str | Path) -> Project:
     Parameters
     ----------
     path : str or Path
-        The SpimData2 XML file.
+        The SpimData2 XML file, or its URL (``s3://bucket/dataset.xml``, any fsspec URL; see
+        :mod:`tilefuse._storage` for credentials).
 
     Returns
     -------
@@ -39,7 +41,7 @@ def open_project(path: str | Path) -> Project:
     ProjectFormatError
         The XML is malformed; the message names the file and element.
     """
-    path = Path(path)
+    path = path if _storage.is_url(path) else Path(path)
     project = Project(read_spimdata(path), path)
     if project.data.image_loader is None:
         return project

@@ -15,6 +15,11 @@ following the specification in the README of https://github.com/saalfeldlab/n5:
   element count, then the compressed **big-endian** samples, x fastest,
   which is C order over the reversed dimensions, i.e. a ``(z, y, x)`` array.
 
+A container may also live at an fsspec URL (``s3://bucket/dataset.n5``): paths
+are then URL strings, and attributes and blocks are read through
+:mod:`tilefuse._storage` (one object per block, so a region read fetches only
+its blocks).  Writing stays local.
+
 All header integers are big-endian.  Public shapes, chunks and block indices
 here are in numpy order (slowest axis first); the reversal to N5's x-first
 order happens only when reading or writing JSON and block headers.
@@ -34,8 +39,9 @@ from typing import Any
 
 import numpy as np
 
+from .. import _storage
 from .._blockcache import cached_block, forget_block
-from .._inputs import MAX_METADATA_BYTES, block_byte_limit, file_identity, read_regular_file
+from .._inputs import MAX_METADATA_BYTES, block_byte_limit
 from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from .bdv import BDV_DATA_TYPES
 from .deflate import DeflateError, deflate, inflate_members
@@ -66,10 +72,10 @@ N5_VERSION = "2.5.1"
 
 # -- attributes ----------------------------------------------------------------
 def read_attributes(path: str | Path) -> dict[str, Any]:
-    """The ``attributes.json`` of a group or dataset (``{}`` when it has none)."""
-    file = Path(path) / "attributes.json"
+    """The ``attributes.json`` of a group or dataset (``{}`` when it has none); ``path`` may be a URL."""
+    file = _storage.join(_storage.as_location(path), "attributes.json")
     try:
-        raw = read_regular_file(file, MAX_METADATA_BYTES, "N5 attributes")
+        raw = _storage.read_file(file, MAX_METADATA_BYTES, "N5 attributes")
         if raw is None:
             return {}
         text = raw.decode("utf-8")
@@ -265,23 +271,23 @@ def decode_block(data: bytes, dtype: np.dtype, compression: Mapping[str, Any],
     return np.frombuffer(raw, dtype=big, count=count).reshape(shape).astype(dtype)
 
 
-def _read_bytes(path: Path, max_bytes: int) -> bytes | None:
-    """Bytes of a block file, or ``None`` if it does not exist (a sparse block).
+def _read_bytes(path: Path | str, max_bytes: int) -> bytes | None:
+    """Bytes of a block file or object, or ``None`` if it does not exist (a sparse block).
 
     A folder, FIFO or device in its place, or a file larger than any block of
     the dataset can be (``max_bytes``), is refused without reading on.
     """
-    return read_regular_file(path, max_bytes, "N5 block")
+    return _storage.read_file(path, max_bytes, "N5 block")
 
 
 # -- datasets ------------------------------------------------------------------
 class N5Dataset:
-    """One N5 dataset on the local file system.
+    """One N5 dataset on the local file system or at a URL.
 
     Parameters
     ----------
     path
-        The dataset directory (holding ``attributes.json`` and block folders).
+        The dataset directory (holding ``attributes.json`` and block folders), or its URL.
 
     Attributes
     ----------
@@ -294,13 +300,14 @@ class N5Dataset:
     """
 
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._cache_key = os.path.abspath(self.path)  # for the decoded-block cache
+        self.path = _storage.as_location(path)
+        remote = _storage.is_url(self.path)
+        self._cache_key = self.path if remote else os.path.abspath(self.path)  # for the decoded-block cache
         # Taken before reading: cached blocks are valid for these attributes only.
-        self._identity = file_identity([self.path / "attributes.json"])
+        self._identity = _storage.identity([_storage.join(self.path, "attributes.json")])
         attrs = read_attributes(self.path)
         if not attrs:
-            if not self.path.exists():
+            if not _storage.exists(self.path):
                 raise MissingDataError(f"{self.path}: N5 dataset does not exist")
             raise MissingDataError(f"{self.path}: not an N5 dataset (no attributes.json)")
         where = f"{self.path}/attributes.json"
@@ -334,9 +341,9 @@ class N5Dataset:
     def __repr__(self) -> str:
         return f"N5Dataset({str(self.path)!r}, shape={self.shape}, chunks={self.chunks}, dtype={self.dtype})"
 
-    def block_path(self, index: tuple[int, ...]) -> Path:
-        """File of the block at ``index`` (numpy order); N5 paths are x first."""
-        return self.path.joinpath(*(str(int(i)) for i in reversed(tuple(index))))
+    def block_path(self, index: tuple[int, ...]) -> Path | str:
+        """File (or object URL) of the block at ``index`` (numpy order); N5 paths are x first."""
+        return _storage.join(self.path, *(str(int(i)) for i in reversed(tuple(index))))
 
     def block_region(self, index: tuple[int, ...]) -> tuple[slice, ...]:
         """The region a block covers, clipped at the dataset edge."""
@@ -387,10 +394,12 @@ class N5Dataset:
         if out.size == 0:
             return out
         ranges = [range(a // c, (b - 1) // c + 1) for (a, b), c in zip(bounds, self.chunks)]
+        remote = _storage.is_url(self.path)
         for index in product(*ranges):
             if cache:
-                file = os.path.join(self._cache_key, *[str(int(i)) for i in reversed(index)])  # as block_path
-                identity = (self._identity, file_identity([file]))
+                parts = [str(int(i)) for i in reversed(index)]  # as block_path
+                file = (_storage.join(self._cache_key, *parts) if remote else os.path.join(self._cache_key, *parts))
+                identity = (self._identity, _storage.identity([file]))
                 block = cached_block((self._cache_key, index), lambda index=index: self.read_block(index),
                                      identity=identity)
             else:

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from lxml import etree
 
+from .. import _storage
 from .._blockcache import cached_block
 from .._inputs import check_regular_file
 from ..errors import (
@@ -109,7 +110,7 @@ class Hdf5Loader(ImageLoader):
 
     @classmethod
     def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> Hdf5Loader:
-        base_dir = Path(base_dir)
+        base_dir = base_dir if _storage.is_url(base_dir) else Path(base_dir)  # a URL: refused by read_path_element
         path = read_path_element(element, "hdf5", base_dir, xml_path)
         partitions = [
             _partition_from_xml(p, base_dir, xml_path, i)

@@ -14,9 +14,9 @@ XML::
       <n5 type="relative">dataset.n5</n5>
     </ImageLoader>
 
-Only local containers are read; ``s3://``, ``gs://`` and ``http(s)://`` URIs
-are kept in the XML but raise :class:`~tilefuse.errors.UnsupportedFormatError`
-when pixels are needed.
+The container may be local or at any fsspec URL (``s3://bucket/dataset.n5``;
+:mod:`tilefuse._storage`): attributes and the blocks a region needs are read
+one object each.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 from lxml import etree
 
-from ..errors import ImageDataError, MissingDataError, ProjectFormatError, UnsupportedFormatError, where
+from .. import _storage
+from ..errors import ImageDataError, MissingDataError, ProjectFormatError, where
 from ..formats.bdv import n5_level, n5_setup, n5_view
 from ..formats.n5 import N5_DTYPES, N5Dataset, read_attributes
 from ..project.paths import parse_location, path_element, single_child
@@ -59,7 +60,9 @@ class N5Loader(ImageLoader):
     # -- construction ---------------------------------------------------------
     @classmethod
     def for_path(cls, path: str | Path, version: str = "1.1") -> N5Loader:
-        """A loader for the local N5 container at ``path`` (no XML needed)."""
+        """A loader for the N5 container at ``path``, a local folder or a URL (no XML needed)."""
+        if _storage.is_url(path):
+            return cls(None, version=version, uri=str(path).rstrip("/"))
         return cls(Path(os.path.normpath(Path(path).absolute())), version=version)
 
     @classmethod
@@ -67,7 +70,7 @@ class N5Loader(ImageLoader):
         n5 = single_child(element, "n5", xml_path, _ELEMENT)
         if n5 is None or not (n5.text or "").strip():
             raise ProjectFormatError(f"{where(xml_path, _ELEMENT)}: missing <n5> path")
-        path, uri = parse_location(n5.text, n5.get("type"), Path(base_dir))
+        path, uri = parse_location(n5.text, n5.get("type"), base_dir)
         loader = cls(path, version=element.get("version", "1.0"), uri=uri)
         loader.xml_path = xml_path
         loader._remember_xml(element, base_dir)
@@ -78,7 +81,7 @@ class N5Loader(ImageLoader):
         if original is not None:
             return original
         el = etree.Element("ImageLoader", format=self.format, version=self.version)
-        el.append(path_element("n5", self.path, base_dir))
+        el.append(path_element("n5", self.root, base_dir))
         return el
 
     def __repr__(self) -> str:
@@ -92,26 +95,28 @@ class N5Loader(ImageLoader):
         loc = self.uri or str(self.path)
         return f"{loc}, {view}" if view is not None else loc
 
-    def _check_local(self, view: ViewId | None = None) -> Path:
-        if self.uri is not None:
-            raise UnsupportedFormatError(
-                f"{where(self.xml_path, _ELEMENT)}: remote N5 container "
-                f"{self.uri!r} is not supported; copy it to a local disk"
-            )
-        if self.path is None:
-            raise ProjectFormatError(f"{where(self.xml_path, _ELEMENT)}: no <n5> path")
-        return self.path
+    @property
+    def root(self) -> Path | str | None:
+        """The container: a local folder or a URL."""
+        return self.uri.rstrip("/") if self.uri is not None else self.path
 
-    def _container(self, view: ViewId) -> Path:
+    def _check_local(self, view: ViewId | None = None) -> Path | str:
+        if self.root is None:
+            raise ProjectFormatError(f"{where(self.xml_path, _ELEMENT)}: no <n5> path")
+        return self.root
+
+    def _container(self, view: ViewId) -> Path | str:
         path = self._check_local(view)
-        if not path.is_dir():
+        # Locally a stat; on object storage a listing per read would cost a round trip: a missing container
+        # shows there as a missing setup attributes.json instead.
+        if not _storage.is_url(path) and not path.is_dir():
             raise MissingDataError(f"{path}: N5 container does not exist (needed for {view})")
         return path
 
     def _setup_attributes(self, view: ViewId) -> dict[str, Any]:
-        path = self._container(view) / n5_setup(view.setup)
+        path = _storage.join(self._container(view), n5_setup(view.setup))
         attrs = cached_handle((str(path), "n5-setup-attributes"), lambda: read_attributes(path),
-                              anchors=[path / "attributes.json"])
+                              anchors=[_storage.join(path, "attributes.json")])
         if not attrs:
             raise MissingDataError(f"{path}: setup group missing or without attributes.json ({view})")
         return attrs
@@ -120,7 +125,7 @@ class N5Loader(ImageLoader):
         nlev = len(self.levels(view))
         if not 0 <= level < nlev:
             raise ImageDataError(f"{self._where(view)}: level {level} does not exist ({nlev} levels)")
-        path = self._container(view) / n5_level(view.timepoint, view.setup, level)
+        path = _storage.join(self._container(view), n5_level(view.timepoint, view.setup, level))
 
         def opener() -> N5Dataset:
             try:
@@ -131,13 +136,13 @@ class N5Loader(ImageLoader):
                 raise ImageDataError(f"{path}: expected a 3D dataset, found {ds.ndim}D ({view})")
             return ds
 
-        return cached_handle((str(path), "n5-dataset"), opener, anchors=[path / "attributes.json"])
+        return cached_handle((str(path), "n5-dataset"), opener, anchors=[_storage.join(path, "attributes.json")])
 
     # -- metadata -------------------------------------------------------------
     def has_view(self, view: ViewId) -> bool:
         path = self._check_local(view)
-        s0 = path / n5_level(view.timepoint, view.setup, 0) / "attributes.json"
-        return s0.exists()  # not is_file(): a FIFO or folder there is refused when read, not "no pixels"
+        s0 = _storage.join(path, n5_level(view.timepoint, view.setup, 0), "attributes.json")
+        return _storage.exists(s0)  # not is_file(): a FIFO or folder there is refused when read, not "no pixels"
 
     def levels(self, view: ViewId) -> list[tuple[float, float, float]]:
         attrs = self._setup_attributes(view)
@@ -196,44 +201,44 @@ class N5Loader(ImageLoader):
 
     def anchor_files(self, view: ViewId) -> list[Path]:
         """The setup's and every level's ``attributes.json`` (a folder's time does not follow its files)."""
-        if self.path is None:
+        root = self.root
+        if root is None:
             return []
         view = ViewId(*view)
         try:
             n_levels = len(self.levels(view))
         except Exception:  # noqa: BLE001 - damaged: the check reports it
             n_levels = 1
-        return [self.path / n5_setup(view.setup) / "attributes.json"] + [
-            self.path / n5_level(view.timepoint, view.setup, level) / "attributes.json" for level in range(n_levels)]
+        return [_storage.join(root, n5_setup(view.setup), "attributes.json")] + [
+            _storage.join(root, n5_level(view.timepoint, view.setup, level), "attributes.json")
+            for level in range(n_levels)]
 
-    def files(self) -> list[Path]:
-        return [self.path] if self.path is not None else []
+    def files(self) -> list[Path | str]:
+        return [self.root] if self.root is not None else []
 
-    def view_files(self, view: ViewId) -> list[Path]:
-        if self.path is None:
+    def view_files(self, view: ViewId) -> list[Path | str]:
+        root = self.root
+        if root is None:
             return []
         view = ViewId(*view)
-        return [self.path / n5_setup(view.setup) / "attributes.json", self.path / n5_view(view.timepoint, view.setup)]
+        return [_storage.join(root, n5_setup(view.setup), "attributes.json"),
+                _storage.join(root, n5_view(view.timepoint, view.setup))]
 
 
-def _any_block(dataset: Path, ndim: int) -> bool:
+def _any_block(dataset: Path | str, ndim: int) -> bool:
     """Whether an N5 dataset stores at least one block: a file ``ndim`` numbered folders deep.
 
     Stops at the first block found, so a dataset with blocks costs a few
     directory listings; only an empty one is walked through (and it is empty).
     """
-    def search(folder: Path, depth: int) -> bool:
-        try:
-            entries = list(os.scandir(folder))
-        except OSError:
-            return False
-        for entry in entries:
-            if not entry.name.isdigit():
+    def search(folder: Path | str, depth: int) -> bool:
+        for name, is_folder in _storage.list_names(folder):
+            if not name.isdigit():
                 continue
             if depth == ndim:
-                if not entry.is_dir():
+                if not is_folder:
                     return True
-            elif entry.is_dir() and search(Path(entry.path), depth + 1):
+            elif is_folder and search(_storage.join(folder, name), depth + 1):
                 return True
         return False
 

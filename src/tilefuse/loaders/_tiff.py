@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 from lxml import etree
 
+from .. import _storage
 from .._inputs import check_regular_file
 from ..errors import (
     ImageDataError,
@@ -131,7 +132,8 @@ class FileMap2Loader(ImageLoader):
                 ) from None
             if view in entries:
                 raise ProjectFormatError(f"{where(xml_path, mcontext)}: {view} is mapped twice")
-            path = read_path_element(m, "file", Path(base_dir), xml_path, context=mcontext)
+            local_base = base_dir if _storage.is_url(base_dir) else Path(base_dir)  # a URL: refused below
+            path = read_path_element(m, "file", local_base, xml_path, context=mcontext)
             entries[view] = TiffEntry(path, series, channel)
         loader = cls(entries, z_grouped)
         loader.xml_path = Path(xml_path) if xml_path is not None else None

@@ -21,6 +21,11 @@ Resolution levels come from the group's NGFF ``multiscales`` (v0.4 in the
 attributes, v0.5 under ``"ome"``): the factor of a level is its spatial
 ``scale`` divided by that of level 0, rounded to 4 decimals as BigStitcher
 does.  Arrays are opened with zarr-python 3 (Zarr v2 and v3).
+
+The container may be local or at any fsspec URL (``s3://bucket/dataset.ome.zarr``,
+also version 1.0's ``<s3bucket>``): :mod:`tilefuse._storage` gives the store
+(zarr's ``LocalStore`` for local folders, ``FsspecStore`` for URLs) and reads
+the metadata files; a region read fetches only the chunks it touches.
 """
 
 from __future__ import annotations
@@ -37,7 +42,8 @@ from typing import Any, NamedTuple
 import numpy as np
 from lxml import etree
 
-from .._inputs import MAX_METADATA_BYTES, block_byte_limit, check_regular_file, read_regular_file
+from .. import _storage
+from .._inputs import MAX_METADATA_BYTES, block_byte_limit, check_regular_file
 from ..errors import (
     ImageDataError,
     MissingDataError,
@@ -73,7 +79,7 @@ class _Level(NamedTuple):
     """One open level array (cached per process, valid while its metadata files are unchanged)."""
 
     array: Any  # a zarr array
-    path: Path
+    path: Path | str  # a local folder or a URL
     meta: dict[str, dict]  # its parsed metadata files
 
 
@@ -126,12 +132,12 @@ class OmeZarrLoader(ImageLoader):
         views: Mapping[ViewId, str | ZGroup | tuple] | Iterable[ViewId] | None = None,
         indices: Sequence[int] | None = (0, 0),
     ) -> OmeZarrLoader:
-        """A version-3.0 loader for a local container (no XML needed).
+        """A version-3.0 loader for a container (no XML needed).
 
         Parameters
         ----------
         path
-            The container directory (e.g. ``dataset.ome.zarr``).
+            The container directory (e.g. ``dataset.ome.zarr``) or URL (``s3://bucket/dataset.ome.zarr``).
         views
             ``{ViewId: group path}`` (or :class:`ZGroup`), or just the views,
             which then live in BigStitcher's ``s{setup}-t{tp}.zarr`` groups.
@@ -140,16 +146,20 @@ class OmeZarrLoader(ImageLoader):
             The (channel, time) indices for views given without them;
             ``(0, 0)`` as BigStitcher writes, ``None`` for 3D arrays.
         """
-        path = Path(os.path.normpath(Path(path).absolute()))
+        uri = None
+        if _storage.is_url(path):
+            path, uri = None, str(path).rstrip("/")
+        else:
+            path = Path(os.path.normpath(Path(path).absolute()))
         if views is None:
-            views = _scan_bigstitcher_groups(path)
+            views = _scan_bigstitcher_groups(uri or path)
         elif not isinstance(views, Mapping):
             views = {ViewId(*v): zarr_view(ViewId(*v).timepoint, ViewId(*v).setup) for v in views}
         idx = tuple(int(i) for i in indices) if indices else None
         groups = {
             ViewId(*k): (ZGroup(v, idx) if isinstance(v, str) else ZGroup(*v)) for k, v in views.items()
         }
-        return cls(path, groups, version="3.0")
+        return cls(path, groups, version="3.0", uri=uri)
 
     @classmethod
     def from_xml(cls, element, base_dir: Path, xml_path: Path | None = None) -> OmeZarrLoader:
@@ -164,7 +174,7 @@ class OmeZarrLoader(ImageLoader):
             folder = "/" + zarr_el.text.strip().strip("/") + "/"
             path, uri = None, f"s3://{(bucket.text or '').strip()}{folder}"
         else:
-            path, uri = parse_location(zarr_el.text, zarr_el.get("type"), Path(base_dir))
+            path, uri = parse_location(zarr_el.text, zarr_el.get("type"), base_dir)
         zgroups: dict[ViewId, ZGroup] = {}
         for zg in (groups_el.iterfind("zgroup") if groups_el is not None else ()):
             desc = f"{_ELEMENT} <zgroup setup={zg.get('setup')!r}>"
@@ -199,7 +209,7 @@ class OmeZarrLoader(ImageLoader):
             return original
         # Written as version 3.0, the form current BigStitcher writes.
         el = etree.Element("ImageLoader", format=self.format, version="3.0")
-        el.append(path_element("zarr", self.path, base_dir))
+        el.append(path_element("zarr", self.root, base_dir))
         groups = etree.SubElement(el, "zgroups")
         for view in sorted(self.zgroups):
             zg = self.zgroups[view]
@@ -217,18 +227,24 @@ class OmeZarrLoader(ImageLoader):
         return (type(self).__name__, str(self.uri or self.path), tuple(sorted(self.zgroups.items())))
 
     # -- helpers --------------------------------------------------------------
-    def _group_path(self, view: ViewId) -> Path:
-        if self.uri is not None:
-            raise UnsupportedFormatError(
-                f"{where(self.xml_path, _ELEMENT)}: remote OME-Zarr container {self.uri!r} is not "
-                f"supported ({view}); copy it to a local disk"
-            )
-        if self.path is None:
+    @property
+    def root(self) -> Path | str | None:
+        """The container: a local folder or a URL."""
+        return self.uri.rstrip("/") if self.uri is not None else self.path
+
+    def _group_path(self, view: ViewId) -> Path | str:
+        root = self.root
+        if root is None:
             raise ProjectFormatError(f"{where(self.xml_path, _ELEMENT)}: no <zarr> path")
+        if self.uri is not None and not _storage.is_url(self.uri):
+            raise UnsupportedFormatError(
+                f"{where(self.xml_path, _ELEMENT)}: OME-Zarr container {self.uri!r} is not a URL tilefuse can "
+                f"open ({view})"
+            )
         zg = self.zgroups.get(ViewId(*view))
         if zg is None:
-            raise MissingDataError(f"{self.path}: the loader has no zgroup for {view}")
-        return self.path / _inside_path(zg.path, f"{where(self.xml_path, _ELEMENT)}: <zgroup> of {view}")
+            raise MissingDataError(f"{root}: the loader has no zgroup for {view}")
+        return _storage.join(root, _inside_path(zg.path, f"{where(self.xml_path, _ELEMENT)}: <zgroup> of {view}"))
 
     def _datasets(self, view: ViewId) -> list[tuple[str, list[float] | None]]:
         """``(path, scale)`` of each level, from the group's NGFF metadata (cached, anchored on them)."""
@@ -237,7 +253,7 @@ class OmeZarrLoader(ImageLoader):
                              anchors=_metadata_files(group))
 
     def _open_level(self, view: ViewId, sub: str) -> _Level:
-        path = self._group_path(view) / sub
+        path = _storage.join(self._group_path(view), sub)
         return cached_handle((str(path), "omezarr-array"), lambda: _open_level(path, view),
                              anchors=_metadata_files(path))
 
@@ -285,6 +301,8 @@ class OmeZarrLoader(ImageLoader):
         if ViewId(*view) not in self.zgroups:
             return False
         group = self._group_path(view)
+        if _storage.is_url(group):
+            return any(name in (".zattrs", ".zgroup", "zarr.json") for name, _ in _storage.list_names(group))
         # exists(), not is_file(): a FIFO or folder there is refused when opened, not "no pixels"
         return group.is_dir() and any((group / m).exists() for m in (".zattrs", ".zgroup", "zarr.json"))
 
@@ -336,16 +354,16 @@ class OmeZarrLoader(ImageLoader):
             subs = [sub for sub, _ in self._datasets(view)]
         except Exception:  # noqa: BLE001 - damaged: the check reports it
             subs = []
-        return _metadata_files(group) + [f for sub in subs for f in _metadata_files(group / sub)]
+        return _metadata_files(group) + [f for sub in subs for f in _metadata_files(_storage.join(group, sub))]
 
-    def files(self) -> list[Path]:
-        return [self.path] if self.path is not None else []
+    def files(self) -> list[Path | str]:
+        return [self.root] if self.root is not None else []
 
-    def view_files(self, view: ViewId) -> list[Path]:
+    def view_files(self, view: ViewId) -> list[Path | str]:
         zg = self.zgroups.get(ViewId(*view))
-        if self.path is None or zg is None:
+        if self.root is None or zg is None:
             return self.files()
-        return [self.path / zg.path]  # the view's whole multiscale group: metadata and every level
+        return [_storage.join(self.root, zg.path)]  # the view's whole multiscale group: metadata and every level
 
 
 # -- opening one view's image ---------------------------------------------------
@@ -358,21 +376,24 @@ def _multiscales(attrs: Mapping[str, Any]) -> list | None:
     return None
 
 
-def _metadata_files(folder: Path) -> list[Path]:
-    return [folder / name for name in _METADATA]
+def _metadata_files(folder: Path | str) -> list[Path | str]:
+    return [_storage.join(folder, name) for name in _METADATA]
 
 
-def _open_group(group_path: Path, view: ViewId) -> list[tuple[str, list[float] | None]]:
+def _open_group(group_path: Path | str, view: ViewId) -> list[tuple[str, list[float] | None]]:
     """The checked ``(path, scale)`` of each level of a view's NGFF multiscale group."""
     import zarr
 
-    if not group_path.is_dir():
+    remote = _storage.is_url(group_path)
+    if not remote and not group_path.is_dir():
         raise MissingDataError(f"{group_path}: OME-Zarr group for {view} does not exist")
-    _check_json(group_path)
+    if not _check_json(group_path) and remote:  # a prefix without objects does not exist
+        raise MissingDataError(f"{group_path}: OME-Zarr group for {view} does not exist (no .zgroup, .zattrs or "
+                               "zarr.json there)")
     try:
         # Through the checking store, so that no metadata file zarr looks at can block or be huge;
         # consolidated metadata (.zmetadata) are not read: a stale copy would describe other arrays.
-        store = _checking_store_class()(zarr.storage.LocalStore(group_path, read_only=True))
+        store = _checking_store_class()(_storage.zarr_store(group_path, read_only=True))
         group = zarr.open_group(store, mode="r", use_consolidated=False)
     except TilefuseError:
         raise
@@ -382,7 +403,7 @@ def _open_group(group_path: Path, view: ViewId) -> list[tuple[str, list[float] |
     return _parse_multiscales(dict(group.attrs), f"{group_path}: {view}")
 
 
-def _open_level(array_path: Path, view: ViewId) -> _Level:
+def _open_level(array_path: Path | str, view: ViewId) -> _Level:
     """One level array, read through a store that checks its chunks (see :func:`_checking_store_class`)."""
     import zarr
 
@@ -390,7 +411,7 @@ def _open_level(array_path: Path, view: ViewId) -> _Level:
     if not any(name in meta for name in (".zarray", "zarr.json")):
         raise MissingDataError(f"{array_path}: level array missing for {view} (no .zarray or zarr.json)")
     try:
-        store = _checking_store_class()(zarr.storage.LocalStore(array_path, read_only=True),
+        store = _checking_store_class()(_storage.zarr_store(array_path, read_only=True),
                                         blosc=_uses_blosc(meta))
         arr = zarr.open_array(store, mode="r")
     except TilefuseError:
@@ -404,7 +425,7 @@ def _open_level(array_path: Path, view: ViewId) -> _Level:
     return _Level(arr, array_path, meta)
 
 
-def _compose(group_path: Path, view: ViewId, datasets, levels: list[_Level]) -> _Image:
+def _compose(group_path: Path | str, view: ViewId, datasets, levels: list[_Level]) -> _Image:
     """The view's levels with their factors: NGFF scales relative to level 0, else shape ratios."""
     scales = []
     for (sub, scale), level in zip(datasets, levels):
@@ -426,22 +447,14 @@ def _compose(group_path: Path, view: ViewId, datasets, levels: list[_Level]) -> 
     return _Image(levels, factors, ratios)
 
 
-def _check_json(folder: Path) -> dict[str, dict]:
+def _check_json(folder: Path | str) -> dict[str, dict]:
     """The Zarr metadata files of a folder, parsed: refused here when corrupt or not regular files, before
     zarr reports them as something else (a missing array) or blocks on them (a FIFO)."""
     found = {}
     for name in _METADATA:
-        file = folder / name
-        raw = read_regular_file(file, MAX_METADATA_BYTES, "Zarr metadata file")
-        if raw is None:
-            continue
-        try:
-            meta = json.loads(raw.decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ImageDataError(f"corrupt JSON in {file} ({exc})") from None
-        if not isinstance(meta, dict):
-            raise ImageDataError(f"{file}: expected a JSON object, got {type(meta).__name__}")
-        found[name] = meta
+        meta = _storage.read_json(_storage.join(folder, name), MAX_METADATA_BYTES, "Zarr metadata file")
+        if meta is not None:
+            found[name] = meta
     return found
 
 
@@ -475,7 +488,7 @@ def _key_encoding(meta: Mapping[str, dict]) -> tuple[str, str, str]:
     return ("c" if name == "default" else ""), separator, setting
 
 
-def _find_chunk(folder: Path, prefix: str, separator: str, ndim: int) -> str | None:
+def _find_chunk(folder: Path | str, prefix: str, separator: str, ndim: int) -> str | None:
     """The key of one stored chunk file under an encoding, or None; stops at the first one found."""
     if separator == "/":
         parts = ([re.escape(prefix)] if prefix else []) + [r"\d+"] * ndim
@@ -483,24 +496,20 @@ def _find_chunk(folder: Path, prefix: str, separator: str, ndim: int) -> str | N
         parts = [(re.escape(prefix) + r"\." if prefix else "") + r"\.".join([r"\d+"] * ndim)]
     patterns = [re.compile(p) for p in parts]
 
-    def search(path: str, depth: int) -> str | None:
-        try:
-            entries = list(os.scandir(path))
-        except OSError:
-            return None
+    def search(path: Path | str, depth: int) -> str | None:
         last = depth == len(patterns) - 1
-        for entry in entries:
-            if not patterns[depth].fullmatch(entry.name):
+        for name, is_folder in _storage.list_names(path):
+            if not patterns[depth].fullmatch(name):
                 continue
-            if last and not entry.is_dir():
-                return entry.name
-            if not last and entry.is_dir():
-                found = search(entry.path, depth + 1)
+            if last and not is_folder:
+                return name
+            if not last and is_folder:
+                found = search(_storage.join(path, name), depth + 1)
                 if found is not None:
-                    return f"{entry.name}/{found}"
+                    return f"{name}/{found}"
         return None
 
-    return search(str(folder), 0)
+    return search(folder, 0)
 
 
 def _check_chunk_keys(level: _Level, view: ViewId) -> bool:
@@ -555,13 +564,21 @@ def _checking_store_class():
             return type(self)(store, blosc=self.blosc, max_bytes=self.max_bytes)
 
         async def get(self, key, prototype, byte_range=None):
-            file = Path(self._store.root) / key
+            local = hasattr(self._store, "root")  # a LocalStore; an FsspecStore has a URL ``path``
+            file = (Path(self._store.root) / key if local
+                    else f"{self._store.fs.unstrip_protocol(self._store.path)}/{key}")
             metadata = key.rsplit("/", 1)[-1] in (*_METADATA, ".zmetadata")
-            # A stat before the plain store opens the file: a FIFO would block it, /dev/zero exhaust
-            # the memory, and no stored chunk can be larger than a full one, compressed.
-            check_regular_file(file, "Zarr metadata file" if metadata else "Zarr chunk",
-                               MAX_METADATA_BYTES if metadata else self.max_bytes)
+            limit = MAX_METADATA_BYTES if metadata else self.max_bytes
+            if local:
+                # A stat before the plain store opens the file: a FIFO would block it, /dev/zero exhaust
+                # the memory, and no stored chunk can be larger than a full one, compressed.
+                check_regular_file(file, "Zarr metadata file" if metadata else "Zarr chunk", limit)
             buf = await self._store.get(key, prototype, byte_range)
+            if not local and buf is not None and len(buf) > limit:
+                # An object store has no FIFOs or devices; an oversized object is refused once fetched (a HEAD
+                # first would double the requests of every chunk).
+                raise ImageDataError(f"{file}: Zarr {'metadata file' if metadata else 'chunk'} of {len(buf):,} "
+                                     f"bytes is larger than it can be ({limit:,} bytes)")
             if metadata:
                 return buf
             if buf is not None and byte_range is None and self.blosc:
@@ -618,14 +635,13 @@ def _inside_path(path: str, what: str) -> str:
     return rel
 
 
-def _scan_bigstitcher_groups(path: Path) -> dict[ViewId, str]:
+def _scan_bigstitcher_groups(path: Path | str) -> dict[ViewId, str]:
     """Find ``s{setup}-t{tp}.zarr`` groups in a container written by BigStitcher/tilefuse."""
     found = {}
-    if path.is_dir():
-        for child in path.iterdir():
-            m = ZARR_VIEW_GROUP.fullmatch(child.name)
-            if m and child.is_dir():
-                found[ViewId(int(m.group(2)), int(m.group(1)))] = child.name
+    for name, is_folder in _storage.list_names(path):
+        m = ZARR_VIEW_GROUP.fullmatch(name)
+        if m and is_folder:
+            found[ViewId(int(m.group(2)), int(m.group(1)))] = name
     if not found:
         raise MissingDataError(f"{path}: no s{{setup}}-t{{tp}}.zarr groups found")
     return dict(sorted(found.items()))

@@ -24,7 +24,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
-from .._inputs import file_identity
+from .._storage import identity as _identity
 from ..errors import ImageDataError, TilefuseError
 from ..project.views import ViewId
 
@@ -47,7 +47,7 @@ class _Entry(NamedTuple):
 def cached_entry(key: tuple[str, Any], opener: Callable[[], Any], *,
                  anchors: Iterable[str | os.PathLike]) -> _Entry:
     """Like :func:`cached_handle`, returning the handle with the identity of its anchors (for keying blocks)."""
-    identity = file_identity(anchors)  # before opening: a change while opening shows on the next use
+    identity = _identity(anchors)  # before opening: a change while opening shows on the next use
     entry = _HANDLES.get(key)
     if entry is not None and entry.identity == identity:
         return entry
@@ -90,7 +90,7 @@ def cached_value(key: tuple[str, Any], compute: Callable[[], Any], *,
     value is dropped with the handles of ``key[0]`` (:func:`drop_cached_handles`)
     and recomputed when an anchor's identity changes.
     """
-    identity = file_identity(anchors)
+    identity = _identity(anchors)
     entry = _HANDLES.get(key)
     if entry is not None and entry.identity == identity:
         return entry.value
@@ -140,8 +140,13 @@ def path_identity(paths: Iterable[str | os.PathLike]) -> str:
 
     A missing path hashes as missing, so a deleted file changes the identity too.
     """
+    from .. import _storage
+
     digest = hashlib.sha1()
-    for root in sorted({os.path.abspath(p) for p in paths}):
+    paths = list(paths)
+    for url in sorted({str(p) for p in paths if _storage.is_url(p)}):  # objects: size and ETag, from a listing
+        digest.update(url.encode("utf-8") + b"\n" + "\n".join(_storage.tree_identity(url)).encode("utf-8") + b"\n")
+    for root in sorted({os.path.abspath(p) for p in paths if not _storage.is_url(p)}):
         entries = []
         if os.path.isdir(root):
             for folder, _, names in os.walk(root):
@@ -353,15 +358,20 @@ class ImageLoader(ABC):
         """Keep the ``<ImageLoader>`` element (as text, so the loader pickles) for :meth:`_verbatim_xml`."""
         from lxml import etree
 
-        self._xml_text = etree.tostring(element, with_tail=False)
-        self._xml_base = Path(base_dir)
+        from .. import _storage
 
-    def _verbatim_xml(self, base_dir: Path, *, remote: bool = False):
-        """The remembered element if it is still valid against ``base_dir`` (or the path is remote), else None."""
+        self._xml_text = etree.tostring(element, with_tail=False)
+        self._xml_base = base_dir if _storage.is_url(base_dir) else Path(base_dir)
+
+    def _verbatim_xml(self, base_dir: Path | str, *, remote: bool = False):
+        """The remembered element if it is still valid against ``base_dir`` (or it names a URL from a local
+        project, which no base folder changes), else None."""
         from lxml import etree
 
+        from .. import _storage
         from ..project.paths import same_dir
 
+        remote = remote and not _storage.is_url(getattr(self, "_xml_base", None))
         if self._xml_text is not None and (remote or same_dir(base_dir, self._xml_base)):
             return etree.fromstring(self._xml_text)
         return None

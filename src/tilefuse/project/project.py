@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _storage
 from .._outputs import check_outputs, fsync_path, output_errors, rename_all
 from .._text import shortlist
 from ..errors import (
     ImageDataError,
     MissingDataError,
+    ProjectFormatError,
     SelectionError,
     TilefuseError,
     UnsupportedFormatError,
@@ -30,9 +32,9 @@ from ..errors import (
 )
 from ..geometry import Box, compose_chain, mipmap_transform, view_box
 from .model import Entity, SpimData, ViewTransform
-from .paths import parse_location
+from .paths import parse_location, same_dir
 from .views import ViewId
-from .xml_write import write_spimdata
+from .xml_write import spimdata_bytes, write_spimdata
 
 __all__ = ["Project", "squeeze_z", "ATTRIBUTE_KINDS"]
 
@@ -83,7 +85,8 @@ class Project:
     def __init__(self, data: SpimData, path: str | Path | None = None, loader=None, *,
                  loader_error: TilefuseError | None = None):
         self.data = data
-        self.path = Path(path).resolve() if path is not None else None
+        # A URL (the XML in an object store) stays a string: Path would fold "s3://b" into "s3:/b".
+        self.path = None if path is None else str(path) if _storage.is_url(path) else Path(path).resolve()
         self._loader = loader
         self._loader_error = loader_error
 
@@ -98,14 +101,19 @@ class Project:
 
     # -- paths ----------------------------------------------------------------------
     @property
-    def base_dir(self) -> Path:
-        """The resolved ``<BasePath>``: the folder image loader paths are relative to."""
-        root = self.path.parent if self.path is not None else Path.cwd()
-        path, uri = parse_location(self.data.base_path or ".", self.data.base_path_type, root)
+    def base_dir(self) -> Path | str:
+        """The resolved ``<BasePath>``: the folder image loader paths are relative to (a URL for a project
+        stored in, or pointing into, an object store)."""
+        root = _storage.parent(self.path) if self.path is not None else Path.cwd()
+        try:
+            path, uri = parse_location(self.data.base_path or ".", self.data.base_path_type, root)
+        except ProjectFormatError as exc:
+            raise ProjectFormatError(f"{where(self.path, '<BasePath>')}: {exc}") from None
         if uri is not None:
-            raise UnsupportedFormatError(
-                f"{where(self.path, '<BasePath>')}: remote base path {uri!r} is not supported"
-            )
+            if not _storage.is_url(uri):
+                raise UnsupportedFormatError(f"{where(self.path, '<BasePath>')}: base path {uri!r} is not a URL "
+                                             "tilefuse can open")
+            return uri.rstrip("/")
         return path.resolve()
 
     @property
@@ -429,13 +437,19 @@ class Project:
             The XML cannot be written (no space, read-only, no permission);
             nothing was changed.
         """
-        target = Path(path) if path is not None else self.path
+        target = path if path is not None else self.path
         if target is None:
             raise TilefuseError("the project has no path: give save() one")
-        target = target.resolve()
+        if _storage.is_url(target) or (path is None and _storage.is_url(self.path)):
+            return self._save_remote(str(target), backup=backup)
+        target = Path(target).resolve()
         data = self.data
         old_base = self.base_dir if (self.path is not None or self._loader is not None) else None
-        if (
+        if _storage.is_url(old_base) and data.base_path_type == "relative":
+            # Pixels in an object store, the XML saved locally: point at them by URL.
+            data = copy.copy(data)
+            data.base_path, data.base_path_type = str(old_base), "absolute"
+        elif (
             old_base is not None
             and data.base_path_type == "relative"
             and not Path(data.base_path).is_absolute()
@@ -469,9 +483,35 @@ class Project:
             self.path = target
         return target
 
+    def _save_remote(self, target: str, *, backup: bool) -> str:
+        """:meth:`save` to a URL: one PUT of the whole document (an object store shows an object whole or not
+        at all, so no temporary name is needed); the object it replaces is first copied to ``~1`` (``~1`` ->
+        ``~2`` ... ``~5``), server side."""
+        data = self.data
+        old_base = self.base_dir if (self.path is not None or self._loader is not None) else None
+        moved = old_base is not None and not same_dir(old_base, _storage.parent(target))
+        if moved and data.base_path_type == "relative":
+            # Saved elsewhere: the pixels stay where they are, named absolutely.
+            data = copy.copy(data)
+            data.base_path, data.base_path_type = str(old_base), "absolute"
+        loader_element = None
+        if self._loader is not None and self.data.image_loader is None:
+            loader_element = self._loader.to_xml(old_base if old_base is not None else _storage.parent(target))
+        text = spimdata_bytes(data, image_loader=loader_element)
+        if backup and _storage.exists(target):
+            fs, key = _storage.filesystem(target)
+            for i in range(4, 0, -1):
+                if fs.exists(f"{key}~{i}"):
+                    fs.copy(f"{key}~{i}", f"{key}~{i + 1}")
+            fs.copy(key, f"{key}~1")
+        _storage.write_file(target, text, "project XML")
+        if self.path is None:
+            self.path = target
+        return target
+
     # -- display ----------------------------------------------------------------------
     def __repr__(self) -> str:
-        name = self.path.name if self.path else "<unsaved>"
+        name = _storage.name(self.path) if self.path else "<unsaved>"
         fmt = self.data.image_loader.get("format") if self.data.image_loader is not None else (
             self._loader.format if self._loader is not None else "none")
         return (

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from lxml import etree
 
-from ..errors import MissingDataError, ProjectFormatError, TilefuseError, where
+from .. import _storage
+from ..errors import ImageDataError, MissingDataError, ProjectFormatError, TilefuseError, where
 from ..geometry import Box, from_xml_affine
 from .checks import check_spimdata
 from .model import (
@@ -224,6 +225,8 @@ def read_spimdata(path: str | Path) -> SpimData:
     TilefuseError
         If the file cannot be read.
     """
+    if _storage.is_url(path):
+        return _read_remote(str(path))
     path = Path(path)
     try:
         info = path.stat()
@@ -247,6 +250,21 @@ def read_spimdata(path: str | Path) -> SpimData:
         raise MissingDataError(f"{path}: project XML not found") from None
     except OSError as exc:
         raise TilefuseError(f"{path}: cannot read the project XML ({exc.strerror or exc})") from None
+    return _parse_bytes(raw, path)
+
+
+def _read_remote(url: str) -> SpimData:
+    """The project XML from an object store (any fsspec URL): one object of bounded size."""
+    try:
+        raw = _storage.read_file(url, MAX_XML_BYTES, "project XML")
+    except ImageDataError as exc:  # a prefix, or larger than any project XML
+        raise ProjectFormatError(f"{exc}; is it the right object?") from None
+    if raw is None:
+        raise MissingDataError(f"{url}: project XML not found")
+    return _parse_bytes(raw, url)
+
+
+def _parse_bytes(raw: bytes, path: Path | str) -> SpimData:
     try:
         # From bytes, not from the file name: then every damage (bad bytes
         # for the declared encoding too) is an XMLSyntaxError with its line.

@@ -13,11 +13,12 @@ from pathlib import Path
 
 from lxml import etree
 
+from .. import _storage
 from ..geometry import to_xml_affine
 from .model import Extras, SpimData, ViewSetup
 from .timepoints import format_integer_pattern
 
-__all__ = ["spimdata_to_element", "write_spimdata", "format_number"]
+__all__ = ["spimdata_bytes", "spimdata_to_element", "write_spimdata", "format_number"]
 
 
 def format_number(v) -> str:
@@ -106,11 +107,19 @@ def spimdata_to_element(data: SpimData, image_loader=None):
     return root
 
 
-def write_spimdata(data: SpimData, path: str | Path, image_loader=None) -> None:
-    """Write XML to ``path`` through a temporary file and an atomic rename."""
-    path = Path(path)
+def spimdata_bytes(data: SpimData, image_loader=None) -> bytes:
+    """The XML document, UTF-8 encoded, as :func:`write_spimdata` writes it."""
     root = spimdata_to_element(data, image_loader)
-    text = etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+    return etree.tostring(root, xml_declaration=True, encoding="UTF-8", pretty_print=True)
+
+
+def write_spimdata(data: SpimData, path: str | Path, image_loader=None) -> None:
+    """Write XML to ``path`` through a temporary file and an atomic rename (at a URL: one whole PUT)."""
+    text = spimdata_bytes(data, image_loader)
+    if _storage.is_url(path):
+        _storage.write_file(path, text, "project XML")
+        return
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         tmp.write_bytes(text)
