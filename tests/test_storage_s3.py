@@ -158,3 +158,106 @@ def test_relative_paths_stay_in_the_bucket():
     assert parse_location("data.n5", "relative", "s3://b") == (None, "s3://b/data.n5")
     with pytest.raises(ProjectFormatError, match="leaves the bucket"):
         parse_location("../../x", None, "s3://b/p")
+
+
+# -- writing ------------------------------------------------------------------------------
+def _zarr_read(url, level="0"):
+    import zarr
+
+    return zarr.open_array(_storage.zarr_store(f"{url}/{level}", read_only=True), mode="r")[:]
+
+
+def test_fuse_s3_project_to_s3_equals_local(zarr_project, tmp_path):
+    """The whole route in the bucket: XML and pixels read from s3://, OME-Zarr 0.5 written to s3://."""
+    local, url, _ = zarr_project
+    remote = tilefuse.open_project(f"{url}/dataset.xml")
+    out = f"s3://{BUCKET}/fused/out.ome.zarr"
+    plan = tilefuse.plan_fusion(remote, chunks=(8, 32, 32))
+    assert tilefuse.write_fused(plan, out, shards=32) == out
+    tilefuse.write_fused(tilefuse.plan_fusion(tilefuse.open_project(local / "dataset.xml"), chunks=(8, 32, 32)),
+                         tmp_path / "out.ome.zarr", shards=32)
+    import zarr
+
+    here = zarr.open_group(str(tmp_path / "out.ome.zarr"), mode="r")
+    there = zarr.open_group(_storage.zarr_store(out, read_only=True), mode="r")
+    assert dict(there.attrs) == dict(here.attrs)  # same NGFF 0.5 metadata
+    for level in here.array_keys():
+        assert there[level].shards == here[level].shards
+        np.testing.assert_array_equal(there[level][:], here[level][:])
+    fs, key = _storage.filesystem(out)
+    assert not fs.exists(f"{key}/.tilefuse")  # the manifest is gone once the image is complete
+
+
+def test_remote_write_commits_last_and_resumes_per_shard(s3, monkeypatch):
+    """Killed after some shards: no image is readable there; the rerun keeps the uploaded shards."""
+    from tilefuse.writers import _shards, ome_zarr
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(1, 1000, size=(16, 64, 64), dtype=np.uint16)
+    out = f"s3://{BUCKET}/resume/img.ome.zarr"
+    commits = []
+    real_commit = _shards.commit_shard
+
+    def failing_commit(tmp, final, n, entries):
+        if len(commits) == 3:
+            raise RuntimeError("killed")
+        commits.append(final)
+        return real_commit(tmp, final, n, entries)
+
+    monkeypatch.setattr(ome_zarr, "commit_shard", failing_commit)
+    with pytest.raises(RuntimeError, match="killed"):
+        ome_zarr.write_ome_zarr(image, out, voxel_size=1, chunks=(8, 16, 16), shards=(8, 32, 32), n_levels=2)
+    assert not ome_zarr._image_is_complete(out)
+    import zarr
+
+    group = zarr.open_group(_storage.zarr_store(out, read_only=True), mode="r")
+    assert "ome" not in group.attrs  # a group, but not an image: OME-Zarr readers find no multiscales
+    monkeypatch.setattr(ome_zarr, "commit_shard", real_commit)
+    s3.served.reset()
+    ome_zarr.write_ome_zarr(image, out, voxel_size=1, chunks=(8, 16, 16), shards=(8, 32, 32), n_levels=2)
+    shard_puts = [k for m, k in s3.served.keys if m == "PUT" and "/c/" in k]
+    assert len(shard_puts) == 8 + 1 - 3  # level 0: 8 shards, level 1 (8x32x32): 1; the 3 committed were kept
+    assert not any(k in shard_puts for k in [f"/{c.partition('://')[2]}" for c in commits])
+    np.testing.assert_array_equal(_zarr_read(out), image)
+    assert ome_zarr._image_is_complete(out)
+
+
+def test_remote_overwrite_rules(s3):
+    from tilefuse.errors import OutputExistsError
+    from tilefuse.writers.ome_zarr import ResumeMismatchError, write_ome_zarr
+
+    out = f"s3://{BUCKET}/over/img.ome.zarr"
+    a = np.full((8, 32, 32), 7, np.uint16)
+    write_ome_zarr(a, out, voxel_size=1, chunks=(8, 16, 16))
+    with pytest.raises(OutputExistsError, match="overwrite"):
+        write_ome_zarr(a + 1, out, voxel_size=1, chunks=(8, 16, 16))
+    np.testing.assert_array_equal(_zarr_read(out), a)  # untouched
+    write_ome_zarr(a + 1, out, voxel_size=1, chunks=(8, 16, 16), overwrite=True)
+    np.testing.assert_array_equal(_zarr_read(out), a + 1)
+    # objects tilefuse did not write are never deleted
+    foreign = f"s3://{BUCKET}/foreign/img.ome.zarr"
+    _storage.write_file(f"{foreign}/notes.txt", b"mine")
+    with pytest.raises(OutputExistsError, match="did not write"):
+        write_ome_zarr(a, foreign, voxel_size=1, overwrite=True)
+    assert _storage.read_file(f"{foreign}/notes.txt", 100) == b"mine"
+    # a partial output of other work is not mixed in: refused with resume="require"
+    partial = f"s3://{BUCKET}/partial/img.ome.zarr"
+    _storage.write_file(f"{partial}/.tilefuse/manifest.json", b'{"format": "other"}')
+    with pytest.raises(ResumeMismatchError, match="other work"):
+        write_ome_zarr(a, partial, voxel_size=1, resume="require")
+    write_ome_zarr(a, partial, voxel_size=1)  # "auto": deleted, written afresh
+    np.testing.assert_array_equal(_zarr_read(partial), a)
+
+
+def test_remote_output_refuses_what_it_cannot_write(zarr_project):
+    from tilefuse.errors import FusionError, OutputIsInputError
+
+    _, url, _ = zarr_project
+    project = tilefuse.open_project(f"{url}/dataset.xml")
+    plan = tilefuse.plan_fusion(project)
+    with pytest.raises(OutputIsInputError, match="input"):
+        tilefuse.write_fused(plan, f"{url}/dataset.ome.zarr/s0-t0.zarr/x.ome.zarr")
+    with pytest.raises(FusionError, match="only OME-Zarr"):
+        tilefuse.write_fused(plan, f"s3://{BUCKET}/x.tif")
+    with pytest.raises(ValueError, match="NGFF 0.4"):
+        tilefuse.write_fused(plan, f"s3://{BUCKET}/x.ome.zarr", ngff="0.4")

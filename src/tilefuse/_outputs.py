@@ -287,7 +287,19 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None],
         An output folder cannot be created or written (read-only, no
         permission, a file in the way).
     """
-    ins = [(Path(i), real_path(i)) for i in inputs if i is not None]
+    from . import _storage
+
+    inputs, outputs = list(inputs), list(outputs)
+    remote_ins = [str(i).rstrip("/") for i in inputs if _storage.is_url(i)]
+    for out in outputs:  # in an object store: only the input and clash checks (the writer checks the rest)
+        if _storage.is_url(out):
+            url = str(out).rstrip("/")
+            for inp in remote_ins:
+                if url == inp or inp.startswith(url + "/") or url.startswith(inp + "/"):
+                    raise OutputIsInputError(f"{out}: the output is, contains or lies inside an input of this "
+                                             f"run ({inp}); write the output somewhere else")
+    outputs = [o for o in outputs if not _storage.is_url(o)]
+    ins = [(Path(i), real_path(i)) for i in inputs if i is not None and not _storage.is_url(i)]
     updated = {real_path(p) for p in in_place if p is not None}
     seen: list[tuple[Path, Path]] = []
     for out in outputs:

@@ -30,8 +30,9 @@ from typing import Any
 from ._inputs import file_identity, read_regular_file
 from .errors import ImageDataError, MissingDataError, OutputError, TilefuseError
 
-__all__ = ["is_url", "join", "filesystem", "read_file", "write_file", "exists", "identity",
-           "zarr_store", "remove", "tree_identity", "Location"]
+__all__ = ["is_url", "as_location", "join", "parent", "name", "filesystem", "read_file", "read_json", "read_tail",
+           "write_file", "put_file", "exists", "is_dir", "list_names", "identity", "tree_identity", "zarr_store",
+           "remove", "Location"]
 
 #: A local path or a URL string.
 Location = Path | str
@@ -199,6 +200,30 @@ def write_file(location: Location, data: bytes, what: str = "file") -> None:
         raise _remote_error(location, f"cannot write the {what}", exc) from exc
     with _IDENTITY_LOCK:
         _IDENTITY_CACHE.pop(str(location), None)
+
+
+def put_file(local: str | os.PathLike, url: str, what: str = "file") -> None:
+    """Upload a local file to an object in one step (the back end uses a multipart upload for large files;
+    the store shows the object only once it is complete)."""
+    fs, path = filesystem(url)
+    try:
+        fs.put_file(os.fspath(local), path)
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(url, f"cannot upload the {what}", exc) from exc
+    with _IDENTITY_LOCK:
+        _IDENTITY_CACHE.pop(str(url), None)
+
+
+def read_tail(url: str, nbytes: int) -> tuple[int, bytes] | None:
+    """``(object size, its last nbytes)`` (fewer if it is smaller), or None if the object does not exist."""
+    fs, path = filesystem(url)
+    try:
+        size = int(fs.info(path).get("size") or 0)
+        return size, (fs.cat_file(path, start=max(0, size - nbytes), end=size) if size else b"")
+    except FileNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001
+        raise _remote_error(url, "cannot read it", exc) from exc
 
 
 def exists(location: Location) -> bool:

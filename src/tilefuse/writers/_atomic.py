@@ -25,7 +25,17 @@ written before the partial output itself: tilefuse deletes or continues only
 partial outputs carrying it (or an OME-Zarr manifest, ``.tilefuse/``), never
 a file or folder someone else named ``<name>.partial``.
 
-Works for single files and for directory outputs (zarr groups) alike.  The
+Works for single files and for directory outputs (zarr groups) alike.
+
+An object store (``s3://``...) has no rename, so an output there is written
+under its final name and :func:`remote_output` defines the commit point
+instead: the writer writes the data first and, last, the one object that makes
+it an image (an OME-Zarr's root metadata with its ``multiscales``); until then
+a manifest (``.tilefuse/manifest.json``) marks the prefix as tilefuse's partial
+output, resumed only for the same work.  ``overwrite`` there means: the old
+image's root metadata is deleted first (it is never read half old, half new),
+then the rest of it, then the new one is written; there is no old copy to fall
+back on while the new one is being written.  The
 primitives these are built on (temporary names, checks, write errors,
 renames) are core (:mod:`tilefuse._outputs`): the project's own ``save`` uses
 them too.
@@ -41,6 +51,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
+from .. import _storage
 from .._outputs import (
     check_outputs,
     check_partial,
@@ -56,7 +67,7 @@ from .._outputs import (
     remove_path,
     rename_all,
 )
-from ..errors import OutputBusyError, OutputError, TilefuseError
+from ..errors import OutputBusyError, OutputError, OutputExistsError, TilefuseError
 
 try:
     import fcntl
@@ -65,7 +76,7 @@ except ImportError:  # pragma: no cover - Windows: no flock; runs are not locked
 
 log = logging.getLogger(__name__)
 
-__all__ = ["atomic_output", "atomic_outputs", "claim_outputs", "input_paths", "output_lock"]
+__all__ = ["atomic_output", "atomic_outputs", "claim_outputs", "input_paths", "output_lock", "remote_output"]
 
 
 def _remove_all(paths: Iterable[Path]) -> None:
@@ -79,9 +90,12 @@ def _remove_all(paths: Iterable[Path]) -> None:
 def input_paths(project, *, xml: bool = True) -> list[Path]:
     """The files a project reads: its XML (unless ``xml=False``) and every file or
     container of its image loader (``project.loader.files()``)."""
-    paths = [Path(project.path)] if xml and project.path is not None else []
+    def location(p):
+        return p if _storage.is_url(p) else Path(p)  # a URL stays a string (Path folds "s3://" into "s3:/")
+
+    paths = [location(project.path)] if xml and project.path is not None else []
     try:
-        paths += [Path(p) for p in project.loader.files()]
+        paths += [location(p) for p in project.loader.files()]
     except TilefuseError:  # no usable loader: only the XML is read
         pass
     return paths
@@ -390,3 +404,54 @@ def atomic_output(
     """
     with atomic_outputs([path], resume=resume, overwrite=overwrite) as (tmp,):
         yield tmp
+
+
+@contextmanager
+def remote_output(url: str, *, resume: bool, overwrite: bool, is_complete, commit_keys: Sequence[str],
+                  manifest: str) -> Iterator[str]:
+    """Context manager for an output at a URL prefix of an object store, which has no rename.
+
+    Parameters
+    ----------
+    url : str
+        The output (a prefix: the writer writes the objects under it).
+    resume : bool
+        Keep tilefuse's partial output there (its ``manifest`` object exists) for the writer to continue;
+        when False it is deleted first.
+    overwrite : bool
+        Delete a complete output there first (its commit object first, see the module notes).
+    is_complete : callable
+        ``is_complete(url)``: whether a complete output is there (the writer's commit object).
+    commit_keys : sequence of str
+        The objects, under ``url``, that make an output complete: deleted first when replacing it.
+    manifest : str
+        The key, under ``url``, of the object marking a partial output as tilefuse's.
+
+    Yields
+    ------
+    str
+        ``url``: the writer writes under its final name and commits by writing its root object last.
+
+    Raises
+    ------
+    OutputExistsError
+        A complete output is there and ``overwrite`` is False, or objects tilefuse did not write.
+    """
+    names = [name for name, _ in _storage.list_names(url)]
+    if names:
+        if is_complete(url):
+            if not overwrite:
+                raise OutputExistsError(f"{url}: exists; pass overwrite=True (--overwrite) to replace it")
+            log.warning("%s: deleting the existing output to replace it (an object store has no rename: "
+                        "the old image is gone before the new one is complete)", url)
+            for key in commit_keys:  # first: from now on no reader takes what is left for an image
+                _storage.remove(_storage.join(url, key))
+            _storage.remove(url)
+        elif _storage.exists(_storage.join(url, manifest)):
+            if not resume:
+                _storage.remove(url)
+        else:
+            shown = ", ".join(sorted(names)[:5])
+            raise OutputExistsError(f"{url}: holds objects tilefuse did not write ({shown}); delete them or "
+                                    "write somewhere else")
+    yield url

@@ -19,6 +19,13 @@ value) and the CRC-32C of that index.  This module writes such files itself:
 * :func:`shard_is_complete` checks a shard file left by an earlier run: its
   index must be whole (CRC-32C) and point inside the file.
 
+In an object store (``final`` a URL, :mod:`tilefuse._storage`) the chunks are
+appended to a local ``.partial`` file the same way, and the commit uploads the
+finished file to its key in one request (multipart for large shards, which
+the store shows only once complete): an object under its key is a whole shard,
+as a file is after the rename.  Completeness is checked from the index alone
+(one ranged read).
+
 Why our own shard writer rather than zarr-python's (measured on fused 3D
 uint16 chunks, 2 cores, ``benchmarks/bench_writer.py``): zarr-python writes a
 shard in one call only when given the whole shard (a ~1 GiB shard is ~1 GiB of
@@ -36,6 +43,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from .. import _storage
 
 __all__ = ["append_chunk", "commit_shard", "shard_is_complete", "index_nbytes", "EMPTY"]
 
@@ -114,16 +123,22 @@ def commit_shard(tmp: str | os.PathLike, final: str | os.PathLike, n_chunks: int
     int
         The shard file's size.
     """
-    tmp, final = Path(tmp), Path(final)
+    remote = _storage.is_url(final)
+    tmp, final = Path(tmp), (final if remote else Path(final))
     index = _index(n_chunks, entries)
     # The index is written even for a shard of empty chunks: its file is what says "done" on resume.
     fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         _write_all(fd, memoryview(index), tmp)
-        os.fsync(fd)  # data before name: a shard under its key survives a machine crash whole
+        if not remote:
+            os.fsync(fd)  # data before name: a shard under its key survives a machine crash whole
         size = os.fstat(fd).st_size
     finally:
         os.close(fd)
+    if remote:
+        _storage.put_file(tmp, final, "shard")  # the object appears whole once uploaded
+        tmp.unlink()
+        return size
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
     return size
@@ -132,6 +147,12 @@ def commit_shard(tmp: str | os.PathLike, final: str | os.PathLike, n_chunks: int
 def shard_is_complete(path: str | os.PathLike, n_chunks: int) -> bool:
     """Whether a shard file holds a whole index (CRC-32C) whose chunks all lie inside the file."""
     need = index_nbytes(n_chunks)
+    if _storage.is_url(path):
+        found = _storage.read_tail(path, need)
+        if found is None:
+            return False
+        size, tail = found
+        return _index_is_whole(tail, need, n_chunks, size)
     try:
         with open(path, "rb") as f:
             size = os.fstat(f.fileno()).st_size
@@ -141,6 +162,10 @@ def shard_is_complete(path: str | os.PathLike, n_chunks: int) -> bool:
             tail = f.read(need)
     except OSError:
         return False
+    return _index_is_whole(tail, need, n_chunks, size)
+
+
+def _index_is_whole(tail: bytes, need: int, n_chunks: int, size: int) -> bool:
     raw, crc = tail[:-_CRC_BYTES], tail[-_CRC_BYTES:]
     if len(tail) != need or _crc32c(raw) != crc:
         return False

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _storage
 from .._outputs import check_outputs
 from ..errors import FusionError
 from ..fusion.api import FusionPlan
@@ -48,8 +49,9 @@ def write_fused(
     ----------
     plan : FusionPlan
         From :func:`tilefuse.plan_fusion`.
-    path : path-like
-        ``.ome.zarr`` (multiscale NGFF 0.5, or 0.4 with ``ngff="0.4"``), ``.tif`` or ``.xml``.
+    path : path-like or URL
+        ``.ome.zarr`` (multiscale NGFF 0.5, or 0.4 with ``ngff="0.4"``), ``.tif`` or ``.xml``; an OME-Zarr
+        0.5 may be written to an object store (``s3://bucket/fused.ome.zarr``, any fsspec URL).
     options : OutputOptions, optional
         How to write (default ``OutputOptions()``); ``**changes`` changes fields:
 
@@ -80,8 +82,12 @@ def write_fused(
     """
     o = OutputOptions.build(options, **changes)
     container, resume, overwrite, n_levels = o.container, o.resume, o.overwrite, o.n_levels
-    path = Path(path)
+    remote = _storage.is_url(path)
+    path = str(path).rstrip("/") if remote else Path(path)
     kind = output_format(path)
+    if remote and kind != "ome-zarr":
+        raise FusionError(f"{path}: only OME-Zarr (NGFF 0.5) is written to an object store; write the "
+                          f"{'TIFF' if kind == 'tiff' else 'BigStitcher project'} to a local disk")
     inputs = input_paths(plan.project)
     check_outputs([path], inputs)  # before any work: never replace or write into an input
     fused = plan.to_dask()  # (t, c, z, y, x)

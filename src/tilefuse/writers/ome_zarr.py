@@ -55,6 +55,16 @@ arrays the partial group keeps ``.tilefuse/manifest.json``.
   missing or shorter, which a resumed run notices (the size differs) and
   writes again.
 
+In an object store (``path`` a URL such as ``s3://bucket/fused.ome.zarr``;
+NGFF 0.5 only) there is no rename: the output is written under its final name
+and the *commit point* is the root ``zarr.json`` gaining the image's ``ome``
+metadata, written last (before, the prefix holds a plain group without
+``multiscales``, which no OME-Zarr reader takes for an image).  Shards are
+appended in a local staging folder (``$TMPDIR/tilefuse-staging``: with a
+cluster, a folder every worker sees) and each is uploaded to its key whole
+once complete; resume keeps the shards under their keys whose index is whole,
+as locally, keyed on the same manifest (:func:`~._atomic.remote_output`).
+
 The manifest holds the output layout (NGFF version, shape, dtype, chunks,
 shards, pyramid plan, compressor) and a *fingerprint* of the work: for a
 fusion (:meth:`tilefuse.FusionPlan.fingerprint`) the tilefuse version, the
@@ -80,11 +90,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .. import _storage
 from .._outputs import remove_path
 from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, OutputExistsError, TilefuseError
-from ._atomic import atomic_output
+from ._atomic import atomic_output, remote_output
 from ._shards import append_chunk, commit_shard, shard_is_complete
 from .options import NGFF_VERSIONS
 
@@ -367,9 +378,9 @@ def _write_level(src, target, done_dir: Path, level_dir: Path, bar: Progress, cl
         compute(*tasks, client=client, progress=bar)  # the bar advances as each chunk is stored
 
 
-def _shard_key(level_dir: Path, shard_index: tuple[int, ...]) -> Path:
-    """Where Zarr v3 (default chunk keys: ``c/i/j/k``) stores a shard."""
-    return level_dir.joinpath("c", *(str(i) for i in shard_index))
+def _shard_key(level_dir: Path | str, shard_index: tuple[int, ...]) -> Path | str:
+    """Where Zarr v3 (default chunk keys: ``c/i/j/k``) stores a shard (a file or an object URL)."""
+    return _storage.join(level_dir, "c", *(str(i) for i in shard_index))
 
 
 def _append_block(block, tmp: str, rank: int, region: tuple[slice, ...], chunk: tuple[int, ...],
@@ -388,13 +399,14 @@ def _commit(tmp: str, final: str, n_chunks: int, *entries) -> int:
     return commit_shard(tmp, final, n_chunks, entries)
 
 
-def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, bar: Progress,
-                         client=None) -> tuple[int, int]:
+def _write_sharded_level(src, level_dir: Path | str, shard: tuple[int, ...], codec, bar: Progress,
+                         client=None, staging: Path | None = None) -> tuple[int, int]:
     """Write one level shard by shard (see the module notes); returns ``(shards kept, shards written)``.
 
     ``src`` is chunked as the array's chunks.  Shards already under their key
     and complete are kept; the chunks of every other shard are computed,
     appended to its ``.partial`` file and the shard committed once all are in.
+    ``level_dir`` may be a URL: the ``.partial`` files are then in the local ``staging`` folder.
     """
     import dask
 
@@ -408,16 +420,19 @@ def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, ba
     todo, kept = [], 0
     for index in np.ndindex(*grid):
         key = _shard_key(level_dir, index)
+        partial = Path(_shard_key(staging, index) if staging is not None else key)
+        partial = partial.with_name(partial.name + ".partial")
         blocks = [tuple(i * p + j for i, p, j in zip(index, per, inner)) for inner in np.ndindex(*per)]
         ranks = [(rank, b) for rank, b in enumerate(blocks) if all(i < n for i, n in zip(b, src.numblocks))]
-        if key.is_file() and shard_is_complete(key, n_inner):
+        if (staging is not None or key.is_file()) and shard_is_complete(key, n_inner):
             kept += 1
             bar.update(len(ranks) + 1)
             continue
-        key.parent.mkdir(parents=True, exist_ok=True)
-        for stale in (key, key.with_name(key.name + ".partial")):  # damaged, or appended by a killed run
-            stale.unlink(missing_ok=True)
-        todo.append((key, ranks))
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        if staging is None:
+            key.unlink(missing_ok=True)  # damaged (in an object store a new upload replaces it whole)
+        partial.unlink(missing_ok=True)  # appended by a killed run
+        todo.append((key, partial, ranks))
     if not todo:
         return kept, 0
     pieces = src.to_delayed(optimize_graph=True)
@@ -425,8 +440,8 @@ def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, ba
     commit = dask.delayed(_commit, pure=False)
     batch_size = BATCH_BLOCKS_PER_THREAD * _worker_threads(client)
     batch: list = []
-    for number, (key, ranks) in enumerate(todo):
-        tmp = str(key.with_name(key.name + ".partial"))
+    for number, (key, partial, ranks) in enumerate(todo):
+        tmp = str(partial)
         appended = []
         for rank, b in ranks:
             region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, b))
@@ -645,6 +660,8 @@ def _open_partial(tmp: Path, manifest: dict, final: Path, resume: str, zarr_form
     """
     import zarr
 
+    if _storage.is_url(tmp):
+        return _open_remote_partial(tmp, manifest, resume, zarr_format)
     meta = tmp / _META_DIR / "manifest.json"
     if tmp.exists():
         if meta.exists():
@@ -673,6 +690,55 @@ def _open_partial(tmp: Path, manifest: dict, final: Path, resume: str, zarr_form
     (tmp / _META_DIR).mkdir()
     _write_json(meta, manifest)
     return group, False
+
+
+def _open_remote_partial(url: str, manifest: dict, resume: str, zarr_format: int):
+    """:func:`_open_partial` for an output at a URL (:func:`~._atomic.remote_output` has refused objects that
+    are not tilefuse's): continue a partial output made from the same work, else start afresh."""
+    import zarr
+
+    meta = _storage.join(url, _META_DIR, "manifest.json")
+    try:
+        old = _storage.read_json(meta, 2**26, "manifest")
+    except ImageDataError:
+        old = None
+    if old is not None or _storage.list_names(url):
+        if old == manifest:
+            return zarr.open_group(_storage.zarr_store(url, read_only=False), mode="r+",
+                                   zarr_format=zarr_format), True
+        reasons = "; ".join(_manifest_differences(old, manifest))
+        if resume == "require":
+            raise ResumeMismatchError(
+                f"{url}: cannot resume: the partial output was made from other work ({reasons}). "
+                "It is kept; delete it, or run without resume=\"require\" (--resume) to start over"
+            )
+        log.warning("%s: partial output made from other work (%s); starting over", url, reasons)
+        _storage.remove(url)
+    # The manifest first: from now on the prefix is tilefuse's partial output.
+    _storage.write_file(meta, json.dumps(manifest, indent=1).encode(), "manifest")
+    group = zarr.open_group(_storage.zarr_store(url, read_only=False), mode="a", zarr_format=zarr_format)
+    return group, False
+
+
+def _image_is_complete(url: str) -> bool:
+    """Whether the root metadata at ``url`` hold an NGFF image (the commit point of a remote output)."""
+    for name in ("zarr.json", ".zattrs"):
+        try:
+            meta = _storage.read_json(_storage.join(url, name), 2**26, "Zarr metadata")
+        except ImageDataError:
+            return True  # something is there that is not ours to judge: never overwritten silently
+        attrs = (meta or {}).get("attributes", meta or {})
+        if "multiscales" in attrs or "multiscales" in (attrs.get("ome") or {}):
+            return True
+    return False
+
+
+def _staging_dir(url: str) -> Path:
+    """The local folder where the shards of a remote output are assembled (one per output URL)."""
+    import hashlib
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / "tilefuse-staging" / hashlib.sha1(url.encode()).hexdigest()[:16]
 
 
 def _check_markers(tmp: Path, n_levels: int) -> tuple[int, int]:
@@ -876,12 +942,16 @@ def write_ome_zarr(
     """
     import dask.array as da
 
-    path = Path(path)
+    remote = _storage.is_url(path)
+    path = str(path).rstrip("/") if remote else Path(path)
     mode = _resume_mode(resume)
     if ngff not in NGFF_VERSIONS:
         raise ImageDataError(f"{path}: ngff must be one of {', '.join(NGFF_VERSIONS)}, got {ngff!r}")
     if shards is not None and ngff == "0.4":
         raise ImageDataError(f"{path}: shards are a Zarr v3 feature; NGFF 0.4 (Zarr v2) has none")
+    if remote and ngff == "0.4":
+        raise ImageDataError(f"{path}: NGFF 0.4 (one object per chunk, resumed by one marker per chunk) is "
+                             "written to local disks only; write NGFF 0.5 to an object store")
     if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
         image = np.asarray(image)
     axes = _check_axes(axes, image.ndim, path)
@@ -936,8 +1006,16 @@ def write_ome_zarr(
                                              else _input_fingerprint(image))),
     }
 
-    with atomic_output(path, resume=mode != "never", overwrite=overwrite) as tmp:
-        tmp = tmp.absolute()  # markers and arrays are also reached from dask workers
+    if remote:
+        staging = _staging_dir(path)
+        output = remote_output(path, resume=mode != "never", overwrite=overwrite, is_complete=_image_is_complete,
+                               commit_keys=["zarr.json"], manifest=f"{_META_DIR}/manifest.json")
+    else:
+        staging = None
+        output = atomic_output(path, resume=mode != "never", overwrite=overwrite)
+    with output as tmp:
+        if not remote:
+            tmp = tmp.absolute()  # markers and arrays are also reached from dask workers
         group, resumed = _open_partial(tmp, manifest, path, mode, 3 if sharded else 2)
         total = sum(
             math.prod(-(-n // c) for n, c in zip(lv.shape, chunk_shape)) for lv in plan
@@ -959,7 +1037,8 @@ def write_ome_zarr(
                 if sharded:
                     target = _sharded_level_array(group, level, lv.shape, chunk_shape, shard, dtype, compressors,
                                                   axes)
-                    k, w = _write_sharded_level(src, tmp / str(level), target.shards, encoder, bar, client)
+                    k, w = _write_sharded_level(src, _storage.join(tmp, str(level)), target.shards, encoder, bar,
+                                                client, None if staging is None else staging / str(level))
                     kept, written = kept + k, written + w
                 else:
                     target = _level_array(group, level, lv.shape, chunk_shape, dtype, codec)
@@ -967,12 +1046,17 @@ def write_ome_zarr(
             if sharded and resumed:
                 log.info("resumed %s: %d of %d shards were complete, %d written", tmp, kept, kept + written, written)
         multiscales = _multiscales(axes, _unit(unit), voxel_size, origin, plan,
-                                   name if name is not None else path.name.split(".")[0], ngff)
+                                   name if name is not None else _storage.name(path).split(".")[0], ngff)
         omero = None
         if "c" in axes or channel_names is not None:
             omero = _omero(target, axes, channel_names, dtype, path, ngff, client)
+        # The commit point of an output in an object store: the root metadata become an image's.
         group.attrs.update(_attributes(multiscales, omero, ngff))
-        remove_path(tmp / _META_DIR)
+        if remote:
+            _storage.remove(_storage.join(tmp, _META_DIR))
+            remove_path(staging)
+        else:
+            remove_path(tmp / _META_DIR)
     return path
 
 
