@@ -261,3 +261,21 @@ def test_remote_output_refuses_what_it_cannot_write(zarr_project):
         tilefuse.write_fused(plan, f"s3://{BUCKET}/x.tif")
     with pytest.raises(ValueError, match="NGFF 0.4"):
         tilefuse.write_fused(plan, f"s3://{BUCKET}/x.ome.zarr", ngff="0.4")
+
+
+def test_cli_run_from_and_to_s3(zarr_project, tmp_path, capsys):
+    """`tilefuse run s3://.../dataset.xml s3://.../fused.ome.zarr`: registered XML and image in the bucket."""
+    from tilefuse.cli import main
+
+    _, url, _ = zarr_project
+    out = f"s3://{BUCKET}/cli/fused.ome.zarr"
+    assert main(["run", f"{url}/dataset.xml", out, "-q", "--preview", str(tmp_path / "p.png")]) == 0
+    registered = tilefuse.open_project(f"s3://{BUCKET}/cli/fused.registered.xml")
+    assert registered.base_dir == url  # saved elsewhere in the bucket: the pixels named by URL
+    assert len(registered.views) == 2 and (tmp_path / "p.png").is_file()
+    import zarr
+
+    group = zarr.open_group(_storage.zarr_store(out, read_only=True), mode="r")
+    assert group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
+    assert main(["info", f"s3://{BUCKET}/cli/fused.registered.xml"]) == 0
+    assert f"s3://{BUCKET}/cli/fused.registered.xml" in capsys.readouterr().out

@@ -108,6 +108,13 @@ def _say(args, text: str) -> None:
         print(text)
 
 
+def _location(text: str) -> Path | str:
+    """A command-line path: a local ``Path``, or a URL (``s3://bucket/dataset.xml``) kept as it is."""
+    from . import _storage
+
+    return _storage.as_location(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="tilefuse", description=__doc__.splitlines()[0])
     from . import __version__
@@ -124,7 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_overwrite(p)
 
     p = sub.add_parser("info", help="summarise a project")
-    p.add_argument("xml", type=Path)
+    p.add_argument("xml", type=_location)
     p.add_argument("--plot", default=None, help="draw the tile layout to this PNG")
     p.add_argument("--views", action="store_true", help="one line per view")
     _add_overwrite(p)
@@ -157,8 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("register", help="refine view positions (phase correlation for tiles, interest points for "
                                         "views at several angles) and solve globally")
-    p.add_argument("xml", type=Path)
-    p.add_argument("-o", "--output", type=Path, default=None,
+    p.add_argument("xml", type=_location)
+    p.add_argument("-o", "--output", type=_location, default=None,
                    help="registered XML (default: overwrite the input, keeping a ~1 backup)")
     p.add_argument("--plot", default=None, help="draw the link graph (interest points: the matched points) to this PNG")
     _add_label(p)
@@ -166,19 +173,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("intensity", help="match the views' intensities over their overlaps "
                                          "(<IntensityAdjustments>, applied by fuse --intensity-adjustment)")
-    p.add_argument("xml", type=Path)
-    p.add_argument("-o", "--output", type=Path, default=None,
+    p.add_argument("xml", type=_location)
+    p.add_argument("-o", "--output", type=_location, default=None,
                    help="XML with the adjustments (default: overwrite the input, keeping a ~1 backup)")
     _add_overwrite(p)
 
     p = sub.add_parser("fuse", help="fuse the views into one volume (OME-Zarr, TIFF or BDV project)")
-    p.add_argument("xml", type=Path)
-    p.add_argument("output", type=Path, help="out.ome.zarr, out.tif or out.xml")
+    p.add_argument("xml", type=_location)
+    p.add_argument("output", type=_location, help="out.ome.zarr, out.tif or out.xml")
     p.add_argument("--preview", default=None, help="also save a downsampled PNG picture of the result")
 
     p = sub.add_parser("run", help="register, then fuse; writes the registered XML beside the output")
-    p.add_argument("xml", type=Path)
-    p.add_argument("output", type=Path)
+    p.add_argument("xml", type=_location)
+    p.add_argument("output", type=_location)
     p.add_argument("--no-register", action="store_true", help="fuse the current registration only")
     p.add_argument("--match-intensity", action="store_true",
                    help="after registering, match the tiles' intensities (see 'tilefuse intensity', with its "
@@ -209,11 +216,13 @@ def _preview(args, path, out, overwrite: bool) -> None:
     """Save a PNG: the middle z plane of the first (t, c) at the coarsest written level."""
     import zarr
 
+    from . import _storage
     from .plotting import save_preview
 
-    path = Path(path)
+    path = _storage.as_location(path)
     if str(path).endswith(".zarr"):
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(_storage.zarr_store(path, read_only=True) if _storage.is_url(path) else str(path),
+                                mode="r")
         attrs = group.attrs.asdict()
         datasets = (attrs.get("ome") or attrs)["multiscales"][0]["datasets"]  # NGFF 0.5 (under "ome") or 0.4
         arr = group[datasets[min(len(datasets) - 1, 2)]["path"]]

@@ -7,6 +7,7 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import _storage
 from ._options import Options, number, option, optional, parse_whole, text
 from ._timing import StageTimer
 from .errors import OptionError
@@ -201,11 +202,12 @@ def run_outputs(
     project: ``skip_registration`` without ``match_intensity``) and, for a
     ``.xml`` output, its pixel container.
     """
-    output = Path(output)
+    output = _storage.as_location(output)  # a URL (s3://...) stays one
     outputs = [output]
     if not skip_registration or match_intensity:
-        stem = output.name.split(".")[0]
-        outputs.append(Path(registered_xml) if registered_xml else output.with_name(f"{stem}.registered.xml"))
+        stem = _storage.name(output).split(".")[0]
+        outputs.append(_storage.as_location(registered_xml) if registered_xml
+                       else _storage.join(_storage.parent(output), f"{stem}.registered.xml"))
     if output_format(output) == "bdv":
         outputs.append(container_path(output, container))
     return outputs
@@ -262,7 +264,7 @@ def run(
     timer.start("open")
     if not isinstance(project, Project):
         project = open_project(project)
-    output = Path(output)
+    output = _storage.as_location(output)
     outputs = run_outputs(output, registered_xml=registered_xml, skip_registration=skip_registration,
                           match_intensity=match_intensity, container=writing.container)
     xml_out = outputs[1] if not skip_registration or match_intensity else None
