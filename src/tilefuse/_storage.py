@@ -118,9 +118,7 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise TilefuseError(f"{url}: reading or writing URLs needs fsspec: pip install 'tilefuse[s3]'") from None
     protocol = _URL.match(url).group("scheme").lower()
     try:
-        # No listings cache: zarr writes through its own (asynchronous) instance, and a listing cached here
-        # would then describe objects as they were (a stale identity keeps a stale handle).
-        return url_to_fs(url, use_listings_cache=False)
+        return url_to_fs(url, **_options(protocol))
     except ImportError as exc:
         extra = _EXTRAS.get(protocol)
         hint = f"pip install 'tilefuse[{extra}]'" if extra else f"install the fsspec back end for {protocol}://"
@@ -128,6 +126,22 @@ def filesystem(url: str) -> tuple[Any, str]:
     except ValueError as exc:  # an unknown protocol
         known = ", ".join(sorted(p for p in fsspec.available_protocols() if len(p) > 1)[:12])
         raise TilefuseError(f"{url}: {exc} (fsspec knows {known}, ...)") from None
+
+
+def _options(protocol: str) -> dict[str, Any]:
+    """What tilefuse asks of every file system instance (its own and zarr's), beyond the user's configuration."""
+    # No listings cache: zarr writes through its own (asynchronous) instance, and a listing cached here
+    # would then describe objects as they were (a stale identity keeps a stale handle).
+    options: dict[str, Any] = {"use_listings_cache": False}
+    if protocol in ("s3", "s3a"):
+        # s3fs asks for an object's size (a HEAD) before every whole-object read when it may split the read
+        # into concurrent ranges: for chunks of a few MB that doubles the requests.  Uploads pass their own.
+        options["max_concurrency"] = 1
+    return options
+
+
+#: Concurrent parts of a large upload (a shard of ~1 GiB).
+UPLOAD_CONCURRENCY = 8
 
 
 def _remote_error(url: str, what: str, exc: BaseException) -> TilefuseError:
@@ -151,6 +165,17 @@ def read_file(location: Location, max_bytes: int, what: str = "file") -> bytes |
         return read_regular_file(location, max_bytes, what)
     fs, path = filesystem(location)
     try:
+        # One ranged GET of at most max_bytes + 1 bytes: the object, or proof that it is too large.
+        data = fs.cat_file(path, start=0, end=max_bytes + 1)
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - e.g. no range on an empty object: ask for the size first
+        data = None
+    if data is not None:
+        if len(data) > max_bytes:
+            raise ImageDataError(f"{location}: {what} is larger than it can be ({max_bytes:,} bytes)")
+        return bytes(data)
+    try:
         info = fs.info(path)
     except FileNotFoundError:
         return None
@@ -168,8 +193,6 @@ def read_file(location: Location, max_bytes: int, what: str = "file") -> bytes |
         return None
     except Exception as exc:  # noqa: BLE001
         raise _remote_error(location, f"cannot read the {what}", exc) from exc
-    with _IDENTITY_LOCK:
-        _IDENTITY_CACHE.pop(str(location), None)
     return data
 
 
@@ -206,8 +229,10 @@ def put_file(local: str | os.PathLike, url: str, what: str = "file") -> None:
     """Upload a local file to an object in one step (the back end uses a multipart upload for large files;
     the store shows the object only once it is complete)."""
     fs, path = filesystem(url)
+    protocol = _URL.match(url).group("scheme").lower()
     try:
-        fs.put_file(os.fspath(local), path)
+        fs.put_file(os.fspath(local), path,
+                    **({"max_concurrency": UPLOAD_CONCURRENCY} if protocol in ("s3", "s3a") else {}))
     except Exception as exc:  # noqa: BLE001
         raise _remote_error(url, f"cannot upload the {what}", exc) from exc
     with _IDENTITY_LOCK:
@@ -364,7 +389,8 @@ def zarr_store(location: Location, *, read_only: bool) -> Any:
     filesystem(location)  # a missing back end is reported with the extra to install
     from zarr.storage import FsspecStore
 
+    protocol = _URL.match(str(location)).group("scheme").lower()
     try:
-        return FsspecStore.from_url(str(location), read_only=read_only)
+        return FsspecStore.from_url(str(location), storage_options=_options(protocol), read_only=read_only)
     except Exception as exc:  # noqa: BLE001
         raise _remote_error(str(location), "cannot open it as a Zarr store", exc) from exc
