@@ -25,6 +25,9 @@ BUCKET = "tilefuse-test"
 def s3():
     """The server, with the environment every S3 client reads (endpoint, dummy credentials)."""
     server = S3Server()
+    import fsspec
+
+    fsspec.get_filesystem_class("s3").clear_instance_cache()  # instances made for another endpoint
     with pytest.MonkeyPatch.context() as mp:
         for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
             mp.delenv(key, raising=False)
@@ -32,11 +35,9 @@ def s3():
         mp.setenv("AWS_SECRET_ACCESS_KEY", "testing")
         mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
         mp.setenv("AWS_ENDPOINT_URL", server.endpoint)
-        import fsspec
-
         fsspec.filesystem("s3", use_listings_cache=False).mkdir(BUCKET)
         yield server
-        fsspec.filesystem("s3").clear_instance_cache()
+        fsspec.get_filesystem_class("s3").clear_instance_cache()
     server.stop()
 
 
@@ -95,6 +96,26 @@ def test_region_read_is_ranged(zarr_project, s3, monkeypatch):
     assert region_requests == region_gets == 1, s3.served.keys  # one GET, not even a HEAD
     assert whole_gets == n_chunks and sum(s3.served.requests.values()) == n_chunks
     assert region_bytes * n_chunks <= whole_bytes * 1.05
+
+
+def test_bigstitcher_s3bucket_loader_reads_the_bucket(zarr_project):
+    """Version 1.0's <s3bucket> + <zarr> name s3://bucket/<zarr>/ (BigStitcher's AllenOMEZarrLoader)."""
+    from lxml import etree
+
+    from tilefuse.loaders._zarr import OmeZarrLoader
+    from tilefuse.project.views import ViewId
+
+    local, _, images = zarr_project
+    el = etree.fromstring(
+        f'<ImageLoader format="bdv.multimg.zarr" version="1.0"><s3bucket>{BUCKET}</s3bucket>'
+        '<zarr type="absolute">zproj/dataset.ome.zarr</zarr><zgroups>'
+        '<zgroup setup="0" timepoint="0"><path>s0-t0.zarr</path></zgroup>'
+        '<zgroup setup="1" timepoint="0"><path>s1-t0.zarr</path></zgroup></zgroups></ImageLoader>')
+    loader = OmeZarrLoader.from_xml(el, local, None)
+    for setup, truth in enumerate(images):
+        view = ViewId(0, setup)
+        loader.check_view(view)
+        np.testing.assert_array_equal(loader.read(view, 0, (slice(None),) * 3), truth)
 
 
 def test_n5_project_from_s3(s3, tmp_path, monkeypatch):
