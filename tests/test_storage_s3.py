@@ -302,3 +302,19 @@ def test_cli_run_from_and_to_s3(zarr_project, tmp_path, capsys):
     assert group.attrs["ome"]["multiscales"][0]["datasets"][0]["path"] == "0"
     assert main(["info", f"s3://{BUCKET}/cli/fused.registered.xml"]) == 0
     assert f"s3://{BUCKET}/cli/fused.registered.xml" in capsys.readouterr().out
+
+
+def test_hdf5_project_in_a_bucket_opens_and_names_the_url(s3, tmp_path):
+    """BDV HDF5 is not read from an object store: the project opens, pixels and interest points are refused."""
+    from tilefuse.errors import UnsupportedFormatError
+    from tilefuse.interestpoints.storage import container_path
+
+    tilefuse.write_project(tmp_path / "dataset.xml", _tiles(shape=(4, 16, 16), seed=2), [(0, 0, 0), (0, 0, 12)])
+    url = f"s3://{BUCKET}/h5proj"
+    _upload(tmp_path, url)
+    project = tilefuse.open_project(f"{url}/dataset.xml")
+    assert len(project.views) == 2
+    with pytest.raises(UnsupportedFormatError, match=rf"{url}/dataset.h5.*remote URI"):
+        project.image(sorted(project.views)[0])
+    with pytest.raises(UnsupportedFormatError, match="local disks only"):
+        container_path(project)

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import _storage
 from ..errors import MissingDataError, OutputExistsError, ProjectFormatError, UnsupportedFormatError, where
 from ..formats.n5 import N5Dataset, create_dataset, read_attributes, write_attributes
 from ..project.model import InterestPointsFile
@@ -130,8 +131,13 @@ def points_group(view: ViewId, label: str) -> str:
 
 
 def container_path(project: Project) -> Path:
-    """``interestpoints.n5`` in the project's base folder."""
-    return project.base_dir / CONTAINER
+    """``interestpoints.n5`` in the project's base folder (a local one: see the error for a bucket)."""
+    base = project.base_dir
+    if _storage.is_url(base):
+        raise UnsupportedFormatError(
+            f"{where(project.path)}: interest points ({CONTAINER}) are read and written on local disks only, and "
+            f"this project's base path is {base}; copy the project to a local disk to detect or match points")
+    return base / CONTAINER
 
 
 def _group_dir(container: Path, group: str, xml: Path | None = None) -> Path:
