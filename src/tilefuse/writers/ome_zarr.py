@@ -1009,7 +1009,7 @@ def write_ome_zarr(
     if remote:
         staging = _staging_dir(path)
         output = remote_output(path, resume=mode != "never", overwrite=overwrite, is_complete=_image_is_complete,
-                               commit_keys=["zarr.json"], manifest=f"{_META_DIR}/manifest.json")
+                               commit_keys=["zarr.json", ".zattrs"], manifest=f"{_META_DIR}/manifest.json")
     else:
         staging = None
         output = atomic_output(path, resume=mode != "never", overwrite=overwrite)
