@@ -257,6 +257,13 @@ def test_remote_overwrite_rules(s3):
     np.testing.assert_array_equal(_zarr_read(out), a)  # untouched
     write_ome_zarr(a + 1, out, voxel_size=1, chunks=(8, 16, 16), overwrite=True)
     np.testing.assert_array_equal(_zarr_read(out), a + 1)
+    # a command checks before any work (registration may take hours), as for local outputs
+    from tilefuse._outputs import check_outputs
+
+    with pytest.raises(OutputExistsError, match="already exists"):
+        check_outputs([out], overwrite=False)
+    check_outputs([out], overwrite=True)
+    check_outputs([f"s3://{BUCKET}/over/new.ome.zarr"], overwrite=False)
     # objects tilefuse did not write are never deleted
     foreign = f"s3://{BUCKET}/foreign/img.ome.zarr"
     _storage.write_file(f"{foreign}/notes.txt", b"mine")

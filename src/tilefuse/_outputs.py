@@ -289,15 +289,20 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None],
     """
     from . import _storage
 
-    inputs, outputs = list(inputs), list(outputs)
+    inputs, outputs, in_place = list(inputs), list(outputs), list(in_place)
     remote_ins = [str(i).rstrip("/") for i in inputs if _storage.is_url(i)]
-    for out in outputs:  # in an object store: only the input and clash checks (the writer checks the rest)
+    remote_updated = {str(p).rstrip("/") for p in in_place if _storage.is_url(p)}
+    for out in outputs:  # in an object store: inputs, and existing outputs (the writer checks partial ones)
         if _storage.is_url(out):
             url = str(out).rstrip("/")
             for inp in remote_ins:
                 if url == inp or inp.startswith(url + "/") or url.startswith(inp + "/"):
                     raise OutputIsInputError(f"{out}: the output is, contains or lies inside an input of this "
                                              f"run ({inp}); write the output somewhere else")
+            if (overwrite is False and url not in remote_updated and _storage.exists(url)
+                    and not _storage.exists(_storage.join(url, ".tilefuse", "manifest.json"))):  # not a partial
+                raise OutputExistsError(f"{out}: output already exists; pass overwrite=True (--overwrite) to "
+                                        "replace it")
     outputs = [o for o in outputs if not _storage.is_url(o)]
     ins = [(Path(i), real_path(i)) for i in inputs if i is not None and not _storage.is_url(i)]
     updated = {real_path(p) for p in in_place if p is not None}

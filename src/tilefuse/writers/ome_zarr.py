@@ -858,8 +858,9 @@ def write_ome_zarr(
     image : dask.array.Array or numpy.ndarray
         2 to 5 dimensions laid out as ``axes``.  Computed block by block; a
         dask array is never loaded whole.
-    path : path-like
-        Output directory, conventionally ending in ``.ome.zarr``.
+    path : path-like or URL
+        Output directory, conventionally ending in ``.ome.zarr``; or a URL (``s3://bucket/out.ome.zarr``,
+        NGFF 0.5 only), written under its final name with the commit rule of the module notes.
     voxel_size : float or sequence of float
         Level-0 spacing of the spatial axes (numpy order, e.g. ``(z, y, x)``),
         in ``unit``.
@@ -920,8 +921,8 @@ def write_ome_zarr(
 
     Returns
     -------
-    Path
-        ``path``.
+    Path or str
+        ``path`` (a URL as a string).
 
     Raises
     ------
