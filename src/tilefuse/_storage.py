@@ -31,7 +31,7 @@ from ._inputs import file_identity, read_regular_file
 from .errors import ImageDataError, MissingDataError, OutputError, TilefuseError
 
 __all__ = ["is_url", "as_location", "join", "parent", "name", "filesystem", "read_file", "read_json", "read_tail",
-           "write_file", "put_file", "exists", "is_dir", "list_names", "identity", "tree_identity", "zarr_store",
+           "write_file", "put_file", "exists", "list_names", "identity", "tree_identity", "zarr_store",
            "remove", "Location"]
 
 #: A local path or a URL string.
@@ -260,17 +260,6 @@ def exists(location: Location) -> bool:
         return bool(fs.exists(path))
     except Exception as exc:  # noqa: BLE001
         raise _remote_error(location, "cannot look it up", exc) from exc
-
-
-def is_dir(location: Location) -> bool:
-    """A local folder, or a URL prefix holding at least one object."""
-    if not is_url(location):
-        return os.path.isdir(location)
-    fs, path = filesystem(location)
-    try:
-        return bool(fs.isdir(path))
-    except Exception as exc:  # noqa: BLE001
-        raise _remote_error(location, "cannot list it", exc) from exc
 
 
 def list_names(location: Location) -> list[tuple[str, bool]]:
