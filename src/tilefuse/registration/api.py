@@ -157,6 +157,7 @@ def solve(
     max_shift: str | float | Sequence[float] | None = "auto",
     fixed: Sequence[Hashable] | None = None,
     model: str = "translation",
+    max_stage_error: float | Sequence[float] | None = None,
 ) -> RegistrationResult:
     """Global weighted least squares for one translation per group, rejecting bad links.
 
@@ -191,6 +192,13 @@ def solve(
         rigid or affine transform per group to the kept links' point matches
         (:mod:`~tilefuse.registration.global_affine`).  Most useful with
         pairs refined by SimpleITK (``pairwise(..., refine="rigid")``).
+    max_stage_error : float or (z, y, x) floats, optional
+        How far the true step between neighbours may differ from the
+        stage's (world units), as given to
+        :func:`~tilefuse.registration.pairwise.pairwise`.  With
+        ``max_shift="auto"`` it replaces the "twice the overlap's width" bound
+        and the check of unconfirmed large shifts: a link within it is
+        plausible by the user's account of the stage.
     """
     if preset not in PRESETS:
         raise RegistrationError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -203,11 +211,19 @@ def solve(
     ab = ab if abs_threshold is None else float(abs_threshold)
     keys = list(groups.members)
     auto = isinstance(max_shift, str)
+    stage_error = None
+    if max_stage_error is not None:
+        from .pairwise import _per_axis_zyx
+
+        stage_error = _per_axis_zyx(max_stage_error)
+    for link in links:
+        if link.valid and link.info.get("ambiguous"):
+            link.status = f"rejected: {link.info['checked']}"
     if auto:
         if max_shift != "auto":
             raise RegistrationError(f"max_shift must be 'auto', None or numbers, got {max_shift!r}")
         for link in links:
-            if link.valid and (reason := _implausible(link)):
+            if link.valid and (reason := _implausible(link, stage_error)):
                 link.status = f"rejected: {reason}"
         max_shift = None
     weak = [(link.a, link.b) for link in links]  # metadata overlaps: keep stage-relative positions
@@ -225,7 +241,8 @@ def solve(
         for link, status, residual in zip(candidates, solution.status, solution.residuals):
             link.status = status
             link.residual = float(residual)
-        doubtful = _unconfirmed_outliers(keys, candidates) if auto else []
+        # a stated stage error already bounds every link (see _implausible)
+        doubtful = _unconfirmed_outliers(keys, candidates) if auto and stage_error is None else []
         if not doubtful:
             break
         for link, reason in doubtful:  # solve again without them: their groups keep stage-relative places
@@ -249,7 +266,8 @@ def solve(
         groups=groups, links=list(links), translations=translations,
         mean_residual=float(solution.mean_residual), max_residual=float(solution.max_residual),
         params=dict(preset=preset, rel_threshold=rel, abs_threshold=ab, min_correlation=min_correlation,
-                    max_shift=max_shift, model=model),
+                    max_shift=max_shift, model=model,
+                    max_stage_error=None if stage_error is None else stage_error.tolist()),
         transforms=transforms,
     )
 
@@ -287,24 +305,30 @@ def _unconfirmed_outliers(keys, candidates: Sequence[Link]) -> list[tuple[Link, 
     return out
 
 
-def _implausible(link: Link) -> str:
+def _implausible(link: Link, stage_error: np.ndarray | None = None) -> str:
     """Why a link's shift cannot be right for tiles that overlap as its overlap says ("" if it can).
 
     Along each axis the shift may not exceed the overlap's extent (no common
     content would be left) nor twice the overlap's width, its thinnest extent
-    (see :func:`solve`, ``max_shift="auto"``).  Axes along which the overlap
-    is a single plane (2D) are left out.
+    (see :func:`solve`, ``max_shift="auto"``), or instead of the latter the
+    stated ``stage_error`` (z, y, x).  Axes along which the overlap is a
+    single plane (2D) are left out.
     """
     extent = np.asarray(link.overlap.hi, dtype=np.float64) - np.asarray(link.overlap.lo, dtype=np.float64) + 1
     deep = extent > 1
     if not deep.any():
         return ""
-    bound = np.where(deep, np.minimum(extent, 2 * extent[deep].min()), np.inf)
+    if stage_error is None:
+        bound = np.where(deep, np.minimum(extent, 2 * extent[deep].min()), np.inf)
+        hint = "max_shift or max_stage_error sets another bound"
+    else:
+        bound = np.where(deep, np.minimum(extent, stage_error), np.inf)
+        hint = "beyond max_stage_error"
     shift = np.abs(np.asarray(link.shift, dtype=np.float64))
     if np.all(shift <= bound):
         return ""
     return (f"implausible shift ({' '.join(f'{v:.1f}' for v in link.shift)} z y x, more than the overlap "
-            f"{' x '.join(f'{v:.0f}' for v in extent)} allows; max_shift sets another bound)")
+            f"{' x '.join(f'{v:.0f}' for v in extent)} allows; {hint})")
 
 
 def _point_matches(link: Link) -> PointMatches:
@@ -445,10 +469,12 @@ def register(
                                         client=client, progress=progress)
     groups = make_groups(project, views, group_by=o.group_by, channel=o.channel, illumination=o.illumination)
     links = pairwise(project, groups, downsampling=o.downsampling, min_overlap=o.min_overlap,
-                     neighbours_only=o.neighbours_only, n_peaks=o.n_peaks, refine=o.refine, client=client,
+                     neighbours_only=o.neighbours_only, n_peaks=o.n_peaks, refine=o.refine,
+                     max_stage_error=o.max_stage_error, client=client,
                      progress=progress)
     result = solve(links, groups, preset=o.preset, rel_threshold=o.rel_threshold, abs_threshold=o.abs_threshold,
-                   min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model)
+                   min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model,
+                   max_stage_error=o.max_stage_error)
     result.params["min_overlap"] = o.min_overlap
     for text in result.warnings():
         log.warning("%s: %s", where(project.path), text)
