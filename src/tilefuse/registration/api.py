@@ -56,6 +56,37 @@ class RegistrationResult:
         return translation_matrix(self.translations[key])
 
     @property
+    def consistency(self) -> dict[tuple[Hashable, Hashable], float]:
+        """Per pair ``(a, b)``: the correlation of its overlap at the final positions (see
+        :meth:`check_consistency`; empty until it ran)."""
+        return {(link.a, link.b): link.info["consistency"] for link in self.links if "consistency" in link.info}
+
+    def check_consistency(self, project: Project, min_consistency: float = 0.5) -> dict:
+        """Correlate every pair's overlap at the final positions (:mod:`.consistency`); returns :attr:`consistency`.
+
+        ``project`` is the project as registered (before :meth:`apply`).
+        Pairs below ``min_consistency`` that correlated clearly better at their
+        own best alignment are named by :meth:`warnings` (ghosting).
+        """
+        from .consistency import overlap_consistency
+
+        values = overlap_consistency(project, self.groups, self.links, self.translations)
+        for link, value in zip(self.links, values):
+            link.info["consistency"] = value
+        self.params["min_consistency"] = float(min_consistency)
+        return self.consistency
+
+    def ghosting(self) -> list[Link]:
+        """Links whose overlap correlates below ``min_consistency`` at the final positions but at least
+        :data:`_GHOST_GAP` better at the pair's own best alignment (empty until :meth:`check_consistency`)."""
+        floor = self.params.get("min_consistency")
+        if floor is None:
+            return []
+        return [link for link in self.links
+                if link.valid and np.isfinite(link.info.get("consistency", np.nan))
+                and link.info["consistency"] < floor and link.correlation - link.info["consistency"] >= _GHOST_GAP]
+
+    @property
     def accepted(self) -> list[Link]:
         return [link for link in self.links if link.accepted]
 
@@ -71,7 +102,10 @@ class RegistrationResult:
           others, so their error is the stage's;
         * kept links with a correlation just above the threshold (within 0.1) whose shift is
           large (over three times the pairs' median and 5 world units): a weak match that moves
-          a tile far is the classic false positive.
+          a tile far is the classic false positive;
+        * pairs whose overlap correlates below ``min_consistency`` at the final positions but
+          clearly better at their own best alignment (:meth:`ghosting`): the fused image
+          likely shows their content twice there.
         """
         out = []
         n_groups = len(self.groups.members)
@@ -95,6 +129,10 @@ class RegistrationResult:
                     out.append(f"link {link.a} - {link.b} was kept with correlation {link.correlation:.2f} "
                                f"(threshold {floor - 0.1:.2f}) and moves a tile by {size:.1f} world units "
                                f"(pairs' median {typical:.1f}): check it, or raise min_correlation")
+        for link in self.ghosting():
+            out.append(f"pair {link.a} - {link.b}: its overlap correlates at {link.info['consistency']:.2f} at the "
+                       f"final positions but at {link.correlation:.2f} at its best alignment (link "
+                       f"{link.status}): the fused image likely ghosts there; see docs/registration.md")
         return out
 
     def apply(self, project: Project, *, inplace: bool = False, name: str = STITCHING_TRANSFORM) -> Project:
@@ -141,9 +179,28 @@ class RegistrationResult:
             (f"correlation      kept links: min {np.min(corr):.3f}, median {np.median(corr):.3f}" if corr
              else "correlation      no link kept: every group keeps its stage position"),
             f"residual         mean {self.mean_residual:.3f}, max {self.max_residual:.3f} (world units)",
+            *self._consistency_lines(),
             f"correction       mean {moves.mean():.2f}, max {moves.max():.2f} (world units)",
         ]
         return "\n".join(lines)
+
+    def _consistency_lines(self) -> list[str]:
+        values = np.array([v for v in self.consistency.values() if np.isfinite(v)])
+        if not values.size:
+            return []
+        lines = [f"consistency      overlaps at the final positions: min {values.min():.3f}, median "
+                 f"{np.median(values):.3f} ({values.size} pairs)"]
+        ghosts = self.ghosting()
+        if ghosts:
+            shown = ", ".join(f"{link.a} - {link.b} {link.info['consistency']:.2f} (best {link.correlation:.2f})"
+                              for link in ghosts[:5])
+            lines.append(f"  ghosting?      {len(ghosts):5d}  below {self.params['min_consistency']:.2f}: {shown}"
+                         + (f" and {len(ghosts) - 5} more" if len(ghosts) > 5 else ""))
+        return lines
+
+
+#: A pair is flagged as ghosting when its own best alignment correlates at least this much better.
+_GHOST_GAP = 0.1
 
 
 def solve(
@@ -476,6 +533,7 @@ def register(
                    min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model,
                    max_stage_error=o.max_stage_error)
     result.params["min_overlap"] = o.min_overlap
+    result.check_consistency(project, o.min_consistency)
     for text in result.warnings():
         log.warning("%s: %s", where(project.path), text)
     return result

@@ -125,6 +125,10 @@ class RegistrationOptions(Options):
         help="how far the true step between neighbouring tiles may differ from the stage's, world units "
              "(default: small errors); search within it, check every pair exhaustively (periodic content) and "
              "accept links up to it: see docs/registration.md")
+    min_consistency: float = option(0.5, check=number(0, 1), metavar="R", example="0.6",
+                                    help="warn about pairs whose overlap correlates below this at the final "
+                                         "positions but clearly better at their own best alignment (ghosting; "
+                                         "default 0.5)")
     fixed: tuple | None = option(None, cli=False,
                                  help="group keys that do not move (default: the first of each connected set)")
 
