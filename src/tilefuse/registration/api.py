@@ -77,14 +77,17 @@ class RegistrationResult:
         return self.consistency
 
     def ghosting(self) -> list[Link]:
-        """Links whose overlap correlates below ``min_consistency`` at the final positions but at least
-        :data:`_GHOST_GAP` better at the pair's own best alignment (empty until :meth:`check_consistency`)."""
+        """Links whose overlap correlates below ``min_consistency`` at the final positions but at or above
+        it, and at least :data:`_GHOST_GAP` better, at the pair's own best alignment (an overlap that
+        correlates poorly even there, e.g. background only, is not flagged); empty until
+        :meth:`check_consistency`."""
         floor = self.params.get("min_consistency")
         if floor is None:
             return []
         return [link for link in self.links
                 if link.valid and np.isfinite(link.info.get("consistency", np.nan))
-                and link.info["consistency"] < floor and link.correlation - link.info["consistency"] >= _GHOST_GAP]
+                and link.info["consistency"] < floor <= link.correlation
+                and link.correlation - link.info["consistency"] >= _GHOST_GAP]
 
     @property
     def accepted(self) -> list[Link]:

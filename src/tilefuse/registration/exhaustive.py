@@ -71,6 +71,8 @@ _PEAK_FACTOR = 30.0
 #: Crops larger than this (voxels) are checked block-averaged (the 2x-padded FFTs of a 48x192x20 crop
 #: took 4 s and 300 MB at full resolution on the loaded benchmark machine).
 _CHECK_SIZE = 2**16
+#: Crops thinner than this along an axis are not checked.
+_MIN_AXIS = 16
 #: Local maxima within this many pixels of the best are part of its peak.
 _SAME_PEAK = 3
 #: Frequencies within this many bins of zero are never notched (illumination, not a lattice).
@@ -216,6 +218,8 @@ def check(raw_f: np.ndarray, raw_m: np.ndarray, masks, limit, min_count: float) 
     ``limit`` bounds ``|shift|`` per axis; ``raw_f``/``raw_m`` are the crops'
     intensities (float32).
     """
+    if any(1 < n < _MIN_AXIS for n in raw_f.shape):
+        return None  # too thin for a band pass of sigma 16 to leave anything to compare
     factors = _coarsening(raw_f.shape)
     if any(k > 1 for k in factors):
         # Large (3D) crops are checked coarse: the check only needs the shift to a pixel or two (the

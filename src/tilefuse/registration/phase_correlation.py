@@ -266,24 +266,27 @@ def pairwise_shift(
                                               shape, limit, min_count)
         if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total):
             cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape,
-                                                          limit, min_count)
+                                                          limit, min_count, exhaustive == "always")
     return result(True, r, scorer.count(cand) / total, len(seen), cand, shift, height, checked=checked)
 
 
-def _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape, limit, min_count):
+def _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape, limit, min_count, always):
     """:func:`.exhaustive.check` of a doubtful pair; its clearly best shift replaces the winner.
 
     Returns ``(cand, r, shift, checked)`` where ``checked`` says what the
-    check found (for the log and the link's info).
+    check found (for the log and the link's info).  When every pair is
+    checked (``always``: the user said the stage is far off) a strong-looking
+    answer the check cannot confirm is :data:`AMBIGUOUS`.
     """
     found = exhaustive_check(*raw, masks, limit, min_count)
     if found is None or not found.clear:
-        if found is not None and r >= WEAK_R and (max(abs(a - b) for a, b in zip(found.shift, cand)) > 1
-                                                  or found.evidence < MIN_EVIDENCE):
+        if always and found is not None and r >= WEAK_R and (
+                max(abs(a - b) for a, b in zip(found.shift, cand)) > 1 or found.evidence < MIN_EVIDENCE):
             # A strong-looking answer that every-shift scoring neither confirms nor replaces (or that
             # nothing distinct supports): on periodic content, an alias, or an overlap with no
             # distinct mark.  Better no link (the tile keeps its stage position relative to the
-            # others) than a wrong one.
+            # others) than a wrong one.  Only when the user said the stage is far off: on ordinary
+            # content a doubtful pair's answer was kept before the check existed, and stays.
             return cand, r, shift, AMBIGUOUS
         return cand, r, shift, "exhaustive check: no clearly best shift, the phase-correlation answer stays"
     best = found.shift
