@@ -97,17 +97,23 @@ def test_ambiguous_pair_is_not_linked():
     assert result.checked == pc.AMBIGUOUS
 
 
-def test_evidence_map_is_the_overlap_pearson_at_every_shift():
+@pytest.mark.parametrize("masked", [False, True])
+def test_evidence_map_is_the_overlap_pearson_at_every_shift(masked):
     rng = np.random.default_rng(0)
     f, m = rng.random((9, 7)), rng.random((9, 7))
-    z, fft_shape = exhaustive.evidence_map(f, m, min_count=4)
-    for shift in [(0, 0), (2, -3), (-5, 1), (8, 6), (-6, -4)]:
+    masks = (np.ones(f.shape, bool), np.ones(f.shape, bool)) if masked else None
+    z, fft_shape = exhaustive.evidence_map(f, m, masks, min_count=4)
+    for shift in [(0, 0), (2, -3), (-5, 1), (8, 6), (-6, -4), (3, 0)]:
         sf = tuple(slice(max(0, s), n + min(0, s)) for s, n in zip(shift, f.shape))
         sm = tuple(slice(max(0, -s), n - max(0, s)) for s, n in zip(shift, f.shape))
         a, b = f[sf].ravel(), m[sm].ravel()
         expected = np.arctanh(np.corrcoef(a, b)[0, 1]) * np.sqrt(a.size) if a.size >= 4 else -np.inf
         got = z[tuple(s % n for s, n in zip(shift, fft_shape))]
         assert got == pytest.approx(expected, rel=1e-6, abs=1e-9), shift
+    if not masked:  # only shifts within reach are evaluated
+        near, _ = exhaustive.evidence_map(f, m, min_count=4, reach=(3, 2))
+        assert near[3, 2] == z[3, 2] and near[-3, -2] == z[-3, -2]
+        assert near[4, 0] == -np.inf and near[0, -3] == -np.inf and np.isfinite(z[4, 0])
 
 
 def test_periodic_part_removed_keeps_the_marks():
