@@ -20,8 +20,15 @@ accuracy (see :mod:`.peaks`' taper and :mod:`.subpixel`):
 5. refine the winner to sub-pixel precision on the cross-correlation of the
    two overlaps (BigStitcher: quadratic fit to the PCM, ``subpixel="quadratic"``).
 
+6. when the answer is doubtful (a weak winner, a sliver of overlap, or other
+   candidates nearly as good: periodic content), score every shift at once
+   on the crops without their periodic part (:mod:`.exhaustive`) and take
+   a clearly better one; with ``exhaustive="always"`` every pair is checked
+   and one the check cannot decide is marked :data:`AMBIGUOUS`.
+
 Steps 1-3 live in :mod:`.peaks`, step 4 in :mod:`.candidates`, step 5 in
-:mod:`.subpixel`; this module checks the input and runs them.  No I/O and no
+:mod:`.subpixel`, step 6 in :mod:`.exhaustive`; this module checks the input
+and runs them.  No I/O and no
 project knowledge: arrays in, a :class:`PairwiseShift` out.
 """
 
