@@ -64,6 +64,10 @@ MIN_EVIDENCE = 40.0
 AMBIGUOUS_GAP = 0.1
 WEAK_R = 0.5
 SMALL_OVERLAP = 0.5
+#: Stage errors of ordinary acquisitions are well below a quarter of the overlap (the samples: 8 px on
+#: 26-51 px overlaps); a winner beyond it is checked.
+LARGE_SHIFT = 0.25
+_WIDE_AXIS = 64
 #: Band pass of the check: wide enough to keep marks of a few tens of pixels (see the module notes).
 _HIGH_SIGMA = 16.0
 #: A spectral coefficient whose |F1||F2| exceeds this many times the local geometric mean is periodic.
@@ -109,20 +113,28 @@ class ExhaustiveResult:
         return float(self._at(tuple(int(v) for v in shift)))
 
 
-def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fraction: float = 1.0) -> bool:
+def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fraction: float = 1.0,
+             shape: Sequence[int] | None = None) -> bool:
     """Whether a pair's phase-correlation answer needs the exhaustive check.
 
     Doubtful: the winner correlates weakly (below :data:`WEAK_R`), keeps less
     than :data:`SMALL_OVERLAP` of the crops overlapping (a sliver correlates
     well by chance: on the periodic sample a 17 px sliver of a 128 px overlap
-    won at r = 0.86 over the truth at 0.63), or another candidate at least 2
-    px away correlates within :data:`AMBIGUOUS_GAP` of it (the signature of
-    periodic aliases).  ``candidates`` are ``(r, shift, ...)`` tuples as
-    scored by the pairwise step.
+    won at r = 0.86 over the truth at 0.63), moves by more than
+    :data:`LARGE_SHIFT` of the crop (``shape``) along an axis at least 64 px
+    long (a periodic alias 38 px off on a 128 px overlap won at r = 0.70), or another
+    candidate at least 2 px away correlates within :data:`AMBIGUOUS_GAP` of
+    it (the signature of periodic aliases).  ``candidates`` are ``(r,
+    shift, ...)`` tuples as scored by the pairwise step.
     """
     if not np.isfinite(winner_r) or winner_r < WEAK_R or overlap_fraction < SMALL_OVERLAP:
         return True
     w = np.asarray(winner)
+    if shape is not None:
+        n = np.asarray(shape)
+        # not along thin axes (a 19 px deep overlap is routinely off by 8 px: nothing periodic there)
+        if np.any((np.abs(w) > LARGE_SHIFT * n) & (n >= _WIDE_AXIS)):
+            return True
     for c in candidates:
         if np.isfinite(c[0]) and c[0] >= winner_r - AMBIGUOUS_GAP and np.max(np.abs(np.asarray(c[1]) - w)) >= 2:
             return True

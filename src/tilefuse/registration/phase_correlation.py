@@ -271,7 +271,7 @@ def pairwise_shift(
         prepared = prepare_refinement(*raw)
         cand, r, shift, height = _refine_best(prepared, masks, scorer, finite, score_peaks, n_peaks,
                                               shape, limit, min_count)
-        if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total):
+        if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total, shape):
             cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape,
                                                           limit, min_count, exhaustive == "always")
     return result(True, r, scorer.count(cand) / total, len(seen), cand, shift, height, checked=checked)
