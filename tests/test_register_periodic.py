@@ -55,6 +55,14 @@ def test_periodic_sample_registers_within_half_a_pixel(sample):
     assert not result.ghosting() and min(result.consistency.values()) > 0.4
 
 
+def test_periodic_sample_registers_with_the_defaults(sample):
+    """Without the bound only doubtful pairs are checked; on this sample every alias is doubtful."""
+    project, truth = sample
+    result = tilefuse.register(project)
+    assert max(_link_errors(project, result, truth).values()) < 0.5
+    assert score_registration(result.apply(project), truth)["max"] < 0.5
+
+
 def test_without_the_exhaustive_check_aliases_win(sample, monkeypatch):
     """The same run with the check disabled: links on aliases, tiles tens of pixels off (what issue 14 saw)."""
     project, truth = sample
