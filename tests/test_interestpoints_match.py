@@ -181,3 +181,19 @@ def test_a_label_without_points_and_bad_options_are_refused(sample):
         MatchingOptions(method="sift")
     assert MatchingOptions().model_name() == "AffineModel3D regularized with an RigidModel3D, lambda = 0.1"
     assert MatchingOptions(model="rigid", regularize="none").model_name() == "RigidModel3D"
+
+
+def test_all_pairs_matches_views_whose_stage_positions_do_not_overlap(sample):
+    """--all-pairs is for views placed too far off to overlap: their points must all take part."""
+    project = tilefuse.open_project(sample / "dataset.xml")
+    far = np.eye(4)
+    far[2, 3] = 1000.0  # world x
+    moved = ViewId(0, 2)
+    project.preconcatenate(moved, far, "far away")
+    assert len(match(project).pairs) == 1  # only the two views that still overlap are compared
+    found = match(project, all_pairs=True)
+    assert len(found.pairs) == 3 and len(found.matched) == 3, found.summary()
+    for pair in found.pairs:
+        if moved in (pair.a, pair.b):  # the model carries the 1000 units the view was moved by
+            shift = apply_model(pair.model, pair.p).mean(axis=0) - pair.p.mean(axis=0)
+            assert abs(abs(shift[2]) - 1000.0) < 20.0

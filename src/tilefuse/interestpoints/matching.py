@@ -258,8 +258,14 @@ def match(
             if not o.all_pairs and not views_meet(models[a], shapes[a], models[b], shapes[b], margin):
                 continue
             method = pair_method(project, a, b, o.method)
-            sa = inside_view(models[b], shapes[b], world[a], margin)
-            sb = inside_view(models[a], shapes[a], world[b], margin)
+            if o.all_pairs:
+                # the current transforms are not trusted to say which points the other view sees (its
+                # stage position may be far off): every point takes part, as in BigStitcher's "all views"
+                sa = np.ones(len(world[a]), dtype=bool)
+                sb = np.ones(len(world[b]), dtype=bool)
+            else:
+                sa = inside_view(models[b], shapes[b], world[a], margin)
+                sb = inside_view(models[a], shapes[a], world[b], margin)
             pair_settings = dict(settings, redundancy=o.descriptor_redundancy(method), ratio=o.descriptor_ratio(method))
             seed = [o.seed, a.timepoint, a.setup, b.timepoint, b.setup]
             pairs.append((a, b, method, np.flatnonzero(sa), np.flatnonzero(sb)))
