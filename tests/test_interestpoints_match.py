@@ -197,3 +197,23 @@ def test_all_pairs_matches_views_whose_stage_positions_do_not_overlap(sample):
         if moved in (pair.a, pair.b):  # the model carries the 1000 units the view was moved by
             shift = apply_model(pair.model, pair.p).mean(axis=0) - pair.p.mean(axis=0)
             assert abs(abs(shift[2]) - 1000.0) < 20.0
+
+
+def test_points_of_two_dimensional_views_fit_an_affine_in_their_plane():
+    """2D tiles: every point has the same z. The default (regularised) affine model must still fit, in the
+    plane, keeping z as it is -- not fail on every sample and leave 2D projects unregistered."""
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 200, (60, 3))
+    p[:, 0] = 0.0
+    truth = np.eye(4)
+    truth[1:3, 1:3] = [[0.99, 0.05], [-0.04, 1.01]]
+    truth[1:3, 3] = [3.0, -7.0]
+    q = apply_model(truth, p)
+    np.testing.assert_allclose(fit_model(p, q, "affine"), truth, atol=1e-9)
+    regularised = fit_model(p, q, "affine", regularizer="rigid", lam=0.1)
+    assert regularised is not None
+    np.testing.assert_array_equal(regularised[0], [1, 0, 0, 0])  # z stays z
+    q[:10] += rng.uniform(20, 40, (10, 3)) * [0, 1, 1]  # outliers in the plane
+    found, inliers, _ = ransac(p, q, "affine", epsilon=1.0, rng=np.random.default_rng(0))
+    assert found is not None and inliers[10:].all() and not inliers[:10].any()
+    np.testing.assert_allclose(found, truth, atol=1e-6)
