@@ -168,3 +168,14 @@ def test_bad_options_name_the_option():
     with pytest.raises(OptionError, match="intensity_range"):
         DetectionOptions(intensity_range=(10, 5))
     assert "minIntensity=0.0 maxIntensity=4000.0" in DetectionOptions(intensity_range=(0, 4000)).params()
+
+
+def test_views_left_without_points_are_named_in_a_warning(sample, caplog):
+    """A threshold no blob reaches gives empty views: detect must say so, not report success silently."""
+    project = tilefuse.open_project(sample / "dataset.xml")
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        found = detect(project, threshold=0.9)
+    assert all(len(p) == 0 for p in found.points.values())
+    text = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "2 of 2 views have no interest points labelled 'beads'" in text and "threshold (now 0.9)" in text
+    assert str(sample / "dataset.xml") in text

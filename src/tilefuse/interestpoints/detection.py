@@ -283,6 +283,11 @@ def detect(
             loc, value = loc[strongest], value[strongest]
         points[view] = InterestPoints(np.arange(len(loc)), loc, params=o.params(), values=value)
         log.debug("%s: %d interest points (intensity range %.6g - %.6g)", view, len(loc), *intensity[view])
+    empty = [view for view, pts in points.items() if not len(pts)]
+    if empty:  # nothing to match there: say so now, not only when matching finds no pairs
+        log.warning("%s: %d of %d views have no interest points labelled %r (e.g. %s): lower the threshold "
+                    "(now %g) or change sigma (now %g)", where(project.path), len(empty), len(points),
+                    label.strip(), empty[0], o.threshold, o.sigma)
     return Detections(points, label.strip(), o)
 
 
