@@ -239,6 +239,9 @@ def match(
             raise RegistrationError(f"{where(project.path)}: {missing[0]} has no interest points labelled {label!r}")
     views = sorted(points if views is None else views)
     if len(views) < 2:
+        if len(project.views) < 2:
+            raise RegistrationError(f"{where(project.path)}: the project has {len(project.views)} view; matching "
+                                    "interest points needs two or more")
         raise RegistrationError(f"{where(project.path)}: interest points labelled {label!r} exist for "
                                 f"{len(views)} view(s); matching needs two or more (detect them first)")
     group = {v: (groups[v] if groups is not None else v) for v in views}
