@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tilefuse
+from tilefuse.demo import make_sample_project
 from tilefuse.errors import MissingDataError, OutputExistsError, ProjectFormatError, UnsupportedFormatError
 from tilefuse.interestpoints import (
     Correspondences,
@@ -26,6 +27,7 @@ from tilefuse.interestpoints import (
     write_correspondences,
     write_points,
 )
+from tilefuse.interestpoints.storage import points_group
 from tilefuse.project.views import ViewId
 
 
@@ -222,3 +224,18 @@ def test_every_real_project_with_points_lists_them_and_they_load_once_written(na
         assert again.ids.tolist() == [9, 6, 5]
         np.testing.assert_array_equal(again.loc, pts.loc[::-1])
         assert read_points(container_path(project), group).params == params
+
+
+def test_points_far_outside_their_view_are_refused(tmp_path):
+    """Points in another frame (a downsampled image's voxels, another view's) disagree with the XML."""
+    project = make_sample_project(tmp_path, grid=(1, 2), tile_shape=(48, 64))  # views of x 64, y 48, z 1
+    view = ViewId(0, 0)
+    near = [[0.0, -1.2, 3.0], [0.0, 47.9, 64.5]]  # sub-voxel fits just beyond the edges are fine
+    write_points(container_path(project), points_group(view, "beads"), InterestPoints([0, 1], near, params="p"))
+    add_reference(project, view, "beads", "p")
+    assert len(load_points(project, "beads")[view]) == 2
+    write_points(container_path(project), points_group(view, "beads"),
+                 InterestPoints([0, 1, 2], near + [[0.0, 10.0, 250.0]], params="p"), overwrite=True)
+    with pytest.raises(ProjectFormatError, match=r"1 of 3 interest points of view \(timepoint 0, setup 0\) lie "
+                       r"outside the view's size 64 48 1 \(x y z\), e\.g\. point 2 at 250 10 0"):
+        load_points(project, "beads")

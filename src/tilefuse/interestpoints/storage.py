@@ -332,8 +332,32 @@ def load_points(project: Project, label: str, views: Sequence[ViewId] | None = N
     for view, ref in sorted(_references(project, label, views).items()):
         pts = read_points(container_path(project), ref.path, xml=project.path)
         pts.params = ref.params or pts.params
+        _check_inside(project, view, ref.path, pts)
         out[view] = pts
     return out
+
+
+def _check_inside(project: Project, view: ViewId, group: str, pts: InterestPoints) -> None:
+    """Refuse points that lie far outside their view: they are not in its full-resolution voxels.
+
+    Sub-voxel fits (at a downsampled level) put points a little beyond the
+    edges, so a margin of 10 % of the extent (at least 4 voxels) is allowed;
+    points further out were found in another frame (a downsampled or another
+    view's image) and would be matched at the wrong place.
+    """
+    size = project.setups[view.setup].size
+    if size is None or not len(pts):
+        return
+    hi = np.asarray(size, dtype=np.float64) - 1
+    margin = np.maximum(4.0, 0.1 * (hi + 1))
+    outside = np.any((pts.loc < -margin) | (pts.loc > hi + margin), axis=1)
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        x, y, z = pts.loc[k, ::-1]
+        raise ProjectFormatError(
+            f"{container_path(project) / group}: {int(outside.sum())} of {len(pts)} interest points of {view} lie "
+            f"outside the view's size {' '.join(str(int(v)) for v in size[::-1])} (x y z), e.g. point "
+            f"{int(pts.ids[k])} at {x:.6g} {y:.6g} {z:.6g}: they are not in the view's full-resolution voxels")
 
 
 def load_correspondences(project: Project, label: str,
