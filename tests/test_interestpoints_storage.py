@@ -117,7 +117,10 @@ def test_existing_points_are_replaced_only_when_asked(tmp_path):
     group = "tpId_0_viewSetupId_0/beads"
     write_points(tmp_path, group, InterestPoints([1], [[1, 2, 3]], params="DOG s=1.8"))
     write_correspondences(tmp_path, group, Correspondences([1], [4], [ViewId(0, 1)], ["beads"]))
-    # the same parameters: a repeated run, replaced (and the now stale correspondences dropped)
+    # a repeated run that finds the very same points keeps them and their (still valid) correspondences
+    write_points(tmp_path, group, InterestPoints([1], [[1, 2, 3]], params="DOG s=1.8"))
+    assert len(read_correspondences(tmp_path, group)) == 1
+    # the same parameters, other points (the image changed): replaced, the now stale correspondences dropped
     write_points(tmp_path, group, InterestPoints([1, 2], [[1, 2, 3], [4, 5, 6]], params="DOG s=1.8"))
     assert len(read_points(tmp_path, group)) == 2 and len(read_correspondences(tmp_path, group)) == 0
     with pytest.raises(OutputExistsError, match="beads"):
