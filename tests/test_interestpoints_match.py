@@ -153,6 +153,7 @@ def test_translation_invariant_and_icp_choices(sample):
     plain = match(project)
     for r, p in zip(refined.pairs, plain.pairs):
         assert len(r.ids_a) >= len(p.ids_a) and "ICP" in r.message
+        assert f"{len(r.ids_a)} pairs after ICP ({r.candidates} descriptor candidates)" in refined.summary()
     assert all(p.matched for p in match(project, method="icp", icp_distance=12.0).pairs)
 
 

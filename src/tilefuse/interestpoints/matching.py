@@ -118,6 +118,9 @@ class Matches:
         for pair in self.pairs[:limit]:
             state = (f"{len(pair.ids_a)} inliers of {pair.candidates} candidates, error {pair.error:.2f}"
                      if pair.matched else f"not matched: {pair.message}")
+            if pair.matched and "; ICP:" in pair.message:  # ICP pairs points anew: they may outnumber the candidates
+                state = (f"{len(pair.ids_a)} pairs after ICP ({pair.candidates} descriptor candidates), "
+                         f"error {pair.error:.2f}")
             lines.append(f"  {_short(pair.a)} - {_short(pair.b)}  {pair.method:<21}  {state}")
         if len(self.pairs) > limit:
             lines.append(f"  … and {len(self.pairs) - limit} more")
