@@ -127,6 +127,9 @@ def test_existing_points_are_replaced_only_when_asked(tmp_path):
         write_points(tmp_path, group, InterestPoints([1], [[0, 0, 0]], params="DOG s=3"))
     assert len(read_points(tmp_path, group)) == 2
     write_points(tmp_path, group, InterestPoints([1], [[0, 0, 0]], params="DOG s=3"), overwrite=True)
+    # damaged points can be overwritten
+    (tmp_path / group / "interestpoints/attributes.json").write_text('{"pointcloud": "1.0')
+    write_points(tmp_path, group, InterestPoints([1], [[0, 0, 0]], params="DOG s=3"), overwrite=True)
     assert len(read_points(tmp_path, group)) == 1
     assert not [p for p in (tmp_path / "tpId_0_viewSetupId_0").iterdir() if p.name.startswith(".")]
 

@@ -255,11 +255,11 @@ def write_points(container: str | os.PathLike, group: str, points: InterestPoint
 def _same_points(container: Path, group: str, points: InterestPoints) -> bool:
     """Whether the group holds exactly these points, found with the same parameters."""
     folder = _group_dir(container, group) / "interestpoints"
-    if read_attributes(folder).get("tilefuse params") != points.params:
-        return False
     try:
+        if read_attributes(folder).get("tilefuse params") != points.params:
+            return False
         old = read_points(container, group)
-    except TilefuseError:  # damaged or incomplete: write them anew
+    except TilefuseError:  # damaged or incomplete: write them anew (if allowed)
         return False
     return np.array_equal(old.ids, points.ids) and np.array_equal(old.loc, points.loc)
 
