@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._progress import progress_bar
-from ..errors import RegistrationError, where
+from ..errors import OutputExistsError, RegistrationError, where
 from ..project.project import Project
 from ..project.views import ViewId
 from ..registration.global_affine import nearest_rotation
@@ -26,7 +26,15 @@ from .descriptors import describe, descriptor_candidates
 from .models import icp, ransac, remove_inconsistent, residuals
 from .options import DEFAULT_LABEL, MatchingOptions
 from .overlap import inside_view, to_world, views_meet
-from .storage import Correspondences, InterestPoints, container_path, load_points, points_group, write_correspondences
+from .storage import (
+    Correspondences,
+    InterestPoints,
+    container_path,
+    load_points,
+    points_group,
+    read_correspondences,
+    write_correspondences,
+)
 
 __all__ = ["PairMatches", "Matches", "match", "pair_method"]
 
@@ -98,14 +106,37 @@ class Matches:
             out[view] = Correspondences(ids, other, views, [self.label] * len(ids))
         return out
 
-    def save(self, project: Project) -> None:
-        """Write every view's correspondences into the project's ``interestpoints.n5`` (replacing the label's old ones).
+    def save(self, project: Project, *, overwrite: bool = False) -> None:
+        """Write every view's correspondences into the project's ``interestpoints.n5``.
 
-        The points must be stored already (:meth:`Detections.apply`).
+        The points must be stored already (:meth:`Detections.apply`).  Stored
+        correspondences of the label that differ from these (matched with
+        other options, or in Fiji) are replaced only with ``overwrite``: the
+        container belongs to the input project, which is not changed unless
+        asked.  All views are checked before any is written.
+
+        Raises
+        ------
+        OutputExistsError
+            A view holds other correspondences and ``overwrite`` is False.
         """
+        if not overwrite:
+            self.check_replaceable(project)
         container = container_path(project)
         for view, table in sorted(self.correspondences().items()):
             write_correspondences(container, points_group(view, self.label), table)
+
+    def check_replaceable(self, project: Project) -> None:
+        """Refuse (before anything is written) to replace other stored correspondences: see :meth:`save`."""
+        container = container_path(project)
+        for view, table in sorted(self.correspondences().items()):
+            group = points_group(view, self.label)
+            stored = read_correspondences(container, group)
+            if len(stored) and _rows(stored) != _rows(table):
+                raise OutputExistsError(
+                    f"{container}/{group}/correspondences: {view} holds {len(stored)} correspondences "
+                    f"labelled {self.label!r} that differ from these {len(table)} (matched with other "
+                    "options or by another program); overwrite them to replace them")
 
     def summary(self, limit: int = 12) -> str:
         """Pairs tried and matched, and per pair the candidates, inliers and error."""
@@ -118,10 +149,18 @@ class Matches:
         for pair in self.pairs[:limit]:
             state = (f"{len(pair.ids_a)} inliers of {pair.candidates} candidates, error {pair.error:.2f}"
                      if pair.matched else f"not matched: {pair.message}")
+            if pair.matched and "; ICP:" in pair.message:  # ICP pairs points anew: they may outnumber the candidates
+                state = (f"{len(pair.ids_a)} pairs after ICP ({pair.candidates} descriptor candidates), "
+                         f"error {pair.error:.2f}")
             lines.append(f"  {_short(pair.a)} - {_short(pair.b)}  {pair.method:<21}  {state}")
         if len(self.pairs) > limit:
             lines.append(f"  … and {len(self.pairs) - limit} more")
         return "\n".join(lines)
+
+
+def _rows(table) -> set[tuple]:
+    """A correspondence table as a set of rows (the stored order is not meaningful)."""
+    return set(zip(table.ids.tolist(), table.other_ids.tolist(), table.other_views, table.other_labels))
 
 
 def _short(view: ViewId) -> str:
@@ -239,6 +278,9 @@ def match(
             raise RegistrationError(f"{where(project.path)}: {missing[0]} has no interest points labelled {label!r}")
     views = sorted(points if views is None else views)
     if len(views) < 2:
+        if len(project.views) < 2:
+            raise RegistrationError(f"{where(project.path)}: the project has {len(project.views)} view; matching "
+                                    "interest points needs two or more")
         raise RegistrationError(f"{where(project.path)}: interest points labelled {label!r} exist for "
                                 f"{len(views)} view(s); matching needs two or more (detect them first)")
     group = {v: (groups[v] if groups is not None else v) for v in views}
@@ -258,8 +300,14 @@ def match(
             if not o.all_pairs and not views_meet(models[a], shapes[a], models[b], shapes[b], margin):
                 continue
             method = pair_method(project, a, b, o.method)
-            sa = inside_view(models[b], shapes[b], world[a], margin)
-            sb = inside_view(models[a], shapes[a], world[b], margin)
+            if o.all_pairs:
+                # the current transforms are not trusted to say which points the other view sees (its
+                # stage position may be far off): every point takes part, as in BigStitcher's "all views"
+                sa = np.ones(len(world[a]), dtype=bool)
+                sb = np.ones(len(world[b]), dtype=bool)
+            else:
+                sa = inside_view(models[b], shapes[b], world[a], margin)
+                sb = inside_view(models[a], shapes[a], world[b], margin)
             pair_settings = dict(settings, redundancy=o.descriptor_redundancy(method), ratio=o.descriptor_ratio(method))
             seed = [o.seed, a.timepoint, a.setup, b.timepoint, b.setup]
             pairs.append((a, b, method, np.flatnonzero(sa), np.flatnonzero(sb)))
