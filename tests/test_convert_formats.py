@@ -403,3 +403,49 @@ def test_a_czi_region_reads_only_its_planes(tmp_path, monkeypatch):
     part = project.loader.read(view, 0, (slice(2, 3), slice(5, 9), slice(0, 40)))
     np.testing.assert_array_equal(part[0], (mosaic.tile(1)[5:9] // 2 + 2).astype(np.uint16))
     assert calls == [slice(2, 3)], "one plane of one tile, not the stack"
+
+
+# -- BigStitcher's file-pattern loaders ----------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["spimreconstruction.stack.loci", "spimreconstruction.stack.ij"])
+def test_a_stack_pattern_project_reads_the_named_files(tmp_path, fmt):
+    rng = np.random.default_rng(4)
+    stacks = {}
+    for t in (3, 7):
+        for a in ("0", "90"):
+            stacks[t, a] = rng.integers(0, 1000, (2, 4, 12, 16), dtype=np.uint16)  # z, c, y, x
+            tifffile.imwrite(tmp_path / f"spim_TL{t:02d}_Angle{a}.tif", stacks[t, a], imagej=True,
+                             metadata={"axes": "ZCYX"})
+    setups = ""
+    for sid, (a, c) in enumerate([(a, c) for a in (0, 1) for c in (0, 1)]):
+        setups += (f'<ViewSetup><id>{sid}</id><size>16 12 2</size><voxelSize><unit>um</unit><size>1 1 1</size>'
+                   f'</voxelSize><attributes><illumination>0</illumination><channel>{c}</channel><tile>0</tile>'
+                   f'<angle>{a}</angle></attributes></ViewSetup>')
+    attrs = ('<Attributes name="illumination"><Illumination><id>0</id><name>0</name></Illumination></Attributes>'
+             '<Attributes name="channel">' + "".join(f"<Channel><id>{c}</id><name>{c}</name></Channel>" for c in (0, 1))
+             + '</Attributes><Attributes name="tile"><Tile><id>0</id><name>0</name></Tile></Attributes>'
+             '<Attributes name="angle">' + "".join(f"<Angle><id>{i}</id><name>{a}</name></Angle>"
+                                                   for i, a in enumerate(("0", "90"))) + "</Attributes>")
+    regs = "".join(f'<ViewRegistration timepoint="{t}" setup="{s}"><ViewTransform type="affine"><Name>c</Name>'
+                   f'<affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>'
+                   for t in (3, 7) for s in range(4))
+    (tmp_path / "d.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2"><BasePath type="relative">.</BasePath>'
+        f'<SequenceDescription><ImageLoader format="{fmt}"><imagedirectory type="relative">.</imagedirectory>'
+        '<filePattern>spim_TL{tt}_Angle{a}.tif</filePattern><layoutTimepoints>1</layoutTimepoints>'
+        '<layoutChannels>2</layoutChannels><layoutIlluminations>0</layoutIlluminations>'
+        '<layoutAngles>1</layoutAngles><layoutTiles>0</layoutTiles><imglib2container>ArrayImgFactory'
+        f'</imglib2container></ImageLoader><ViewSetups>{setups}{attrs}</ViewSetups>'
+        '<Timepoints type="pattern"><integerpattern>3,7</integerpattern></Timepoints></SequenceDescription>'
+        f'<ViewRegistrations>{regs}</ViewRegistrations></SpimData>')
+    project = open_project(tmp_path / "d.xml")
+    for view in project.views:
+        attrs_ = project.data.setups[view.setup].attributes
+        angle = ("0", "90")[attrs_["angle"]]
+        expected = stacks[view.timepoint, angle][:, attrs_["channel"]]
+        np.testing.assert_array_equal(project.image(view).compute(), expected)
+    project.save(tmp_path / "again.xml")
+    assert "<filePattern>spim_TL{tt}_Angle{a}.tif</filePattern>" in (tmp_path / "again.xml").read_text()
+    (tmp_path / "spim_TL07_Angle90.tif").unlink()
+    missing = open_project(tmp_path / "d.xml")
+    with pytest.raises(errors.MissingDataError, match="spim_TL07_Angle90.tif"):
+        missing.image(missing.select(timepoint=7, angle="90")[0])
