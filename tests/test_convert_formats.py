@@ -70,6 +70,16 @@ def test_a_voxel_size_option_overrides_the_files_and_says_so(imagej_tiles, tmp_p
     assert "--voxel-size 2,0.5,0.5 µm overrides the voxel size the files give, 2,0.65,0.65 µm" in caplog.text
 
 
+def test_csv_positions_in_another_unit_than_the_files_calibration(imagej_tiles, tmp_path, caplog):
+    folder, _ = imagej_tiles
+    (folder / "nm.csv").write_text(f"file,x,y,z\ntile0.tif,0,0,0\ntile1.tif,{40 * 650},0,0\n")
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        project = convert_tiffs(folder, folder / "nm.csv", tmp_path / "d.xml", in_place=True, unit="nm")
+    assert caplog.text == ""
+    assert project.data.setups[0].voxel_size == pytest.approx((2.0, 0.65, 0.65)) and project.data.setups[0].unit == "µm"
+    np.testing.assert_allclose(project.model(project.select(tile=1, channel=0)[0])[:3, 3], [0, 0, 40])
+
+
 def test_uncalibrated_tiles_with_physical_csv_positions_are_not_silent(tmp_path, capsys):
     for i in range(2):
         tifffile.imwrite(tmp_path / f"t{i}.tif", np.zeros((20, 30), np.uint16))
@@ -117,21 +127,70 @@ def test_ome_tiff_positions_channels_and_pixels(tmp_path, in_place):
     np.testing.assert_array_equal(region[0], mosaic.tile(1)[10:20, 5:9] // 2)
 
 
-def test_ome_tiff_mosaic_registers_and_fuses_to_the_truth(tmp_path):
+def _registers_and_fuses_to_the_truth(project, mosaic):
+    """Register + fuse with no option at all: positions within 0.5 world units, fused image within 1% of truth."""
     from tilefuse.geometry import Box
 
-    mosaic = make_mosaic((2, 3), (96, 128), overlap=0.25, seed=5, max_offset=6, noise=False, illumination=False)
-    _write_ome_mosaic(tmp_path / "scan.ome.tif", mosaic, channels=("a", "b"))
-    project = convert_files([tmp_path / "scan.ome.tif"], tmp_path / "d.xml", in_place=True)
-    registered = tilefuse.register(project).apply(project)  # no option: the metadata are enough
-    got = np.array([registered.model(registered.select(tile=i, channel=0)[0])[1:3, 3] for i in range(6)])
+    registered = tilefuse.register(project).apply(project)
+    ndim = mosaic.ndim
+    got = np.array([registered.model(registered.select(tile=i, channel=0)[0])[3 - ndim:3, 3]
+                    for i in range(mosaic.n_tiles)])
     assert np.abs(got - mosaic.true_positions).max() < 0.5, got - mosaic.true_positions
-    lo, hi = mosaic.bounds()
-    box = Box.from_arrays([0, np.ceil(lo[0]) + 2, np.ceil(lo[1]) + 2], [0, np.floor(hi[0]) - 2, np.floor(hi[1]) - 2])
-    fused = tilefuse.plan_fusion(registered, bounding_box=box, dtype=np.float32).to_dask()[0, 0, 0].compute()
-    truth = mosaic.ground_truth(tuple(slice(int(a), int(b) + 1) for a, b in zip(box.lo[1:], box.hi[1:])))
+    # A box every voxel of which some tile covers: the tiles' bounds, inside by the stage errors and one voxel.
+    lo, hi = (np.r_[np.zeros(3 - ndim), v] for v in mosaic.bounds())
+    cal = np.r_[np.ones(3 - ndim), mosaic.calibration]
+    error = np.r_[np.zeros(3 - ndim), np.abs(mosaic.true_positions - mosaic.stage_positions).max(axis=0)]
+    lo, hi = np.ceil((lo + error) / cal) + 1, np.floor((hi - error) / cal) - 1
+    if ndim == 2:
+        lo[0] = hi[0] = 0
+    box = Box.from_arrays(lo * cal, hi * cal)
+    fused = tilefuse.plan_fusion(registered, bounding_box=box, dtype=np.float32).to_dask()[0, 0].compute()
+    truth = mosaic.ground_truth(tuple(slice(int(a), int(b) + 1) for a, b in zip(lo[3 - ndim:], hi[3 - ndim:])))
+    fused = fused[0] if ndim == 2 else fused
     assert fused.shape == truth.shape
     assert np.abs(fused - truth).mean() < 0.01 * (truth.max() - truth.min())
+
+
+def _mosaic_3d(seed):
+    """2x2 tiles of 8 planes, 2 µm z steps and 0.5 µm pixels, stage errors of up to 5 px in x, y and z."""
+    return make_mosaic((1, 2, 2), (8, 64, 80), overlap=0.25, voxel_size=(2.0, 0.5, 0.5), seed=seed, max_offset=5,
+                       noise=False, illumination=False)
+
+
+@pytest.mark.parametrize("kind", ["ome-tiff", "czi", "imagej-folder"])
+def test_a_converted_mosaic_registers_and_fuses_to_the_truth(tmp_path, kind):
+    """Each format tilefuse can write a test file of: convert, then register + fuse without any option."""
+    if kind == "ome-tiff":
+        mosaic = make_mosaic((2, 3), (96, 128), overlap=0.25, seed=5, max_offset=6, noise=False,
+                             illumination=False)
+        _write_ome_mosaic(tmp_path / "scan.ome.tif", mosaic, channels=("a", "b"))
+        project = convert_files([tmp_path / "scan.ome.tif"], tmp_path / "d.xml", in_place=True)
+    elif kind == "czi":
+        pytest.importorskip("aicspylibczi")
+        mosaic = _mosaic_3d(6)
+        czi = pytest.importorskip("pylibCZIrw.czi")
+        with czi.create_czi(str(tmp_path / "scan.czi"), exist_ok=True) as w:
+            for i in range(mosaic.n_tiles):
+                _, y, x = (int(v) for v in mosaic.stage_positions[i])
+                for z, plane in enumerate(mosaic.tile(i)):
+                    w.write(plane, location=(x, y), plane={"Z": z})
+            w.write_metadata(document_name="t", scale_x=0.5e-6, scale_y=0.5e-6, scale_z=2e-6)
+        project = convert_files([tmp_path / "scan.czi"], tmp_path / "d.xml", in_place=True)
+    else:  # ImageJ hyperstacks + a CSV of physical positions, through the command line
+        mosaic = _mosaic_3d(7)
+        rows = ["file,x,y,z"]
+        for i in range(mosaic.n_tiles):
+            tifffile.imwrite(tmp_path / f"tile{i}.tif", mosaic.tile(i), imagej=True, resolution=(2.0, 2.0),
+                             metadata={"unit": "micron", "spacing": 2.0, "axes": "ZYX"})
+            z, y, x = mosaic.stage_positions[i] * [0.5, 0.5, 0.5]  # world units are 0.5 µm
+            rows.append(f"tile{i}.tif,{x},{y},{z}")
+        (tmp_path / "pos.csv").write_text("\n".join(rows) + "\n")
+        assert main(["convert", str(tmp_path), str(tmp_path / "pos.csv"), "-o", str(tmp_path / "p" / "d.xml"),
+                     "-q"]) == 0
+        project = open_project(tmp_path / "p" / "d.xml")
+    if mosaic.ndim == 3:
+        assert project.data.setups[0].voxel_size == pytest.approx((2.0, 0.5, 0.5))
+    _registers_and_fuses_to_the_truth(project, mosaic)
 
 
 # -- CZI mosaics written by pylibCZIrw ------------------------------------------------------------
@@ -449,3 +508,33 @@ def test_a_stack_pattern_project_reads_the_named_files(tmp_path, fmt):
     missing = open_project(tmp_path / "d.xml")
     with pytest.raises(errors.MissingDataError, match="spim_TL07_Angle90.tif"):
         missing.image(missing.select(timepoint=7, angle="90")[0])
+
+
+def test_a_tiled_ome_tiff_region_reads_only_its_tiles(tmp_path, monkeypatch):
+    data = np.arange(4 * 64 * 64, dtype=np.uint16).reshape(4, 64, 64)
+    tifffile.imwrite(tmp_path / "t.ome.tif", data, tile=(16, 16), metadata={"axes": "ZYX", "PhysicalSizeX": 0.5,
+                                                                             "PhysicalSizeY": 0.5})
+    project = convert_files([tmp_path / "t.ome.tif"], tmp_path / "d.xml", in_place=True)
+    reads = []
+    real = tifffile.FileCache.read  # where tifffile's zarr store reads each tile's bytes
+
+    def counting(self, fh, offset, bytecount, *args, **kwargs):
+        reads.append(offset)
+        return real(self, fh, offset, bytecount, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.FileCache, "read", counting)
+    part = project.loader.read(project.views[0], 0, (slice(2, 3), slice(20, 30), slice(40, 47)))
+    np.testing.assert_array_equal(part, data[2:3, 20:30, 40:47])
+    assert len(reads) == 1, "one 16x16 tile of one page, not the 64 tiles of the stack"
+
+
+def test_tiles_are_named_after_their_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("run.1.ome.tif", "sub/run.2.ome.tif"):
+        tifffile.imwrite(tmp_path / name, np.zeros((16, 20), np.uint16), metadata={"axes": "YX"})
+    (tmp_path / "pos.csv").write_text("file,x,y\nrun.1.ome.tif,0,0\nsub/run.2.ome.tif,15,0\n")
+    project = convert_tiffs(tmp_path, tmp_path / "pos.csv", tmp_path / "d.xml", in_place=True)
+    assert sorted(s.name for s in project.data.setups.values()) == ["run.1", "sub/run.2"]
+    assert sorted(e.name for e in project.data.attribute_blocks["tile"].entities.values()) == ["run.1", "sub/run.2"]
+    project = convert_files([tmp_path / "run.1.ome.tif"], tmp_path / "e.xml", in_place=True)
+    assert project.data.setups[0].name == "run.1"

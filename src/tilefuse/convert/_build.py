@@ -188,4 +188,12 @@ def _positions(sources, options, unit: str, stage_positions: bool, voxel) -> tup
     position_unit = options.position_unit
     if position_unit is None:
         raise ValueError("position_unit must be known for positions from a file")
+    if position_unit == "physical" and unit != options.unit:
+        # Physical positions are in --unit; the project's unit is the files' (µm) when they give the voxel size.
+        given, project = unit_factor(options.unit), unit_factor(unit)
+        if given is None or project is None:
+            raise ProjectFormatError(f"the positions are in {options.unit!r} and the files' voxel size in {unit!r}; "
+                                     "give --voxel-size in the unit of the positions, or the positions in pixels "
+                                     "(--position-unit voxel)")
+        pos = pos * (given / project)
     return pos @ m.T, position_unit
