@@ -8,7 +8,9 @@ real Leica samples of ../shared/vendor_samples are read (skipped when absent).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +80,17 @@ def test_csv_positions_in_another_unit_than_the_files_calibration(imagej_tiles, 
     assert caplog.text == ""
     assert project.data.setups[0].voxel_size == pytest.approx((2.0, 0.65, 0.65)) and project.data.setups[0].unit == "µm"
     np.testing.assert_allclose(project.model(project.select(tile=1, channel=0)[0])[:3, 3], [0, 0, 40])
+
+
+def test_options_that_do_not_apply_to_stage_positions_say_so(tmp_path, caplog):
+    mosaic = make_mosaic((1, 2), (32, 40), overlap=0.25, seed=2)
+    _write_ome_mosaic(tmp_path / "scan.ome.tif", mosaic)
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        project = convert_files([tmp_path / "scan.ome.tif"], tmp_path / "d.xml", in_place=True, unit="nm",
+                                position_unit="voxel")
+    assert "--unit nm is ignored without --voxel-size" in caplog.text
+    assert "--position-unit voxel is ignored" in caplog.text
+    np.testing.assert_allclose(project.model(project.select(tile=1, channel=0)[0])[1:3, 3], mosaic.stage_positions[1])
 
 
 def test_uncalibrated_tiles_with_physical_csv_positions_are_not_silent(tmp_path, capsys):
@@ -538,3 +551,23 @@ def test_tiles_are_named_after_their_files(tmp_path):
     assert sorted(e.name for e in project.data.attribute_blocks["tile"].entities.values()) == ["run.1", "sub/run.2"]
     project = convert_files([tmp_path / "run.1.ome.tif"], tmp_path / "e.xml", in_place=True)
     assert project.data.setups[0].name == "run.1"
+
+
+def test_a_real_zeiss_mosaic_reads_as_multiview_stitcher_reads_it(tmp_path):
+    """ZEN's 2-tile mosaic shipped with multiview-stitcher (its reader: czifile, independent of aicspylibczi)."""
+    pytest.importorskip("aicspylibczi")
+    spec = importlib.util.find_spec("multiview_stitcher")
+    path = None if spec is None else Path(spec.origin).parent / "test-datasets" / "mosaic_test.czi"
+    if path is None or not path.is_file():
+        pytest.skip("multiview-stitcher's test CZI is not installed (pip install '.[bench]')")
+    project = convert_files([path], tmp_path / "d.xml", in_place=True)
+    assert [e.name for e in project.data.attribute_blocks["channel"].entities.values()] == ["EGFP"]
+    # 1.0833 µm pixels; the file's 1 µm z "Distance" of a single plane must not become the world unit
+    assert project.data.setups[0].voxel_size == pytest.approx((13 / 12,) * 3)
+    # multiview-stitcher: tile 1 starts at x = 901.333 µm = 832 pixels (92 pixels of overlap), y = 0
+    np.testing.assert_allclose(project.model(project.select(tile=1)[0])[:3, 3], [0, 0, 832])
+    from multiview_stitcher import io as mvs_io
+
+    for view, sim in zip(project.views, mvs_io.read_mosaic_into_sims(path)):
+        np.testing.assert_array_equal(project.image(view).compute()[0], np.asarray(sim.data)[0, 0])
+        assert float(sim.coords["x"][0]) == pytest.approx(project.model(view)[2, 3] * 13 / 12)

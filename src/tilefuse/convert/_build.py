@@ -90,6 +90,14 @@ def write_sources(sources: list[Source], acquisitions: list[Acquisition], output
     # Warnings are said once the project is written: a refused input gets its one-line error alone.
     warnings: list[str] = []
     voxel, unit = _voxel_size(acquisitions, options, warnings, is_3d=nz > 1)
+    if stage_positions:
+        # Options that only apply to positions files: given here, they would otherwise be ignored without a word.
+        if options.position_unit is not None:
+            warnings.append(f"--position-unit {options.position_unit} is ignored: the stage positions come from the "
+                            "files, in their own unit")
+        if options.voxel_size is None and unit_factor(options.unit) != 1.0:
+            warnings.append(f"--unit {options.unit} is ignored without --voxel-size: the voxel size and the stage "
+                            "positions come from the files, in their own unit (the project is in µm)")
     positions, position_unit = _positions(sources, options, unit, stage_positions, voxel)
 
     tiles: dict[tuple, int] = {}
@@ -160,11 +168,13 @@ def _voxel_size(acquisitions, options, warnings: list[str], *, is_3d: bool) -> t
         warnings.append(f"the files have no pixel size and no --voxel-size was given: assuming 1 {options.unit} "
                         "per pixel; give --voxel-size if that is wrong")
         return np.array([z if z is not None else 1.0, 1.0, 1.0]), options.unit
-    if z is None:
-        if is_3d:
-            warnings.append(f"the files have no z step and no --voxel-size was given: assuming {x:g} µm (the "
-                            "pixel size); give --voxel-size Z,Y,X if that is wrong")
-        z = x
+    if z is None and is_3d:
+        warnings.append(f"the files have no z step and no --voxel-size was given: assuming {x:g} µm (the "
+                        "pixel size); give --voxel-size Z,Y,X if that is wrong")
+    if z is None or not is_3d:
+        # Single planes: a z step is never used, but a smaller one than the pixel (a CZI's 1 µm "Distance Z"
+        # beside 1.08 µm pixels) would become the world unit and fusion would upsample the mosaic to it.
+        z = min(x, y)
     return np.array([z, y, x]), "µm"
 
 
