@@ -265,7 +265,7 @@ def lif_sample():
     return path
 
 
-def test_lif_calibration_stacks_and_pixels(lif_sample, tmp_path):
+def test_lif_calibration_stacks_and_pixels(lif_sample, tmp_path, caplog):
     from readlif.reader import LifFile
 
     from tilefuse.loaders._filelist import FileListLoader
@@ -288,9 +288,14 @@ def test_lif_calibration_stacks_and_pixels(lif_sample, tmp_path):
     # BigStitcher's rule: a file holding several of the project's timepoints is indexed by timepoint id
     loader = FileListLoader.for_path({ViewId(0, 0): (lif_sample, 2, 3), ViewId(1, 0): (lif_sample, 2, 3)})
     np.testing.assert_array_equal(loader.image(ViewId(1, 0))[4].compute(), expected)
-    # three images, no tile scan: no stage positions to place them by
-    with pytest.raises(errors.ProjectFormatError, match="has no stage position"):
+    # Three images, no tile scan: each at its setting's StagePosX/Y (m), which says SwapXY="1" FlipY="1"
+    # (Bio-Formats' PositionExtractor: swap, then flip): x = StagePosY, y = -StagePosX.
+    positions = [next(x.position for x in acq.stacks if x.series == i) for i in range(3)]
+    np.testing.assert_allclose(positions, [(0, -35266.8276465, 10038.58372743), (0, -35311.24656907, 10084.60909449),
+                                           (0, -35343.47799788, 10084.60909449)])
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
         convert_files([lif_sample], tmp_path / "d.xml", in_place=True)
+    assert "no two of the 3 tiles overlap" in caplog.text, "6.7 µm images 45-80 µm apart are not a mosaic"
 
 
 def test_lif_without_any_xy_stack_is_refused(tmp_path):
@@ -571,3 +576,24 @@ def test_a_real_zeiss_mosaic_reads_as_multiview_stitcher_reads_it(tmp_path):
     for view, sim in zip(project.views, mvs_io.read_mosaic_into_sims(path)):
         np.testing.assert_array_equal(project.image(view).compute()[0], np.asarray(sim.data)[0, 0])
         assert float(sim.coords["x"][0]) == pytest.approx(project.model(view)[2, 3] * 13 / 12)
+
+
+def test_lif_tile_scan_positions_are_swapped_then_flipped():
+    """A LAS X tile scan's TileScanInfo (no small public LIF mosaic exists): Bio-Formats' swap, then flip."""
+    import xml.etree.ElementTree as ET
+    from types import SimpleNamespace
+
+    from tilefuse.formats.lif import _tile_positions
+
+    xml = ('<LMSDataContainerHeader><Element Name="scan"><Data><Image><Attachment Name="TileScanInfo" '
+           'FlipX="1" FlipY="0" SwapXY="1"><Tile FieldX="0" FieldY="0" PosX="0.001" PosY="0.002"/>'
+           '<Tile FieldX="1" FieldY="0" PosX="0.0011" PosY="0.002"/></Attachment>'
+           '<ATLConfocalSettingDefinition StagePosX="0.5" StagePosY="0.5" FlipX="0" FlipY="0" SwapXY="0"/>'
+           '</Image></Data></Element></LMSDataContainerHeader>')
+    lif = SimpleNamespace(xml_root=ET.fromstring(xml))
+    info = {"name": "scan", "mosaic_position": [(0, 0, 0.001, 0.002), (1, 0, 0.0011, 0.002)]}
+    # swapped: x = PosY, y = PosX; then FlipX negates the new x
+    np.testing.assert_allclose(_tile_positions(lif, info, 2), [(0, 1000, -2000), (0, 1100, -2000)])
+    # one image without a tile scan: its setting's stage position (here unflipped)
+    lif = SimpleNamespace(xml_root=ET.fromstring(xml.replace('Name="TileScanInfo"', 'Name="Other"')))
+    np.testing.assert_allclose(_tile_positions(lif, {"name": "scan", "mosaic_position": []}, 1), [(0, 5e5, 5e5)])
