@@ -597,3 +597,16 @@ def test_lif_tile_scan_positions_are_swapped_then_flipped():
     # one image without a tile scan: its setting's stage position (here unflipped)
     lif = SimpleNamespace(xml_root=ET.fromstring(xml.replace('Name="TileScanInfo"', 'Name="Other"')))
     np.testing.assert_allclose(_tile_positions(lif, {"name": "scan", "mosaic_position": []}, 1), [(0, 5e5, 5e5)])
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_contiguous_tiffs_of_either_byte_order_read_exactly(tmp_path, byteorder):
+    data = np.arange(3 * 2 * 20 * 24, dtype=np.uint16).reshape(3, 2, 20, 24) * 7  # z, c, y, x
+    tifffile.imwrite(tmp_path / "t.tif", data, imagej=byteorder == "<", byteorder=byteorder,
+                     metadata={"axes": "ZCYX"})
+    with open_acquisition(tmp_path / "t.tif") as f:
+        assert isinstance(f._array(0), np.memmap), "uncompressed and contiguous: read as a memory map"
+        region = (slice(1, 3), slice(4, 9), slice(2, 20))
+        got = f.read(0, 1, 0, region)
+        assert got.dtype == np.dtype(np.uint16) and got.dtype.isnative
+        np.testing.assert_array_equal(got, data[1:3, 1, 4:9, 2:20])
