@@ -277,6 +277,8 @@ def test_lif_calibration_stacks_and_pixels(lif_sample, tmp_path, caplog):
         assert sum("read as channels" in n for n in acq.notes) == 3
         counts = {s: len({x.channel for x in acq.stacks if x.series == s}) for s in range(3)}
         assert counts == {0: 20, 1: 15, 2: 10}
+        # the first image's sweep: 20 emission bands from 550 nm over 190 nm
+        assert acq.channel_names[0] == "em 550 nm" and acq.channel_names[19] == "em 740 nm"
         assert {x.timepoint for x in acq.stacks if x.series == 2} == {0, 1}
         assert next(x for x in acq.stacks if x.series == 2).shape == (11, 64, 64)
         assert acq.voxel_size == pytest.approx((1 / 1.9991895285651198, 1 / 9.54067119984844,
@@ -597,6 +599,12 @@ def test_lif_tile_scan_positions_are_swapped_then_flipped():
     # one image without a tile scan: its setting's stage position (here unflipped)
     lif = SimpleNamespace(xml_root=ET.fromstring(xml.replace('Name="TileScanInfo"', 'Name="Other"')))
     np.testing.assert_allclose(_tile_positions(lif, {"name": "scan", "mosaic_position": []}, 1), [(0, 5e5, 5e5)])
+    # channels named by their LAS X colours when those tell them apart
+    from tilefuse.formats.lif import _channel_names
+
+    channels = '<ChannelDescription LUTName="Green"/><ChannelDescription LUTName="Red"/>'
+    lif = SimpleNamespace(xml_root=ET.fromstring(xml.replace("<Image>", f"<Image>{channels}")))
+    assert _channel_names(lif, {"name": "scan"}, None, 2) == {0: "Green", 1: "Red"}
 
 
 @pytest.mark.parametrize("byteorder", ["<", ">"])

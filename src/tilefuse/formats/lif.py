@@ -23,7 +23,8 @@ the reference reader of LAS X files):
   positions saved as images) are placed as BigStitcher places them.
 * A wavelength sweep (LAS X lambda scan: DimID 5, emission, or 9,
   excitation) of a one-channel image is read as channels, one per
-  wavelength; readlif's ``get_frame`` ignores that dimension (it returns the
+  wavelength, named by it (``em 550 nm``; other channels by their
+  ``LUTName`` colour when those differ); readlif's ``get_frame`` ignores that dimension (it returns the
   wrong plane), so planes are read with ``get_plane``.  Images that are not
   stacks of xy planes (xz or xt line scans) are left out, each with a note.
 """
@@ -100,6 +101,8 @@ class LifAcquisition(AcquisitionFile):
             dtype = np.dtype(np.uint8 if depth <= 8 else np.uint16)
             positions = _tile_positions(self._lif, info, dims.m)
             channels = dims_n[sweep] if sweep is not None else info["channels"]
+            if not acq.channel_names:  # one set of channel names per file: the first image's
+                acq.channel_names = _channel_names(self._lif, info, sweep, channels)
             for m in range(dims.m):
                 series = len(self._series)
                 self._series.append((i, m, sweep))
@@ -194,3 +197,24 @@ def _image_node(lif, name: str):
             if image is not None:
                 return image
     return None
+
+
+def _channel_names(lif, info, sweep: int | None, channels: int) -> dict[int, str]:
+    """Channel names: a sweep's wavelengths (``DimensionDescription`` Origin + i·Length/(n−1), metres) as
+    ``"em 550 nm"``, else each ``ChannelDescription``'s ``LUTName`` (LAS X's colour for the channel)."""
+    image = _image_node(lif, info["name"].split("/")[-1])
+    if image is None:
+        return {}
+    if sweep is not None:
+        dim = next((d for d in image.iter("DimensionDescription") if d.get("DimID") == str(sweep)), None)
+        try:
+            origin, length = float(dim.get("Origin")), float(dim.get("Length"))
+        except (AttributeError, TypeError, ValueError):
+            return {}
+        step = length / (channels - 1) if channels > 1 else 0.0
+        prefix = "em" if _LAMBDA[sweep] == "emission" else "ex"
+        return {c: f"{prefix} {(origin + c * step) * 1e9:.4g} nm" for c in range(channels)}
+    names = [c.get("LUTName") or "" for c in image.iter("ChannelDescription")][:channels]
+    if len(set(names)) != len(names) or not all(names):
+        return {}  # colours repeated or missing: numbers say more
+    return dict(enumerate(names))
