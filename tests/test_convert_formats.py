@@ -93,6 +93,25 @@ def test_options_that_do_not_apply_to_stage_positions_say_so(tmp_path, caplog):
     np.testing.assert_allclose(project.model(project.select(tile=1, channel=0)[0])[1:3, 3], mosaic.stage_positions[1])
 
 
+def test_a_positions_file_overriding_the_files_stage_positions_says_so(tmp_path, caplog):
+    mosaic = make_mosaic((1, 2), (32, 40), overlap=0.25, seed=2)
+    for i in range(2):  # one OME-TIFF per tile, each with its stage position (0.5 µm pixels)
+        y, x = mosaic.stage_positions[i] * 0.5
+        tifffile.imwrite(tmp_path / f"t{i}.ome.tif", mosaic.tile(i), metadata={
+            "axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "Plane": {"PositionX": [x], "PositionY": [y]}})
+    x1 = mosaic.stage_positions[1][1] * 0.5
+    (tmp_path / "same.csv").write_text(f"file,x,y\nt0.ome.tif,100,100\nt1.ome.tif,{100 + x1},100\n")
+    (tmp_path / "moved.csv").write_text(f"file,x,y\nt0.ome.tif,0,0\nt1.ome.tif,{x1 + 5},0\n")
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        convert_tiffs(tmp_path, tmp_path / "same.csv", tmp_path / "a.xml", in_place=True)
+    assert caplog.text == "", "the same layout at another origin needs no word"
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        project = convert_tiffs(tmp_path, tmp_path / "moved.csv", tmp_path / "b.xml", in_place=True)
+    assert "the positions file overrides the stage positions recorded in the files: it moves t1.ome.tif by 5 µm" \
+        in caplog.text
+    np.testing.assert_allclose(project.model(project.select(tile=1)[0])[2, 3], (x1 + 5) / 0.5)
+
+
 def test_uncalibrated_tiles_with_physical_csv_positions_are_not_silent(tmp_path, capsys):
     for i in range(2):
         tifffile.imwrite(tmp_path / f"t{i}.tif", np.zeros((20, 30), np.uint16))

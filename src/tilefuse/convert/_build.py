@@ -132,6 +132,8 @@ def write_sources(sources: list[Source], acquisitions: list[Acquisition], output
     if np.isfinite(physical).all() and np.abs(physical / voxel.min()).max() <= MAX_COORDINATE:
         # (positions beyond that are refused by write_project with a message of their own)
         warnings += layout_warnings(physical[list(first.values())], extents[list(first.values())], unit, voxel)
+    if not stage_positions:
+        warnings += _overridden_stage_positions(sources, physical, unit, voxel)
 
     # Lazy views over the files (one temporary view id per source): resaving streams them block by block.
     mapping = {ViewId(s.stack.timepoint, i): (s.file, s.stack.series, s.stack.channel) for i, s in enumerate(sources)}
@@ -207,3 +209,21 @@ def _positions(sources, options, unit: str, stage_positions: bool, voxel) -> tup
                                      "(--position-unit voxel)")
         pos = pos * (given / project)
     return pos @ m.T, position_unit
+
+
+def _overridden_stage_positions(sources, physical: np.ndarray, unit: str, voxel: np.ndarray) -> list[str]:
+    """A warning when a positions file moves tiles away from the stage positions their files record.
+
+    Only the layout is compared (both relative to the first tile): the stage's origin is arbitrary.
+    """
+    factor = unit_factor(unit)
+    if factor is None or any(s.stack.position is None for s in sources) or len(sources) < 2:
+        return []
+    recorded = np.array([s.stack.position for s in sources], dtype=float) / factor
+    moved = np.abs((physical - physical[0]) - (recorded - recorded[0])).max(axis=1)
+    worst = int(np.argmax(moved))
+    if moved[worst] <= voxel.max():
+        return []
+    return [f"the positions file overrides the stage positions recorded in the files: it moves "
+            f"{sources[worst].file.name} by {moved[worst]:.4g} {unit} from where its file's metadata put it "
+            f"(relative to the first tile); the positions file is used"]
