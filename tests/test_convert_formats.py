@@ -637,3 +637,25 @@ def test_contiguous_tiffs_of_either_byte_order_read_exactly(tmp_path, byteorder)
         got = f.read(0, 1, 0, region)
         assert got.dtype == np.dtype(np.uint16) and got.dtype.isnative
         np.testing.assert_array_equal(got, data[1:3, 1, 4:9, 2:20])
+
+
+@pytest.mark.parametrize("axis, fix", [("x", "-x,y,z"), ("y", "x,-y,z")])
+def test_a_stage_axis_against_the_camera_is_named_from_the_overlaps(tmp_path, caplog, axis, fix):
+    """A mirrored layout keeps every overlap's size; the overlaps' pixels tell, and name the --stage-axes."""
+    mosaic = make_mosaic((2, 2), (64, 80), overlap=0.25, seed=4, max_offset=3)
+    with tifffile.TiffWriter(tmp_path / "scan.ome.tif", ome=True) as w:
+        for i in range(4):
+            y, x = mosaic.stage_positions[i] * 0.5
+            y, x = (-y, x) if axis == "y" else (y, -x)  # the stage counts this axis the other way
+            w.write(mosaic.tile(i), metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                              "Plane": {"PositionX": [x], "PositionY": [y]}})
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        convert_files([tmp_path / "scan.ome.tif"], tmp_path / "a.xml", in_place=True)
+    assert f"agree far better with the stage's {axis} axis flipped" in caplog.text
+    assert f"give --stage-axes={fix}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        project = convert_files([tmp_path / "scan.ome.tif"], tmp_path / "b.xml", in_place=True, stage_axes=fix)
+    assert caplog.text == ""
+    placed = np.array([project.model(project.select(tile=i)[0])[1:3, 3] for i in range(4)])
+    np.testing.assert_allclose(placed - placed[0], mosaic.stage_positions - mosaic.stage_positions[0])

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import ProjectFormatError, TilefuseError
 from ..formats.acquisition import Acquisition, Stack, unit_factor
 from ..project.checks import MAX_COORDINATE
+from .flips import flip_warning
 from .layout import layout_warnings
 
 log = logging.getLogger(__name__)
@@ -129,9 +130,12 @@ def write_sources(sources: list[Source], acquisitions: list[Acquisition], output
     first = {}
     for i, t in enumerate(ids["tiles"]):
         first.setdefault(t, i)
+    layout_ok = False
     if np.isfinite(physical).all() and np.abs(physical / voxel.min()).max() <= MAX_COORDINATE:
         # (positions beyond that are refused by write_project with a message of their own)
-        warnings += layout_warnings(physical[list(first.values())], extents[list(first.values())], unit, voxel)
+        found = layout_warnings(physical[list(first.values())], extents[list(first.values())], unit, voxel)
+        warnings += found
+        layout_ok = not found
     if not stage_positions:
         warnings += _overridden_stage_positions(sources, physical, unit, voxel)
 
@@ -145,6 +149,11 @@ def write_sources(sources: list[Source], acquisitions: list[Acquisition], output
                             format=options.format, progress=progress, overwrite=overwrite,
                             inputs=[*inputs, *{s.file for s in sources}], names=names, client=client,
                             in_place=in_place, **ids, **kwargs)
+    if layout_ok and len(first) > 1:
+        # A flipped stage axis keeps every overlap's size: only the overlaps' pixels can tell.
+        flipped = flip_warning(project, _one_view_per_tile(project), options.stage_axes, client=client)
+        if flipped:
+            warnings.append(flipped)
     for warning in warnings:
         log.warning("%s", warning)
     return project
@@ -227,3 +236,15 @@ def _overridden_stage_positions(sources, physical: np.ndarray, unit: str, voxel:
     return [f"the positions file overrides the stage positions recorded in the files: it moves "
             f"{sources[worst].file.name} by {moved[worst]:.4g} {unit} from where its file's metadata put it "
             f"(relative to the first tile); the positions file is used"]
+
+
+def _one_view_per_tile(project) -> list:
+    """The view of each tile at the first timepoint and the lowest channel id (tiles in id order)."""
+    chosen = {}
+    for view in project.views:
+        attrs = project.data.setups[view.setup].attributes
+        key = (view.timepoint, attrs.get("channel", 0), attrs.get("illumination", 0), attrs.get("angle", 0))
+        tile = attrs.get("tile", 0)
+        if tile not in chosen or key < chosen[tile][0]:
+            chosen[tile] = (key, view)
+    return [chosen[t][1] for t in sorted(chosen)]
