@@ -17,6 +17,8 @@ from the true difference of the two tiles' offsets by more than 1 px, and
 *wrong accepted* when the global solve kept it.
 
 Speed: pairs per second, time of the pairwise step and of the global solve,
+and the CPU seconds of the timed part (all threads of the process: on a
+loaded machine less noisy than wall time, but blind to parallelism),
 on the 600-tile 2D grid (20x30, 512x512) and the 16-tile 3D grid
 (1x4x4, 128x512x512).  The 2D grid is registered twice by tilefuse, from
 the same tiles written as BDV HDF5 (with a pyramid) and as TIFF files
@@ -138,6 +140,7 @@ def task_tilefuse(task: dict) -> dict:
     from tilefuse.sample_data import load_truth
 
     truth = load_truth(task["truth"])
+    c0 = time.process_time()
     t0 = time.perf_counter()
     project = tilefuse.open_project(task["xml"])
     t_open = time.perf_counter() - t0
@@ -147,6 +150,7 @@ def task_tilefuse(task: dict) -> dict:
     t2 = time.perf_counter()
     result = tilefuse.solve(links, groups)
     t3 = time.perf_counter()
+    c3 = time.process_time()
     registered = result.apply(project)
     official = score_registration(registered, task["truth"])
     views = [registered.select(timepoint=registered.timepoints[0], tile=i)[0] for i in range(len(truth["tile"]))]
@@ -160,6 +164,7 @@ def task_tilefuse(task: dict) -> dict:
            "summary": result.summary()}
     out["pairs_per_s"] = len(links) / out["pairwise_s"] if out["pairwise_s"] else None
     out["total_s"] = t3 - t0
+    out["cpu_s"] = c3 - c0
     return out
 
 
@@ -226,11 +231,13 @@ def task_ashlar(task: dict) -> dict:
         stage = np.round(stage)
     size = np.array(project.setup_shape(views[0])[1:])
     reader = _ashlar_reader(reg, paths, stage, size)
+    c0 = time.process_time()
     t0 = time.perf_counter()
     aligner = reg.EdgeAligner(reader, channel=0, max_shift=task.get("max_shift", 20), filter_sigma=0,
                               do_make_thumbnail=False, verbose=False)
     aligner.run()
     t1 = time.perf_counter()
+    cpu = time.process_time() - c0
     pos = np.zeros((len(tiles), 2))
     pos[tiles] = aligner.positions
     # its stage positions are what it corrects: the truth of a link is relative to them
@@ -238,7 +245,7 @@ def task_ashlar(task: dict) -> dict:
     shown["stage_positions"][tiles] = stage
     used = {tuple(sorted(e)) for e in aligner.spanning_tree.edges}
     links = [(tiles[a], tiles[b], np.asarray(shift), (a, b) in used) for (a, b), (shift, _) in aligner._cache.items()]
-    return {"register_s": t1 - t0, "total_s": t1 - t0, "pairs": len(aligner._cache),
+    return {"register_s": t1 - t0, "total_s": t1 - t0, "cpu_s": cpu, "pairs": len(aligner._cache),
             "pairs_per_s": len(aligner._cache) / (t1 - t0), **score_positions(pos, truth),
             **score_links(links, shown)}
 
@@ -281,12 +288,16 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--peer-large", action="store_true", help="also run multiview-stitcher on the 600-tile grid")
     p.add_argument("--peer-timeout", type=float, default=1200, help="seconds before a peer run is abandoned")
+    p.add_argument("--only", action="append", metavar="LABEL",
+                   help="run only the configurations with this label (repeatable), e.g. --only '2d 20x30 tiff'")
     args, workdir, size, info = C.start(p, TASKS)
     peer = C.peer_available() and not args.no_peer
     ashlar = C.peer_available("ashlar") and not args.no_peer
     rows = []
     for purpose in ("accuracy", "speed"):
         for label, kw in CONFIGS[size][purpose].items():
+            if args.only and label not in args.only:
+                continue
             kw = dict(COMMON, **kw)
             xml = C.sample_project(workdir, **kw)
             truth = xml.with_name("truth.json")
@@ -305,7 +316,7 @@ def main() -> None:
                 row = {"data": label, "purpose": purpose, "tool": TOOL_NAMES[tool],
                        "tiles": int(__import__("math").prod(kw["grid"])),
                        "pairs": r.get("pairs"), "pair_s": t, "solve_s": r.get("solve_s"),
-                       "pairs_per_s": r.get("pairs_per_s"), "total_s": r.get("total_s"),
+                       "pairs_per_s": r.get("pairs_per_s"), "total_s": r.get("total_s"), "cpu_s": r.get("cpu_s"),
                        "rss": r["peak_rss_mb"], **{k: r.get(k) for k in (
                            "mean_all", "max_all", "mean_nonempty", "max_nonempty", "links", "accepted",
                            "wrong", "wrong_accepted", "stage_mean")}}
@@ -330,7 +341,7 @@ def main() -> None:
                 ("wrong_accepted", "wrong accepted", "")]
     cols_speed = [("data", "data", ""), ("tool", "tool", ""), ("tiles", "tiles", ""), ("pairs", "pairs", ""),
                   ("pair_s", "pairwise s", ".2f"), ("solve_s", "solve s", ".3f"),
-                  ("pairs_per_s", "pairs/s", ".1f"), ("total_s", "total s", ".2f"),
+                  ("pairs_per_s", "pairs/s", ".1f"), ("total_s", "total s", ".2f"), ("cpu_s", "CPU s", ".2f"),
                   ("rss", "peak RSS MB", ".0f"), ("note", "note", "")]
     C.print_table(f"Registration accuracy ({size}); errors in world px after removing one global translation",
                   cols_acc, rows)
