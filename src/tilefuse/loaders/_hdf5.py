@@ -172,7 +172,12 @@ class Hdf5Loader(ImageLoader):
         return cached_value((str(path), ("h5meta", what)), compute, anchors=self._anchors(path))
 
     def _cells(self, view: ViewId, level: int) -> _Cells:
-        """The ``cells`` dataset of one level and what reading it needs, or raise MissingDataError."""
+        """What reading the ``cells`` dataset of one level needs, or raise MissingDataError.
+
+        Only its properties are kept, not the open dataset: HDF5 holds ~0.4 MB per open
+        dataset (checking 2,500 views of 4 levels with their datasets kept took 990 MB
+        instead of 105 MB).
+        """
         path, tp, setup = self._locate(view)
         return self._memo(path, ("cells", tp, setup, level), lambda: _Cells.of(self._find_cells(view, level)))
 
@@ -286,7 +291,7 @@ class Hdf5Loader(ImageLoader):
 
     def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
         cells = self._cells(view, level)
-        ds = cells.ds
+        ds = self._find_cells(view, level)
         region = normalize_region(region, cells.shape)
         # Only the chunks the region touches are read and decompressed.  Cached blocks are keyed on
         # the identity of the files when read (the dataset is dropped with the handle when they change).
@@ -331,7 +336,7 @@ class Hdf5Loader(ImageLoader):
             for key in [f"{hdf5_setup(setup)}/resolutions"] + [hdf5_cells(tp, setup, i) for i in range(n_levels)]:
                 _check_links(f, path, key, listed, view, seen)
         for level in range(n_levels):
-            ds = self._cells(view, level).ds
+            ds = self._find_cells(view, level)
             if ds.ndim != 3:
                 raise ImageDataError(f"{path}: {view}: {ds.name} is {ds.ndim}D, expected 3D (z y x)")
             if external_ok:
@@ -349,7 +354,7 @@ class Hdf5Loader(ImageLoader):
                 )
         # Pixels stored in another type than the declared one would be misread (same-width
         # integers are fine: legacy BDV stores uint16 as int16).
-        cells = self._cells(view, 0).ds
+        cells = self._find_cells(view, 0)
         stored, want = cells.dtype, self.dtype(view)
         if stored != want and not (stored.kind in "iu" and want.kind in "iu" and stored.itemsize == want.itemsize):
             raise ImageDataError(f"{path}: {view} is stored as {stored} but declared {want}")
@@ -376,9 +381,8 @@ class Hdf5Loader(ImageLoader):
 
 @dataclass(frozen=True)
 class _Cells:
-    """A ``cells`` dataset and its properties, each read from h5py once."""
+    """The properties of a ``cells`` dataset, each read from h5py once."""
 
-    ds: object
     shape: tuple[int, ...]
     chunks: tuple[int, ...] | None
     dtype: np.dtype
@@ -389,7 +393,7 @@ class _Cells:
     @classmethod
     def of(cls, ds) -> _Cells:
         chunks = None if ds.chunks is None else tuple(int(c) for c in ds.chunks)
-        return cls(ds, tuple(int(n) for n in ds.shape), chunks, ds.dtype, _direct_chunk_filters(ds),
+        return cls(tuple(int(n) for n in ds.shape), chunks, ds.dtype, _direct_chunk_filters(ds),
                    os.path.abspath(ds.file.filename), ds.name)
 
 
