@@ -412,6 +412,26 @@ def test_writer_streams_blocks(tmp_path):
     np.testing.assert_array_equal(loader.read(V0, 1, ALL), _ref_block_mean(full, (2, 2, 2)))
 
 
+def test_writer_goes_in_batches_of_views(tmp_path, monkeypatch):
+    # Thousands of views in one dask graph with all their datasets open took GBs: views are written in
+    # batches (here one view per batch), each level of a batch by one graph, with the same result.
+    import tilefuse._compute
+    import tilefuse.writers.bdv_hdf5 as writer
+
+    monkeypatch.setattr(writer, "_BATCH_CHUNKS", 4)  # views of 2x2x2 chunks: one view per batch
+    sizes = []
+    real_store = tilefuse._compute.store
+    monkeypatch.setattr(tilefuse._compute, "store", lambda s, t, **k: sizes.append(len(s)) or real_store(s, t, **k))
+    rng = np.random.default_rng(0)
+    images = {ViewId(0, s): rng.integers(0, 4000, (8, 64, 64), dtype=np.uint16) for s in range(3)}
+    path = write_bdv_hdf5(tmp_path / "batched.h5", images, factors=[(1, 1, 1), (2, 2, 2)], chunks=(4, 32, 32))
+    assert sizes == [1] * 6  # 3 batches x 2 levels
+    loader = Hdf5Loader.for_path(path)
+    for view, img in images.items():
+        np.testing.assert_array_equal(loader.read(view, 0, ALL), img)
+        np.testing.assert_array_equal(loader.read(view, 1, ALL), _ref_block_mean(img, (2, 2, 2)))
+
+
 def test_writer_replaces_atomically_and_cleans_up(tmp_path, capsys):
     path = tmp_path / "x.h5"
     a = np.arange(4 * 8 * 8, dtype=np.uint8).reshape(4, 8, 8)
