@@ -16,10 +16,11 @@ curve earlier (the 10,000 point needs the disk and the time).
 Each point runs ``tilefuse.pipeline.run(xml, out.ome.zarr)`` (open +
 register + fuse to OME-Zarr, local threads) in a fresh process.  Stage times:
 the run's own timer (open, register, fuse + write) and, inside it, the time
-spent in each step's function (wrapped in the child: checking views against
+spent in each step's function, wall and CPU (all threads of the process;
+on a loaded machine CPU is the steadier figure), wrapped in the child: checking views against
 the XML, finding overlapping pairs, the pairs' phase correlations, the
 global solve, applying the result, writing the registered XML, the fusion
-plan, fusing and writing); nested steps count in both (checking views
+plan, fusing and writing; nested steps count in both (checking views
 happens inside registration and fusion).  Per-tile figures show whether a
 stage grows linearly: the time per tile of a linear stage stays flat from 600
 to 10,000 tiles.  Peak memory: ``ru_maxrss`` of the process and the sampled
@@ -64,6 +65,7 @@ def _wrap_steps() -> dict:
     import importlib
 
     spent = {name: 0.0 for name in STEPS}
+    spent.update({f"{name} (CPU)": 0.0 for name in STEPS})
     depth = {name: 0 for name in STEPS}  # recursion (check_view calling itself) counted once
 
     for name, (module, attr) in STEPS.items():
@@ -76,13 +78,14 @@ def _wrap_steps() -> dict:
         @functools.wraps(original)
         def timed(*args, _original=original, _name=name, **kwargs):
             depth[_name] += 1
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return _original(*args, **kwargs)
             finally:
                 depth[_name] -= 1
                 if not depth[_name]:
                     spent[_name] += time.perf_counter() - t0
+                    spent[f"{_name} (CPU)"] += time.process_time() - c0
 
         setattr(owner, leaf, timed)
     return spent
@@ -145,8 +148,10 @@ def main() -> None:
               f"register {C.fmt(row['register_s'])}  fuse+write {C.fmt(row['fuse_s'])}  peak {row['rss']:.0f} MB "
               f"(tree {row['tree']:.0f} MB)  error {C.fmt(row.get('err_mean'), '.3f')} / "
               f"{C.fmt(row.get('err_max'), '.3f')} px {row['note']}")
-        for name, s in steps.items():
-            print(f"      {name:<28} {s:8.2f} s  {1e3 * s / n:7.2f} ms/tile")
+        for name in STEPS:
+            s, c = steps.get(name, float("nan")), steps.get(f"{name} (CPU)", float("nan"))
+            print(f"      {name:<28} {s:8.2f} s  {1e3 * s / n:7.2f} ms/tile   CPU {c:8.2f} s  "
+                  f"{1e3 * c / n:7.2f} ms/tile")
 
     for row in rows:
         row["ms_per_tile"] = 1e3 * row["run_s"] / row["tiles"] if row.get("run_s") else None
@@ -162,7 +167,12 @@ def main() -> None:
                    ("err_mean", "err mean px", ".3f"), ("err_max", "err max px", ".3f"), ("note", "note", "")], rows)
     step_rows = [{"step": name, **{f"t{r['tiles']}": 1e3 * r["steps"].get(name, float("nan")) / r["tiles"]
                                    for r in rows if r.get("steps")}} for name in STEPS]
-    C.print_table("Time per tile (ms) in each step: flat = linear",
+    step_rows += [{"step": "total (run)", **{f"t{r['tiles']}": r["ms_per_tile"] for r in rows}}]
+    step_rows += [{"step": f"{name} (CPU)", **{f"t{r['tiles']}": 1e3 * r["steps"].get(f"{name} (CPU)", float("nan"))
+                                              / r["tiles"] for r in rows if r.get("steps")}} for name in STEPS]
+    step_rows += [{"step": "total (run, CPU)", **{f"t{r['tiles']}": 1e3 * r["cpu_s"] / r["tiles"]
+                                                   for r in rows if r.get("cpu_s")}}]
+    C.print_table("Time per tile (ms) in each step, wall then CPU (all threads): flat = linear",
                   [("step", "step", "")] + [(f"t{r['tiles']}", f"{r['tiles']} tiles", ".2f") for r in rows],
                   step_rows)
     C.write_json(args.json, {"machine": info, "size": size, "grids": GRIDS[size], "common": COMMON, "rows": rows})
