@@ -42,8 +42,9 @@ def test_register_fuse_and_run(sample, capsys, tmp_path):
 
     assert main(["fuse", str(out), str(tmp_path / "f.ome.zarr"), "--preview", str(tmp_path / "f.png"),
                  "--downsample", "2", "-q"]) == 0
-    assert (tmp_path / "f.ome.zarr" / ".zattrs").exists() and (tmp_path / "f.png").exists()
-    attrs = json.loads((tmp_path / "f.ome.zarr" / ".zattrs").read_text())
+    assert (tmp_path / "f.ome.zarr" / "zarr.json").exists() and (tmp_path / "f.png").exists()
+    attrs = json.loads((tmp_path / "f.ome.zarr" / "zarr.json").read_text())["attributes"]["ome"]
+    assert attrs["version"] == "0.5"
     scale = attrs["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale[-1] == pytest.approx(2.0)
 
@@ -86,3 +87,26 @@ def test_run_report_names_the_options_that_differ(sample, tmp_path, capsys):
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("options") and "preset=strict" in first and "blending=average" in first
     assert "interpolation" not in first  # defaults are not listed
+
+
+def test_run_writes_the_container_asked_for(sample, tmp_path):
+    """`run --container n5` once wrote HDF5: the option was dropped on its way to the writer."""
+    assert main(["run", str(sample / "dataset.xml"), str(tmp_path / "out.xml"), "--container", "n5",
+                 "--downsample", "4", "-q"]) == 0
+    assert (tmp_path / "out.n5").is_dir() and not (tmp_path / "out.h5").exists()
+    assert 'format="bdv.n5"' in (tmp_path / "out.xml").read_text()
+
+
+def test_a_closed_pipe_is_not_an_error(sample, monkeypatch):
+    """`tilefuse info x.xml | head -1`: the reader leaves early; no traceback, exit 0."""
+    import sys
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", str(sample / "dataset.xml")]) == 0

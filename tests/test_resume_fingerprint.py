@@ -5,6 +5,10 @@ same name: another project of the same shape, other options, a moved tile, chang
 output grid is pinned by a bounding box, so the layout (shape, chunks, pyramid) is the same every
 time and only the fingerprint can tell the runs apart.  The result must equal a fresh fusion of
 the second run, voxel for voxel.
+
+These run on NGFF 0.4, whose per-chunk markers let a test stop a run after any chunk; the
+manifest and its fingerprint are the same for 0.5, whose per-shard resume is tested in
+tests/test_writer_ome_zarr.py (and one case here).
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ def _interrupt(monkeypatch, plan, out, after=6):
 
     monkeypatch.setattr(oz, "_store_block", killed_after)
     with pytest.raises(RuntimeError, match="killed"):
-        tilefuse.write_fused(plan, out)
+        tilefuse.write_fused(plan, out, ngff="0.4")
     deadline = time.monotonic() + 10
     while state["in_flight"] and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -152,7 +156,7 @@ def test_resume_after_other_work_starts_over(tmp_path, project_a, monkeypatch, c
     assert np.mean(expected != first) > 0.005, "the change must alter the fused image for the test to mean anything"
 
     with caplog.at_level("INFO", logger="tilefuse"):
-        tilefuse.write_fused(plan_b, out)
+        tilefuse.write_fused(plan_b, out, ngff="0.4")
     assert "starting over" in caplog.text and reason in caplog.text, caplog.text
     assert "resuming" not in caplog.text
     np.testing.assert_array_equal(_level0(out), expected)
@@ -174,7 +178,7 @@ def test_resume_of_the_same_work_skips_finished_chunks(tmp_path, project_a, monk
     monkeypatch.setattr(oz, "_store_block", counting)
     reopened = tilefuse.open_project(project_a.path)  # as a new process would
     with caplog.at_level("INFO", logger="tilefuse"):
-        tilefuse.write_fused(_plan(reopened), out)
+        tilefuse.write_fused(_plan(reopened), out, ngff="0.4")
     assert f": {done} of " in caplog.text and "chunks already written" in caplog.text, caplog.text
     assert len(level0_stores) == total_level0 - done
     np.testing.assert_array_equal(_level0(out), _fresh(_plan(project_a)))
@@ -186,11 +190,11 @@ def test_resume_required_refuses_other_work_and_keeps_it(tmp_path, project_a, mo
     partial = out.with_name(out.name + ".partial")
     before = sorted(p.name for p in (partial / ".tilefuse" / "level0").iterdir())
     with pytest.raises(ResumeMismatchError, match="blending 'cosine' -> 'max'"):
-        tilefuse.write_fused(_plan(project_a, blending="max"), out, resume="require")
+        tilefuse.write_fused(_plan(project_a, blending="max"), out, resume="require", ngff="0.4")
     assert sorted(p.name for p in (partial / ".tilefuse" / "level0").iterdir()) == before
     assert not out.exists()
     # the same work is accepted under "require"
-    tilefuse.write_fused(_plan(project_a), out, resume="require")
+    tilefuse.write_fused(_plan(project_a), out, resume="require", ngff="0.4")
     np.testing.assert_array_equal(_level0(out), _fresh(_plan(project_a)))
 
 
@@ -199,12 +203,13 @@ def test_cli_resume_messages(tmp_path, project_a, monkeypatch, capsys):
     _interrupt(monkeypatch, tilefuse.plan_fusion(project_a, chunks=CHUNKS), out)
     xml, chunks = str(project_a.path), "32,32"
     # --resume with other options: refused, exit 2, one paragraph naming the option; partial kept
-    assert main(["fuse", xml, str(out), "--blending", "max", "--resume", "--chunks", chunks, "-q"]) == 2
+    args = ["--chunks", chunks, "--ngff", "0.4", "-q"]
+    assert main(["fuse", xml, str(out), "--blending", "max", "--resume", *args]) == 2
     err = capsys.readouterr().err
     assert "cannot resume" in err and "blending 'cosine' -> 'max'" in err and "Traceback" not in err
     assert out.with_name(out.name + ".partial").exists() and not out.exists()
     # the default: starts over with a warning, and the result is a complete fresh fusion
-    assert main(["fuse", xml, str(out), "--blending", "max", "--chunks", chunks, "-q"]) == 0
+    assert main(["fuse", xml, str(out), "--blending", "max", *args]) == 0
     err = capsys.readouterr().err
     assert "warning:" in err and "starting over" in err
     fresh = tilefuse.plan_fusion(project_a, blending="max", chunks=CHUNKS).to_dask().compute()[:, :, 0]
@@ -230,6 +235,6 @@ def test_resume_rewrites_chunks_lost_after_their_marker(tmp_path, project_a, mon
     data = chunk(stored[2]).read_bytes()
     chunk(stored[2]).write_bytes(data[: len(data) // 2])  # cut short
     with caplog.at_level("INFO", logger="tilefuse"):
-        tilefuse.write_fused(_plan(project_a), out)
+        tilefuse.write_fused(_plan(project_a), out, ngff="0.4")
     assert "3 more found damaged, written again" in caplog.text, caplog.text
     np.testing.assert_array_equal(_level0(out), _fresh(_plan(project_a)))

@@ -1,4 +1,4 @@
-"""OME-Zarr writer: NGFF metadata read by ome-zarr, exact pixels, atomic and resumable."""
+"""OME-Zarr writer: NGFF 0.5 (sharded) and 0.4 metadata read by ome-zarr, exact pixels, atomic and resumable."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import zarr
 
 from tilefuse._outputs import partial_path
 from tilefuse.downsample import block_mean
-from tilefuse.errors import OutputExistsError
+from tilefuse.errors import OutputExistsError, TilefuseError
 from tilefuse.writers.ome_zarr import pyramid_plan, write_ome_zarr
 
 
@@ -55,7 +55,7 @@ def test_2d_metadata_levels_and_pixels(tmp_path):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 60000, (300, 260), dtype=np.uint16)
     path = write_ome_zarr(
-        image, tmp_path / "img.ome.zarr", voxel_size=(0.5, 0.25), origin=(10.0, -4.0), chunks=64
+        image, tmp_path / "img.ome.zarr", voxel_size=(0.5, 0.25), origin=(10.0, -4.0), chunks=64, ngff="0.4"
     )
     assert path == tmp_path / "img.ome.zarr" and path.is_dir()
     assert not partial_path(path).exists()
@@ -128,7 +128,7 @@ def test_tczyx_with_channel_names(tmp_path):
     group = zarr.open_group(str(path), mode="r")
     np.testing.assert_array_equal(group["0"][...], image)
     assert group["1"].shape == (2, 3, 6, 20, 15)
-    window = group.attrs["omero"]["channels"][1]["window"]
+    window = group.attrs["ome"]["omero"]["channels"][1]["window"]
     assert window["start"] == group["1"][:, 1].min() and window["end"] == group["1"][:, 1].max()
 
 
@@ -186,14 +186,14 @@ def test_resume_after_interruption(tmp_path):
     same = {"data": "the same 64x96 array"}
     with dask.config.set(scheduler="synchronous"):
         with pytest.raises(RuntimeError, match="simulated crash"):
-            write_ome_zarr(first.array(chunks), path, voxel_size=1.0, chunks=(16, 32), fingerprint=same)
+            write_ome_zarr(first.array(chunks), path, voxel_size=1.0, chunks=(16, 32), fingerprint=same, ngff="0.4")
     assert not path.exists()
     partial = partial_path(path)
     done = len(list((partial / ".tilefuse" / "level0").iterdir()))
     assert 1 <= done <= 5  # 5 blocks computed; their stores normally ran right after
 
     second = _FlakyBlocks(data, fail_after=None)
-    write_ome_zarr(second.array(chunks), path, voxel_size=1.0, chunks=(16, 32), fingerprint=same)
+    write_ome_zarr(second.array(chunks), path, voxel_size=1.0, chunks=(16, 32), fingerprint=same, ngff="0.4")
     assert second.calls == 12 - done
     assert not partial.exists()
     group = zarr.open_group(str(path), mode="r")
@@ -210,7 +210,8 @@ def test_resume_trusts_only_marked_chunks(tmp_path):
     path = tmp_path / "m.ome.zarr"
     with dask.config.set(scheduler="synchronous"):
         with pytest.raises(RuntimeError):
-            write_ome_zarr(_FlakyBlocks(data, 2).array((16, 16)), path, voxel_size=1.0, fingerprint={"d": 1})
+            write_ome_zarr(_FlakyBlocks(data, 2).array((16, 16)), path, voxel_size=1.0, fingerprint={"d": 1},
+                           ngff="0.4")
     partial = partial_path(path)
     marked = {m.name for m in (partial / ".tilefuse" / "level0").iterdir()}
     assert 1 <= len(marked) <= 2
@@ -219,7 +220,7 @@ def test_resume_trusts_only_marked_chunks(tmp_path):
     g = zarr.open_group(str(partial), mode="r+")
     g["0"][16 * i : 16 * i + 16, 16 * j : 16 * j + 16] = 7
     second = _FlakyBlocks(data, None)
-    write_ome_zarr(second.array((16, 16)), path, voxel_size=1.0, fingerprint={"d": 1})
+    write_ome_zarr(second.array((16, 16)), path, voxel_size=1.0, fingerprint={"d": 1}, ngff="0.4")
     assert second.calls == 4 - len(marked)
     np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][...], data)
 
@@ -327,7 +328,7 @@ def test_empty_chunks_are_left_out_and_stale_ones_removed(tmp_path):
     data = np.zeros((64, 64), dtype=np.uint16)
     data[:32, :32] = np.arange(32 * 32).reshape(32, 32)
     path = tmp_path / "e.ome.zarr"
-    write_ome_zarr(da.from_array(data, chunks=32), path, voxel_size=1.0, chunks=(32, 32))
+    write_ome_zarr(da.from_array(data, chunks=32), path, voxel_size=1.0, chunks=(32, 32), ngff="0.4")
     level0 = path / "0"
     assert (level0 / "0" / "0").is_file()  # the chunk with data
     assert not (level0 / "1").exists() and not (level0 / "0" / "1").exists()  # empty ones absent
@@ -342,3 +343,156 @@ def test_empty_chunks_are_left_out_and_stale_ones_removed(tmp_path):
                  (slice(32, 64), slice(32, 64)), str(tmp_path / "marker"), str(level0 / "1" / "1"))
     assert not (level0 / "1" / "1").exists() and (tmp_path / "marker").read_text() == "0"
     np.testing.assert_array_equal(arr[32:, 32:], 0)
+
+
+# -- NGFF 0.5: Zarr v3 with shards -----------------------------------------------------------
+def _shard_files(level_dir):
+    return sorted(p for p in (level_dir / "c").rglob("*") if p.is_file())
+
+
+def test_ngff05_is_the_default_valid_sharded_and_read_by_every_reader(tmp_path):
+    from ome_zarr_models.v05.image import Image
+
+    rng = np.random.default_rng(6)
+    image = rng.integers(0, 4000, (2, 20, 150, 130), dtype=np.uint16)
+    image[:, :, :32, :32] = 0  # an all-zero chunk: left out of its shard
+    path = write_ome_zarr(da.from_array(image, chunks=(1, 8, 32, 32)), tmp_path / "s.ome.zarr",
+                          voxel_size=(2.0, 0.5, 0.5), origin=(1.0, 2.0, 3.0), chunks=(1, 8, 32, 32),
+                          shards=(1, 16, 64, 64), channel_names=["a", "b"])
+    group = zarr.open_group(str(path), mode="r")
+    assert group.metadata.zarr_format == 3
+    model = Image.from_zarr(group)  # validates the metadata and every level array against NGFF 0.5
+    assert model.attributes.ome.version == "0.5"
+    ome = group.attrs["ome"]
+    assert [c["label"] for c in ome["omero"]["channels"]] == ["a", "b"]
+    assert [a["name"] for a in ome["multiscales"][0]["axes"]] == list("czyx")
+
+    level0 = group["0"]
+    assert level0.chunks == (1, 8, 32, 32) and level0.shards == (1, 16, 64, 64)
+    assert list(level0.metadata.dimension_names) == list("czyx")
+    np.testing.assert_array_equal(level0[...], image)
+    # one file per shard: 2 channels x 2 x 3 x 3 shards at level 0 (not one per chunk: 2 x 3 x 5 x 5)
+    assert len(_shard_files(path / "0")) == 2 * 2 * 3 * 3
+    assert not list(path.rglob("*.partial")) and not (path / ".tilefuse").exists()
+    expected1 = np.rint(_reference_mean(image[1].astype(float), (1, 2, 2)))
+    np.testing.assert_array_equal(group["1"][1], expected1)
+
+    node = _read_ngff(path)  # ome-zarr-py
+    assert [lvl.shape for lvl in node.data] == [group[str(i)].shape for i in range(len(group))]
+    np.testing.assert_allclose(_scales(node)[1], [1, 2, 1, 1])
+    np.testing.assert_allclose(_translations(node)[1], [0, 1, 2.25, 3.25])
+    np.testing.assert_array_equal(np.asarray(node.data[0]), image)
+
+
+def test_ngff04_on_request_is_zarr_v2_valid_for_its_version(tmp_path):
+    from ome_zarr_models.v04.image import Image
+
+    image = np.arange(40 * 50, dtype=np.uint16).reshape(40, 50)
+    path = write_ome_zarr(image, tmp_path / "v4.ome.zarr", voxel_size=1.0, chunks=16, ngff="0.4")
+    group = zarr.open_group(str(path), mode="r")
+    assert group.metadata.zarr_format == 2 and group.attrs["multiscales"][0]["version"] == "0.4"
+    Image.from_zarr(group)
+    np.testing.assert_array_equal(group["0"][...], image)
+    with pytest.raises(Exception, match="shards"):
+        write_ome_zarr(image, tmp_path / "v4b.ome.zarr", voxel_size=1.0, chunks=16, ngff="0.4", shards=32)
+
+
+def test_default_shards_hold_about_a_gib_of_whole_chunks():
+    from tilefuse.writers.ome_zarr import SHARD_BYTES, shard_shape
+
+    shard = shard_shape((1, 1, 4000, 20000, 20000), "tczyx", (1, 1, 128, 256, 256), 2)
+    assert shard == (1, 1, 512, 1024, 1024)  # grown along the axis it spans least: cube-like
+    assert np.prod(shard) * 2 == SHARD_BYTES
+    assert shard_shape((300, 260), "yx", (64, 64), 2) == (320, 320)  # small image: one shard covers it
+    assert shard_shape((50, 9000, 9000), "zyx", (64, 256, 256), 4) == (64, 2048, 2048)
+
+
+def _interrupt_after_commits(monkeypatch, n, write):
+    """Run ``write`` and 'kill' it when the ``n+1``-th shard is about to be committed."""
+    import tilefuse.writers.ome_zarr as oz
+
+    original, state = oz._commit, {"n": 0}
+    lock = threading.Lock()
+
+    def killed(*args):
+        with lock:
+            state["n"] += 1
+            if state["n"] > n:
+                raise RuntimeError("killed")
+        return original(*args)
+
+    monkeypatch.setattr(oz, "_commit", killed)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="killed"):
+        write()
+    monkeypatch.undo()
+
+
+def _count_appends(monkeypatch):
+    import tilefuse.writers.ome_zarr as oz
+
+    calls, original = [], oz._append_block
+    monkeypatch.setattr(oz, "_append_block", lambda block, tmp, *a: (calls.append(tmp), original(block, tmp, *a))[1])
+    return calls
+
+
+def test_ngff05_resumes_per_shard_and_redoes_the_killed_one(tmp_path, monkeypatch, caplog):
+    data = np.random.default_rng(7).integers(1, 4000, (64, 96), dtype=np.uint16)
+    path = tmp_path / "r.ome.zarr"
+    args = dict(voxel_size=1.0, chunks=(16, 16), shards=(32, 32), fingerprint={"d": 1}, n_levels=1)
+    # 2 x 3 shards of 2 x 2 chunks; killed as the third shard is committed, its chunks all appended
+    _interrupt_after_commits(monkeypatch, 2, lambda: write_ome_zarr(da.from_array(data, chunks=16), path, **args))
+    partial = partial_path(path)
+    assert len(_shard_files(partial / "0")) == 2 + 1  # two shards, and the killed one's .partial
+    assert len(list((partial / "0").rglob("*.partial"))) == 1
+    assert not path.exists()
+
+    appends = _count_appends(monkeypatch)
+    with caplog.at_level("INFO", logger="tilefuse"):
+        write_ome_zarr(da.from_array(data, chunks=16), path, **args)
+    assert "2 of 6 shards were complete, 4 written" in caplog.text, caplog.text
+    assert len(appends) == 4 * 4  # the 4 other shards, 4 chunks each; the killed shard started afresh
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][...], data)
+    assert not list(path.rglob("*.partial"))
+
+
+@pytest.mark.parametrize("damage", ["cut short", "index flipped", "emptied"])
+def test_ngff05_resume_rewrites_shards_damaged_after_commit(tmp_path, monkeypatch, caplog, damage):
+    """A machine crash (or a copy) can leave a shard under its key that is not whole: never trusted."""
+    data = np.random.default_rng(8).integers(1, 4000, (64, 64), dtype=np.uint16)
+    path = tmp_path / "d.ome.zarr"
+    args = dict(voxel_size=1.0, chunks=(16, 16), shards=(32, 32), fingerprint={"d": 2}, n_levels=1)
+    _interrupt_after_commits(monkeypatch, 3, lambda: write_ome_zarr(data, path, **args))
+    shards = [p for p in _shard_files(partial_path(path) / "0") if p.suffix != ".partial"]
+    assert len(shards) == 3
+    raw = shards[1].read_bytes()
+    if damage == "cut short":
+        shards[1].write_bytes(raw[: len(raw) // 2])
+    elif damage == "index flipped":
+        shards[1].write_bytes(raw[:-10] + bytes([raw[-10] ^ 1]) + raw[-9:])
+    else:
+        shards[1].write_bytes(b"")
+    appends = _count_appends(monkeypatch)
+    with caplog.at_level("INFO", logger="tilefuse"):
+        write_ome_zarr(data, path, **args)
+    assert "2 of 4 shards were complete, 2 written" in caplog.text, caplog.text
+    assert len(appends) == 2 * 4
+    np.testing.assert_array_equal(zarr.open_group(str(path), mode="r")["0"][...], data)
+
+
+def test_shard_writer_matches_zarr_byte_for_byte_semantics(tmp_path):
+    """Empty chunks are left out (index entry 2**64-1) and edge chunks padded, as zarr reads them."""
+    from tilefuse.writers._shards import EMPTY, index_nbytes, shard_is_complete
+
+    data = np.zeros((40, 40), np.float32)
+    data[20:, 20:] = np.random.default_rng(9).random((20, 20), dtype=np.float32)
+    path = write_ome_zarr(data, tmp_path / "e.ome.zarr", voxel_size=1.0, chunks=(16, 16), n_levels=1)
+    files = _shard_files(path / "0")
+    assert len(files) == 1 and shard_is_complete(files[0], 9)
+    index = np.frombuffer(files[0].read_bytes()[-index_nbytes(9):-4], "<u8").reshape(9, 2)
+    assert (index[0] == EMPTY).all() and (index[1] == EMPTY).all()  # the zero chunks
+    assert (index[8] != EMPTY).all()  # the edge chunk, 8x8 of data padded to 16x16
+    np.testing.assert_array_equal(zarr.open_array(str(path / "0"), mode="r")[...], data)
+    with pytest.raises(TilefuseError, match="Blosc or None"):
+        import numcodecs
+
+        write_ome_zarr(data, tmp_path / "z.ome.zarr", voxel_size=1.0, compressor=numcodecs.Zstd())

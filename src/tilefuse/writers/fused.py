@@ -49,7 +49,7 @@ def write_fused(
     plan : FusionPlan
         From :func:`tilefuse.plan_fusion`.
     path : path-like
-        ``.ome.zarr`` (multiscale NGFF 0.4), ``.tif`` or ``.xml``.
+        ``.ome.zarr`` (multiscale NGFF 0.5, or 0.4 with ``ngff="0.4"``), ``.tif`` or ``.xml``.
     options : OutputOptions, optional
         How to write (default ``OutputOptions()``); ``**changes`` changes fields:
 
@@ -65,6 +65,12 @@ def write_fused(
             See :func:`~tilefuse.writers.ome_zarr.write_ome_zarr`.
         ``n_levels`` : int, optional
             Number of pyramid levels (default: until the image is small).
+        ``ngff`` : {"0.5", "0.4"}
+            OME-Zarr version: 0.5 (Zarr v3 with shards, the default) or 0.4
+            (Zarr v2, one file per chunk).
+        ``shards`` : int, optional
+            OME-Zarr 0.5: shard side in voxels along each spatial axis (a
+            multiple of the chunks); default about 1 GiB of chunks per shard.
     progress : bool
         Show a progress bar.
     client : distributed.Client, optional
@@ -92,7 +98,7 @@ def write_fused(
         return write_ome_zarr(image, path, voxel_size=voxel_size, origin=origin, unit=plan.unit, axes=axes,
                               channel_names=plan.channel_names, progress=progress, resume=resume,
                               overwrite=overwrite, n_levels=n_levels, fingerprint=plan.fingerprint(),
-                              client=client)
+                              client=client, ngff=o.ngff, shards=o.shards)
     if kind == "tiff":
         from .tiff import write_tiff
 

@@ -1,9 +1,14 @@
-"""Write a (fused) volume as an OME-NGFF 0.4 multiscale image.
+"""Write a (fused) volume as an OME-NGFF multiscale image: 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).
 
-The layout is the one ome-zarr-py and napari read best: a zarr *v2* group
-(written with zarr-python 3) holding one array per resolution level, ``"0"``
-the full resolution, with ``/`` as chunk-key separator and a ``multiscales``
-entry in the group attributes.
+NGFF 0.5, the default, is a Zarr *v3* group (``zarr.json``, the metadata under
+its ``"ome"`` attribute) holding one array per resolution level, ``"0"`` the
+full resolution.  Every level is *sharded*: chunks (as in 0.4) are grouped
+into shard files of about :data:`SHARD_BYTES` (1 GiB uncompressed at level 0),
+so a 1 TB volume is ~1000 files instead of a million.  What readers need:
+zarr-python >= 3, ome-zarr-py >= 0.12 (napari), ngff-zarr, neuroglancer,
+Fiji's n5-ij.  ``ngff="0.4"`` writes the older layout for older viewers: a
+Zarr v2 group, one file per chunk, ``/`` as chunk-key separator and the
+``multiscales`` entry in the group attributes.
 
 How the pyramid is built
 ------------------------
@@ -32,24 +37,35 @@ level-0 voxel 0).
 
 Atomic writing and resuming
 ---------------------------
-Everything is written to ``<path>.partial`` and renamed at the end.  Next to
-the arrays the partial group keeps ``.tilefuse/manifest.json`` and one marker
-file per chunk, created only *after* that chunk has been stored, recording the
-chunk file's size.  A run killed mid-write therefore leaves at worst a
-half-written chunk *without* its marker; a machine that crashed before the
-disk caught up may leave a marker whose chunk file is missing or shorter,
-which a resumed run notices (the size differs) and writes again.
+Everything is written to ``<path>.partial`` and renamed at the end; next to the
+arrays the partial group keeps ``.tilefuse/manifest.json``.
 
-The manifest holds the output layout (shape, dtype, chunks, pyramid plan,
-compressor) and a *fingerprint* of the work: for a fusion
-(:meth:`tilefuse.FusionPlan.fingerprint`) the tilefuse version, the output
-grid, every fusion option, the views with their transform chains, pyramid
-levels and intensity adjustments, and the size and modification time of
-every input file.  A later run continues the partial output only if both are
-equal, and then trusts only marked chunks; any difference means other work,
-and its chunks are never mixed in: the partial output is deleted and the
-write starts over with a warning naming what differs, or, with
-``resume="require"``, the write is refused and the partial output kept.
+* NGFF 0.5: a shard is written whole or not at all.  Its chunks are encoded
+  and appended to ``<shard key>.partial`` as they are computed, and once all
+  are there the shard's index is written, the file synced to disk and renamed
+  to its key (:mod:`._shards`).  A shard under its key is therefore complete,
+  even after a machine crash; on resume a run checks each one's index
+  (CRC-32C, offsets inside the file), keeps it, and recomputes every shard
+  that is missing or damaged (deleting stray ``.partial`` files).  The resume
+  state is the shards themselves: no file per chunk.
+* NGFF 0.4: one marker file per chunk, created only *after* that chunk has
+  been stored, recording the chunk file's size.  A run killed mid-write
+  leaves at worst a half-written chunk *without* its marker; a machine that
+  crashed before the disk caught up may leave a marker whose chunk file is
+  missing or shorter, which a resumed run notices (the size differs) and
+  writes again.
+
+The manifest holds the output layout (NGFF version, shape, dtype, chunks,
+shards, pyramid plan, compressor) and a *fingerprint* of the work: for a
+fusion (:meth:`tilefuse.FusionPlan.fingerprint`) the tilefuse version, the
+output grid, every fusion option, the views with their transform chains,
+pyramid levels and intensity adjustments, and the size and modification time
+of every input file.  A later run continues the partial output only if both
+are equal, and then trusts only complete shards (marked chunks); any
+difference means other work, and its pixels are never mixed in: the partial
+output is deleted and the write starts over with a warning naming what
+differs, or, with ``resume="require"``, the write is refused and the partial
+output kept.
 """
 
 from __future__ import annotations
@@ -69,12 +85,19 @@ from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, OutputExistsError, TilefuseError
 from ._atomic import atomic_output
+from ._shards import append_chunk, commit_shard, shard_is_complete
+from .options import NGFF_VERSIONS
 
-__all__ = ["write_ome_zarr", "pyramid_plan", "PyramidLevel", "ResumeMismatchError"]
+__all__ = ["write_ome_zarr", "pyramid_plan", "shard_shape", "PyramidLevel", "ResumeMismatchError", "NGFF_VERSIONS",
+           "SHARD_BYTES"]
 
 log = logging.getLogger(__name__)
 
-NGFF_VERSION = "0.4"
+#: Uncompressed bytes of a level-0 shard (NGFF 0.5).  1 GiB: ~1000 files per TB
+#: (parallel file systems and object stores handle that well, and BigStitcher-Spark
+#: makes shards of this order), while a shard that a killed run must redo costs
+#: seconds, not minutes.  Memory does not depend on it: chunks are appended one by one.
+SHARD_BYTES = 2**30
 #: Chunks written per compute call, per worker thread: enough to keep
 #: every thread busy (a cluster gets proportionally larger batches), small
 #: enough to bound the blocks in flight and the work a crash can lose.
@@ -168,6 +191,32 @@ def _choose_chunks(image, axes: str, chunks) -> tuple[int, ...]:
     if len(chunks) != len(shape) or any(c < 1 for c in chunks):
         raise ImageDataError(f"chunks {chunks} do not fit an image of shape {shape}")
     return tuple(max(1, min(c, n)) for c, n in zip(chunks, shape))
+
+
+def shard_shape(shape: Sequence[int], axes: str, chunks: Sequence[int], itemsize: int,
+                target_bytes: int = SHARD_BYTES) -> tuple[int, ...]:
+    """A shard shape of whole chunks holding about ``target_bytes`` (never more, unless one chunk is).
+
+    The shard grows along the spatial axes, always along the one it spans
+    least (x first on ties), up to the array's extent: shards are then as
+    close to cubes of chunks as the image allows, which keeps a region read
+    within few shards.  t and c keep one chunk per shard.
+    """
+    counts = [1] * len(shape)
+    extent = [-(-int(n) // int(c)) for n, c in zip(shape, chunks)]  # chunks along each axis
+    nbytes = math.prod(int(c) for c in chunks) * itemsize
+    spatial = [i for i, a in enumerate(axes) if a in "zyx"]
+    while True:
+        growable = [i for i in spatial if counts[i] < extent[i]]
+        if not growable:
+            break
+        axis = min(reversed(growable), key=lambda i: counts[i] * chunks[i])
+        grown = min(2 * counts[axis], extent[axis])
+        if nbytes // counts[axis] * grown > target_bytes:
+            break
+        nbytes = nbytes // counts[axis] * grown
+        counts[axis] = grown
+    return tuple(int(c) * n for c, n in zip(chunks, counts))
 
 
 def pyramid_plan(
@@ -318,6 +367,110 @@ def _write_level(src, target, done_dir: Path, level_dir: Path, bar: Progress, cl
         compute(*tasks, client=client, progress=bar)  # the bar advances as each chunk is stored
 
 
+def _shard_key(level_dir: Path, shard_index: tuple[int, ...]) -> Path:
+    """Where Zarr v3 (default chunk keys: ``c/i/j/k``) stores a shard."""
+    return level_dir.joinpath("c", *(str(i) for i in shard_index))
+
+
+def _append_block(block, tmp: str, rank: int, region: tuple[slice, ...], chunk: tuple[int, ...],
+                  codec) -> tuple[int, tuple[int, int] | None]:
+    expected = tuple(s.stop - s.start for s in region)
+    if np.shape(block) != expected:
+        raise ImageDataError(f"{tmp}: block of shape {np.shape(block)} computed for a region of shape {expected}")
+    if expected != chunk:  # Zarr stores edge chunks whole, padded with the fill value
+        padded = np.zeros(chunk, dtype=block.dtype)
+        padded[tuple(slice(0, n) for n in expected)] = block
+        block = padded
+    return rank, append_chunk(block, tmp, codec)
+
+
+def _commit(tmp: str, final: str, n_chunks: int, *entries) -> int:
+    return commit_shard(tmp, final, n_chunks, entries)
+
+
+def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, bar: Progress,
+                         client=None) -> tuple[int, int]:
+    """Write one level shard by shard (see the module notes); returns ``(shards kept, shards written)``.
+
+    ``src`` is chunked as the array's chunks.  Shards already under their key
+    and complete are kept; the chunks of every other shard are computed,
+    appended to its ``.partial`` file and the shard committed once all are in.
+    """
+    import dask
+
+    from .._compute import compute
+
+    chunk = tuple(c[0] for c in src.chunks)
+    per = tuple(s // c for s, c in zip(shard, chunk))  # chunks per shard along each axis
+    n_inner = math.prod(per)
+    grid = tuple(-(-nb // p) for nb, p in zip(src.numblocks, per))
+    starts = [np.concatenate([[0], np.cumsum(c)]) for c in src.chunks]
+    todo, kept = [], 0
+    for index in np.ndindex(*grid):
+        key = _shard_key(level_dir, index)
+        blocks = [tuple(i * p + j for i, p, j in zip(index, per, inner)) for inner in np.ndindex(*per)]
+        ranks = [(rank, b) for rank, b in enumerate(blocks) if all(i < n for i, n in zip(b, src.numblocks))]
+        if key.is_file() and shard_is_complete(key, n_inner):
+            kept += 1
+            bar.update(len(ranks) + 1)
+            continue
+        key.parent.mkdir(parents=True, exist_ok=True)
+        for stale in (key, key.with_name(key.name + ".partial")):  # damaged, or appended by a killed run
+            stale.unlink(missing_ok=True)
+        todo.append((key, ranks))
+    if not todo:
+        return kept, 0
+    pieces = src.to_delayed(optimize_graph=True)
+    append = dask.delayed(_append_block, pure=False)
+    commit = dask.delayed(_commit, pure=False)
+    batch_size = BATCH_BLOCKS_PER_THREAD * _worker_threads(client)
+    batch: list = []
+    for number, (key, ranks) in enumerate(todo):
+        tmp = str(key.with_name(key.name + ".partial"))
+        appended = []
+        for rank, b in ranks:
+            region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, b))
+            appended.append(append(pieces[b], tmp, rank, region, chunk, codec))
+        # Each chunk and each shard's commit advance the bar by one.
+        batch += [*appended, commit(tmp, str(key), n_inner, *appended)]
+        if len(batch) >= batch_size or number == len(todo) - 1:
+            compute(*batch, client=client, progress=bar)  # whole shards only: each batch commits its shards
+            batch = []
+    return kept, len(todo)
+
+
+class _RawCodec:
+    """The encoder of an array stored without compression: the chunk's bytes as they are."""
+
+    def encode(self, block: np.ndarray):
+        return np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+
+
+def _v3_codecs(codec):
+    """``(zarr v3 compressors, encoder)`` for a numcodecs codec: the metadata and what encodes the chunks.
+
+    Only Blosc (the default) or no compression: the shard writer encodes the
+    chunks itself with numcodecs, so the two must agree byte for byte, which
+    tests/test_writer_ome_zarr.py checks by reading the output back with zarr.
+    """
+    from zarr.codecs import BloscCodec
+
+    if codec is None:
+        return None, _RawCodec()
+    config = codec.get_config()
+    if config.get("id") != "blosc":
+        raise TilefuseError(f"NGFF 0.5 output: compressor {config} is not supported; use Blosc or None "
+                            "(or ngff='0.4' for any numcodecs codec)")
+    shuffles = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}  # not -1 (auto): zarr v3 has no such setting
+    if int(config.get("shuffle", 1)) not in shuffles:
+        raise TilefuseError(f"NGFF 0.5 output: Blosc shuffle {config.get('shuffle')} (automatic) cannot be written "
+                            "as Zarr v3 metadata; choose Blosc.NOSHUFFLE, SHUFFLE or BITSHUFFLE")
+    shuffle = shuffles[int(config.get("shuffle", 1))]
+    compressors = BloscCodec(cname=config["cname"], clevel=int(config["clevel"]), shuffle=shuffle,
+                             blocksize=int(config.get("blocksize", 0)))
+    return compressors, codec
+
+
 # ----------------------------------------------------------------------------
 # metadata
 # ----------------------------------------------------------------------------
@@ -350,6 +503,7 @@ def _multiscales(
     origin: tuple[float, ...],
     plan: list[PyramidLevel],
     name: str,
+    ngff: str,
 ) -> dict[str, Any]:
     kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
     axes_meta = []
@@ -380,17 +534,18 @@ def _multiscales(
                 ],
             }
         )
-    return {
-        "version": NGFF_VERSION,
+    multiscale = {
         "name": name,
         "axes": axes_meta,
         "datasets": datasets,
         "type": "mean",
         "metadata": {"method": "tilefuse.downsample.block_mean", "downscale": "block mean"},
     }
+    # 0.5 states the version once, in the "ome" attribute around everything (_attributes).
+    return {"version": ngff, **multiscale} if ngff == "0.4" else multiscale
 
 
-def _omero(smallest, axes: str, channel_names, dtype: np.dtype, path: Path, client=None) -> dict:
+def _omero(smallest, axes: str, channel_names, dtype: np.dtype, path: Path, ngff: str, client=None) -> dict:
     """``omero`` channel metadata; display windows from the smallest level's range."""
     import dask.array as da
 
@@ -433,7 +588,16 @@ def _omero(smallest, axes: str, channel_names, dtype: np.dtype, path: Path, clie
             }
         )
     model = "greyscale" if n_channels == 1 else "color"
-    return {"version": NGFF_VERSION, "channels": channels, "rdefs": {"model": model}}
+    omero = {"channels": channels, "rdefs": {"model": model}}
+    return {"version": ngff, **omero} if ngff == "0.4" else omero
+
+
+def _attributes(multiscales: dict, omero: dict | None, ngff: str) -> dict:
+    """The group attributes: NGFF 0.4 at the top level, 0.5 under ``"ome"`` with the version."""
+    attrs = {"multiscales": [multiscales]}
+    if omero is not None:
+        attrs["omero"] = omero
+    return attrs if ngff == "0.4" else {"ome": {"version": ngff, **attrs}}
 
 
 # ----------------------------------------------------------------------------
@@ -471,7 +635,7 @@ def _manifest_differences(old: Any, new: dict) -> list[str]:
     return reasons or ["its manifest differs"]
 
 
-def _open_partial(tmp: Path, manifest: dict, final: Path, resume: str):
+def _open_partial(tmp: Path, manifest: dict, final: Path, resume: str, zarr_format: int):
     """Open ``tmp`` to continue it, or start a fresh group; returns ``(group, resumed)``.
 
     A partial output is continued only if its manifest equals this run's:
@@ -489,7 +653,7 @@ def _open_partial(tmp: Path, manifest: dict, final: Path, resume: str):
             except (OSError, ValueError):
                 old = None
             if old == manifest:
-                return zarr.open_group(str(tmp), mode="r+", zarr_format=2), True
+                return zarr.open_group(str(tmp), mode="r+", zarr_format=zarr_format), True
             reasons = "; ".join(_manifest_differences(old, manifest))
             if resume == "require":
                 raise ResumeMismatchError(
@@ -505,7 +669,7 @@ def _open_partial(tmp: Path, manifest: dict, final: Path, resume: str):
                 f"{tmp}: exists but was not written by tilefuse (no {_META_DIR}/manifest.json); "
                 f"delete it to write {final.name}"
             )
-    group = zarr.open_group(str(tmp), mode="w", zarr_format=2)
+    group = zarr.open_group(str(tmp), mode="w", zarr_format=zarr_format)
     (tmp / _META_DIR).mkdir()
     _write_json(meta, manifest)
     return group, False
@@ -553,6 +717,29 @@ def _input_fingerprint(image) -> dict[str, str]:
     return {"data": name if isinstance(name, str) else tokenize(np.asarray(image))}
 
 
+def _sharded_level_array(group, level: int, shape, chunks, shards, dtype, compressors, axes: str):
+    """A level of an NGFF 0.5 image: Zarr v3, sharded, named axes (its pixels are written by _shards)."""
+    name = str(level)
+    chunks = tuple(min(c, max(n, 1)) for c, n in zip(chunks, shape))
+    # Shards of whole chunks, no larger than the level needs.
+    shards = tuple(min(s, -(-n // c) * c) for s, c, n in zip(shards, chunks, shape))
+    if name in group:
+        arr = group[name]
+        if arr.shape == tuple(shape) and arr.chunks == chunks and arr.shards == shards and arr.dtype == dtype:
+            return arr
+    return group.create_array(
+        name,
+        shape=tuple(shape),
+        chunks=chunks,
+        shards=shards,
+        dtype=dtype,
+        compressors=compressors,
+        fill_value=0,
+        dimension_names=list(axes),
+        overwrite=True,
+    )
+
+
 def _level_array(group, level: int, shape, chunks, dtype, codec):
     name = str(level)
     chunks = tuple(min(c, max(n, 1)) for c, n in zip(chunks, shape))
@@ -595,8 +782,10 @@ def write_ome_zarr(
     name: str | None = None,
     fingerprint: Mapping[str, Any] | None = None,
     client: Any = None,
+    ngff: str = "0.5",
+    shards: int | Sequence[int] | None = None,
 ) -> Path:
-    """Write ``image`` as an OME-NGFF 0.4 multiscale image (zarr v2 layout).
+    """Write ``image`` as an OME-NGFF multiscale image: 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).
 
     Parameters
     ----------
@@ -644,6 +833,7 @@ def write_ome_zarr(
     compressor : "default", None or numcodecs codec
         ``"default"`` is Blosc LZ4 level 5 with bit shuffle (fast; pass e.g.
         ``numcodecs.Blosc("zstd", 5, Blosc.BITSHUFFLE)`` for ~5% smaller files).
+        NGFF 0.5 takes Blosc or None.
     name : str, optional
         ``multiscales`` name, default the file name without extension.
     fingerprint : mapping, optional
@@ -654,6 +844,13 @@ def write_ome_zarr(
     client : distributed.Client, optional
         Compute and write the chunks on this cluster (its workers must see
         ``path``); by default local threads.
+    ngff : {"0.5", "0.4"}
+        ``"0.5"``: Zarr v3 with sharding (the default); ``"0.4"``: Zarr v2,
+        one file per chunk, for viewers that do not read 0.5 yet.
+    shards : int or sequence of int, optional
+        NGFF 0.5: shard shape, a multiple of ``chunks`` along every axis (an
+        int applies to spatial axes).  By default about :data:`SHARD_BYTES`
+        of whole chunks (:func:`shard_shape`).
 
     Returns
     -------
@@ -681,6 +878,10 @@ def write_ome_zarr(
 
     path = Path(path)
     mode = _resume_mode(resume)
+    if ngff not in NGFF_VERSIONS:
+        raise ImageDataError(f"{path}: ngff must be one of {', '.join(NGFF_VERSIONS)}, got {ngff!r}")
+    if shards is not None and ngff == "0.4":
+        raise ImageDataError(f"{path}: shards are a Zarr v3 feature; NGFF 0.4 (Zarr v2) has none")
     if not hasattr(image, "ndim") or not hasattr(image, "dtype"):
         image = np.asarray(image)
     axes = _check_axes(axes, image.ndim, path)
@@ -716,12 +917,17 @@ def write_ome_zarr(
         n_levels=None if n_levels is None else int(n_levels),
     )
     codec = _compressor(compressor)
+    sharded = ngff != "0.4"
+    compressors, encoder = _v3_codecs(codec) if sharded else (None, None)
+    shard = _check_shards(shards, arr.shape, axes, chunk_shape, dtype, path) if sharded else None
     manifest = {
-        "format": "tilefuse-ome-zarr-partial/3",
+        "format": "tilefuse-ome-zarr-partial/4",
         "layout": {
+            "ngff": ngff,
             "axes": axes,
             "dtype": dtype.str,
             "chunks": list(chunk_shape),
+            "shards": None if shard is None else list(shard),
             "levels": [[list(lv.shape), list(lv.step)] for lv in plan],
             "compressor": None if codec is None else codec.get_config(),
         },
@@ -732,32 +938,51 @@ def write_ome_zarr(
 
     with atomic_output(path, resume=mode != "never", overwrite=overwrite) as tmp:
         tmp = tmp.absolute()  # markers and arrays are also reached from dask workers
-        group, resumed = _open_partial(tmp, manifest, path, mode)
+        group, resumed = _open_partial(tmp, manifest, path, mode, 3 if sharded else 2)
         total = sum(
             math.prod(-(-n // c) for n, c in zip(lv.shape, chunk_shape)) for lv in plan
         )
-        if resumed:
+        if sharded:
+            n_shards = sum(math.prod(-(-n // s) for n, s in zip(lv.shape, shard)) for lv in plan)
+            total += n_shards  # each shard's commit is a step of its own
+        elif resumed:
             kept, dropped = _check_markers(tmp, len(plan))
             log.info("resuming %s: %d of %d chunks already written%s", tmp, kept, total,
                      f" ({dropped} more found damaged, written again)" if dropped else "")
-        log.debug("%s: axes %s, %s, chunks %s, %d levels %s, %s, %d chunks", writing(path), axes, dtype,
-                  chunk_shape, len(plan), [lv.shape for lv in plan], codec, total)
+        log.debug("%s: NGFF %s, axes %s, %s, chunks %s, shards %s, %d levels %s, %s", writing(path), ngff, axes,
+                  dtype, chunk_shape, shard, len(plan), [lv.shape for lv in plan], codec)
         with progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
             target = None
+            kept = written = 0
             for level, lv in enumerate(plan):
                 src = arr if level == 0 else _downsample(target, lv.step, chunk_shape)
-                target = _level_array(group, level, lv.shape, chunk_shape, dtype, codec)
-                _write_level(src, target, tmp / _META_DIR / f"level{level}", tmp / str(level), bar, client)
-        attrs = {
-            "multiscales": [
-                _multiscales(
-                    axes, _unit(unit), voxel_size, origin, plan,
-                    name if name is not None else path.name.split(".")[0],
-                )
-            ]
-        }
+                if sharded:
+                    target = _sharded_level_array(group, level, lv.shape, chunk_shape, shard, dtype, compressors,
+                                                  axes)
+                    k, w = _write_sharded_level(src, tmp / str(level), target.shards, encoder, bar, client)
+                    kept, written = kept + k, written + w
+                else:
+                    target = _level_array(group, level, lv.shape, chunk_shape, dtype, codec)
+                    _write_level(src, target, tmp / _META_DIR / f"level{level}", tmp / str(level), bar, client)
+            if sharded and resumed:
+                log.info("resumed %s: %d of %d shards were complete, %d written", tmp, kept, kept + written, written)
+        multiscales = _multiscales(axes, _unit(unit), voxel_size, origin, plan,
+                                   name if name is not None else path.name.split(".")[0], ngff)
+        omero = None
         if "c" in axes or channel_names is not None:
-            attrs["omero"] = _omero(target, axes, channel_names, dtype, path, client)
-        group.attrs.update(attrs)
+            omero = _omero(target, axes, channel_names, dtype, path, ngff, client)
+        group.attrs.update(_attributes(multiscales, omero, ngff))
         remove_path(tmp / _META_DIR)
     return path
+
+
+def _check_shards(shards, shape, axes: str, chunks: tuple[int, ...], dtype: np.dtype, path: Path) -> tuple[int, ...]:
+    """The level-0 shard shape: given (whole chunks per shard) or chosen by :func:`shard_shape`."""
+    if shards is None:
+        return shard_shape(shape, axes, chunks, dtype.itemsize)
+    if np.isscalar(shards):
+        shards = tuple(int(shards) if a in "zyx" else c for a, c in zip(axes, chunks))
+    shards = tuple(int(s) for s in shards)
+    if len(shards) != len(shape) or any(s < c or s % c for s, c in zip(shards, chunks)):
+        raise ImageDataError(f"{path}: shards {shards} must be a multiple of the chunks {chunks} along every axis")
+    return shards

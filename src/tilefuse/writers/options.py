@@ -9,12 +9,14 @@ import numpy as np
 from .._options import Options, choice, number, option, optional, parse_whole
 from ..errors import OptionError
 
-__all__ = ["OutputOptions", "CONTAINERS", "RESUME_MODES"]
+__all__ = ["OutputOptions", "CONTAINERS", "RESUME_MODES", "NGFF_VERSIONS"]
 
 #: Pixel containers of a BigStitcher project output (``.xml``).
 CONTAINERS = ("hdf5", "n5", "zarr")
 #: What to do with a partial output left by an interrupted run (see :func:`~tilefuse.writers.write_fused`).
 RESUME_MODES = ("auto", "require", "never")
+#: OME-Zarr outputs: NGFF 0.5 (Zarr v3, sharded; the default) or 0.4 (Zarr v2, a file per chunk).
+NGFF_VERSIONS = ("0.5", "0.4")
 
 
 def _flag(value) -> bool:
@@ -43,3 +45,10 @@ class OutputOptions(Options):
     n_levels: int | None = option(None, check=optional(number(1, integer=True)), parse=parse_whole, flag="--levels",
                                   metavar="N", example="2",
                                   help="OME-Zarr pyramid levels (default: until the image spans one chunk)")
+    ngff: str = option("0.5", choices=NGFF_VERSIONS, parse=str, example="0.4",
+                       help="OME-Zarr version: 0.5 (Zarr v3 with shards, default) or 0.4 (Zarr v2, a file per chunk, "
+                            "for older viewers)")
+    shards: int | None = option(None, check=optional(number(1, integer=True)), parse=parse_whole, metavar="N",
+                                example="512",
+                                help="OME-Zarr 0.5 shard side in voxels along each spatial axis, a multiple of the "
+                                     "chunks (default: about 1 GiB of chunks per shard)")
