@@ -121,6 +121,7 @@ def main() -> None:
 
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--max-tiles", type=int, default=None, help="skip grids with more tiles than this")
+    p.add_argument("--tiles", type=int, action="append", help="run only these points (repeatable), e.g. --tiles 10000")
     p.add_argument("--keep-output", action="store_true", help="keep the fused OME-Zarr outputs")
     args, workdir, size, info = C.start(p, TASKS)
     out_dir = workdir / "out" / "scale"
@@ -128,8 +129,8 @@ def main() -> None:
     rows = []
     for grid in GRIDS[size]:
         n = grid[0] * grid[1]
-        if args.max_tiles is not None and n > args.max_tiles:
-            print(f"{n} tiles: skipped (--max-tiles {args.max_tiles})")
+        if (args.max_tiles is not None and n > args.max_tiles) or (args.tiles and n not in args.tiles):
+            print(f"{n} tiles: skipped")
             continue
         xml = C.sample_project(workdir, **dict(COMMON, ndim=2, grid=grid, tile_shape=(512, 512)))
         out = out_dir / f"{n}.ome.zarr"
