@@ -25,6 +25,7 @@ import pytest
 from lxml import etree
 
 import tilefuse
+import tilefuse.loaders
 from tilefuse.errors import TilefuseError
 from tilefuse.formats.n5 import decode_block, encode_block
 
