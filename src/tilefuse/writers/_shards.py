@@ -37,7 +37,9 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["append_chunk", "commit_shard", "shard_is_complete", "index_nbytes", "EMPTY"]
+from ..errors import TilefuseError
+
+__all__ = ["append_chunk", "commit_shard", "shard_is_complete", "index_nbytes", "v3_codecs", "EMPTY"]
 
 #: Offset and size of an inner chunk that is not stored (it reads as the fill value).
 EMPTY = 2**64 - 1
@@ -147,3 +149,36 @@ def shard_is_complete(path: str | os.PathLike, n_chunks: int) -> bool:
     index = np.frombuffer(raw, dtype="<u8").reshape(n_chunks, 2)
     stored = index[index[:, 0] != EMPTY]
     return bool(np.all(stored[:, 0] + stored[:, 1] <= size - need))
+
+
+class _RawCodec:
+    """The encoder of an array stored without compression: the chunk's bytes as they are."""
+
+    def encode(self, block: np.ndarray):
+        return np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+
+
+def v3_codecs(codec):
+    """``(zarr v3 compressors, encoder)`` for a numcodecs codec: the metadata and what encodes the chunks.
+
+    Only Blosc (the default) or no compression: the shard writer encodes the
+    chunks itself with numcodecs, so the two must agree byte for byte, which
+    tests/test_writer_ome_zarr.py checks by reading the output back with zarr.
+    TilefuseError for another codec.
+    """
+    from zarr.codecs import BloscCodec
+
+    if codec is None:
+        return None, _RawCodec()
+    config = codec.get_config()
+    if config.get("id") != "blosc":
+        raise TilefuseError(f"NGFF 0.5 output: compressor {config} is not supported; use Blosc or None "
+                            "(or ngff='0.4' for any numcodecs codec)")
+    shuffles = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}  # not -1 (auto): zarr v3 has no such setting
+    if int(config.get("shuffle", 1)) not in shuffles:
+        raise TilefuseError(f"NGFF 0.5 output: Blosc shuffle {config.get('shuffle')} (automatic) cannot be written "
+                            "as Zarr v3 metadata; choose Blosc.NOSHUFFLE, SHUFFLE or BITSHUFFLE")
+    shuffle = shuffles[int(config.get("shuffle", 1))]
+    compressors = BloscCodec(cname=config["cname"], clevel=int(config["clevel"]), shuffle=shuffle,
+                             blocksize=int(config.get("blocksize", 0)))
+    return compressors, codec

@@ -85,7 +85,7 @@ from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, OutputExistsError, TilefuseError
 from ._atomic import atomic_output
-from ._shards import append_chunk, commit_shard, shard_is_complete
+from ._shards import append_chunk, commit_shard, shard_is_complete, v3_codecs
 from .options import NGFF_VERSIONS
 
 __all__ = ["write_ome_zarr", "pyramid_plan", "shard_shape", "PyramidLevel", "ResumeMismatchError", "NGFF_VERSIONS",
@@ -437,38 +437,6 @@ def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, ba
             compute(*batch, client=client, progress=bar)  # whole shards only: each batch commits its shards
             batch = []
     return kept, len(todo)
-
-
-class _RawCodec:
-    """The encoder of an array stored without compression: the chunk's bytes as they are."""
-
-    def encode(self, block: np.ndarray):
-        return np.ascontiguousarray(block).view(np.uint8).reshape(-1)
-
-
-def _v3_codecs(codec):
-    """``(zarr v3 compressors, encoder)`` for a numcodecs codec: the metadata and what encodes the chunks.
-
-    Only Blosc (the default) or no compression: the shard writer encodes the
-    chunks itself with numcodecs, so the two must agree byte for byte, which
-    tests/test_writer_ome_zarr.py checks by reading the output back with zarr.
-    """
-    from zarr.codecs import BloscCodec
-
-    if codec is None:
-        return None, _RawCodec()
-    config = codec.get_config()
-    if config.get("id") != "blosc":
-        raise TilefuseError(f"NGFF 0.5 output: compressor {config} is not supported; use Blosc or None "
-                            "(or ngff='0.4' for any numcodecs codec)")
-    shuffles = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}  # not -1 (auto): zarr v3 has no such setting
-    if int(config.get("shuffle", 1)) not in shuffles:
-        raise TilefuseError(f"NGFF 0.5 output: Blosc shuffle {config.get('shuffle')} (automatic) cannot be written "
-                            "as Zarr v3 metadata; choose Blosc.NOSHUFFLE, SHUFFLE or BITSHUFFLE")
-    shuffle = shuffles[int(config.get("shuffle", 1))]
-    compressors = BloscCodec(cname=config["cname"], clevel=int(config["clevel"]), shuffle=shuffle,
-                             blocksize=int(config.get("blocksize", 0)))
-    return compressors, codec
 
 
 # ----------------------------------------------------------------------------
@@ -918,7 +886,7 @@ def write_ome_zarr(
     )
     codec = _compressor(compressor)
     sharded = ngff != "0.4"
-    compressors, encoder = _v3_codecs(codec) if sharded else (None, None)
+    compressors, encoder = v3_codecs(codec) if sharded else (None, None)
     shard = _check_shards(shards, arr.shape, axes, chunk_shape, dtype, path) if sharded else None
     manifest = {
         "format": "tilefuse-ome-zarr-partial/4",
