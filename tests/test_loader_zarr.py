@@ -18,6 +18,10 @@ from tilefuse.loaders._zarr import OmeZarrLoader, ZGroup
 from tilefuse.project.views import ViewId
 from tilefuse.writers.bdv_zarr import ngff_multiscales, write_bdv_omezarr
 
+# Every OME-Zarr image a test here leaves behind is validated (ome-zarr-models) and read back (ome-zarr-py, zarr).
+pytestmark = pytest.mark.usefixtures("every_ngff_output_checked")
+
+
 FULL = (slice(None),) * 3
 
 
@@ -158,7 +162,7 @@ def test_ngff_metadata_is_valid(tmp_path):
 
 
 def test_bigstitcher_container_is_valid_ngff_05(tmp_path):
-    from ome_zarr_models.v05.image import Image
+    Image = pytest.importorskip("ome_zarr_models.v05.image", reason="ome-zarr-models needs Python >= 3.11").Image
 
     a = ramp((8, 20, 24), "uint16")
     write_bdv_omezarr(tmp_path / "d.ome.zarr", {(0, 2): a}, factors=[(1, 1, 1), (1, 2, 2)], chunks=(4, 8, 8))
@@ -204,7 +208,8 @@ def _external(tmp_path, data, scales, zarr_format=3):
     for level, scale in enumerate(scales):
         step = [1] * (data.ndim - 3) + [2 ** level] * 3
         level_data = data[tuple(slice(None, None, s) for s in step)]
-        root.create_array(str(level), data=level_data, chunks=(1,) * (data.ndim - 3) + (2, 3, 4))
+        named = {"dimension_names": names} if zarr_format == 3 else {}  # NGFF 0.5 requires them
+        root.create_array(str(level), data=level_data, chunks=(1,) * (data.ndim - 3) + (2, 3, 4), **named)
         full_scale = [1.0] * (data.ndim - 3) + list(scale)
         datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": full_scale}]})
     ms = [{"version": "0.5" if zarr_format == 3 else "0.4", "axes": axes, "datasets": datasets}]

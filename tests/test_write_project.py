@@ -14,6 +14,10 @@ from tilefuse import errors, open_project
 from tilefuse.convert import convert_tiffs, read_tile_configuration
 from tilefuse.project import ViewId
 
+# Every OME-Zarr image a test here leaves behind is validated (ome-zarr-models) and read back (ome-zarr-py, zarr).
+pytestmark = pytest.mark.usefixtures("every_ngff_output_checked")
+
+
 
 @pytest.fixture
 def tiles():
