@@ -39,7 +39,8 @@ import numpy as np
 
 from ..errors import TilefuseError
 
-__all__ = ["append_chunk", "commit_shard", "shard_is_complete", "index_nbytes", "v3_codecs", "EMPTY"]
+__all__ = ["append_chunk", "commit_shard", "shard_is_complete", "index_nbytes", "v3_codecs", "shard_key", "pad_chunk",
+           "EMPTY"]
 
 #: Offset and size of an inner chunk that is not stored (it reads as the fill value).
 EMPTY = 2**64 - 1
@@ -55,6 +56,21 @@ def _crc32c(data: bytes) -> bytes:
     import google_crc32c  # a dependency of zarr-python; what its crc32c codec uses
 
     return int(google_crc32c.value(data)).to_bytes(4, "little")
+
+
+def shard_key(level_dir: str | os.PathLike, shard_index: Sequence[int]) -> Path:
+    """Where Zarr v3 (default chunk keys: ``c/i/j/k``) stores a shard of the array in ``level_dir``."""
+    return Path(level_dir).joinpath("c", *(str(int(i)) for i in shard_index))
+
+
+def pad_chunk(block: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
+    """``block`` as a whole chunk: Zarr stores edge chunks whole, padded with the fill value (0)."""
+    chunk = tuple(chunk)
+    if block.shape == chunk:
+        return block
+    padded = np.zeros(chunk, dtype=block.dtype)
+    padded[tuple(slice(0, n) for n in block.shape)] = block
+    return padded
 
 
 def append_chunk(block: np.ndarray, tmp: str | os.PathLike, codec) -> tuple[int, int] | None:

@@ -85,7 +85,8 @@ from .._progress import Progress, progress_bar, writing
 from ..downsample import block_mean
 from ..errors import ImageDataError, OutputExistsError, TilefuseError
 from ._atomic import atomic_output
-from ._shards import append_chunk, commit_shard, shard_is_complete, v3_codecs
+from ._pyramid import StreamedPyramid, can_stream
+from ._shards import append_chunk, commit_shard, pad_chunk, shard_is_complete, shard_key, v3_codecs
 from .options import NGFF_VERSIONS
 
 __all__ = ["write_ome_zarr", "pyramid_plan", "shard_shape", "PyramidLevel", "ResumeMismatchError", "NGFF_VERSIONS",
@@ -367,34 +368,33 @@ def _write_level(src, target, done_dir: Path, level_dir: Path, bar: Progress, cl
         compute(*tasks, client=client, progress=bar)  # the bar advances as each chunk is stored
 
 
-def _shard_key(level_dir: Path, shard_index: tuple[int, ...]) -> Path:
-    """Where Zarr v3 (default chunk keys: ``c/i/j/k``) stores a shard."""
-    return level_dir.joinpath("c", *(str(i) for i in shard_index))
-
-
-def _append_block(block, tmp: str, rank: int, region: tuple[slice, ...], chunk: tuple[int, ...],
-                  codec) -> tuple[int, tuple[int, int] | None]:
+def _append_block(block, tmp: str, rank: int, region: tuple[slice, ...], chunk: tuple[int, ...], codec,
+                  pyramid: StreamedPyramid | None = None,
+                  index: tuple[int, ...] = ()) -> tuple[int, tuple[int, int] | None]:
+    block = np.asarray(block)
     expected = tuple(s.stop - s.start for s in region)
-    if np.shape(block) != expected:
-        raise ImageDataError(f"{tmp}: block of shape {np.shape(block)} computed for a region of shape {expected}")
-    if expected != chunk:  # Zarr stores edge chunks whole, padded with the fill value
-        padded = np.zeros(chunk, dtype=block.dtype)
-        padded[tuple(slice(0, n) for n in expected)] = block
-        block = padded
-    return rank, append_chunk(block, tmp, codec)
+    if block.shape != expected:
+        raise ImageDataError(f"{tmp}: block of shape {block.shape} computed for a region of shape {expected}")
+    where = append_chunk(pad_chunk(block, chunk), tmp, codec)
+    if pyramid is not None:
+        pyramid.add(0, index, block)  # the lower levels from the chunk in memory, not read back
+    return rank, where
 
 
 def _commit(tmp: str, final: str, n_chunks: int, *entries) -> int:
     return commit_shard(tmp, final, n_chunks, entries)
 
 
-def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, bar: Progress,
-                         client=None) -> tuple[int, int]:
-    """Write one level shard by shard (see the module notes); returns ``(shards kept, shards written)``.
+def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, bar: Progress, client=None,
+                         pyramid: StreamedPyramid | None = None) -> tuple[int, int, bool]:
+    """Write one level shard by shard (see the module notes); returns ``(shards kept, shards written, streamed)``.
 
     ``src`` is chunked as the array's chunks.  Shards already under their key
     and complete are kept; the chunks of every other shard are computed,
     appended to its ``.partial`` file and the shard committed once all are in.
+    With ``pyramid`` (level 0, local threads) each chunk also feeds the lower
+    levels, unless shards were kept (their chunks are not in memory): then
+    ``streamed`` is False and the caller reads the level back.
     """
     import dask
 
@@ -407,7 +407,7 @@ def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, ba
     starts = [np.concatenate([[0], np.cumsum(c)]) for c in src.chunks]
     todo, kept = [], 0
     for index in np.ndindex(*grid):
-        key = _shard_key(level_dir, index)
+        key = shard_key(level_dir, index)
         blocks = [tuple(i * p + j for i, p, j in zip(index, per, inner)) for inner in np.ndindex(*per)]
         ranks = [(rank, b) for rank, b in enumerate(blocks) if all(i < n for i, n in zip(b, src.numblocks))]
         if key.is_file() and shard_is_complete(key, n_inner):
@@ -418,8 +418,12 @@ def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, ba
         for stale in (key, key.with_name(key.name + ".partial")):  # damaged, or appended by a killed run
             stale.unlink(missing_ok=True)
         todo.append((key, ranks))
+    if kept:
+        pyramid = None
+    elif pyramid is not None:
+        pyramid.start()
     if not todo:
-        return kept, 0
+        return kept, 0, pyramid is not None
     pieces = src.to_delayed(optimize_graph=True)
     append = dask.delayed(_append_block, pure=False)
     commit = dask.delayed(_commit, pure=False)
@@ -430,13 +434,17 @@ def _write_sharded_level(src, level_dir: Path, shard: tuple[int, ...], codec, ba
         appended = []
         for rank, b in ranks:
             region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, b))
-            appended.append(append(pieces[b], tmp, rank, region, chunk, codec))
+            appended.append(append(pieces[b], tmp, rank, region, chunk, codec, pyramid, b))
         # Each chunk and each shard's commit advance the bar by one.
         batch += [*appended, commit(tmp, str(key), n_inner, *appended)]
         if len(batch) >= batch_size or number == len(todo) - 1:
             compute(*batch, client=client, progress=bar)  # whole shards only: each batch commits its shards
             batch = []
-    return kept, len(todo)
+            if pyramid is not None:
+                bar.update(pyramid.take_done())
+    if pyramid is not None:
+        pyramid.check_finished()
+    return kept, len(todo), pyramid is not None
 
 
 # ----------------------------------------------------------------------------
@@ -922,13 +930,22 @@ def write_ome_zarr(
         with progress_bar(writing(path), total, unit="chunk", enabled=progress) as bar:
             target = None
             kept = written = 0
+            if sharded:
+                targets = [_sharded_level_array(group, level, lv.shape, chunk_shape, shard, dtype, compressors, axes)
+                           for level, lv in enumerate(plan)]
+                pyramid = _streamed_pyramid(targets, plan, tmp, encoder, client)
             for level, lv in enumerate(plan):
+                if sharded and level > 0 and pyramid is not None:
+                    target = targets[level]
+                    continue  # written with level 0
                 src = arr if level == 0 else _downsample(target, lv.step, chunk_shape)
                 if sharded:
-                    target = _sharded_level_array(group, level, lv.shape, chunk_shape, shard, dtype, compressors,
-                                                  axes)
-                    k, w = _write_sharded_level(src, tmp / str(level), target.shards, encoder, bar, client)
+                    target = targets[level]
+                    k, w, streamed = _write_sharded_level(src, tmp / str(level), target.shards, encoder, bar, client,
+                                                          pyramid if level == 0 else None)
                     kept, written = kept + k, written + w
+                    if not streamed:
+                        pyramid = None
                 else:
                     target = _level_array(group, level, lv.shape, chunk_shape, dtype, codec)
                     _write_level(src, target, tmp / _META_DIR / f"level{level}", tmp / str(level), bar, client)
@@ -942,6 +959,23 @@ def write_ome_zarr(
         group.attrs.update(_attributes(multiscales, omero, ngff))
         remove_path(tmp / _META_DIR)
     return path
+
+
+def _streamed_pyramid(targets, plan: list[PyramidLevel], tmp: Path, encoder, client) -> StreamedPyramid | None:
+    """Levels 1.. fed by level 0's chunks in memory (:mod:`._pyramid`), or None: read back level by level.
+
+    Measured on the 3D benchmark (``benchmarks/bench_writer.py``): reading a
+    level back decodes every chunk again through zarr and a dask graph, a
+    quarter of the write; the block means of chunks in memory cost a few
+    percent.  Local threads only (the buffers live in this process).
+    """
+    if client is not None or len(plan) < 2:
+        return None
+    shapes = [t.shape for t in targets]
+    if not can_stream(shapes, [t.chunks for t in targets], [lv.step for lv in plan]):
+        return None
+    return StreamedPyramid([(tmp / str(level), t.shape, t.chunks, t.shards, lv.step)
+                            for level, (t, lv) in enumerate(zip(targets, plan))], encoder)
 
 
 def _check_shards(shards, shape, axes: str, chunks: tuple[int, ...], dtype: np.dtype, path: Path) -> tuple[int, ...]:
