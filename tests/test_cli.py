@@ -91,3 +91,26 @@ def test_run_report_names_the_options_that_differ(sample, tmp_path, capsys):
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("options") and "preset=strict" in first and "blending=average" in first
     assert "interpolation" not in first  # defaults are not listed
+
+
+def test_run_writes_the_container_asked_for(sample, tmp_path):
+    """`run --container n5` once wrote HDF5: the option was dropped on its way to the writer."""
+    assert main(["run", str(sample / "dataset.xml"), str(tmp_path / "out.xml"), "--container", "n5",
+                 "--downsample", "4", "-q"]) == 0
+    assert (tmp_path / "out.n5").is_dir() and not (tmp_path / "out.h5").exists()
+    assert 'format="bdv.n5"' in (tmp_path / "out.xml").read_text()
+
+
+def test_a_closed_pipe_is_not_an_error(sample, monkeypatch):
+    """`tilefuse info x.xml | head -1`: the reader leaves early; no traceback, exit 0."""
+    import sys
+
+    class ClosedPipe:
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+        def flush(self):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["info", str(sample / "dataset.xml")]) == 0

@@ -29,11 +29,14 @@ RECEIVERS = {
     "output": ("tilefuse.writers.fused", "write_fused"),
     "sample": ("tilefuse.demo", "make_sample_project"),
     "convert": ("tilefuse.convert", "convert_tiffs"),
+    "detection": ("tilefuse.interestpoints.detection", "detect"),
+    "matching": ("tilefuse.interestpoints.matching", "match"),
 }
 #: Flags of each subcommand that are not option fields (its own arguments), tested elsewhere.
 OWN_FLAGS = {
     "demo": {"--overwrite"}, "sample": {"--overwrite"}, "info": {"--plot", "--views", "--overwrite"},
-    "convert": {"-o", "--overwrite"}, "register": {"-o", "--plot", "--overwrite"},
+    "convert": {"-o", "--overwrite"}, "register": {"-o", "--plot", "--overwrite", "--label"},
+    "detect": {"-o", "--overwrite", "--label"}, "match": {"--plot", "--overwrite", "--label"},
     "intensity": {"-o", "--overwrite"}, "fuse": {"--preview"},
     "run": {"--no-register", "--match-intensity", "--preview"},
 }
@@ -57,6 +60,8 @@ def _argv(command: str, sample: Path, tmp: Path) -> list[str]:
         "sample": ["sample", str(tmp / "s")],
         "convert": ["convert", str(tmp), str(tmp / "pos.csv"), "-o", str(tmp / "c" / "d.xml")],
         "register": ["register", str(sample), "-o", str(tmp / "r.xml")],
+        "detect": ["detect", str(sample), "-o", str(tmp / "d.xml")],
+        "match": ["match", str(sample)],
         "intensity": ["intensity", str(sample), "-o", str(tmp / "i.xml")],
         "fuse": ["fuse", str(sample), str(tmp / "f.ome.zarr")],
         "run": ["run", str(sample), str(tmp / "run.ome.zarr")],
@@ -101,7 +106,7 @@ def test_every_option_reaches_its_stage(sample, tmp_path, monkeypatch, command, 
             options = kwargs.get("options")
             if options is None:  # positional: the first argument that is an Options object
                 options = next((a for a in args if isinstance(a, tuple(classes.values()))), None)
-            for k in ("registration", "fusion", "writing"):  # pipeline.run's keywords
+            for k in ("registration", "fusion", "writing", "detection", "matching"):  # register's and run's keywords
                 if kwargs.get(k) is not None:
                     received[{"writing": "output"}.get(k, k)] = kwargs[k]
             if options is not None:

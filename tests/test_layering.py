@@ -12,7 +12,7 @@ The layers, bottom to top (the developers' guide's Layout rule; README "Layout" 
  2  formats                     formats/* (N5 blocks and attributes, deflate, BDV layout)
  3  loaders                     loaders/*
  4  opening a project           opening (open_project: the XML read, its loader built)
- 5  registration                registration/*
+ 5  registration                registration/*, interestpoints/* (detection, matching, solve)
  6  fusion                      fusion/*
  7  intensity                   intensity (it renders overlaps with fusion)
  8  writers                     writers/*
@@ -54,11 +54,11 @@ LAYERS = [
     (2, "formats", ["tilefuse.formats*"]),
     (3, "loaders", ["tilefuse.loaders*"]),
     (4, "opening a project", ["tilefuse.opening"]),
-    (5, "registration", ["tilefuse.registration*"]),
+    (5, "registration", ["tilefuse.registration*", "tilefuse.interestpoints*"]),
     (6, "fusion", ["tilefuse.fusion*"]),
     (7, "intensity", ["tilefuse.intensity"]),
     (8, "writers", ["tilefuse.writers*"]),
-    (9, "applications", ["tilefuse.sample_data", "tilefuse.demo", "tilefuse.convert", "tilefuse.plotting",
+    (9, "applications", ["tilefuse.sample_data", "tilefuse.demo", "tilefuse.convert*", "tilefuse.plotting",
                          "tilefuse.pipeline"]),
     (10, "command line", ["tilefuse.cli", "tilefuse._cliargs"]),
 ]

@@ -64,7 +64,8 @@ def stacks(tmp_path):
 def test_reads_every_layout_pixel_exact(stacks):
     _, mapping = stacks
     loader = FileMap2Loader.for_path({v: spec for v, (spec, _) in mapping.items()})
-    assert LOADERS["spimreconstruction.filemap2"] is FileMap2Loader
+    # filemap2 projects over CZI/ND2/LIF files go through a subclass that keeps TIFFs on FileMap2Loader
+    assert issubclass(LOADERS["spimreconstruction.filemap2"], FileMap2Loader)
     for view, (_, ref) in mapping.items():
         assert loader.has_view(view)
         assert loader.levels(view) == [(1.0, 1.0, 1.0)]
@@ -196,3 +197,50 @@ def test_malformed_mapping_attributes(tmp_path):
     )
     with pytest.raises(ProjectFormatError, match="FileMapping"):
         FileMap2Loader.from_xml(etree.fromstring(xml), tmp_path, tmp_path / "d.xml")
+
+
+def test_contiguous_series_read_directly_with_any_byte_order(tmp_path):
+    # Uncompressed contiguous series are read by pread, compressed ones through zarr: same pixels.
+    data = np.random.default_rng(2).integers(0, 65535, (6, 40, 30), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "le.tif", data, photometric="minisblack", metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "be.tif", data, photometric="minisblack", byteorder=">", metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "zlib.tif", data, photometric="minisblack", compression="zlib",
+                     metadata={"axes": "ZYX"})
+    views = {ViewId(0, i): tmp_path / name for i, name in enumerate(("le.tif", "be.tif", "zlib.tif"))}
+    loader = FileMap2Loader.for_path(views)
+    region = (slice(2, 5), slice(7, 31), slice(3, 29))
+    for view in views:
+        got = loader.read(view, 0, region)
+        assert got.dtype == np.uint16 and got.dtype.isnative
+        np.testing.assert_array_equal(got, data[region])
+        assert loader.chunks(view) == (6, 40, 30)
+    assert [loader._handle(v).contiguous for v in views] == [True, True, False]
+
+
+def test_contiguous_read_of_a_file_cut_short_after_opening(tmp_path):
+    data = np.arange(4 * 16 * 16, dtype=np.uint16).reshape(4, 16, 16)
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, data, photometric="minisblack", metadata={"axes": "ZYX"})
+    loader = FileMap2Loader.for_path({V0: path})
+    handle = loader._handle(V0)
+    assert handle.contiguous
+    with open(path, "r+b") as fh:  # the file shrinks while its handle is open: planes 2 and 3 are cut off
+        fh.truncate(handle.series.dataoffset + 2 * 16 * 16 * 2 + 10)
+    np.testing.assert_array_equal(handle.read_contiguous([slice(0, 2), slice(0, 16), slice(0, 16)]), data[:2])
+    with pytest.raises(ImageDataError, match="stack.tif.*truncated"):
+        handle.read_contiguous([slice(3, 4), slice(0, 16), slice(0, 16)])
+    with pytest.raises(ImageDataError, match="stack.tif"):  # the loader sees the change and re-checks
+        loader.read(V0, 0, ALL)
+
+
+def test_token_of_many_views_is_cheap_and_identifies_the_mapping(tmp_path):
+    from dask.base import tokenize
+
+    files = {ViewId(0, i): tmp_path / f"t{i}.tif" for i in range(5000)}
+    loader = FileMap2Loader.for_path(files)
+    assert loader.token() is loader.token()  # computed once
+    assert tokenize(loader.token()) == tokenize(FileMap2Loader.for_path(files).token())
+    other = dict(files)
+    other[ViewId(0, 7)] = tmp_path / "other.tif"
+    assert tokenize(loader.token()) != tokenize(FileMap2Loader.for_path(other).token())
+    assert tokenize(pickle.loads(pickle.dumps(loader)).token()) == tokenize(loader.token())

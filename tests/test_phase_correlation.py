@@ -239,3 +239,47 @@ def test_bad_parameters_raise(texture2d):
         pairwise_shift(crop, crop, subpixel="sinc")
     with pytest.raises(RegistrationError, match="fixed_mask"):
         pairwise_shift(crop, crop, fixed_mask=np.ones((3, 3), bool))
+
+
+@pytest.mark.parametrize("shape", [(300,), (64, 51), (1, 40, 33), (12, 20, 30)])
+def test_compiled_gaussian_is_scipys(shape):
+    """The band pass's compiled filters give scipy's gaussian_filter (mode="nearest") to float32 rounding."""
+    from tilefuse.registration.bandpass import gaussian
+
+    a = np.random.default_rng(1).random(shape).astype(np.float32) * 1000
+    for sigma, truncate in ((1.0, 4.0), (4.0, 3.0), (2.5, 2.0)):
+        ref = ndimage.gaussian_filter(a, sigma, mode="nearest", truncate=truncate)
+        np.testing.assert_allclose(gaussian(a, sigma, truncate), ref, rtol=0, atol=2e-6 * np.abs(ref).max())
+    per_axis = [1.0 + d for d in range(len(shape))]
+    np.testing.assert_allclose(gaussian(a, per_axis), ndimage.gaussian_filter(a, per_axis, mode="nearest"),
+                               rtol=0, atol=2e-3)
+    assert gaussian(a, 0.0) is not a and np.array_equal(gaussian(a, 0.0), a)
+
+
+@pytest.mark.parametrize("shape", [(200,), (40, 23), (6, 9, 11)])
+def test_gauss_newton_design_rows_are_numpys(shape):
+    """The compiled design matrix of the sub-pixel step: g, 1, -G dg/dx_k (np.gradient), g x_k per axis."""
+    from tilefuse.registration.subpixel import _design_rows
+
+    rng = np.random.default_rng(2)
+    g = rng.random(shape).astype(np.float32)
+    target = rng.random(shape).astype(np.float32)
+    mask = rng.random(shape) > 0.3
+    active = [k for k in range(len(shape))][-2:]
+    ramps = np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij")
+    gain_a, gain_r = 1.3, np.array([0.2, -0.1])[: len(active)]
+    lead = (1,) * (3 - len(shape))
+    for use_gain in (False, True):
+        for use_mask in (False, True):
+            gain = gain_a + sum(r * ramps[k] for r, k in zip(gain_r, active)) if use_gain else 1.0
+            rows = [g, np.ones(shape)] + [-gain * np.gradient(g, axis=k) for k in active] + \
+                   [g * ramps[k] for k in active]
+            keep = mask if use_mask else np.ones(shape, bool)
+            want = np.stack([r[keep] for r in rows])
+            out = np.empty((2 + 2 * len(active), g.size), np.float32)
+            rhs = np.empty(g.size, np.float32)
+            n = _design_rows(g.reshape(lead + shape), target.reshape(lead + shape), mask.reshape(lead + shape),
+                             use_mask, np.asarray(active) + len(lead), gain_a, gain_r, use_gain, out, rhs)
+            assert n == keep.sum()
+            np.testing.assert_allclose(out[:, :n], want, rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(rhs[:n], target[keep])

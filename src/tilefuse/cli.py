@@ -27,6 +27,7 @@ log = logging.getLogger("tilefuse")
 # Prefixes of the argparse destinations of each options class (two classes may share a field name).
 _REGISTRATION, _INTENSITY, _FUSION, _OUTPUT, _CLUSTER, _SAMPLE, _CONVERT = (
     "registration", "intensity", "fusion", "output", "cluster", "sample", "convert")
+_DETECTION, _MATCHING = "detection", "matching"
 
 
 def _option_classes():
@@ -35,12 +36,14 @@ def _option_classes():
     from .demo import SampleOptions
     from .fusion.options import FusionOptions
     from .intensity import IntensityOptions
+    from .interestpoints.options import DetectionOptions, MatchingOptions
     from .pipeline import ClusterOptions
     from .registration.options import RegistrationOptions
     from .writers.options import OutputOptions
 
     return {_REGISTRATION: RegistrationOptions, _INTENSITY: IntensityOptions, _FUSION: FusionOptions,
-            _OUTPUT: OutputOptions, _CLUSTER: ClusterOptions, _SAMPLE: SampleOptions, _CONVERT: ConvertOptions}
+            _OUTPUT: OutputOptions, _CLUSTER: ClusterOptions, _SAMPLE: SampleOptions, _CONVERT: ConvertOptions,
+            _DETECTION: DetectionOptions, _MATCHING: MatchingOptions}
 
 
 #: The options each subcommand takes, as (prefix, title of the --help group).
@@ -49,10 +52,16 @@ SUBCOMMAND_OPTIONS = {
     "sample": [(_SAMPLE, "sample")],
     "info": [],
     "convert": [(_CONVERT, "project")],
-    "register": [(_REGISTRATION, "registration"), (_CLUSTER, "parallelism")],
+    "detect": [(_DETECTION, "interest-point detection (DoG)"), (_CLUSTER, "parallelism")],
+    "match": [(_MATCHING, "interest-point matching"), (_CLUSTER, "parallelism")],
+    "register": [(_REGISTRATION, "registration"), (_DETECTION, "interest-point detection (views at several angles)"),
+                 (_MATCHING, "interest-point matching and model (views at several angles)"),
+                 (_CLUSTER, "parallelism")],
     "intensity": [(_INTENSITY, "intensity matching"), (_CLUSTER, "parallelism")],
     "fuse": [(_FUSION, "fusion"), (_OUTPUT, "output"), (_CLUSTER, "parallelism")],
-    "run": [(_REGISTRATION, "registration"), (_FUSION, "fusion"), (_OUTPUT, "output"), (_CLUSTER, "parallelism")],
+    "run": [(_REGISTRATION, "registration"), (_DETECTION, "interest-point detection (views at several angles)"),
+            (_MATCHING, "interest-point matching and model (views at several angles)"), (_FUSION, "fusion"),
+            (_OUTPUT, "output"), (_CLUSTER, "parallelism")],
 }
 
 
@@ -66,6 +75,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_overwrite(p) -> None:
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (each is replaced only once its new version is complete)")
+
+
+def _add_label(p) -> None:
+    p.add_argument("--label", default="beads",
+                   help="name of the interest points (default beads; register uses stored ones, else detects them)")
 
 
 def _add_options(p: argparse.ArgumentParser, command: str) -> None:
@@ -115,17 +129,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--views", action="store_true", help="one line per view")
     _add_overwrite(p)
 
-    p = sub.add_parser("convert", help="make a project from a folder of TIFFs and positions")
-    p.add_argument("folder", type=Path, help="folder holding the TIFF files")
-    p.add_argument("positions", type=Path, help="CSV (file,x,y[,z]) or Fiji TileConfiguration.txt")
+    from .convert import CSV_HELP
+
+    p = sub.add_parser(
+        "convert", help="make a project from microscope files (CZI, OME-TIFF, ND2, LIF, TIFF) or TIFFs + positions",
+        description="tilefuse convert FILE... -o dataset.xml: microscope files with their stage positions, "
+                    "voxel size and channels (CZI, OME-TIFF, ND2, LIF, ImageJ/plain TIFF; a folder stands for the "
+                    "files in it). tilefuse convert FOLDER POSITIONS -o dataset.xml: the TIFFs of FOLDER placed by "
+                    "a positions file. " + CSV_HELP)
+    p.add_argument("inputs", type=Path, nargs="+", metavar="FILE",
+                   help="acquisition files (or folders of them), or a folder of TIFFs and its positions file")
     p.add_argument("-o", "--output", type=Path, required=True, help="project XML to write")
     _add_overwrite(p)
 
-    p = sub.add_parser("register", help="refine tile positions (phase correlation + global solve)")
+    p = sub.add_parser("detect", help="find interest points (DoG) in every view; stored in interestpoints.n5")
+    p.add_argument("xml", type=Path)
+    p.add_argument("-o", "--output", type=Path, default=None,
+                   help="XML referring to the points (default: overwrite the input, keeping a ~1 backup)")
+    _add_label(p)
+    _add_overwrite(p)
+
+    p = sub.add_parser("match", help="match the interest points of overlapping views; stores the correspondences")
+    p.add_argument("xml", type=Path)
+    p.add_argument("--plot", default=None, help="draw the matched points to this PNG")
+    _add_label(p)
+    _add_overwrite(p)
+
+    p = sub.add_parser("register", help="refine view positions (phase correlation for tiles, interest points for "
+                                        "views at several angles) and solve globally")
     p.add_argument("xml", type=Path)
     p.add_argument("-o", "--output", type=Path, default=None,
                    help="registered XML (default: overwrite the input, keeping a ~1 backup)")
-    p.add_argument("--plot", default=None, help="draw the link graph to this PNG")
+    p.add_argument("--plot", default=None, help="draw the link graph (interest points: the matched points) to this PNG")
+    _add_label(p)
     _add_overwrite(p)
 
     p = sub.add_parser("intensity", help="match the views' intensities over their overlaps "
@@ -232,15 +268,26 @@ def _cmd_sample(args):
 
 
 def _cmd_convert(args) -> None:
-    from .convert import convert_tiffs
+    from .convert import convert_files, convert_tiffs
+    from .formats.acquisition import is_acquisition_file
     from .project.summary import project_summary
     from .writers.project import container_path
 
     options = _options(args, _CONVERT)
-    # The TIFFs are inputs too; convert_tiffs checks the outputs against them once it has read the positions.
-    with _outputs(args, [args.output, container_path(args.output, options.format)], [args.positions]):
-        project = convert_tiffs(args.folder, args.positions, args.output, options, progress=args.progress,
-                                overwrite=args.overwrite)
+    inputs = list(args.inputs)
+    tables = len(inputs) == 2 and inputs[0].is_dir() and not inputs[1].is_dir() and not is_acquisition_file(inputs[1])
+    outputs = [args.output] if options.in_place else [args.output, container_path(args.output, options.format)]
+    if tables:
+        # The TIFFs are inputs too; convert_tiffs checks the outputs against them once it has read the positions.
+        with _outputs(args, outputs, [inputs[1]]):
+            project = convert_tiffs(inputs[0], inputs[1], args.output, options, progress=args.progress,
+                                    overwrite=args.overwrite)
+    else:
+        files = []
+        for path in inputs:
+            files.extend(sorted(p for p in path.iterdir() if is_acquisition_file(p)) if path.is_dir() else [path])
+        with _outputs(args, outputs, files):
+            project = convert_files(files, args.output, options, progress=args.progress, overwrite=args.overwrite)
     _say(args, project_summary(project, detail=0))
 
 
@@ -250,20 +297,72 @@ def _cmd_register(args) -> None:
     from .writers._atomic import input_paths
 
     options = _options(args, _REGISTRATION)
+    detection, matching = _options(args, _DETECTION), _options(args, _MATCHING)
     project = open_project(args.xml)
     out = args.output or args.xml
     # The XML may replace the input XML (with backups; the input's pixels never); the plot may not.
     with _outputs(args, [out, args.plot], input_paths(project, xml=False), in_place=[args.xml]):
         with _client(args) as client:
-            result = register(project, options=options, client=client, progress=args.progress)
+            result = register(project, options=options, detection=detection, matching=matching, label=args.label,
+                              client=client, progress=args.progress)
         _say(args, result.summary())
-        result.apply(project).save(out)
+        points = hasattr(result, "matches")  # registered with interest points
+        if points:
+            result.apply(project, overwrite=args.overwrite).save(out)
+            _say(args, f"points           {_container(project)} (label {args.label!r}: points and correspondences)")
+        else:
+            result.apply(project).save(out)
         _say(args, f"registered XML   {out}")
         if args.plot:
-            from .plotting import plot_links
+            from .plotting import plot_links, plot_matches
 
-            plot = plot_links(project, result.links, args.plot, result.groups, overwrite=args.overwrite)
-            _say(args, f"link plot        {plot}")
+            if points:
+                plot = plot_matches(project, result.matches, args.plot, overwrite=args.overwrite)
+            else:
+                plot = plot_links(project, result.links, args.plot, result.groups, overwrite=args.overwrite)
+            _say(args, f"{'match plot' if points else 'link plot':<17}{plot}")
+
+
+def _container(project) -> str:
+    from .interestpoints.storage import container_path
+
+    return str(container_path(project))
+
+
+def _cmd_detect(args) -> None:
+    from .interestpoints.detection import detect
+    from .opening import open_project
+    from .writers._atomic import input_paths
+
+    options = _options(args, _DETECTION)
+    project = open_project(args.xml)
+    out = args.output or args.xml
+    with _outputs(args, [out], input_paths(project, xml=False), in_place=[args.xml]):  # see _cmd_register
+        with _client(args) as client:
+            found = detect(project, options=options, label=args.label, client=client, progress=args.progress)
+        _say(args, found.summary())
+        found.apply(project, overwrite=args.overwrite).save(out)
+    _say(args, f"points           {_container(project)}")
+    _say(args, f"XML              {out}")
+
+
+def _cmd_match(args) -> None:
+    from .interestpoints.matching import match
+    from .opening import open_project
+    from .writers._atomic import input_paths
+
+    options = _options(args, _MATCHING)
+    project = open_project(args.xml)
+    with _outputs(args, [args.plot], input_paths(project)):
+        with _client(args) as client:
+            found = match(project, options=options, label=args.label, client=client, progress=args.progress)
+        _say(args, found.summary())
+        found.save(project)
+        _say(args, f"correspondences  {_container(project)} (label {args.label!r})")
+        if args.plot:
+            from .plotting import plot_matches
+
+            _say(args, f"match plot       {plot_matches(project, found, args.plot, overwrite=args.overwrite)}")
 
 
 def _cmd_intensity(args) -> None:
@@ -316,14 +415,15 @@ def _cmd_run(args) -> None:
     from .writers._atomic import input_paths
 
     registration, fusion, writing = _options(args, _REGISTRATION), _options(args, _FUSION), _options(args, _OUTPUT)
+    detection, matching = _options(args, _DETECTION), _options(args, _MATCHING)
     project = open_project(args.xml)
     outputs = run_outputs(args.output, skip_registration=args.no_register, match_intensity=args.match_intensity,
                           container=writing.container)
     with _outputs(args, [*outputs, args.preview], input_paths(project), overwrite=writing.overwrite):
         with _client(args) as client:
             report = run(project, args.output, registration=registration, fusion=fusion, writing=writing,
-                         skip_registration=args.no_register, match_intensity=args.match_intensity,
-                         client=client, progress=args.progress)
+                         detection=detection, matching=matching, skip_registration=args.no_register,
+                         match_intensity=args.match_intensity, client=client, progress=args.progress)
         _say(args, report.summary())
         if args.preview:
             _preview(args, report.output, args.preview, writing.overwrite)
@@ -359,6 +459,7 @@ def _cmd_demo(args) -> None:
 
 
 COMMANDS = {"info": _cmd_info, "sample": _cmd_sample, "convert": _cmd_convert, "register": _cmd_register,
+            "detect": _cmd_detect, "match": _cmd_match,
             "intensity": _cmd_intensity,
             "fuse": _cmd_fuse, "run": _cmd_run, "demo": _cmd_demo}
 

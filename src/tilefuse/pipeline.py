@@ -219,6 +219,8 @@ def run(
     intensity: IntensityOptions | None = None,
     fusion: FusionOptions | None = None,
     writing: OutputOptions | None = None,
+    detection=None,
+    matching=None,
     skip_registration: bool = False,
     match_intensity: bool = False,
     registered_xml: str | Path | None = None,
@@ -232,7 +234,10 @@ def run(
     ``intensity`` (:class:`~tilefuse.intensity.IntensityOptions`, used with
     ``match_intensity``), ``fusion`` (:class:`~tilefuse.fusion.options.FusionOptions`)
     and ``writing`` (:class:`~tilefuse.writers.options.OutputOptions`: container,
-    overwrite, resume, pyramid levels).
+    overwrite, resume, pyramid levels); ``detection`` and ``matching``
+    (:mod:`tilefuse.interestpoints`) when views at several angles are
+    registered with interest points (their points and correspondences are
+    stored in the project's ``interestpoints.n5``).
 
     With ``match_intensity`` the tiles' intensities are matched after
     registration (:func:`tilefuse.intensity.match_intensities`) and fused
@@ -270,7 +275,8 @@ def run(
             stage += 1
             log.info("[%d/%d] registering %d views", stage, stages, len(project.views))
             timer.start("register")
-            result = register(project, options=registration, client=client, progress=progress)
+            result = register(project, options=registration, detection=detection, matching=matching, client=client,
+                              progress=progress)
             project = result.apply(project)
         matched = None
         if match_intensity:
@@ -290,6 +296,10 @@ def run(
         timer.stop()
     shape = (len(plan.timepoints), len(plan.channels)) + tuple(plan.shape)
     used = {"registration": registration, "intensity": intensity_options, "fusion": fusion, "writing": writing}
+    if result is not None and hasattr(result, "matches"):  # registered with interest points: their options too
+        from .interestpoints.options import DetectionOptions
+
+        used.update(detection=DetectionOptions.build(detection), matching=result.matches.options)
     if skip_registration:
         del used["registration"]
     if not match_intensity:

@@ -17,7 +17,7 @@ import numpy as np
 from .errors import TilefuseError
 from .writers._atomic import atomic_output
 
-__all__ = ["plot_layout", "plot_links", "save_preview", "to_uint8"]
+__all__ = ["plot_layout", "plot_links", "plot_matches", "save_preview", "to_uint8"]
 
 
 def _pyplot():
@@ -119,6 +119,47 @@ def plot_links(project, links, path: str | Path, groups=None, *, overwrite: bool
     ax.invert_yaxis()
     n_bad = sum(not link.accepted for link in links)
     ax.set_title(f"{len(links)} links, {n_bad} rejected")
+    return _save_figure(fig, path, overwrite)
+
+
+def plot_matches(project, matches, path: str | Path, *, overwrite: bool = False) -> Path:
+    """Draw matched interest points: the views' outlines and each pair's inliers, seen along y and along z.
+
+    ``matches`` is a :class:`tilefuse.interestpoints.Matches`; points are
+    drawn at their world positions under the transforms they were matched
+    with (x across, z or y down), one colour per pair of views.
+    """
+    from itertools import product
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 7))
+    views = sorted({v for pair in matches.pairs for v in (pair.a, pair.b)})
+    for view in views:
+        model = project.model(view)
+        n = np.asarray(project.setup_shape(view), dtype=np.float64) - 1
+        corners = np.array(list(product(*[(0.0, s) for s in n])))
+        world = corners @ model[:3, :3].T + model[:3, 3]
+        for i, j in product(range(8), range(8)):
+            if i < j and bin(i ^ j).count("1") == 1:  # the 12 edges of the box
+                for ax, down in zip(axes, (0, 1)):
+                    ax.plot(world[[i, j], 2], world[[i, j], down], color="0.8", lw=0.8)
+    cmap = plt.get_cmap("tab20")
+    total = 0
+    for k, pair in enumerate(matches.matched):
+        total += len(pair.p)
+        for ax, down in zip(axes, (0, 1)):
+            ax.scatter(pair.p[:, 2], pair.p[:, down], s=6, color=cmap(k % 20),
+                       label=f"t{pair.a.timepoint}s{pair.a.setup}-t{pair.b.timepoint}s{pair.b.setup} ({len(pair.p)})"
+                       if down == 0 else None)
+    for ax, name in zip(axes, ("z", "y")):
+        ax.set_xlabel("x (world)")
+        ax.set_ylabel(f"{name} (world)")
+        ax.set_aspect("equal")
+        ax.invert_yaxis()
+    if matches.matched:
+        axes[0].legend(fontsize=7, markerscale=2, loc="best")
+    fig.suptitle(f"{len(matches.matched)} of {len(matches.pairs)} pairs matched, {total} matched points "
+                 f"(label {matches.label!r}); seen along y (left) and along z (right)")
     return _save_figure(fig, path, overwrite)
 
 

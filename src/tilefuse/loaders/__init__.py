@@ -31,7 +31,8 @@ def _import_builtin_loaders() -> None:
     # Imported for their registration side effect; each is a small module.
     import importlib
 
-    for name in ("_hdf5", "_n5", "_tiff", "_zarr", "_split", "_flatfield"):
+    # _filelist after _tiff: it also takes filemap2 projects over non-TIFF files (CZI, ND2, LIF).
+    for name in ("_hdf5", "_n5", "_tiff", "_filelist", "_zarr", "_split", "_flatfield"):
         importlib.import_module(f"{__name__}.{name}")
 
 

@@ -327,6 +327,24 @@ def _point_matches(link: Link) -> PointMatches:
     return PointMatches(link.a, link.b, p, p - np.asarray(link.shift), weight)
 
 
+def _rotated_views(project: Project, views=None) -> tuple | None:
+    """Two views whose rotations differ (by more than 0.01 degrees), or None if all are alike."""
+    from .global_affine import nearest_rotation
+
+    first = None
+    for view in views if views is not None else project.views:
+        if view in project.missing_views:
+            continue
+        rotation = nearest_rotation(project.model(view)[:3, :3])
+        if first is None:
+            first = (view, rotation)
+            continue
+        cos = (np.trace(first[1].T @ rotation) - 1.0) / 2.0
+        if np.degrees(np.arccos(np.clip(cos, -1.0, 1.0))) > 0.01:
+            return first[0], view
+    return None
+
+
 def links_from_project(project: Project, groups: RegistrationGroups | None = None) -> list[Link]:
     """Links stored in the project's ``<StitchingResults>`` (stale ones dropped).
 
@@ -355,11 +373,21 @@ def register(
     views=None,
     options: RegistrationOptions | None = None,
     *,
+    detection=None,
+    matching=None,
+    label: str = "beads",
     client=None,
     progress: bool = False,
     **changes,
-) -> RegistrationResult:
-    """Refine tile positions: pairwise phase correlation, then a global solve.
+):
+    """Refine tile positions: pairwise phase correlation, then a global solve; or interest points.
+
+    With ``method="auto"`` (the default), views rotated relative to each
+    other (several angles of a light-sheet acquisition) are registered with
+    interest points (:func:`tilefuse.interestpoints.register_interest_points`:
+    DoG detection unless points labelled ``label`` are stored, descriptor
+    matching, a global solve of one affine per view), and tiles by phase
+    correlation; the choice is logged.
 
     Parameters
     ----------
@@ -368,6 +396,11 @@ def register(
         Views to register (default: all present views).
     options : RegistrationOptions, optional
         How to register (default: ``RegistrationOptions()``).
+    detection, matching : DetectionOptions, MatchingOptions, optional
+        Interest points only (:mod:`tilefuse.interestpoints`): how to detect
+        and match them, and the model of the solve.
+    label : str
+        Interest points only: which points to use or detect (default "beads").
     client : distributed.Client, optional
         Register the pairs on this cluster; default: local threads.
     progress : bool
@@ -378,6 +411,11 @@ def register(
         :func:`~tilefuse.registration.pairwise.make_groups`,
         :func:`~tilefuse.registration.pairwise.pairwise` and :func:`solve`,
         the three steps, say what each does.
+
+    Returns
+    -------
+    RegistrationResult or tilefuse.interestpoints.InterestPointRegistration
+        Either has ``summary()``, ``warnings()`` and ``apply(project)``.
 
     Raises
     ------
@@ -392,6 +430,19 @@ def register(
     >>> result.apply(project).save("registered.xml")                   # doctest: +SKIP
     """
     o = RegistrationOptions.build(options, **changes)
+    method = o.method
+    if method == "auto":
+        rotated = _rotated_views(project, views)
+        method = "interest-points" if rotated else "phase-correlation"
+        if rotated:
+            log.info("%s: %s is rotated relative to %s: registering with interest points (DoG detection, "
+                     "descriptor matching and a global solve), not phase correlation", where(project.path),
+                     rotated[1], rotated[0])
+    if method == "interest-points":
+        from ..interestpoints.register import register_interest_points
+
+        return register_interest_points(project, views, o, detection=detection, matching=matching, label=label,
+                                        client=client, progress=progress)
     groups = make_groups(project, views, group_by=o.group_by, channel=o.channel, illumination=o.illumination)
     links = pairwise(project, groups, downsampling=o.downsampling, min_overlap=o.min_overlap,
                      neighbours_only=o.neighbours_only, n_peaks=o.n_peaks, refine=o.refine, client=client,

@@ -14,10 +14,12 @@ from .global_affine import GLOBAL_MODELS
 from .global_opt import PRESETS
 from .sitk_refine import SITK_TRANSFORMS
 
-__all__ = ["RegistrationOptions", "GROUP_BY_KINDS"]
+__all__ = ["RegistrationOptions", "GROUP_BY_KINDS", "METHODS"]
 
 #: What views can be grouped by (views sharing all of them move together).
 GROUP_BY_KINDS = ("timepoint", "setup") + ATTRIBUTE_KINDS
+#: How to register: "auto" uses interest points when views are rotated relative to each other.
+METHODS = ("auto", "phase-correlation", "interest-points")
 
 
 def _flag(value) -> bool:
@@ -73,6 +75,10 @@ class RegistrationOptions(Options):
     (2, 2, 2)
     """
 
+    method: str = option("auto", choices=METHODS, example="interest-points",
+                         help="phase-correlation (tiles), interest-points (views at several angles: DoG detection, "
+                              "descriptor matching, global solve) or auto (default: interest points when views are "
+                              "rotated relative to each other)")
     channel: Any = option(None, check=_entity, parse=str, metavar="ID|NAME", example="0",
                           help="register on this channel (id or name); default: the average of all")
     illumination: Any = option(None, check=_entity, parse=str, metavar="ID|NAME", example="0",
@@ -95,7 +101,8 @@ class RegistrationOptions(Options):
                                 metavar="|".join(SITK_TRANSFORMS), example="translation",
                                 help="also refine every pair with SimpleITK (normalised correlation)")
     model: str = option("translation", choices=GLOBAL_MODELS, example="rigid",
-                        help="global model per tile (rigid/affine: best with --refine rigid/affine)")
+                        help="global model per tile with phase correlation (rigid/affine: best with --refine "
+                             "rigid/affine; interest points use --match-model)")
     preset: str = option("relaxed", choices=tuple(PRESETS), example="strict",
                          help="link rejection thresholds (BigStitcher's presets; default relaxed)")
     rel_threshold: float | None = option(None, check=optional(number(0, lo_open=True)), parse=parse_number,

@@ -110,7 +110,8 @@ def pairwise_shift(
         best candidates on band-passed crops, climb to the integer shift of
         highest overlap correlation, then Gauss-Newton on the band-passed
         overlap with a gain ramp and an offset (most accurate, see Notes);
-        a candidate whose refinement diverges gives way to the next.
+        a candidate whose refinement diverges gives way to the next
+        (crops with more than three axes longer than 1 use ``"cc"``).
         ``"cc"``: the maximum of the cross-correlation of the two aligned
         overlaps on a 1/20 px grid (upsampled DFT).  ``"quadratic"``: a
         parabola through the PCM per axis around the peak, as BigStitcher
@@ -171,6 +172,8 @@ def pairwise_shift(
     limit = _max_shift_per_axis(max_shift, full_ndim)[keep]
 
     shape = tuple(fixed_a.shape[d] for d in keep)
+    if method == "gradient" and len(shape) > 3:
+        method = "cc"  # the compiled Gauss-Newton step handles up to three axes
     f = fixed_a.reshape(shape)
     m = moving_a.reshape(shape)
     if masks is not None:

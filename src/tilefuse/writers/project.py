@@ -135,6 +135,7 @@ def write_project(
     overwrite: bool = False,
     inputs: Sequence[str | Path] = (),
     client=None,
+    in_place: Sequence[tuple[str | Path, int, int]] | None = None,
 ) -> Project:
     """Write tiles and their positions as a new BigStitcher project.
 
@@ -160,7 +161,8 @@ def write_project(
         Attribute ids per image.  Default: one tile per image, everything else 0.
         Images sharing all attributes but the timepoint share one ViewSetup.
     names : dict, optional
-        Entity names, e.g. ``{"channel": {0: "488", 1: "561"}}``.
+        Entity names, e.g. ``{"channel": {0: "488", 1: "561"}}``; ``"setup"`` maps an
+        image's index to the name of its ViewSetup (default ``setup <id>``).
     transforms : sequence of sequences of (str, ndarray), optional
         Per image, its ViewTransforms as ``(name, 4x4 zyx matrix)`` in XML
         order (the first is applied last), replacing the default
@@ -190,6 +192,12 @@ def write_project(
         Compute dask images on this cluster.  N5 and OME-Zarr blocks are
         written by its workers; HDF5 and TIFF files are written from this
         process.
+    in_place : sequence of (path, series, channel), optional
+        Write no pixels: the project reads each image from its original file
+        (``spimreconstruction.filelist``, BigStitcher's loader for the files
+        of "Define dataset": Bio-Formats series and channel numbers).
+        ``images`` then only give shapes and dtypes (lazy arrays of those
+        files, never computed); ``format`` and ``factors`` are ignored.
 
     Returns
     -------
@@ -212,8 +220,10 @@ def write_project(
     path = Path(path)
     if format not in FORMATS:
         raise TilefuseError(f"unknown output format {format!r}; choose one of {', '.join(FORMATS)}")
-    container = container_path(path, format)
-    check_outputs([path, container], inputs, overwrite=overwrite)
+    container = container_path(path, format) if in_place is None else None
+    check_outputs([path] + ([container] if container else []), inputs, overwrite=overwrite)
+    if in_place is not None and len(in_place) != len(images):
+        raise TilefuseError(f"in_place has {len(in_place)} entries for {len(images)} images")
     images = [_as_3d(im) for im in images]
     n = len(images)
     if n == 0:
@@ -251,6 +261,7 @@ def write_project(
     # One setup per distinct attribute combination, in order of first appearance.
     setup_of: dict[tuple, int] = {}
     views: dict[ViewId, object] = {}
+    index_of: dict[ViewId, int] = {}
     data = SpimData()
     min_res = min(voxel_size)
     tile_location: dict[int, tuple] = {}
@@ -261,7 +272,7 @@ def write_project(
             setup_of[combo] = sid
             data.setups[sid] = ViewSetup(
                 id=sid,
-                name=f"setup {sid}",
+                name=names.get("setup", {}).get(i, f"setup {sid}"),
                 size=tuple(int(s) for s in image.shape),
                 voxel_size=voxel_size,
                 unit=unit,
@@ -274,6 +285,7 @@ def write_project(
         if view in views:
             raise TilefuseError(f"image {i}: two images for {view} (same attributes and timepoint)")
         views[view] = image
+        index_of[view] = i
         tile = attrs["tile"][i]
         loc = tuple(float(v) for v in positions[i])
         if tile_location.setdefault(tile, loc) != loc:
@@ -306,6 +318,8 @@ def write_project(
     data.registrations = dict(sorted(data.registrations.items()))
     check_spimdata(data, path)  # what open_project would refuse, refused before writing any pixel
 
+    if in_place is not None:
+        return _write_in_place(path, data, {view: in_place[i] for view, i in index_of.items()}, overwrite)
     shape0 = next(iter(views.values())).shape
     if format == "tiff":
         factors = [(1, 1, 1)]
@@ -326,6 +340,19 @@ def write_project(
     # Loaders may hold handles on the container this one replaced.
     drop_cached_handles(str(container))
     drop_cached_handles(str(container.resolve()))
+    return open_project(path)
+
+
+def _write_in_place(path: Path, data: SpimData, files: dict, overwrite: bool) -> Project:
+    """The XML alone, its views read from the original files (``spimreconstruction.filelist``)."""
+    mapping = {view: (Path(file).resolve(), int(series), int(channel))
+               for view, (file, series, channel) in files.items()}
+    loader = loader_class("spimreconstruction.filelist").for_path(mapping)
+    with atomic_outputs([path], overwrite=overwrite) as (tmp_xml,):
+        project = Project(data, path=None, loader=loader)
+        project.path = path.resolve()
+        project.save(tmp_xml, backup=False)
+        _read_back(tmp_xml, path, [tmp_xml])
     return open_project(path)
 
 

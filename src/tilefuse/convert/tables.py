@@ -1,9 +1,13 @@
-"""Convert plain tiles + positions into a BigStitcher project.
+"""Tiles + a positions file (CSV or Fiji's ``TileConfiguration.txt``) into a BigStitcher project.
 
-Positions come from a CSV (``file,x,y[,z]`` plus optional ``tile``,
-``channel``, ``illumination``, ``angle``, ``timepoint`` columns) or from
-Fiji's ``TileConfiguration.txt``.  TIFFs are opened lazily (tifffile's zarr
-view wrapped in dask), so conversion streams data larger than memory.
+The CSV has a header naming ``file,x,y`` (and ``z`` for 3D), in any order,
+plus optional integer columns ``tile``, ``channel``, ``illumination``,
+``angle`` and ``timepoint``; ``file`` is relative to the folder of tiles.
+Each file is read through :mod:`tilefuse.formats.acquisition`, so its
+calibration (ImageJ ``unit``/``spacing``, resolution tags, OME physical
+sizes) and its channels come along; a multi-channel file becomes one view
+per channel.  Files are read lazily, so conversion streams data larger than
+memory.
 """
 
 from __future__ import annotations
@@ -15,14 +19,18 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
-from ._options import Options, choice, number, option, optional, parse_numbers, per_axis, text
-from .errors import MissingDataError, ProjectFormatError, TilefuseError
-from .writers.project import FORMATS
+from .._options import Options, choice, number, option, optional, parse_numbers, per_axis, text
+from ..errors import MissingDataError, ProjectFormatError, TilefuseError
+from ..writers.project import FORMATS
 
 __all__ = ["ConvertOptions", "TileEntry", "read_positions_csv", "read_tile_configuration", "read_positions",
            "convert_tiffs", "lazy_tiff"]
+
+#: The CSV format, for ``tilefuse convert --help`` and the docs.
+CSV_HELP = ("CSV positions: a header naming file,x,y (and z for 3D) in any order, one row per file (relative to "
+            "FOLDER); optional integer columns tile, channel, illumination, angle, timepoint. x,y,z are in --unit "
+            "(physical, the default for CSV) or in pixels with --position-unit voxel. Fiji's TileConfiguration.txt "
+            "('file; ; (x, y[, z])' lines, pixels) is read too.")
 
 
 @dataclass
@@ -67,7 +75,7 @@ def _java_int(text: str, what: str, where: str) -> int:
         value = int(text)
     except ValueError:
         raise ProjectFormatError(f"{where}: {what} is {text!r}, not an integer") from None
-    from .writers.project import JAVA_INT
+    from ..writers.project import JAVA_INT
 
     if not JAVA_INT[0] <= value <= JAVA_INT[1]:
         raise ProjectFormatError(f"{where}: {what} {value} is outside the range of a Java int, which "
@@ -161,20 +169,35 @@ def lazy_tiff(path: str | Path):
 
 def _voxel_size(value) -> tuple[float, float, float]:
     sizes = per_axis(number(0, lo_open=True), counts=(2, 3), names="[z,]y,x")(value)
-    return sizes if len(sizes) == 3 else (1.0,) + sizes
+    return sizes if len(sizes) == 3 else (sizes[1],) + sizes  # 2D: z is never used; the pixel size keeps it finest
+
+
+def _stage_axes(value) -> str:
+    from ._build import stage_axes_matrix
+
+    stage_axes_matrix(str(value))
+    return ",".join(p.strip().lower() for p in str(value).split(","))
 
 
 @dataclass(frozen=True)
 class ConvertOptions(Options):
-    """How to turn TIFFs and positions into a project (checked when made; ``tilefuse convert``'s flags)."""
+    """How to turn acquisitions (or TIFFs and positions) into a project (``tilefuse convert``'s flags)."""
 
-    voxel_size: tuple[float, float, float] = option(
-        (1.0, 1.0, 1.0), check=_voxel_size, parse=parse_numbers, metavar="[Z,]Y,X", example="2,0.65,0.65",
-        help="voxel size in --unit, z,y,x (or y,x for 2D tiles; default 1)")
-    unit: str = option("µm", check=text, metavar="UNIT", example="nm", help="unit of the voxel size (default µm)")
+    voxel_size: tuple[float, float, float] | None = option(
+        None, check=optional(_voxel_size), parse=parse_numbers, metavar="[Z,]Y,X", example="2,0.65,0.65",
+        help="voxel size in --unit, z,y,x (or y,x for 2D tiles); overrides the files' calibration "
+             "(default: the files', else 1)")
+    unit: str = option("µm", check=text, metavar="UNIT", example="nm",
+                       help="unit of --voxel-size and of physical CSV positions (default µm)")
     position_unit: str | None = option(
         None, check=optional(choice(("physical", "voxel"))), parse=str, metavar="{physical,voxel}",
         example="voxel", help="unit of the positions (default: voxel for TileConfiguration, physical for CSV)")
+    stage_axes: str = option(
+        "x,y,z", check=_stage_axes, metavar="AXES", example="y,x,z",
+        help="image axes x,y,z as stage axes, each optionally negated: --stage-axes=-x,y,z when the stage's x "
+             "runs against the image's, y,x,z when they are swapped (default x,y,z)")
+    in_place: bool = option(False, help="write only the XML: the views are read from the original files "
+                                        "(BigStitcher's spimreconstruction.filelist); no pixels are copied")
     format: str = option("hdf5", choices=tuple(FORMATS), example="n5", help="pixel container (default hdf5)")
     chunks: tuple[int, int, int] | None = option(
         None, check=optional(per_axis(number(1, integer=True), counts=(3,))),
@@ -190,37 +213,49 @@ def convert_tiffs(
     factors="auto",
     progress: bool = False,
     overwrite: bool = False,
+    client=None,
     **changes,
 ):
-    """Make a project from a folder of TIFFs and a positions file.
+    """Make a project from a folder of TIFFs (ImageJ, OME or plain) and a positions file.
 
     ``options`` (a :class:`ConvertOptions`; ``**changes`` changes its fields)
-    gives the voxel size and unit, the unit of the positions, the container
-    and its block shape; ``factors`` the pyramid (see :func:`tilefuse.write_project`).
-    ``position_unit`` defaults to ``"voxel"`` for TileConfiguration files (Fiji
-    writes pixels) and ``"physical"`` for CSV files.
+    gives the voxel size and unit (default: the TIFFs' calibration), the unit
+    of the positions, the container and its block shape; ``factors`` the
+    pyramid (see :func:`tilefuse.write_project`).  ``position_unit`` defaults
+    to ``"voxel"`` for TileConfiguration files (Fiji writes pixels) and
+    ``"physical"`` for CSV files.  A file with several channels becomes one
+    view per channel (channel ids from the file, unless the CSV has a
+    ``channel`` column); view setups are named after the files.
     """
-    o = ConvertOptions.build(options, **changes)
-    voxel_size, unit, position_unit, format = o.voxel_size, o.unit, o.position_unit, o.format
-    kwargs = {"factors": factors} if o.chunks is None else {"factors": factors, "chunks": o.chunks}
-    from .writers.project import write_project
+    from ..formats.tiff_files import TiffAcquisition
+    from ._build import Source, write_sources
 
+    o = ConvertOptions.build(options, **changes)
     folder = Path(folder)
     positions = Path(positions)
     entries = read_positions(positions)
-    if position_unit is None:
-        position_unit = "physical" if positions.suffix.lower() == ".csv" else "voxel"
-    images = [lazy_tiff(folder / e.file) for e in entries]
+    if o.position_unit is None:
+        o = o.replace(position_unit="physical" if positions.suffix.lower() == ".csv" else "voxel")
     ndims = {len(e.position_xyz) for e in entries}
     if len(ndims) != 1:
         raise ProjectFormatError(f"{positions}: rows mix 2D and 3D positions")
-    pos = np.array([e.position_xyz[::-1] for e in entries])  # xyz -> zyx
-    attrs = {a: [e.attributes.get(a) for e in entries] for a in _ATTRS}
-    extra = {}
-    for a in _ATTRS:
-        if all(v is not None for v in attrs[a]):
-            extra[a + "s"] = attrs[a]
+    sources, acquisitions = [], []
+    for row, e in enumerate(entries):
+        path = folder / e.file
+        if not path.is_file():
+            raise MissingDataError(f"{path}: TIFF not found ({positions}, row {row + 1})")
+        with TiffAcquisition(path) as tif:
+            acq = tif.describe()
+        acquisitions.append(acq)
+        zyx = tuple(e.position_xyz[::-1]) if len(e.position_xyz) == 3 else (0.0, *e.position_xyz[::-1])
+        stacks = [s for s in acq.stacks if s.series == 0]
+        if len({s.channel for s in stacks}) > 1 and "channel" in e.attributes:
+            raise ProjectFormatError(f"{positions}, row {row + 1}: {e.file} holds {len({s.channel for s in stacks})} "
+                                     "channels but the row gives one channel id; leave out the channel column or "
+                                     "split the file")
+        key = ("row", e.attributes.get("tile", row)) if "tile" in e.attributes else ("row", row)
+        for s in stacks:
+            sources.append(Source(path, s, zyx, key, Path(e.file).stem, dict(e.attributes)))
     # The new container may not replace or sit inside the TIFFs or the positions file it is made from.
-    inputs = [positions] + [folder / e.file for e in entries]
-    return write_project(output, images, pos, voxel_size=voxel_size, unit=unit, position_unit=position_unit,
-                         format=format, progress=progress, overwrite=overwrite, inputs=inputs, **extra, **kwargs)
+    return write_sources(sources, acquisitions, output, o, stage_positions=False, factors=factors,
+                         progress=progress, overwrite=overwrite, inputs=[positions], client=client)

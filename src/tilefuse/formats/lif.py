@@ -1,0 +1,170 @@
+"""Leica LIF: images, tile scans, channels, z-stacks and timepoints, through readlif (``tilefuse[lif]``).
+
+Why readlif: pure Python (no compiled part to install), reads one plane of
+one tile at a time (``get_frame(z, t, c, m)``) and parses the tile positions;
+liffile (newer) reads whole images.
+
+Conventions (Bio-Formats ``LeicaMicrosystemsMetadata/extract/PositionExtractor.java``,
+the reference reader of LAS X files):
+
+* **series**: Bio-Formats splits a tile scan into one series per tile; so
+  does tilefuse: series are numbered image by image, tile by tile.
+* **voxel size**: each dimension's ``Length`` over ``NumberOfElements - 1``
+  (the length runs from the first to the last pixel centre), in metres; a
+  negative z length (a stack acquired downwards) gives its absolute value.
+* **positions**: ``Attachment[@Name='TileScanInfo']/Tile@PosX/PosY`` in
+  metres; with the attachment's ``SwapXY="1"`` x and y are swapped first,
+  then ``FlipX="1"``/``FlipY="1"`` negate x/y, as Bio-Formats does.  The
+  position is the tile's corner; z is 0 (LAS X stores one z range per tile
+  scan).  An image that is not a tile scan has no position.
+* A wavelength sweep (LAS X lambda scan: DimID 5, emission, or 9,
+  excitation) of a one-channel image is read as channels, one per
+  wavelength; readlif's ``get_frame`` ignores that dimension (it returns the
+  wrong plane), so planes are read with ``get_plane``.  Images that are not
+  stacks of xy planes (xz or xt line scans) are left out, each with a note.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+
+from ..errors import ImageDataError
+from .acquisition import Acquisition, AcquisitionFile, Region, Stack, require, to_micrometers
+
+__all__ = ["LifAcquisition"]
+
+#: LIF DimID of x, y, z, t and the mosaic (tile) dimension
+_XYZTM = {1, 2, 3, 4, 10}
+#: LIF DimID of the wavelength sweeps of lambda scans (readlif's list of known dimensions)
+_LAMBDA = {5: "emission", 9: "excitation"}
+
+
+class LifAcquisition(AcquisitionFile):
+    """A LIF project file: one series per image and tile."""
+
+    kind = "lif"
+    suffixes = (".lif",)
+    extra = "lif"
+
+    def __init__(self, path) -> None:
+        super().__init__(path)
+        reader = require("readlif.reader", self.extra, self.path)
+        try:
+            self._lif = reader.LifFile(str(self.path))
+        except Exception as exc:
+            raise ImageDataError(f"{self.path}: not a readable LIF file ({exc})") from exc
+        self._lock = threading.Lock()
+        self._series: list[tuple[int, int, int | None]] = []  # series -> (image, tile, wavelength DimID)
+        self._acq: Acquisition | None = None
+
+    def describe(self) -> Acquisition:
+        if self._acq is None:
+            with self._lock:
+                self._acq = self._describe()
+        return self._acq
+
+    def _describe(self) -> Acquisition:
+        acq = Acquisition(self.path, "lif", [])
+        voxel = None
+        for i, info in enumerate(self._lif.image_list):
+            name = info["name"]
+            dims_n = info["dims_n"]
+            other = sorted(set(dims_n) - _XYZTM)
+            # A wavelength sweep (LAS X lambda scan, one channel) is read as channels, one per wavelength.
+            sweep = other[0] if len(other) == 1 and other[0] in _LAMBDA and info["channels"] == 1 else None
+            if info["display_dims"] != (1, 2) or (other and sweep is None):
+                why = f"dimensions {other} besides x, y, z, t and tiles" if other else "not a stack of xy planes"
+                acq.notes.append(f"image {i} ({name!r}) left out: {why}")
+                continue
+            if sweep is not None:
+                acq.notes.append(f"image {i} ({name!r}): its {dims_n[sweep]} wavelengths ({_LAMBDA[sweep]}) are "
+                                 "read as channels")
+            dims = info["dims"]
+            size = tuple(_pixel_size(info["scale_n"].get(d)) for d in (3, 2, 1))
+            if voxel is None:
+                voxel = size
+            elif any(a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-6)
+                     for a, b in zip(size, voxel)):
+                acq.notes.append(f"image {i} ({name!r}) left out: voxel size {size} differs from {voxel}")
+                continue
+            else:
+                voxel = tuple(b if a is None else a for a, b in zip(voxel, size))
+            depth = max(info["bit_depth"]) if info["bit_depth"] else 8
+            dtype = np.dtype(np.uint8 if depth <= 8 else np.uint16)
+            positions = _tile_positions(self._lif, info, dims.m)
+            channels = dims_n[sweep] if sweep is not None else info["channels"]
+            for m in range(dims.m):
+                series = len(self._series)
+                self._series.append((i, m, sweep))
+                label = name if dims.m == 1 else f"{name}/tile {m}"
+                acq.series_names[series] = label
+                shape = (int(dims.z), int(dims.y), int(dims.x))
+                for t in range(dims.t):
+                    for c in range(channels):
+                        acq.stacks.append(Stack(series, c, t, shape, dtype, (1, shape[1], shape[2]),
+                                                positions[m], label))
+        acq.voxel_size = voxel or (None, None, None)
+        if not acq.stacks:
+            raise ImageDataError(f"{self.path}: no image of this LIF file is a stack of xy planes "
+                                 f"({'; '.join(acq.notes)})")
+        return acq
+
+    def read(self, series: int, channel: int, timepoint: int, region: Region) -> np.ndarray:
+        self.describe()
+        image, tile, sweep = self._series[series]
+        with self._lock:
+            img = self._lif.get_image(image)
+            dims_n = img.info["dims_n"]
+            planes = []
+            for z in range(region[0].start, region[0].stop):
+                # get_plane, not get_frame: get_frame ignores a wavelength dimension and reads the wrong plane
+                wanted = {3: z, 4: timepoint, 10: tile}
+                if sweep is not None:
+                    wanted[sweep] = channel
+                wanted = {d: v for d, v in wanted.items() if d in dims_n}
+                plane = img.get_plane(display_dims=(1, 2), c=0 if sweep is not None else channel,
+                                      requested_dims=wanted)
+                planes.append(np.asarray(plane)[region[1], region[2]])
+        dtype = self._acq.stacks[0].dtype
+        if not planes:
+            return np.zeros((0, region[1].stop - region[1].start, region[2].stop - region[2].start), dtype)
+        return np.stack(planes).astype(dtype, copy=False)
+
+
+def _pixel_size(scale: float | None) -> float | None:
+    """readlif's scale (pixels per µm, from ``(n - 1) / Length``) as a pixel size in µm."""
+    if not scale:
+        return None
+    return abs(1.0 / float(scale))
+
+
+def _tile_positions(lif, info, tiles: int) -> list:
+    """The ``(z, y, x)`` µm position of each tile, swapped and flipped as the TileScanInfo says."""
+    if tiles <= 1 or not info.get("mosaic_position"):
+        return [None] * tiles
+    flips = _tile_scan_flags(lif, info["name"].split("/")[-1])
+    out = []
+    for _, _, pos_x, pos_y in info["mosaic_position"]:
+        x, y = to_micrometers(pos_x, "m"), to_micrometers(pos_y, "m")
+        if flips.get("SwapXY"):
+            x, y = y, x
+        if flips.get("FlipX"):
+            x = -x
+        if flips.get("FlipY"):
+            y = -y
+        out.append((0.0, y, x))
+    return out + [None] * (tiles - len(out))
+
+
+def _tile_scan_flags(lif, name: str) -> dict[str, bool]:
+    """``FlipX``/``FlipY``/``SwapXY`` of the image's TileScanInfo attachment (all False when absent)."""
+    for element in lif.xml_root.iter("Element"):
+        if element.get("Name") != name:
+            continue
+        info = element.find("./Data/Image/Attachment[@Name='TileScanInfo']")
+        if info is not None:
+            return {k: info.get(k, "0") == "1" for k in ("FlipX", "FlipY", "SwapXY")}
+    return {}

@@ -1,0 +1,188 @@
+"""The band pass the sub-pixel step and the candidate ranking work on: illumination out, then a DoG.
+
+:func:`band_pass` divides a crop by a smooth estimate of its illumination
+(vignetting, per-tile gain) and takes a difference of Gaussians (sigma 1 and
+4), which drops pixel noise and what is left of the background.  The
+Gaussians are separable correlations with scipy's kernels and its
+``mode="nearest"`` border, compiled with numba (2x scipy's ``gaussian_filter``
+on a 512x51 overlap, 4x on a 60x50x256 one: scipy's loop accumulates in
+double and walks every axis through a line buffer); they agree with
+``scipy.ndimage.gaussian_filter`` to float32 rounding (3e-7 relative).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+__all__ = ["band_pass", "gaussian", "smooth_illumination"]
+
+# Compiled on first use, then loaded from numba's on-disk cache; they release the GIL.
+_jit = numba.njit(cache=True, nogil=True, error_model="numpy")
+
+
+def band_pass(a: np.ndarray, low: float = 1.0, high: float = 4.0) -> np.ndarray:
+    """Difference of Gaussians of the flat-fielded crop: drops pixel noise and smooth illumination.
+
+    ``high`` was chosen by measurement: on the 3D demo sample and on shifted
+    ``camera`` crops, sigma 4 gave 0.01-0.03 px mean error, 8 gave 0.02-0.04
+    and 16 gave 0.03-0.07 (wider filters keep more of the illumination
+    difference between tiles, which biases the fit).
+    """
+    a = a.astype(np.float32, copy=False)
+    # Divide out the smooth illumination first: blurring a product v*T of a
+    # slowly varying gain v and the texture T moves T's features by about
+    # sigma^2 * grad(v)/v, in opposite directions in two tiles whose
+    # vignetting runs opposite ways across their overlap.  Measured on the
+    # sample mosaics: the mean error per link along its overlap axis fell
+    # from -0.011 to -0.004 px, and on a 20x30 grid, where it accumulates,
+    # the mean/max position error from 0.114/0.252 to 0.052/0.116 px.
+    # Intensities must be positive for the ratio; shift them if they are not.
+    flat = a if a.min() > 0 else a - a.min() + max(float(np.ptp(a)) * 1e-3, 1e-6)
+    flat = flat / smooth_illumination(flat, 4 * high)
+    out = gaussian(flat, low)
+    out -= gaussian(flat, high, truncate=3.0)
+    return out
+
+
+def smooth_illumination(a: np.ndarray, sigma: float, factor: int = 4) -> np.ndarray:
+    """A Gaussian blur of width ``sigma`` for estimating smooth illumination, computed coarse.
+
+    The estimate only needs to be smooth, so it is blurred on ``factor``-fold
+    block means (sigma / factor, kernel cut at 2 sigma; the last block of an
+    axis is padded with its edge value) and interpolated back linearly
+    (multilinear, block ``j``'s centre at fine coordinate ``(j + 0.5) factor -
+    0.5``, clamped at the ends): 1/factor**ndim of the voxels and a quarter of
+    the taps.  On the small 3D benchmark this made the band pass 3x cheaper
+    (it was a third of the registration time) without changing the measured
+    errors.  1-3D float32.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    factors = [factor if n >= 2 * factor else 1 for n in a.shape]
+    lead = (1,) * (3 - a.ndim)
+    f3 = (1,) * len(lead) + tuple(factors)
+    a3 = a.reshape(lead + a.shape)
+    coarse = np.empty(tuple(-(-n // f) for n, f in zip(a3.shape, f3)), dtype=np.float32)
+    _block_mean(a3, np.asarray(f3, dtype=np.int64), coarse)
+    coarse = gaussian(coarse, [sigma / f for f in f3], truncate=2.0)
+    taps = []
+    for n, f, m in zip(a3.shape, f3, coarse.shape):
+        pos = np.clip((np.arange(n) + 0.5) / f - 0.5, 0, m - 1)
+        j0 = np.minimum(pos.astype(np.int64), max(m - 2, 0))
+        taps += [j0, np.minimum(j0 + 1, m - 1), (pos - j0).astype(np.float32)]
+    out = np.empty(a3.shape, dtype=np.float32)
+    _interpolate_up(coarse, *taps, out)
+    return out.reshape(a.shape)
+
+
+def gaussian(a: np.ndarray, sigma, truncate: float = 4.0) -> np.ndarray:
+    """``scipy.ndimage.gaussian_filter(a, sigma, mode="nearest", truncate=truncate)`` for 1-3D float32.
+
+    ``sigma`` is a number or one per axis; axes of length 1 (which the filter
+    leaves unchanged) are skipped.  Returns a new float32 array.
+    """
+    a = np.asarray(a, dtype=np.float32)
+    if a.ndim > 3:
+        raise ValueError(f"gaussian filters 1-3D arrays, got {a.ndim}D")
+    sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (a.ndim,))
+    shape3 = (1,) * (3 - a.ndim) + a.shape
+    cur, filtered = a.reshape(shape3), False
+    for axis, s in enumerate(sigmas, start=3 - a.ndim):
+        if shape3[axis] == 1 or s <= 0:
+            continue
+        out = np.empty(shape3, dtype=np.float32)
+        _correlate_nearest(cur, _kernel(float(s), truncate), axis, out)
+        cur, filtered = out, True
+    return cur.reshape(a.shape) if filtered else a.copy()
+
+
+def _kernel(sigma: float, truncate: float) -> np.ndarray:
+    """scipy's Gaussian kernel: radius ``int(truncate * sigma + 0.5)``, weights summing to 1 (float32)."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    w = np.exp(-0.5 / (sigma * sigma) * x * x)
+    return (w / w.sum()).astype(np.float32)
+
+
+@_jit
+def _correlate_nearest(a, w, axis, out):  # pragma: no cover - compiled
+    """``out = correlate1d(a, w, axis, mode="nearest")`` for a 3D float32 array and an odd, centred kernel.
+
+    The innermost loop always runs along the last (contiguous) axis, so it
+    vectorises; along it the row is first copied into an edge-padded buffer.
+    """
+    n0, n1, n2 = a.shape
+    r = (w.size - 1) // 2
+    if axis == 2:
+        buf = np.empty(n2 + 2 * r, np.float32)
+        for i0 in range(n0):
+            for i1 in range(n1):
+                for x in range(n2):
+                    buf[r + x] = a[i0, i1, x]
+                for x in range(r):
+                    buf[x] = a[i0, i1, 0]
+                    buf[r + n2 + x] = a[i0, i1, n2 - 1]
+                for x in range(n2):
+                    out[i0, i1, x] = 0.0
+                for k in range(w.size):
+                    wk = w[k]
+                    for x in range(n2):
+                        out[i0, i1, x] += wk * buf[x + k]
+    elif axis == 1:
+        for i0 in range(n0):
+            for y in range(n1):
+                for x in range(n2):
+                    out[i0, y, x] = 0.0
+                for k in range(w.size):
+                    src = min(max(y + k - r, 0), n1 - 1)
+                    wk = w[k]
+                    for x in range(n2):
+                        out[i0, y, x] += wk * a[i0, src, x]
+    else:
+        for z in range(n0):
+            for y in range(n1):
+                for x in range(n2):
+                    out[z, y, x] = 0.0
+            for k in range(w.size):
+                src = min(max(z + k - r, 0), n0 - 1)
+                wk = w[k]
+                for y in range(n1):
+                    for x in range(n2):
+                        out[z, y, x] += wk * a[src, y, x]
+
+
+@_jit
+def _block_mean(a, factors, out):  # pragma: no cover - compiled
+    """Means of ``factors``-sized blocks of a 3D array; a partial last block repeats its edge value."""
+    n0, n1, n2 = a.shape
+    f0, f1, f2 = factors[0], factors[1], factors[2]
+    scale = np.float32(1.0 / (f0 * f1 * f2))
+    for j0 in range(out.shape[0]):
+        for j1 in range(out.shape[1]):
+            for j2 in range(out.shape[2]):
+                acc = np.float32(0.0)
+                for k0 in range(f0):
+                    i0 = min(j0 * f0 + k0, n0 - 1)
+                    for k1 in range(f1):
+                        i1 = min(j1 * f1 + k1, n1 - 1)
+                        for k2 in range(f2):
+                            acc += a[i0, i1, min(j2 * f2 + k2, n2 - 1)]
+                out[j0, j1, j2] = acc * scale
+
+
+@_jit
+def _interpolate_up(c, lo0, hi0, t0, lo1, hi1, t1, lo2, hi2, t2, out):  # pragma: no cover - compiled
+    """Multilinear interpolation of ``c``: per axis, between indices ``lo`` and ``hi`` at fraction ``t``."""
+    for i0 in range(out.shape[0]):
+        a0, b0, u0 = lo0[i0], hi0[i0], t0[i0]
+        for i1 in range(out.shape[1]):
+            a1, b1, u1 = lo1[i1], hi1[i1], t1[i1]
+            for i2 in range(out.shape[2]):
+                a2, b2, u2 = lo2[i2], hi2[i2], t2[i2]
+                v00 = c[a0, a1, a2] + (c[a0, a1, b2] - c[a0, a1, a2]) * u2
+                v01 = c[a0, b1, a2] + (c[a0, b1, b2] - c[a0, b1, a2]) * u2
+                v10 = c[b0, a1, a2] + (c[b0, a1, b2] - c[b0, a1, a2]) * u2
+                v11 = c[b0, b1, a2] + (c[b0, b1, b2] - c[b0, b1, a2]) * u2
+                v0 = v00 + (v01 - v00) * u1
+                v1 = v10 + (v11 - v10) * u1
+                out[i0, i1, i2] = v0 + (v1 - v0) * u0
