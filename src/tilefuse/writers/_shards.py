@@ -19,14 +19,17 @@ value) and the CRC-32C of that index.  This module writes such files itself:
 * :func:`shard_is_complete` checks a shard file left by an earlier run: its
   index must be whole (CRC-32C) and point inside the file.
 
-Why our own shard writer rather than zarr-python's (measured on fused 3D
-uint16 chunks, 2 cores, ``benchmarks/bench_writer.py``): zarr-python writes a
-shard in one call only when given the whole shard (a ~1 GiB shard is ~1 GiB of
-memory per thread, the output would no longer be larger than memory) and
-otherwise reads, decodes and rewrites the shard for every chunk (not safe
-from several processes, and quadratic); tensorstore is not a dependency and
-has the same read-modify-write for partial shards.  Appending encoded chunks
-keeps memory at one chunk per thread and costs the codec alone.
+Why our own shard writer rather than zarr-python's: not speed - writing level 0
+of the 3D benchmark costs the same CPU either way (13.2 vs 13.4 s, the codec is
+numcodecs' Blosc in both; ``benchmarks/bench_writer.py``, docs/benchmarks.md) -
+but memory and safety.  zarr-python writes a shard in one call only when given
+the whole shard (646 vs 889 MB peak at 128x512x512 shards, and a ~1 GiB shard
+per thread at the default size: the output would no longer be larger than
+memory) and otherwise reads, decodes and rewrites the shard for every chunk
+(not safe from several processes, and quadratic), with no shard-level commit
+to resume from; tensorstore is not a dependency and has the same
+read-modify-write for partial shards.  Appending encoded chunks keeps memory
+at one chunk per thread and costs the codec alone.
 """
 
 from __future__ import annotations
