@@ -40,8 +40,9 @@ def project(tmp_path_factory):
 
 
 def _chunks_written(folder: Path, name: str) -> int:
-    """Zarr chunk files (plain numbers) under ``name`` or its partial output in ``folder``."""
-    return sum(1 for p in folder.glob(f"{name}*/**/*") if p.is_file() and p.name.isdigit())
+    """Zarr chunk or shard files (plain numbers; a shard being appended to: ``<n>.partial``) under ``name``
+    or its partial output in ``folder``."""
+    return sum(1 for p in folder.glob(f"{name}*/**/*") if p.is_file() and p.name.removesuffix(".partial").isdigit())
 
 
 def _wait_for(condition, timeout: float, what: str) -> None:
