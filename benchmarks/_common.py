@@ -136,7 +136,7 @@ class _TreeSampler(threading.Thread):
 
 
 def run_child(script: str | Path, task: dict, *, timeout: float | None = None, quiet: bool = True,
-              prefix: list[str] | None = None) -> dict:
+              prefix: list[str] | None = None, python: str | None = None) -> dict:
     """Run ``python script --child <task json>`` in a fresh process and measure it.
 
     The child writes its result (a JSON dict) to the file named by
@@ -144,12 +144,13 @@ def run_child(script: str | Path, task: dict, *, timeout: float | None = None, q
     ``os.wait4``: largest single process, child or its reaped descendants)
     and ``peak_tree_rss_mb`` (psutil sampling: summed RSS of the whole process
     tree; sampled, so short spikes can be missed) and ``wall_s`` (the child's
-    whole life, including imports).
+    whole life, including imports).  ``python``: another interpreter (a peer
+    whose pinned dependencies cannot share this environment).
     """
     fd, result_path = tempfile.mkstemp(suffix=".json", prefix="tfbench-")
     os.close(fd)
     task = dict(task, result_path=result_path)
-    cmd = list(prefix or []) + [sys.executable, str(script), "--child", json.dumps(task)]
+    cmd = list(prefix or []) + [python or sys.executable, str(script), "--child", json.dumps(task)]
     t0 = time.perf_counter()
     stdout = subprocess.DEVNULL if quiet else None
     proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, text=True)

@@ -16,6 +16,10 @@ over the non-empty tiles; a link counts as *wrong* when its shift differs
 from the true difference of the two tiles' offsets by more than 1 px, and
 *wrong accepted* when the global solve kept it.
 
+Periodic: issue 14's hard case (``make_sample_project(periodic=True)``: a periodic lattice with a
+few distinct marks, 50 % overlap, stage errors up to 20 % of it), tilefuse with its defaults and
+with ``max_stage_error=32``, and the peer.
+
 Speed: pairs per second, time of the pairwise step and of the global solve,
 on the 600-tile 2D grid (20x30, 512x512) and the 16-tile 3D grid
 (1x4x4, 128x512x512).
@@ -64,6 +68,12 @@ CONFIGS = {
         },
     },
 }
+# Issue 14's hard case (tilefuse.sample_periodic): a row of ten 256x256 tiles of a periodic lattice with a
+# few distinct marks, 50 % overlap, neighbours' steps off by up to 25.6 px (20 % of the overlap); tilefuse
+# runs with its defaults and with --max-stage-error 32, the peer with its defaults.
+PERIODIC = {"2d periodic 1x10": dict(ndim=2, periodic=True, grid=(1, 10), tile_shape=(256, 256), overlap=0.5,
+                                     max_offset=12.8, format="hdf5", seed=0)}
+PERIODIC_OPTIONS = {"tilefuse": {}, "tilefuse --max-stage-error 32": {"max_stage_error": 32.0}}
 COMMON = C.COMMON
 LARGE = ("2d 20x30",)  # peer runs here only with --peer-large
 
@@ -123,9 +133,10 @@ def task_tilefuse(task: dict) -> dict:
     t_open = time.perf_counter() - t0
     groups = tilefuse.make_groups(project)
     t1 = time.perf_counter()
-    links = tilefuse.pairwise(project, groups)
+    options = task.get("options", {})
+    links = tilefuse.pairwise(project, groups, **options)
     t2 = time.perf_counter()
-    result = tilefuse.solve(links, groups)
+    result = tilefuse.solve(links, groups, **options)
     t3 = time.perf_counter()
     registered = result.apply(project)
     official = score_registration(registered, task["truth"])
@@ -235,6 +246,7 @@ def main() -> None:
                 rows[-1]["note"] = (f"{res['peer']['total_s'] / res['tilefuse']['total_s']:.1f}x "
                                     "tilefuse's time (open+pairwise+solve)")
 
+    rows += run_periodic(workdir, peer, args.peer_timeout)
     cols_acc = [("data", "data", ""), ("tool", "tool", ""), ("tiles", "tiles", ""),
                 ("stage_mean", "stage err mean", ".2f"),
                 ("mean_all", "mean (all)", ".3f"), ("max_all", "max (all)", ".3f"),
@@ -251,6 +263,32 @@ def main() -> None:
                   cols_speed, rows)
     C.write_json(args.json, {"machine": info, "size": size, "configs": CONFIGS[size], "common": COMMON,
                              "rows": rows})
+
+
+def run_periodic(workdir, peer: bool, timeout: float) -> list[dict]:
+    """The periodic sample: tilefuse with and without --max-stage-error, and the peer, side by side."""
+    rows = []
+    for label, kw in PERIODIC.items():
+        xml = C.sample_project(workdir, "2d_periodic_1x10_256x256_hdf5_s0", **kw)
+        runs = [(name, "tilefuse", options) for name, options in PERIODIC_OPTIONS.items()]
+        runs += [("multiview-stitcher", "peer", {})] if peer else []
+        for name, kind, options in runs:
+            r = C.run_child(SCRIPT, {"kind": kind, "name": f"{label} {name}", "xml": str(xml),
+                                     "truth": str(xml.with_name("truth.json")), "options": options},
+                            timeout=timeout if kind == "peer" else None)
+            row = {"data": label, "purpose": "periodic", "tool": name, "tiles": 10, "pairs": r.get("pairs"),
+                   "pair_s": r.get("pairwise_s", r.get("register_s")), "solve_s": r.get("solve_s"),
+                   "pairs_per_s": r.get("pairs_per_s"), "total_s": r.get("total_s"), "rss": r["peak_rss_mb"],
+                   **{k: r.get(k) for k in ("mean_all", "max_all", "mean_nonempty", "max_nonempty", "links",
+                                            "accepted", "wrong", "wrong_accepted", "stage_mean")}}
+            if "error" in r:
+                row["note"] = r["error"]
+            rows.append(row)
+            print(f"  {label:<10} {name:<30} total {C.fmt(row['total_s'])} s  mean {C.fmt(row['mean_all'], '.3f')} "
+                  f"max {C.fmt(row['max_all'], '.3f')} px  wrong accepted {row['wrong_accepted']}")
+            if "summary" in r:
+                print("    " + r["summary"].replace("\n", "\n    "))
+    return rows
 
 
 if __name__ == "__main__":

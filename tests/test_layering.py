@@ -16,7 +16,7 @@ The layers, bottom to top (the developers' guide's Layout rule; README "Layout" 
  6  fusion                      fusion/*
  7  intensity                   intensity (it renders overlaps with fusion)
  8  writers                     writers/*
- 9  applications                sample_data, demo, convert, plotting, pipeline
+ 9  applications                sample_data, sample_periodic, demo, convert, plotting, pipeline
 10  command line                cli, _cliargs
 ==  ==========================  =================================================================
 
@@ -58,8 +58,8 @@ LAYERS = [
     (6, "fusion", ["tilefuse.fusion*"]),
     (7, "intensity", ["tilefuse.intensity"]),
     (8, "writers", ["tilefuse.writers*"]),
-    (9, "applications", ["tilefuse.sample_data", "tilefuse.demo", "tilefuse.convert*", "tilefuse.plotting",
-                         "tilefuse.pipeline"]),
+    (9, "applications", ["tilefuse.sample_data", "tilefuse.sample_periodic", "tilefuse.demo", "tilefuse.convert*",
+                         "tilefuse.plotting", "tilefuse.pipeline"]),
     (10, "command line", ["tilefuse.cli", "tilefuse._cliargs"]),
 ]
 

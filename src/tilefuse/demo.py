@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._options import Options, choice, number, option, optional, parse_numbers, per_axis
+from ._options import Options, choice, number, option, optional, parse_number, parse_numbers, per_axis
 from .errors import OptionError
 from .project.project import Project
 from .project.views import ViewId
@@ -28,6 +28,12 @@ __all__ = ["SampleOptions", "make_sample_project", "sample_outputs", "score_regi
 
 def _whole_numbers(text: str) -> tuple[int, ...]:
     return parse_numbers(text, int)
+
+
+def _flag(value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise OptionError("", f"must be True or False, got {value!r}")
+    return bool(value)
 
 
 def _tile_list(value) -> tuple[int, ...]:
@@ -49,10 +55,16 @@ class SampleOptions(Options):
         None, check=optional(per_axis(number(8, integer=True), counts=(2, 3), names="[z,]y,x")),
         parse=_whole_numbers, flag="--tile", metavar="[Z,]Y,X", example="64,64",
         help="voxels per tile (default 512,512 in 2D, 64,256,256 in 3D)")
-    overlap: float = option(0.1, check=number(0, 0.9, lo_open=True), metavar="FRACTION", example="0.2",
-                            help="overlap of neighbouring tiles, a fraction of the tile (default 0.1)")
-    max_offset: float = option(8.0, check=number(0), metavar="UNITS", example="4",
-                               help="largest stage error, world units (default 8)")
+    overlap: float | None = option(None, check=optional(number(0, 0.9, lo_open=True)), parse=parse_number,
+                                   metavar="FRACTION",
+                                   example="0.2",
+                                   help="overlap of neighbouring tiles, a fraction of the tile (default 0.1; 0.5 "
+                                        "with --periodic)")
+    max_offset: float | None = option(None, check=optional(number(0)), parse=parse_number, metavar="UNITS",
+                                      example="4",
+                                      help="largest stage error of a tile, world units (default 8; with --periodic "
+                                           "a tenth of the overlap, so that neighbours' steps differ by up to a fifth "
+                                           "of it)")
     empty_tiles: tuple[int, ...] = option((), check=_tile_list, parse=_whole_numbers, metavar="I,J,...",
                                           example="1", help="tile indices holding only background")
     texture: str = option("procedural", choices=TEXTURES, example="photo", help="what the tiles show")
@@ -65,6 +77,10 @@ class SampleOptions(Options):
                               "degrees apart (4: 0/45/90/135); grid is then the tiles per angle (1,Y,X)")
     max_rotation: float = option(1.0, check=number(0, 20), metavar="DEGREES", example="0.5",
                                  help="largest rotation error of an angle, degrees (with --angles; default 1)")
+    periodic: bool = option(False, check=_flag,
+                            help="a 2D row of tiles showing a periodic lattice with a few distinct marks, half-tile "
+                                 "overlaps and stage errors up to a fifth of them: the hard case of "
+                                 "docs/registration.md (default grid 1,10, tile 256,256)")
 
     def _check_together(self) -> None:
         ndim = 3 if self.angles else self.ndim
@@ -78,6 +94,23 @@ class SampleOptions(Options):
             raise OptionError("grid", f"a multi-angle sample has tiles along y and x only: use 1,Y,X, got {self.grid}")
         if self.angles and self.texture != "procedural":
             raise OptionError("texture", "a multi-angle sample shows procedural tissue and beads")
+        if self.periodic and (self.ndim != 2 or self.angles):
+            raise OptionError("periodic", "the periodic sample is a 2D mosaic (not --3d or --angles)")
+        if self.periodic and self.texture not in ("procedural", "periodic"):
+            raise OptionError("texture", "the periodic sample shows its own texture (a lattice with marks)")
+
+    def layout(self) -> tuple[tuple[int, ...] | None, tuple[int, ...] | None, float, float, str]:
+        """``(grid, tile_shape, overlap, max_offset, texture)`` with this sample's defaults filled in
+        (grid and tile stay None where the kind of sample decides)."""
+        if not self.periodic:
+            return (self.grid, self.tile_shape, 0.1 if self.overlap is None else self.overlap,
+                    8.0 if self.max_offset is None else self.max_offset, self.texture)
+        grid = (1, 10) if self.grid is None else self.grid
+        tile = (256, 256) if self.tile_shape is None else self.tile_shape
+        overlap = 0.5 if self.overlap is None else self.overlap
+        # each tile off by up to a tenth of the overlap: neighbours' steps differ by up to a fifth
+        offset = 0.1 * overlap * min(tile) if self.max_offset is None else self.max_offset
+        return grid, tile, overlap, offset, "periodic"
 
 
 def sample_outputs(outdir: str | Path, format: str = "hdf5") -> list[Path]:
@@ -121,14 +154,15 @@ def make_sample_project(
     **changes
         Fields of :class:`SampleOptions` to change (``ndim``, ``grid``,
         ``tile_shape``, ``overlap``, ``max_offset``, ``empty_tiles``,
-        ``texture``, ``format``, ``seed``, ``angles``, ``max_rotation``);
+        ``texture``, ``format``, ``seed``, ``angles``, ``max_rotation``, ``periodic``);
         other keywords are passed to :func:`tilefuse.sample_data.make_mosaic`
         (or :func:`~tilefuse.sample_data.make_multiview`; e.g. ``noise=False``).
     """
     names = {f.name for f in fields(SampleOptions)}
     mosaic_options = {k: changes.pop(k) for k in list(changes) if k not in names}
     o = SampleOptions.build(options, **changes)
-    ndim, grid, tile_shape, format = o.ndim, o.grid, o.tile_shape, o.format
+    grid, tile_shape, overlap, max_offset, texture = o.layout()
+    ndim, format = o.ndim, o.format
     from ._outputs import check_outputs
 
     outdir = Path(outdir)
@@ -140,8 +174,8 @@ def make_sample_project(
         grid = (3, 4) if ndim == 2 else (1, 2, 2)
     if tile_shape is None:
         tile_shape = (512, 512) if ndim == 2 else (64, 256, 256)
-    mosaic = make_mosaic(grid, tile_shape, o.overlap, max_offset=o.max_offset, empty_tiles=o.empty_tiles,
-                         texture=o.texture, seed=o.seed, **mosaic_options)
+    mosaic = make_mosaic(grid, tile_shape, overlap, max_offset=max_offset, empty_tiles=o.empty_tiles,
+                         texture=texture, seed=o.seed, **mosaic_options)
     min_res = float(min(mosaic.voxel_size))
     images = [mosaic.tile_dask(i) for i in range(mosaic.n_tiles)]
     voxel_size = tuple(mosaic.voxel_size)
@@ -165,7 +199,8 @@ def _multiview_project(outdir: Path, o: SampleOptions, extra: dict, factors, pro
 
     grid = (1, 1) if o.grid is None else tuple(o.grid[1:])
     tile_shape = (48, 160, 160) if o.tile_shape is None else o.tile_shape
-    mv = make_multiview(o.angles, grid, tile_shape, o.overlap, max_offset=o.max_offset,
+    _, _, overlap, max_offset, _ = o.layout()
+    mv = make_multiview(o.angles, grid, tile_shape, overlap, max_offset=max_offset,
                         max_rotation=o.max_rotation, empty_views=o.empty_tiles, seed=o.seed, **extra)
     min_res = float(min(mv.voxel_size))
     tile_pos = mv.tile_positions()

@@ -365,6 +365,10 @@ class Mosaic:
         key = int(self.seed) * 7919 + 17
         if self.texture == "procedural":
             return _procedural(coords, key)
+        if self.texture == "periodic":
+            from .sample_periodic import periodic_texture
+
+            return periodic_texture(coords, key)
         photo = _photo(coords[-2:], key, self.photo_scale)
         if self.ndim == 2:
             return 0.15 + 1.1 * photo
@@ -584,8 +588,9 @@ def _per_axis(value, ndim: int, what: str) -> tuple[float, ...]:
     return tuple(float(v) for v in arr)
 
 
-#: What a sample's tiles show: a procedural texture of blobs and lines, or a photograph.
-TEXTURES = ("procedural", "photo")
+#: What a sample's tiles show: a procedural texture of blobs and lines, a photograph, or a periodic
+#: lattice with a few distinct marks (:mod:`tilefuse.sample_periodic`).
+TEXTURES = ("procedural", "photo", "periodic")
 
 
 def make_mosaic(
@@ -632,7 +637,7 @@ def make_mosaic(
         random gain in [0.85, 1.15].
     empty_tiles : iterable of int or grid index
         Tiles showing only the background level (plus noise).
-    texture : {"procedural", "photo"}
+    texture : {"procedural", "photo", "periodic"}
         See the module notes.
     dtype : numpy dtype
         Output pixel type (integers are rounded and clipped).
@@ -669,7 +674,7 @@ def make_mosaic(
     if any(not 0 <= o < 1 for o in overlap):
         raise TilefuseError(f"overlap must be in [0, 1), got {overlap}")
     if texture not in TEXTURES:
-        raise TilefuseError(f"texture must be 'procedural' or 'photo', got {texture!r}")
+        raise TilefuseError(f"texture must be one of {', '.join(TEXTURES)}, got {texture!r}")
     dtype = np.dtype(dtype)
     small = dtype.itemsize == 1
     if background is None:

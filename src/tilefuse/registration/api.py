@@ -56,6 +56,40 @@ class RegistrationResult:
         return translation_matrix(self.translations[key])
 
     @property
+    def consistency(self) -> dict[tuple[Hashable, Hashable], float]:
+        """Per pair ``(a, b)``: the correlation of its overlap at the final positions (see
+        :meth:`check_consistency`; empty until it ran)."""
+        return {(link.a, link.b): link.info["consistency"] for link in self.links if "consistency" in link.info}
+
+    def check_consistency(self, project: Project, min_consistency: float = 0.5) -> dict:
+        """Correlate every pair's overlap at the final positions (:mod:`.consistency`); returns :attr:`consistency`.
+
+        ``project`` is the project as registered (before :meth:`apply`).
+        Pairs below ``min_consistency`` that correlated clearly better at their
+        own best alignment are named by :meth:`warnings` (ghosting).
+        """
+        from .consistency import overlap_consistency
+
+        values = overlap_consistency(project, self.groups, self.links, self.translations)
+        for link, value in zip(self.links, values):
+            link.info["consistency"] = value
+        self.params["min_consistency"] = float(min_consistency)
+        return self.consistency
+
+    def ghosting(self) -> list[Link]:
+        """Links whose overlap correlates below ``min_consistency`` at the final positions but at or above
+        it, and at least :data:`_GHOST_GAP` better, at the pair's own best alignment (an overlap that
+        correlates poorly even there, e.g. background only, is not flagged); empty until
+        :meth:`check_consistency`."""
+        floor = self.params.get("min_consistency")
+        if floor is None:
+            return []
+        return [link for link in self.links
+                if link.valid and np.isfinite(link.info.get("consistency", np.nan))
+                and link.info["consistency"] < floor <= link.correlation
+                and link.correlation - link.info["consistency"] >= _GHOST_GAP]
+
+    @property
     def accepted(self) -> list[Link]:
         return [link for link in self.links if link.accepted]
 
@@ -71,7 +105,10 @@ class RegistrationResult:
           others, so their error is the stage's;
         * kept links with a correlation just above the threshold (within 0.1) whose shift is
           large (over three times the pairs' median and 5 world units): a weak match that moves
-          a tile far is the classic false positive.
+          a tile far is the classic false positive;
+        * pairs whose overlap correlates below ``min_consistency`` at the final positions but
+          clearly better at their own best alignment (:meth:`ghosting`): the fused image
+          likely shows their content twice there.
         """
         out = []
         n_groups = len(self.groups.members)
@@ -95,6 +132,10 @@ class RegistrationResult:
                     out.append(f"link {link.a} - {link.b} was kept with correlation {link.correlation:.2f} "
                                f"(threshold {floor - 0.1:.2f}) and moves a tile by {size:.1f} world units "
                                f"(pairs' median {typical:.1f}): check it, or raise min_correlation")
+        for link in self.ghosting():
+            out.append(f"pair {link.a} - {link.b}: its overlap correlates at {link.info['consistency']:.2f} at the "
+                       f"final positions but at {link.correlation:.2f} at its best alignment (link "
+                       f"{link.status}): the fused image likely ghosts there; see docs/registration.md")
         return out
 
     def apply(self, project: Project, *, inplace: bool = False, name: str = STITCHING_TRANSFORM) -> Project:
@@ -141,9 +182,28 @@ class RegistrationResult:
             (f"correlation      kept links: min {np.min(corr):.3f}, median {np.median(corr):.3f}" if corr
              else "correlation      no link kept: every group keeps its stage position"),
             f"residual         mean {self.mean_residual:.3f}, max {self.max_residual:.3f} (world units)",
+            *self._consistency_lines(),
             f"correction       mean {moves.mean():.2f}, max {moves.max():.2f} (world units)",
         ]
         return "\n".join(lines)
+
+    def _consistency_lines(self) -> list[str]:
+        values = np.array([v for v in self.consistency.values() if np.isfinite(v)])
+        if not values.size:
+            return []
+        lines = [f"consistency      overlaps at the final positions: min {values.min():.3f}, median "
+                 f"{np.median(values):.3f} ({values.size} pairs)"]
+        ghosts = self.ghosting()
+        if ghosts:
+            shown = ", ".join(f"{link.a} - {link.b} {link.info['consistency']:.2f} (best {link.correlation:.2f})"
+                              for link in ghosts[:5])
+            lines.append(f"  ghosting?      {len(ghosts):5d}  below {self.params['min_consistency']:.2f}: {shown}"
+                         + (f" and {len(ghosts) - 5} more" if len(ghosts) > 5 else ""))
+        return lines
+
+
+#: A pair is flagged as ghosting when its own best alignment correlates at least this much better.
+_GHOST_GAP = 0.1
 
 
 def solve(
@@ -157,6 +217,7 @@ def solve(
     max_shift: str | float | Sequence[float] | None = "auto",
     fixed: Sequence[Hashable] | None = None,
     model: str = "translation",
+    max_stage_error: float | Sequence[float] | None = None,
 ) -> RegistrationResult:
     """Global weighted least squares for one translation per group, rejecting bad links.
 
@@ -191,6 +252,13 @@ def solve(
         rigid or affine transform per group to the kept links' point matches
         (:mod:`~tilefuse.registration.global_affine`).  Most useful with
         pairs refined by SimpleITK (``pairwise(..., refine="rigid")``).
+    max_stage_error : float or (z, y, x) floats, optional
+        How far the true step between neighbours may differ from the
+        stage's (world units), as given to
+        :func:`~tilefuse.registration.pairwise.pairwise`.  With
+        ``max_shift="auto"`` it replaces the "twice the overlap's width" bound
+        and the check of unconfirmed large shifts: a link within it is
+        plausible by the user's account of the stage.
     """
     if preset not in PRESETS:
         raise RegistrationError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -203,11 +271,19 @@ def solve(
     ab = ab if abs_threshold is None else float(abs_threshold)
     keys = list(groups.members)
     auto = isinstance(max_shift, str)
+    stage_error = None
+    if max_stage_error is not None:
+        from .pairwise import _per_axis_zyx
+
+        stage_error = _per_axis_zyx(max_stage_error)
+    for link in links:
+        if link.valid and link.info.get("ambiguous"):
+            link.status = f"rejected: {link.info['checked']}"
     if auto:
         if max_shift != "auto":
             raise RegistrationError(f"max_shift must be 'auto', None or numbers, got {max_shift!r}")
         for link in links:
-            if link.valid and (reason := _implausible(link)):
+            if link.valid and (reason := _implausible(link, stage_error)):
                 link.status = f"rejected: {reason}"
         max_shift = None
     weak = [(link.a, link.b) for link in links]  # metadata overlaps: keep stage-relative positions
@@ -225,7 +301,8 @@ def solve(
         for link, status, residual in zip(candidates, solution.status, solution.residuals):
             link.status = status
             link.residual = float(residual)
-        doubtful = _unconfirmed_outliers(keys, candidates) if auto else []
+        # a stated stage error already bounds every link (see _implausible)
+        doubtful = _unconfirmed_outliers(keys, candidates) if auto and stage_error is None else []
         if not doubtful:
             break
         for link, reason in doubtful:  # solve again without them: their groups keep stage-relative places
@@ -249,7 +326,8 @@ def solve(
         groups=groups, links=list(links), translations=translations,
         mean_residual=float(solution.mean_residual), max_residual=float(solution.max_residual),
         params=dict(preset=preset, rel_threshold=rel, abs_threshold=ab, min_correlation=min_correlation,
-                    max_shift=max_shift, model=model),
+                    max_shift=max_shift, model=model,
+                    max_stage_error=None if stage_error is None else stage_error.tolist()),
         transforms=transforms,
     )
 
@@ -287,24 +365,30 @@ def _unconfirmed_outliers(keys, candidates: Sequence[Link]) -> list[tuple[Link, 
     return out
 
 
-def _implausible(link: Link) -> str:
+def _implausible(link: Link, stage_error: np.ndarray | None = None) -> str:
     """Why a link's shift cannot be right for tiles that overlap as its overlap says ("" if it can).
 
     Along each axis the shift may not exceed the overlap's extent (no common
     content would be left) nor twice the overlap's width, its thinnest extent
-    (see :func:`solve`, ``max_shift="auto"``).  Axes along which the overlap
-    is a single plane (2D) are left out.
+    (see :func:`solve`, ``max_shift="auto"``), or instead of the latter the
+    stated ``stage_error`` (z, y, x).  Axes along which the overlap is a
+    single plane (2D) are left out.
     """
     extent = np.asarray(link.overlap.hi, dtype=np.float64) - np.asarray(link.overlap.lo, dtype=np.float64) + 1
     deep = extent > 1
     if not deep.any():
         return ""
-    bound = np.where(deep, np.minimum(extent, 2 * extent[deep].min()), np.inf)
+    if stage_error is None:
+        bound = np.where(deep, np.minimum(extent, 2 * extent[deep].min()), np.inf)
+        hint = "max_shift or max_stage_error sets another bound"
+    else:
+        bound = np.where(deep, np.minimum(extent, stage_error), np.inf)
+        hint = "beyond max_stage_error"
     shift = np.abs(np.asarray(link.shift, dtype=np.float64))
     if np.all(shift <= bound):
         return ""
     return (f"implausible shift ({' '.join(f'{v:.1f}' for v in link.shift)} z y x, more than the overlap "
-            f"{' x '.join(f'{v:.0f}' for v in extent)} allows; max_shift sets another bound)")
+            f"{' x '.join(f'{v:.0f}' for v in extent)} allows; {hint})")
 
 
 def _point_matches(link: Link) -> PointMatches:
@@ -445,11 +529,14 @@ def register(
                                         client=client, progress=progress)
     groups = make_groups(project, views, group_by=o.group_by, channel=o.channel, illumination=o.illumination)
     links = pairwise(project, groups, downsampling=o.downsampling, min_overlap=o.min_overlap,
-                     neighbours_only=o.neighbours_only, n_peaks=o.n_peaks, refine=o.refine, client=client,
+                     neighbours_only=o.neighbours_only, n_peaks=o.n_peaks, refine=o.refine,
+                     max_stage_error=o.max_stage_error, client=client,
                      progress=progress)
     result = solve(links, groups, preset=o.preset, rel_threshold=o.rel_threshold, abs_threshold=o.abs_threshold,
-                   min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model)
+                   min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model,
+                   max_stage_error=o.max_stage_error)
     result.params["min_overlap"] = o.min_overlap
+    result.check_consistency(project, o.min_consistency)
     for text in result.warnings():
         log.warning("%s: %s", where(project.path), text)
     return result

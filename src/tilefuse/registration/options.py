@@ -119,6 +119,16 @@ class RegistrationOptions(Options):
         metavar="auto|none|UNITS|Z,Y,X", example="20",
         help="reject links that move a tile more than this, world units (default auto: more than the overlap "
              "allows, or twice its width; none: no bound)")
+    max_stage_error: Any = option(
+        None, check=optional(per_axis(number(0, lo_open=True))), parse=parse_numbers,
+        metavar="UNITS|Z,Y,X", example="30",
+        help="how far the true step between neighbouring tiles may differ from the stage's, world units "
+             "(default: small errors); search within it, check every pair exhaustively (periodic content) and "
+             "accept links up to it: see docs/registration.md")
+    min_consistency: float = option(0.5, check=number(0, 1), metavar="R", example="0.6",
+                                    help="warn about pairs whose overlap correlates below this at the final "
+                                         "positions but clearly better at their own best alignment (ghosting; "
+                                         "default 0.5)")
     fixed: tuple | None = option(None, cli=False,
                                  help="group keys that do not move (default: the first of each connected set)")
 

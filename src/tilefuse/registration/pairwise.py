@@ -32,7 +32,7 @@ from ..geometry.affine import linear_part, to_xml_affine
 from ..project.project import Project
 from ..project.views import ViewId
 from .pairs import OverlapPair, overlapping_pairs
-from .phase_correlation import pairwise_shift
+from .phase_correlation import AMBIGUOUS, pairwise_shift
 
 __all__ = ["Link", "RegistrationGroups", "make_groups", "pairwise", "choose_level", "pair_hash"]
 
@@ -280,6 +280,7 @@ def pairwise(
     n_peaks: int = 5,
     subpixel: bool = True,
     refine: str | None = None,
+    max_stage_error: float | Sequence[float] | None = None,
     client=None,
     progress: bool = False,
 ) -> list[Link]:
@@ -308,6 +309,11 @@ def pairwise(
         from the phase-correlation shift.  The global solve uses the
         translation at the overlap centre; the fitted matrix is kept in
         ``link.info["sitk_matrix"]`` (crop voxel units, numpy order).
+    max_stage_error : float or (z, y, x) floats, optional
+        How far (world units, per axis) the true step between two neighbours
+        may differ from the stage's.  Candidate shifts are searched within
+        it, and every pair is also checked exhaustively within it
+        (:mod:`.exhaustive`), not only doubtful ones.
     client : distributed.Client, optional
         Run the pairs on this cluster; default: local threads.
     progress : bool
@@ -358,10 +364,14 @@ def pairwise(
         if refine not in SITK_TRANSFORMS:
             raise RegistrationError(f"refine must be one of {SITK_TRANSFORMS} or None, got {refine!r}")
     plan = _Plan(project, layouts, downsampling)
+    stage_error = None if max_stage_error is None else _per_axis_zyx(max_stage_error)
     work, metas = [], []
     for pair in pairs:
         read, meta = plan.pair(groups, first, pair)
-        work.append((read, options, None if refine is None else (refine, meta[0])))
+        pair_options = options
+        if stage_error is not None:  # in crop voxels, +1 for the crops' rounding to whole voxels
+            pair_options = dict(options, max_shift=tuple(stage_error / meta[0] + 1), exhaustive="always")
+        work.append((read, pair_options, None if refine is None else (refine, meta[0])))
         metas.append(meta)
     results = _run_batches(loader, work, client=client, progress=progress)
     links = []
@@ -377,6 +387,10 @@ def pairwise(
             continue
         info = {"shift_voxels": np.asarray(res.shift), "spacing": spacing, "origin_a": w0_a, "origin_b": w0_b,
                 "crop_shape": meta[3]}
+        if res.checked:
+            info["checked"] = res.checked
+            info["ambiguous"] = res.checked == AMBIGUOUS
+            log.debug("pair %s - %s: %s", pair.a, pair.b, res.checked)
         d = np.asarray(res.shift, dtype=np.float64)
         if refinement is not None:
             info.update(pc_shift_voxels=d, sitk_matrix=refinement.matrix, sitk_correlation=refinement.correlation)
@@ -388,6 +402,18 @@ def pairwise(
                   pair.b, np.round(shift, 3).tolist(), res.correlation, read.level, meta[3],
                   "" if refinement is None else f", SimpleITK correlation {refinement.correlation:.3f}")
     return links
+
+
+def _per_axis_zyx(value) -> np.ndarray:
+    """A scalar or (z, y, x) / (y, x) values as three floats (z, y, x); 2 values leave z unbounded."""
+    v = np.atleast_1d(np.asarray(value, dtype=np.float64))
+    if v.size == 1:
+        return np.repeat(v, 3)
+    if v.size == 2:
+        return np.concatenate([[np.inf], v])
+    if v.size != 3:
+        raise RegistrationError(f"max_stage_error needs 1, 2 (y, x) or 3 (z, y, x) values, got {value!r}")
+    return v
 
 
 #: In 3D, overlaps at least this many voxels wide in y and x are registered at half resolution.

@@ -20,8 +20,15 @@ accuracy (see :mod:`.peaks`' taper and :mod:`.subpixel`):
 5. refine the winner to sub-pixel precision on the cross-correlation of the
    two overlaps (BigStitcher: quadratic fit to the PCM, ``subpixel="quadratic"``).
 
+6. when the answer is doubtful (a weak winner, a sliver of overlap, or other
+   candidates nearly as good: periodic content), score every shift at once
+   on the crops without their periodic part (:mod:`.exhaustive`) and take
+   a clearly better one; with ``exhaustive="always"`` every pair is checked
+   and one the check cannot decide is marked :data:`AMBIGUOUS`.
+
 Steps 1-3 live in :mod:`.peaks`, step 4 in :mod:`.candidates`, step 5 in
-:mod:`.subpixel`; this module checks the input and runs them.  No I/O and no
+:mod:`.subpixel`, step 6 in :mod:`.exhaustive`; this module checks the input
+and runs them.  No I/O and no
 project knowledge: arrays in, a :class:`PairwiseShift` out.
 """
 
@@ -36,10 +43,12 @@ from numpy.typing import ArrayLike
 
 from ..errors import RegistrationError
 from .candidates import OverlapScorer, band_passed_r, hill_climb
+from .exhaustive import MIN_EVIDENCE, WEAK_R, doubtful
+from .exhaustive import check as exhaustive_check
 from .peaks import centred, periodic_candidates, periodic_peaks, phase_correlation_matrix
 from .subpixel import prepare_refinement, refine_gradient, refine_overlap, refine_quadratic
 
-__all__ = ["PairwiseShift", "pairwise_shift"]
+__all__ = ["AMBIGUOUS", "PairwiseShift", "pairwise_shift"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,6 +78,9 @@ class PairwiseShift:
         PCM value at the winning peak (1.0 for a perfect, noise-free shift).
     reason : str
         Empty when valid, otherwise why no shift was found.
+    checked : str
+        What the exhaustive check of a doubtful pair found (:mod:`.exhaustive`); empty when it did
+        not run.
     """
 
     shift: np.ndarray
@@ -79,6 +91,7 @@ class PairwiseShift:
     integer_shift: np.ndarray
     peak_height: float
     reason: str = ""
+    checked: str = ""
 
 
 def pairwise_shift(
@@ -92,6 +105,7 @@ def pairwise_shift(
     fixed_mask: ArrayLike | None = None,
     moving_mask: ArrayLike | None = None,
     workers: int | None = None,
+    exhaustive: bool | str = True,
 ) -> PairwiseShift:
     """Find the translation between two crops of the same world region.
 
@@ -127,6 +141,11 @@ def pairwise_shift(
         the correlation and neutralised in the PCM; they may be non-finite.
     workers : int, optional
         Threads for :mod:`scipy.fft`.
+    exhaustive : bool, optional
+        With the default refinement, check a doubtful answer (a weak winner,
+        or other candidates nearly as good: periodic content) against every
+        shift (:mod:`.exhaustive`) and take a clearly better one; ``"always"``:
+        check every pair (when the stage is known to be far off).
 
     Returns
     -------
@@ -186,14 +205,16 @@ def pairwise_shift(
     f = centred(f, None if masks is None else masks[0])
     m = centred(m, None if masks is None else masks[1])
 
-    def result(valid, corr, frac, n_cand, ishift, shift, height, reason=""):
+    checked = ""
+
+    def result(valid, corr, frac, n_cand, ishift, shift, height, reason="", checked=""):
         # Re-insert the singleton axes that were dropped.
         full_shift = np.zeros(full_ndim)
         full_int = np.zeros(full_ndim, dtype=np.int64)
         full_shift[keep] = shift
         full_int[keep] = ishift
         return PairwiseShift(full_shift, float(corr), float(frac), int(n_cand), bool(valid),
-                             full_int, float(height), reason)
+                             full_int, float(height), reason, checked)
 
     pcm, fft_shape = phase_correlation_matrix(f, m, workers)
     scorer = OverlapScorer(f, m, masks)
@@ -247,12 +268,61 @@ def pairwise_shift(
         if nearest != cand and scorer.count(nearest) >= min_count:
             cand, r = nearest, scorer.pearson(nearest)
     else:
-        cand, r, shift, height = _refine_best(*raw, masks, scorer, finite, score_peaks, n_peaks,
+        prepared = prepare_refinement(*raw)
+        cand, r, shift, height = _refine_best(prepared, masks, scorer, finite, score_peaks, n_peaks,
                                               shape, limit, min_count)
-    return result(True, r, scorer.count(cand) / total, len(seen), cand, shift, height)
+        if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total, shape):
+            cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape,
+                                                          limit, min_count, exhaustive == "always")
+    return result(True, r, scorer.count(cand) / total, len(seen), cand, shift, height, checked=checked)
 
 
-def _refine_best(f, m, masks, scorer, scored, score_peaks, n_peaks, shape, limit, min_count):
+def _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape, limit, min_count, always):
+    """:func:`.exhaustive.check` of a doubtful pair; its clearly best shift replaces the winner.
+
+    Returns ``(cand, r, shift, checked)`` where ``checked`` says what the
+    check found (for the log and the link's info).  When every pair is
+    checked (``always``: the user said the stage is far off) a strong-looking
+    answer the check cannot confirm is :data:`AMBIGUOUS`.
+    """
+    found = exhaustive_check(*raw, masks, limit, min_count)
+    if found is None or not found.clear:
+        if always and found is not None and r >= WEAK_R and (
+                max(abs(a - b) for a, b in zip(found.shift, cand)) > 1 or found.evidence < MIN_EVIDENCE):
+            # A strong-looking answer that every-shift scoring neither confirms nor replaces (or that
+            # nothing distinct supports): on periodic content, an alias, or an overlap with no
+            # distinct mark.  Better no link (the tile keeps its stage position relative to the
+            # others) than a wrong one.  Only when the user said the stage is far off: on ordinary
+            # content a doubtful pair's answer was kept before the check existed, and stays.
+            return cand, r, shift, AMBIGUOUS
+        return cand, r, shift, "exhaustive check: no clearly best shift, the phase-correlation answer stays"
+    best = found.shift
+    if max(abs(a - b) for a, b in zip(best, cand)) <= 1 or found.evidence <= found.evidence_at(cand):
+        return cand, r, shift, "exhaustive check: confirmed"
+    # climb and refine from the new start as from a phase-correlation candidate
+    start, _ = hill_climb(scorer, best, shape, limit, min_count,
+                          score=lambda s: band_passed_r(prepared, masks, s, min_count))
+    refined, converged = refine_gradient(prepared[0], prepared[2], masks, np.asarray(start, dtype=np.float64),
+                                         min_count)
+    if converged:
+        nearest = tuple(int(v) for v in np.round(refined))
+        if scorer.count(nearest) >= min_count:
+            start = nearest
+    else:
+        refined = np.asarray(start, dtype=np.float64)
+    if start == tuple(cand):
+        return cand, r, shift, "exhaustive check: confirmed"
+    return (start, scorer.pearson(start), refined,
+            f"exhaustive check: moved from {tuple(int(v) for v in cand)} to {start} (evidence "
+            f"{found.evidence:.0f}, next {found.runner_up:.0f}, periodic share {found.periodic_fraction:.2f})")
+
+
+#: :attr:`PairwiseShift.checked` of a pair the exhaustive check could not decide (the link is rejected).
+AMBIGUOUS = ("ambiguous: no clearly best alignment when every shift is scored without the periodic part "
+             "(periodic content with no distinct mark in the overlap?)")
+
+
+def _refine_best(prepared, masks, scorer, scored, score_peaks, n_peaks, shape, limit, min_count):
     """Gradient refinement of the most similar candidates, more peaks if none converges.
 
     Candidates are ranked by their overlap correlation, and the best few are
@@ -273,7 +343,6 @@ def _refine_best(f, m, masks, scorer, scored, score_peaks, n_peaks, shape, limit
     overlaps: a link 10 px off (r = 0.70, its true peak not among the top 10)
     is found right (r = 0.84) at the cost of one extra scan.
     """
-    prepared = prepare_refinement(f, m)
     tried: set[tuple[int, ...]] = set()
     converged_at = []  # (band-passed r, candidate, r, shift, peak height) of weak convergences
     ranked = scored
