@@ -76,6 +76,23 @@ def test_outliers_rejected_and_truth_recovered():
     assert np.abs(_as_array(off, range(100)) - (truth - truth[0])).max() > 2
 
 
+def test_one_outlier_that_inflates_the_mean_is_still_removed():
+    # A 2x3 grid with diagonals, small stage errors (residuals ~1) and one diagonal link 14 px off:
+    # the outlier drags its neighbours' residuals up, so 'mean * 5 < max' holds no more (masking);
+    # beyond the absolute threshold and 5x the median residual it is removed all the same.
+    rng = np.random.default_rng(5)
+    truth = rng.normal(0, 4, (6, 2))
+    pairs = [(0, 1), (1, 2), (3, 4), (4, 5), (0, 3), (1, 4), (2, 5), (0, 4), (1, 3), (1, 5), (2, 4)]
+    links = [ShiftConstraint(a, b, truth[b] - truth[a] + rng.normal(0, 1.0, 2), rng.uniform(0.85, 0.95))
+             for a, b in pairs]
+    k = pairs.index((1, 5))
+    links[k] = ShiftConstraint(1, 5, truth[5] - truth[1] + np.array([10.0, -10.0]), 0.66)
+    sol = solve_translations(6, links)
+    assert not sol.accepted[k] and sol.accepted.sum() == len(links) - 1, sol.reasons
+    np.testing.assert_allclose(_as_array(sol, range(6)), truth - truth[0], atol=1.5)
+    assert sol.residuals[k] > 7 and sol.reasons[k].startswith("removed by iterative rejection")
+
+
 def test_presets():
     assert PRESETS == {"strict": (2.5, 3.5), "relaxed": (5.0, 7.0),
                        "none": (math.inf, math.inf)}

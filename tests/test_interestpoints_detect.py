@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -9,9 +10,10 @@ import pytest
 from scipy.spatial import cKDTree
 
 import tilefuse
+from tilefuse.cli import main
 from tilefuse.demo import make_sample_project
 from tilefuse.errors import OptionError, OutputExistsError
-from tilefuse.interestpoints import DetectionOptions, detect, labels, load_points
+from tilefuse.interestpoints import DetectionOptions, detect, detection, labels, load_points
 from tilefuse.interestpoints.detection import detection_factors
 from tilefuse.interestpoints.dog import detect_blobs, dog_sigmas
 from tilefuse.interestpoints.overlap import inside_view, to_world
@@ -168,3 +170,29 @@ def test_bad_options_name_the_option():
     with pytest.raises(OptionError, match="intensity_range"):
         DetectionOptions(intensity_range=(10, 5))
     assert "minIntensity=0.0 maxIntensity=4000.0" in DetectionOptions(intensity_range=(0, 4000)).params()
+
+
+def test_views_left_without_points_are_named_in_a_warning(sample, caplog):
+    """A threshold no blob reaches gives empty views: detect must say so, not report success silently."""
+    project = tilefuse.open_project(sample / "dataset.xml")
+    with caplog.at_level("WARNING", logger="tilefuse"):
+        found = detect(project, threshold=0.9)
+    assert all(len(p) == 0 for p in found.points.values())
+    text = " ".join(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "2 of 2 views have no interest points labelled 'beads'" in text and "threshold (now 0.9)" in text
+    assert str(sample / "dataset.xml") in text
+
+
+def test_detect_refuses_to_replace_other_points_before_detecting(sample, tmp_path, monkeypatch, capsys):
+    for name in ("dataset.xml", "dataset.h5"):
+        shutil.copy(sample / name, tmp_path / name)
+    xml = str(tmp_path / "dataset.xml")
+    assert main(["detect", xml, "-q"]) == 0
+
+    def no_detection(*args, **kwargs):
+        raise AssertionError("detected before refusing")
+
+    monkeypatch.setattr(detection, "detect", no_detection)
+    assert main(["detect", xml, "--sigma", "2.5", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "interest points labelled 'beads' exist already" in err and "tpId_0_viewSetupId_0" in err

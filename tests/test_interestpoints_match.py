@@ -153,6 +153,7 @@ def test_translation_invariant_and_icp_choices(sample):
     plain = match(project)
     for r, p in zip(refined.pairs, plain.pairs):
         assert len(r.ids_a) >= len(p.ids_a) and "ICP" in r.message
+        assert f"{len(r.ids_a)} pairs after ICP ({r.candidates} descriptor candidates)" in refined.summary()
     assert all(p.matched for p in match(project, method="icp", icp_distance=12.0).pairs)
 
 
@@ -181,3 +182,39 @@ def test_a_label_without_points_and_bad_options_are_refused(sample):
         MatchingOptions(method="sift")
     assert MatchingOptions().model_name() == "AffineModel3D regularized with an RigidModel3D, lambda = 0.1"
     assert MatchingOptions(model="rigid", regularize="none").model_name() == "RigidModel3D"
+
+
+def test_all_pairs_matches_views_whose_stage_positions_do_not_overlap(sample):
+    """--all-pairs is for views placed too far off to overlap: their points must all take part."""
+    project = tilefuse.open_project(sample / "dataset.xml")
+    far = np.eye(4)
+    far[2, 3] = 1000.0  # world x
+    moved = ViewId(0, 2)
+    project.preconcatenate(moved, far, "far away")
+    assert len(match(project).pairs) == 1  # only the two views that still overlap are compared
+    found = match(project, all_pairs=True)
+    assert len(found.pairs) == 3 and len(found.matched) == 3, found.summary()
+    for pair in found.pairs:
+        if moved in (pair.a, pair.b):  # the model carries the 1000 units the view was moved by
+            shift = apply_model(pair.model, pair.p).mean(axis=0) - pair.p.mean(axis=0)
+            assert abs(abs(shift[2]) - 1000.0) < 20.0
+
+
+def test_points_of_two_dimensional_views_fit_an_affine_in_their_plane():
+    """2D tiles: every point has the same z. The default (regularised) affine model must still fit, in the
+    plane, keeping z as it is -- not fail on every sample and leave 2D projects unregistered."""
+    rng = np.random.default_rng(3)
+    p = rng.uniform(0, 200, (60, 3))
+    p[:, 0] = 0.0
+    truth = np.eye(4)
+    truth[1:3, 1:3] = [[0.99, 0.05], [-0.04, 1.01]]
+    truth[1:3, 3] = [3.0, -7.0]
+    q = apply_model(truth, p)
+    np.testing.assert_allclose(fit_model(p, q, "affine"), truth, atol=1e-9)
+    regularised = fit_model(p, q, "affine", regularizer="rigid", lam=0.1)
+    assert regularised is not None
+    np.testing.assert_array_equal(regularised[0], [1, 0, 0, 0])  # z stays z
+    q[:10] += rng.uniform(20, 40, (10, 3)) * [0, 1, 1]  # outliers in the plane
+    found, inliers, _ = ransac(p, q, "affine", epsilon=1.0, rng=np.random.default_rng(0))
+    assert found is not None and inliers[10:].all() and not inliers[:10].any()
+    np.testing.assert_allclose(found, truth, atol=1e-6)

@@ -142,3 +142,15 @@ def test_points_of_another_detection_are_not_replaced_unasked(sample, tmp_path, 
     assert "exist already" in capsys.readouterr().err
     assert not (tmp_path / "r.xml").exists()
     assert main(["register", str(xml), "-o", str(tmp_path / "r.xml"), "-q", "--overwrite"]) == 0
+
+
+def test_a_single_view_is_refused_before_detecting_with_the_reason(tmp_path, capsys):
+    """One view: nothing to match with. Say that (not 'detect them first') and write nothing."""
+    project = make_sample_project(tmp_path, grid=(1, 1), tile_shape=(48, 48))
+    xml = str(project.path)
+    assert main(["register", xml, "-o", str(tmp_path / "r.xml"), "--method", "interest-points", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "1 group of views to register (1 view(s) in all)" in err and "Traceback" not in err
+    assert not (tmp_path / "interestpoints.n5").exists() and not (tmp_path / "r.xml").exists()
+    assert main(["match", xml, "-q"]) == 2
+    assert "the project has 1 view; matching interest points needs two or more" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import tilefuse
+from tilefuse.demo import make_sample_project
 from tilefuse.errors import MissingDataError, OutputExistsError, ProjectFormatError, UnsupportedFormatError
 from tilefuse.interestpoints import (
     Correspondences,
@@ -26,6 +27,7 @@ from tilefuse.interestpoints import (
     write_correspondences,
     write_points,
 )
+from tilefuse.interestpoints.storage import points_group
 from tilefuse.project.views import ViewId
 
 
@@ -115,12 +117,18 @@ def test_existing_points_are_replaced_only_when_asked(tmp_path):
     group = "tpId_0_viewSetupId_0/beads"
     write_points(tmp_path, group, InterestPoints([1], [[1, 2, 3]], params="DOG s=1.8"))
     write_correspondences(tmp_path, group, Correspondences([1], [4], [ViewId(0, 1)], ["beads"]))
-    # the same parameters: a repeated run, replaced (and the now stale correspondences dropped)
+    # a repeated run that finds the very same points keeps them and their (still valid) correspondences
+    write_points(tmp_path, group, InterestPoints([1], [[1, 2, 3]], params="DOG s=1.8"))
+    assert len(read_correspondences(tmp_path, group)) == 1
+    # the same parameters, other points (the image changed): replaced, the now stale correspondences dropped
     write_points(tmp_path, group, InterestPoints([1, 2], [[1, 2, 3], [4, 5, 6]], params="DOG s=1.8"))
     assert len(read_points(tmp_path, group)) == 2 and len(read_correspondences(tmp_path, group)) == 0
     with pytest.raises(OutputExistsError, match="beads"):
         write_points(tmp_path, group, InterestPoints([1], [[0, 0, 0]], params="DOG s=3"))
     assert len(read_points(tmp_path, group)) == 2
+    write_points(tmp_path, group, InterestPoints([1], [[0, 0, 0]], params="DOG s=3"), overwrite=True)
+    # damaged points can be overwritten
+    (tmp_path / group / "interestpoints/attributes.json").write_text('{"pointcloud": "1.0')
     write_points(tmp_path, group, InterestPoints([1], [[0, 0, 0]], params="DOG s=3"), overwrite=True)
     assert len(read_points(tmp_path, group)) == 1
     assert not [p for p in (tmp_path / "tpId_0_viewSetupId_0").iterdir() if p.name.startswith(".")]
@@ -222,3 +230,18 @@ def test_every_real_project_with_points_lists_them_and_they_load_once_written(na
         assert again.ids.tolist() == [9, 6, 5]
         np.testing.assert_array_equal(again.loc, pts.loc[::-1])
         assert read_points(container_path(project), group).params == params
+
+
+def test_points_far_outside_their_view_are_refused(tmp_path):
+    """Points in another frame (a downsampled image's voxels, another view's) disagree with the XML."""
+    project = make_sample_project(tmp_path, grid=(1, 2), tile_shape=(48, 64))  # views of x 64, y 48, z 1
+    view = ViewId(0, 0)
+    near = [[0.0, -1.2, 3.0], [0.0, 47.9, 64.5]]  # sub-voxel fits just beyond the edges are fine
+    write_points(container_path(project), points_group(view, "beads"), InterestPoints([0, 1], near, params="p"))
+    add_reference(project, view, "beads", "p")
+    assert len(load_points(project, "beads")[view]) == 2
+    write_points(container_path(project), points_group(view, "beads"),
+                 InterestPoints([0, 1, 2], near + [[0.0, 10.0, 250.0]], params="p"), overwrite=True)
+    with pytest.raises(ProjectFormatError, match=r"1 of 3 interest points of view \(timepoint 0, setup 0\) lie "
+                       r"outside the view's size 64 48 1 \(x y z\), e\.g\. point 2 at 250 10 0"):
+        load_points(project, "beads")

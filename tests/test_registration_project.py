@@ -232,3 +232,17 @@ def test_register_warns_about_unlinked_groups_and_weak_far_links(tmp_path, caplo
         good = tilefuse.register(make_sample_project(tmp_path / "good", grid=(2, 2), tile_shape=(96, 96),
                                                      overlap=0.25))
     assert good.warnings() == [] and "no kept link" not in caplog.text
+
+
+def test_a_false_corner_link_that_masks_itself_is_removed(tmp_path):
+    # 2x3 tiles of 96 px, 24 px overlaps: the diagonal pair (0,1)-(0,5) matches its 24x24 corner 14.6 px
+    # off at r = 0.66.  Among ten good links its residual inflated the mean enough to pass BigStitcher's
+    # 'mean * 5 < max' test, and the mosaic registered 2.4 px mean / 5.9 px max off (exit 0).
+    sample = make_sample_project(tmp_path / "s", ndim=2, grid=(2, 3), tile_shape=(96, 96), overlap=0.25, seed=3)
+    result = tilefuse.register(sample)
+    bad = next(link for link in result.links if {link.a[1], link.b[1]} == {1, 5})
+    assert bad.status.startswith("rejected: removed by iterative rejection"), bad.status
+    score = score_registration(result.apply(sample), tmp_path / "s" / "truth.json")
+    assert score["max"] < 0.5 < score["stage_max"], score
+    assert result.max_residual < 0.5
+    assert result.ghosting() == []  # the loops contradict the removed link: no ghost is claimed for it

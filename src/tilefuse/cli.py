@@ -330,7 +330,7 @@ def _container(project) -> str:
 
 
 def _cmd_detect(args) -> None:
-    from .interestpoints.detection import detect
+    from .interestpoints.detection import check_replaceable, detect
     from .opening import open_project
     from .writers._atomic import input_paths
 
@@ -338,6 +338,9 @@ def _cmd_detect(args) -> None:
     project = open_project(args.xml)
     out = args.output or args.xml
     with _outputs(args, [out], input_paths(project, xml=False), in_place=[args.xml]):  # see _cmd_register
+        if not args.overwrite:  # refuse before the detection, not after it
+            check_replaceable(project, [v for v in project.views if v not in project.missing_views], args.label,
+                              options)
         with _client(args) as client:
             found = detect(project, options=options, label=args.label, client=client, progress=args.progress)
         _say(args, found.summary())

@@ -32,7 +32,7 @@ from .options import DEFAULT_LABEL, DetectionOptions
 from .overlap import inside_view, to_world, views_meet
 from .storage import InterestPoints, add_reference, container_path, points_group, write_points
 
-__all__ = ["Detections", "detect", "detection_factors"]
+__all__ = ["Detections", "check_replaceable", "detect", "detection_factors"]
 
 log = logging.getLogger(__name__)
 
@@ -59,18 +59,9 @@ class Detections:
         ``<ViewInterestPointsFile>`` entries unless ``inplace``; save it to
         keep them.
         """
-        from .storage import _group_dir, read_attributes  # the same checks as write_points, for all views first
-
         container = container_path(project)
         if not overwrite:
-            for view, pts in self.points.items():
-                folder = _group_dir(container, points_group(view, self.label))
-                if folder.exists() and read_attributes(folder / "interestpoints").get("tilefuse params") != pts.params:
-                    from ..errors import OutputExistsError
-
-                    raise OutputExistsError(
-                        f"{folder}: interest points labelled {self.label!r} exist already for {view} (found with "
-                        "other parameters or by another program); choose another label or overwrite them")
+            check_replaceable(project, list(self.points), self.label, self.options)
         target = project if inplace else project.copy()
         for view, pts in sorted(self.points.items()):
             write_points(container, points_group(view, self.label), pts, overwrite=True)
@@ -88,6 +79,31 @@ class Detections:
         if len(counts) > 8:
             lines.append(f"  … and {len(counts) - 8} more")
         return "\n".join(lines)
+
+
+def check_replaceable(project: Project, views: Sequence[ViewId], label: str, options: DetectionOptions) -> None:
+    """Refuse (before anything is computed or written) to replace points found otherwise under ``label``.
+
+    The same checks as :func:`~tilefuse.interestpoints.storage.write_points`,
+    for all views at once.
+
+    Raises
+    ------
+    OutputExistsError
+        A view holds points labelled so that were found with other
+        parameters or by another program.
+    """
+    from ..errors import OutputExistsError
+    from .storage import _group_dir, read_attributes
+
+    container = container_path(project)
+    params = DetectionOptions.build(options).params()
+    for view in views:
+        folder = _group_dir(container, points_group(view, label.strip()))
+        if folder.exists() and read_attributes(folder / "interestpoints").get("tilefuse params") != params:
+            raise OutputExistsError(
+                f"{folder}: interest points labelled {label.strip()!r} exist already for {view} (found with "
+                "other parameters or by another program); choose another label or overwrite them")
 
 
 def detection_factors(project: Project, view: ViewId, options: DetectionOptions) -> tuple[int, int, int]:
@@ -283,6 +299,11 @@ def detect(
             loc, value = loc[strongest], value[strongest]
         points[view] = InterestPoints(np.arange(len(loc)), loc, params=o.params(), values=value)
         log.debug("%s: %d interest points (intensity range %.6g - %.6g)", view, len(loc), *intensity[view])
+    empty = [view for view, pts in points.items() if not len(pts)]
+    if empty:  # nothing to match there: say so now, not only when matching finds no pairs
+        log.warning("%s: %d of %d views have no interest points labelled %r (e.g. %s): lower the threshold "
+                    "(now %g) or change sigma (now %g)", where(project.path), len(empty), len(points),
+                    label.strip(), empty[0], o.threshold, o.sigma)
     return Detections(points, label.strip(), o)
 
 

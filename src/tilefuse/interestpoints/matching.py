@@ -118,6 +118,9 @@ class Matches:
         for pair in self.pairs[:limit]:
             state = (f"{len(pair.ids_a)} inliers of {pair.candidates} candidates, error {pair.error:.2f}"
                      if pair.matched else f"not matched: {pair.message}")
+            if pair.matched and "; ICP:" in pair.message:  # ICP pairs points anew: they may outnumber the candidates
+                state = (f"{len(pair.ids_a)} pairs after ICP ({pair.candidates} descriptor candidates), "
+                         f"error {pair.error:.2f}")
             lines.append(f"  {_short(pair.a)} - {_short(pair.b)}  {pair.method:<21}  {state}")
         if len(self.pairs) > limit:
             lines.append(f"  … and {len(self.pairs) - limit} more")
@@ -239,6 +242,9 @@ def match(
             raise RegistrationError(f"{where(project.path)}: {missing[0]} has no interest points labelled {label!r}")
     views = sorted(points if views is None else views)
     if len(views) < 2:
+        if len(project.views) < 2:
+            raise RegistrationError(f"{where(project.path)}: the project has {len(project.views)} view; matching "
+                                    "interest points needs two or more")
         raise RegistrationError(f"{where(project.path)}: interest points labelled {label!r} exist for "
                                 f"{len(views)} view(s); matching needs two or more (detect them first)")
     group = {v: (groups[v] if groups is not None else v) for v in views}
@@ -258,8 +264,14 @@ def match(
             if not o.all_pairs and not views_meet(models[a], shapes[a], models[b], shapes[b], margin):
                 continue
             method = pair_method(project, a, b, o.method)
-            sa = inside_view(models[b], shapes[b], world[a], margin)
-            sb = inside_view(models[a], shapes[a], world[b], margin)
+            if o.all_pairs:
+                # the current transforms are not trusted to say which points the other view sees (its
+                # stage position may be far off): every point takes part, as in BigStitcher's "all views"
+                sa = np.ones(len(world[a]), dtype=bool)
+                sb = np.ones(len(world[b]), dtype=bool)
+            else:
+                sa = inside_view(models[b], shapes[b], world[a], margin)
+                sb = inside_view(models[a], shapes[a], world[b], margin)
             pair_settings = dict(settings, redundancy=o.descriptor_redundancy(method), ratio=o.descriptor_ratio(method))
             seed = [o.seed, a.timepoint, a.setup, b.timepoint, b.setup]
             pairs.append((a, b, method, np.flatnonzero(sa), np.flatnonzero(sb)))

@@ -70,6 +70,13 @@ def _fit_batch(p: np.ndarray, q: np.ndarray, w: np.ndarray, model: str) -> tuple
         wdp = (w[..., None] * dp).transpose(0, 2, 1)
         cov_pp = np.matmul(wdp, dp)
         cov_qp = np.matmul((w[..., None] * dq).transpose(0, 2, 1), dp)
+        # Points of 2D views all lie in one plane across an axis (z): nothing fixes the affine along it,
+        # and a rigid part cannot tilt a plane onto itself either, so that axis is kept as it is (as a
+        # 2D affine model would) and the affine is fitted in the plane.
+        flat = _flat_axes(p, q)
+        if flat.any():
+            cov_pp = cov_pp + flat[..., None] * np.eye(3)
+            cov_qp = cov_qp + flat[..., None] * np.eye(3)
         det = np.linalg.det(cov_pp)
         scale = np.einsum("bii->b", cov_pp) ** 3
         ok = np.abs(det) > 1e-12 * np.maximum(scale, 1e-300)  # coplanar points fix no affine
@@ -78,6 +85,12 @@ def _fit_batch(p: np.ndarray, q: np.ndarray, w: np.ndarray, model: str) -> tuple
             lin[ok] = np.linalg.solve(cov_pp[ok].transpose(0, 2, 1), cov_qp[ok].transpose(0, 2, 1)).transpose(0, 2, 1)
         return _homogeneous(lin, qc - np.einsum("bij,bj->bi", lin, pc)), ok
     raise ValueError(f"model must be one of {tuple(MIN_MATCHES)}, got {model!r}")
+
+
+def _flat_axes(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """``(b, 3)``: axes along which both point sets of a batch ``(b, k, 3)`` do not spread at all."""
+    scale = 1.0 + np.maximum(np.abs(p).max(axis=1), np.abs(q).max(axis=1))
+    return (np.ptp(p, axis=1) <= 1e-9 * scale) & (np.ptp(q, axis=1) <= 1e-9 * scale)
 
 
 def _fit(p, q, w, model, regularizer, lam):

@@ -186,6 +186,10 @@ def register_interest_points(
     detection = DetectionOptions.build(detection)
     matching = MatchingOptions.build(matching)
     groups = make_groups(project, views, group_by=o.group_by, channel=o.channel, illumination=o.illumination)
+    if len(groups.members) < 2:  # refuse before detecting: there is nothing to match the points with
+        raise RegistrationError(f"{where(project.path)}: {len(groups.members)} group of views to register "
+                                f"({len(project.views)} view(s) in all); interest points are matched between two "
+                                "or more")
     used = sorted({v for vs in groups.used.values() for v in vs})
     stored = set(labels(project).get(label, ()))
     points = load_points(project, label, [v for v in used if v in stored])

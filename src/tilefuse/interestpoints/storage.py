@@ -32,7 +32,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import MissingDataError, OutputExistsError, ProjectFormatError, UnsupportedFormatError, where
+from ..errors import (
+    MissingDataError,
+    OutputExistsError,
+    ProjectFormatError,
+    TilefuseError,
+    UnsupportedFormatError,
+    where,
+)
 from ..formats.n5 import N5Dataset, create_dataset, read_attributes, write_attributes
 from ..project.model import InterestPointsFile
 from ..project.project import Project
@@ -211,6 +218,9 @@ def write_points(container: str | os.PathLike, group: str, points: InterestPoint
                  overwrite: bool = False) -> Path:
     """Write one view's points as BigStitcher does; the label's correspondences are dropped (now stale).
 
+    Points equal to those stored (a repeated run) are left as they are, with
+    their correspondences.
+
     The group is written under a temporary name and then takes the place of
     the old one.  An existing group is replaced only with ``overwrite`` or
     when it holds points found with the same parameters (a repeated run).
@@ -221,6 +231,8 @@ def write_points(container: str | os.PathLike, group: str, points: InterestPoint
         The group exists with other points and ``overwrite`` is False.
     """
     final = _group_dir(Path(container), group)
+    if _same_points(Path(container), group, points):
+        return final  # a repeated run found the same points: their correspondences stay valid, keep them
     if final.exists() and not overwrite:
         old = read_attributes(final / "interestpoints").get("tilefuse params")
         if old is None or old != points.params:
@@ -238,6 +250,18 @@ def write_points(container: str | os.PathLike, group: str, points: InterestPoint
     _write_2d(ip / "loc", points.loc[:, ::-1], np.float64, 3)
     _swap(tmp, final)
     return final
+
+
+def _same_points(container: Path, group: str, points: InterestPoints) -> bool:
+    """Whether the group holds exactly these points, found with the same parameters."""
+    folder = _group_dir(container, group) / "interestpoints"
+    try:
+        if read_attributes(folder).get("tilefuse params") != points.params:
+            return False
+        old = read_points(container, group)
+    except TilefuseError:  # damaged or incomplete: write them anew (if allowed)
+        return False
+    return np.array_equal(old.ids, points.ids) and np.array_equal(old.loc, points.loc)
 
 
 def _swap(tmp: Path, final: Path) -> None:
@@ -332,8 +356,32 @@ def load_points(project: Project, label: str, views: Sequence[ViewId] | None = N
     for view, ref in sorted(_references(project, label, views).items()):
         pts = read_points(container_path(project), ref.path, xml=project.path)
         pts.params = ref.params or pts.params
+        _check_inside(project, view, ref.path, pts)
         out[view] = pts
     return out
+
+
+def _check_inside(project: Project, view: ViewId, group: str, pts: InterestPoints) -> None:
+    """Refuse points that lie far outside their view: they are not in its full-resolution voxels.
+
+    Sub-voxel fits (at a downsampled level) put points a little beyond the
+    edges, so a margin of 10 % of the extent (at least 4 voxels) is allowed;
+    points further out were found in another frame (a downsampled or another
+    view's image) and would be matched at the wrong place.
+    """
+    size = project.setups[view.setup].size
+    if size is None or not len(pts):
+        return
+    hi = np.asarray(size, dtype=np.float64) - 1
+    margin = np.maximum(4.0, 0.1 * (hi + 1))
+    outside = np.any((pts.loc < -margin) | (pts.loc > hi + margin), axis=1)
+    if outside.any():
+        k = int(np.flatnonzero(outside)[0])
+        x, y, z = pts.loc[k, ::-1]
+        raise ProjectFormatError(
+            f"{container_path(project) / group}: {int(outside.sum())} of {len(pts)} interest points of {view} lie "
+            f"outside the view's size {' '.join(str(int(v)) for v in size[::-1])} (x y z), e.g. point "
+            f"{int(pts.ids[k])} at {x:.6g} {y:.6g} {z:.6g}: they are not in the view's full-resolution voxels")
 
 
 def load_correspondences(project: Project, label: str,
