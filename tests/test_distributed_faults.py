@@ -165,8 +165,10 @@ def test_ctrl_c_under_workers_prints_one_line(project, tmp_path):
     out = tmp_path / "f.ome.zarr"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [str(Path(tilefuse.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    # Small chunks: ~300 tasks, so that the run is still going when Ctrl-C comes after the first chunk
+    # (with 64-px chunks the sharded writer finished the 20 chunks before the signal arrived, under load).
     command = [sys.executable, "-m", "tilefuse.cli", "fuse", str(project.path), str(out), "-q",
-               "--chunks", "1,64,64", "--workers", "2"]
+               "--chunks", "1,16,16", "--workers", "2"]
     # A session of its own: SIGINT to its process group is what Ctrl-C in a terminal does.
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
