@@ -170,8 +170,11 @@ def test_ctrl_c_under_workers_prints_one_line(project, tmp_path):
     command = [sys.executable, "-m", "tilefuse.cli", "fuse", str(project.path), str(out), "-q",
                "--chunks", "1,16,16", "--workers", "2"]
     # A session of its own: SIGINT to its process group is what Ctrl-C in a terminal does.
+    # SIGINT at its default in the child: a process that ignores it passes that on through exec, and the
+    # suite's own process may ignore it after an in-process cluster ran the local-worker plugin's setup.
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            start_new_session=True)
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         _wait_for(lambda: _chunks_written(tmp_path, out.name) > 0 or proc.poll() is not None, 60,
                   "the first chunk")
