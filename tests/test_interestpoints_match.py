@@ -218,3 +218,30 @@ def test_points_of_two_dimensional_views_fit_an_affine_in_their_plane():
     found, inliers, _ = ransac(p, q, "affine", epsilon=1.0, rng=np.random.default_rng(0))
     assert found is not None and inliers[10:].all() and not inliers[:10].any()
     np.testing.assert_allclose(found, truth, atol=1e-6)
+
+
+def test_other_stored_correspondences_are_replaced_only_when_asked(sample, tmp_path):
+    # The container belongs to the input project (register -o other.xml writes into it): correspondences
+    # matched otherwise (other options, or in Fiji) were silently replaced.
+    import shutil
+
+    from tilefuse.errors import OutputExistsError
+
+    shutil.copytree(sample, tmp_path / "p")
+    project = tilefuse.open_project(tmp_path / "p" / "dataset.xml")
+    first = match(project)
+    first.save(project)
+    before = load_correspondences(project, "beads")
+    first.save(project)  # the same correspondences again: nothing to refuse
+    other = match(project, icp=True)
+    assert any(len(a.ids_a) != len(b.ids_a) or (a.ids_a != b.ids_a).any()
+               for a, b in zip(first.pairs, other.pairs)), "the test needs different correspondences"
+    with pytest.raises(OutputExistsError, match=r"correspondences labelled 'beads' that differ"):
+        other.save(project)
+    after = load_correspondences(project, "beads")
+    for view, table in before.items():  # nothing was written
+        assert table.ids.tolist() == after[view].ids.tolist()
+        assert table.other_ids.tolist() == after[view].other_ids.tolist()
+    other.save(project, overwrite=True)
+    replaced = load_correspondences(project, "beads")
+    assert sum(len(t) for t in replaced.values()) == 2 * sum(len(p.ids_a) for p in other.matched)

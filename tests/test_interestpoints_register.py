@@ -73,8 +73,13 @@ def test_detect_match_register_step_by_step_reuses_the_stored_points(sample, tmp
     assert len(points) == 4 and all(len(p) > 50 for p in points.values())
     assert main(["match", str(xml), "--label", "spots", "--plot", str(tmp_path / "m.png")]) == 0
     assert "6 matched" in capsys.readouterr().out
-    assert main(["register", str(xml), "--label", "spots", "-o", str(tmp_path / "r.xml"),
-                 "--match-model", "rigid", "--regularize", "none"]) == 0
+    # other matching options than `match` used: its stored correspondences are replaced only when asked
+    register = ["register", str(xml), "--label", "spots", "-o", str(tmp_path / "r.xml"),
+                "--match-model", "rigid", "--regularize", "none"]
+    assert main(register) == 2
+    assert "that differ from these" in capsys.readouterr().err
+    assert not (tmp_path / "r.xml").exists()
+    assert main(register + ["--overwrite"]) == 0
     out = capsys.readouterr().out
     assert "stored in the project" in out and "RigidModel3D" in out
     registered = tilefuse.open_project(tmp_path / "r.xml")

@@ -360,7 +360,7 @@ def _cmd_match(args) -> None:
         with _client(args) as client:
             found = match(project, options=options, label=args.label, client=client, progress=args.progress)
         _say(args, found.summary())
-        found.save(project)
+        found.save(project, overwrite=args.overwrite)
         _say(args, f"correspondences  {_container(project)} (label {args.label!r})")
         if args.plot:
             from .plotting import plot_matches

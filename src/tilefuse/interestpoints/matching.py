@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .._progress import progress_bar
-from ..errors import RegistrationError, where
+from ..errors import OutputExistsError, RegistrationError, where
 from ..project.project import Project
 from ..project.views import ViewId
 from ..registration.global_affine import nearest_rotation
@@ -26,7 +26,15 @@ from .descriptors import describe, descriptor_candidates
 from .models import icp, ransac, remove_inconsistent, residuals
 from .options import DEFAULT_LABEL, MatchingOptions
 from .overlap import inside_view, to_world, views_meet
-from .storage import Correspondences, InterestPoints, container_path, load_points, points_group, write_correspondences
+from .storage import (
+    Correspondences,
+    InterestPoints,
+    container_path,
+    load_points,
+    points_group,
+    read_correspondences,
+    write_correspondences,
+)
 
 __all__ = ["PairMatches", "Matches", "match", "pair_method"]
 
@@ -98,14 +106,37 @@ class Matches:
             out[view] = Correspondences(ids, other, views, [self.label] * len(ids))
         return out
 
-    def save(self, project: Project) -> None:
-        """Write every view's correspondences into the project's ``interestpoints.n5`` (replacing the label's old ones).
+    def save(self, project: Project, *, overwrite: bool = False) -> None:
+        """Write every view's correspondences into the project's ``interestpoints.n5``.
 
-        The points must be stored already (:meth:`Detections.apply`).
+        The points must be stored already (:meth:`Detections.apply`).  Stored
+        correspondences of the label that differ from these (matched with
+        other options, or in Fiji) are replaced only with ``overwrite``: the
+        container belongs to the input project, which is not changed unless
+        asked.  All views are checked before any is written.
+
+        Raises
+        ------
+        OutputExistsError
+            A view holds other correspondences and ``overwrite`` is False.
         """
+        if not overwrite:
+            self.check_replaceable(project)
         container = container_path(project)
         for view, table in sorted(self.correspondences().items()):
             write_correspondences(container, points_group(view, self.label), table)
+
+    def check_replaceable(self, project: Project) -> None:
+        """Refuse (before anything is written) to replace other stored correspondences: see :meth:`save`."""
+        container = container_path(project)
+        for view, table in sorted(self.correspondences().items()):
+            group = points_group(view, self.label)
+            stored = read_correspondences(container, group)
+            if len(stored) and _rows(stored) != _rows(table):
+                raise OutputExistsError(
+                    f"{container}/{group}/correspondences: {view} holds {len(stored)} correspondences "
+                    f"labelled {self.label!r} that differ from these {len(table)} (matched with other "
+                    "options or by another program); overwrite them to replace them")
 
     def summary(self, limit: int = 12) -> str:
         """Pairs tried and matched, and per pair the candidates, inliers and error."""
@@ -125,6 +156,11 @@ class Matches:
         if len(self.pairs) > limit:
             lines.append(f"  … and {len(self.pairs) - limit} more")
         return "\n".join(lines)
+
+
+def _rows(table) -> set[tuple]:
+    """A correspondence table as a set of rows (the stored order is not meaningful)."""
+    return set(zip(table.ids.tolist(), table.other_ids.tolist(), table.other_views, table.other_labels))
 
 
 def _short(view: ViewId) -> str:

@@ -96,18 +96,20 @@ class InterestPointRegistration:
 
         Adds a ViewTransform named after the model (``name`` overrides it) at
         the front of every view's chain; stores new points and every view's
-        correspondences in the project's ``interestpoints.n5`` (points already
-        labelled so with other parameters are replaced only with
-        ``overwrite``) and refers to them from ``<ViewInterestPoints>``.
+        correspondences in the project's ``interestpoints.n5`` (points and
+        correspondences already stored under the label that differ from these
+        are replaced only with ``overwrite``) and refers to them from ``<ViewInterestPoints>``.
         Save the returned project to keep the XML part.
         """
         target = project if inplace else project.copy()
+        if not overwrite:  # refuse before any point is written
+            self.matches.check_replaceable(target)
         if self.detections is not None:
             self.detections.apply(target, overwrite=overwrite, inplace=True)
         for view, pts in self.points.items():
             if not any(r.view == view and r.label == self.label for r in target.data.interest_points or ()):
                 add_reference(target, view, self.label, pts.params)
-        self.matches.save(target)
+        self.matches.save(target, overwrite=overwrite)
         for key, views in self.groups.members.items():
             matrix = self.transform(key)
             for view in views:
