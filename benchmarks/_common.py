@@ -53,9 +53,10 @@ def check_workdir(workdir: str | Path) -> Path:
     return workdir
 
 
-def peer_available() -> bool:
+def peer_available(name: str = "multiview-stitcher") -> bool:
+    """Whether the peer package ``name`` is installed."""
     try:
-        metadata.version("multiview-stitcher")
+        metadata.version(name)
         return True
     except metadata.PackageNotFoundError:
         return False
@@ -81,8 +82,8 @@ def machine_info() -> dict:
     except ImportError:
         pass
     versions = {}
-    for pkg in ("tilefuse", "numpy", "scipy", "dask", "distributed", "zarr", "h5py", "scikit-image",
-                "multiview-stitcher", "xarray"):
+    for pkg in ("tilefuse", "numpy", "scipy", "dask", "distributed", "zarr", "h5py", "scikit-image", "numba",
+                "multiview-stitcher", "xarray", "ashlar"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

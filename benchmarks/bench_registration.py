@@ -1,4 +1,4 @@
-"""Registration accuracy and speed: tilefuse vs multiview-stitcher on generated ground truth.
+"""Registration accuracy and speed: tilefuse vs ASHLAR and multiview-stitcher on generated ground truth.
 
 Usage::
 
@@ -21,8 +21,30 @@ few distinct marks, 50 % overlap, stage errors up to 20 % of it), tilefuse with 
 with ``max_stage_error=32``, and the peer.
 
 Speed: pairs per second, time of the pairwise step and of the global solve,
+and the CPU seconds of the timed part (all threads of the process: on a
+loaded machine less noisy than wall time, but blind to parallelism),
 on the 600-tile 2D grid (20x30, 512x512) and the 16-tile 3D grid
-(1x4x4, 128x512x512).
+(1x4x4, 128x512x512).  The 2D grid is registered twice by tilefuse, from
+the same tiles written as BDV HDF5 (with a pyramid) and as TIFF files
+(``spimreconstruction.filemap2``, one uncompressed TIFF per tile), and once
+by ASHLAR from those TIFF files.
+
+ASHLAR (``pip install ashlar``; version 1.20 measured) gets the same TIFF
+files and the same stage positions (world px, from the project XML) through
+a small ``ashlar.reg.Reader`` that reads each tile with ``tifffile``, and
+runs ``EdgeAligner(reader, max_shift=20, filter_sigma=0,
+do_make_thumbnail=False).run()`` (its single-cycle defaults except
+``max_shift``: 20 px, as neighbours' stage errors differ by up to 16 px per
+axis; its default 15 rejects some true links).  Its time is that of
+``run()``: reading the tiles, the permutation test for its error threshold,
+the pairwise registrations, the spanning tree and the positions; importing
+it (which starts a Java VM for Bio-Formats) is not timed.  ASHLAR crops
+overlaps at whole-pixel offsets, so it runs a second time with the stage
+positions rounded to whole pixels (its best case; the truth of its links is
+then taken relative to the rounded positions), and a third time with BLAS
+limited to one thread (``threadpoolctl``): its upsampled DFTs are BLAS
+products, and BLAS's own threads on a loaded 2-core machine made it 4.6x
+slower (38.0 vs 8.2 s).  tilefuse's registration uses no BLAS.
 
 The peer, multiview-stitcher, gets the same tiles (the project's own lazy
 arrays), the same stage positions and overlap, built as its quickstart
@@ -37,6 +59,7 @@ Every configuration runs in a fresh subprocess; peak RSS from ``os.wait4``.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -54,6 +77,7 @@ CONFIGS = {
         },
         "speed": {
             "2d 5x6": dict(ndim=2, grid=(5, 6), tile_shape=(512, 512)),
+            "2d 5x6 tiff": dict(ndim=2, grid=(5, 6), tile_shape=(512, 512), format="tiff"),
             "3d 1x2x2": dict(ndim=3, grid=(1, 2, 2), tile_shape=(64, 256, 256)),
         },
     },
@@ -64,6 +88,7 @@ CONFIGS = {
         },
         "speed": {
             "2d 20x30": dict(ndim=2, grid=(20, 30), tile_shape=(512, 512)),
+            "2d 20x30 tiff": dict(ndim=2, grid=(20, 30), tile_shape=(512, 512), format="tiff"),
             "3d 1x4x4": dict(ndim=3, grid=(1, 4, 4), tile_shape=(128, 512, 512)),
         },
     },
@@ -75,7 +100,8 @@ PERIODIC = {"2d periodic 1x10": dict(ndim=2, periodic=True, grid=(1, 10), tile_s
                                      max_offset=12.8, format="hdf5", seed=0)}
 PERIODIC_OPTIONS = {"tilefuse": {}, "tilefuse --max-stage-error 32": {"max_stage_error": 32.0}}
 COMMON = C.COMMON
-LARGE = ("2d 20x30",)  # peer runs here only with --peer-large
+LARGE = ("2d 20x30", "2d 20x30 tiff")  # multiview-stitcher runs here only with --peer-large
+ASHLAR_ON = ("2d 5x6 tiff", "2d 20x30 tiff")  # ASHLAR reads the TIFF files
 
 
 # ----------------------------------------------------------------------------
@@ -128,6 +154,7 @@ def task_tilefuse(task: dict) -> dict:
     from tilefuse.sample_data import load_truth
 
     truth = load_truth(task["truth"])
+    c0 = time.process_time()
     t0 = time.perf_counter()
     project = tilefuse.open_project(task["xml"])
     t_open = time.perf_counter() - t0
@@ -138,6 +165,7 @@ def task_tilefuse(task: dict) -> dict:
     t2 = time.perf_counter()
     result = tilefuse.solve(links, groups, **options)
     t3 = time.perf_counter()
+    c3 = time.process_time()
     registered = result.apply(project)
     official = score_registration(registered, task["truth"])
     views = [registered.select(timepoint=registered.timepoints[0], tile=i)[0] for i in range(len(truth["tile"]))]
@@ -151,6 +179,7 @@ def task_tilefuse(task: dict) -> dict:
            "summary": result.summary()}
     out["pairs_per_s"] = len(links) / out["pairwise_s"] if out["pairwise_s"] else None
     out["total_s"] = t3 - t0
+    out["cpu_s"] = c3 - c0
     return out
 
 
@@ -199,7 +228,79 @@ def task_peer(task: dict) -> dict:
             **score_positions(pos, truth), **score_links(links, truth)}
 
 
-TASKS = {"tilefuse": task_tilefuse, "peer": task_peer}
+def task_ashlar(task: dict) -> dict:
+    """ASHLAR's EdgeAligner on the project's TIFF files and stage positions (see the module notes)."""
+    import numpy as np
+    from ashlar import reg  # starts the Java VM: not timed
+
+    import tilefuse
+    from tilefuse.sample_data import load_truth
+
+    truth = load_truth(task["truth"])
+    project = tilefuse.open_project(task["xml"])
+    views = project.views
+    paths = [project.loader.files_map[v].path for v in views]
+    tiles = np.array([project.attribute(v, "tile") for v in views])
+    stage = np.array([project.model(v)[1:3, 3] for v in views])  # world (y, x) = px of these 2D tiles
+    if task.get("rounded"):
+        stage = np.round(stage)
+    size = np.array(project.setup_shape(views[0])[1:])
+    reader = _ashlar_reader(reg, paths, stage, size)
+    limits = contextlib.nullcontext()
+    if task.get("blas1"):  # its upsampled DFTs are BLAS products: BLAS's own threads compete with nothing else
+        from threadpoolctl import threadpool_limits
+
+        limits = threadpool_limits(1, user_api="blas")
+    with limits:
+        c0 = time.process_time()
+        t0 = time.perf_counter()
+        aligner = reg.EdgeAligner(reader, channel=0, max_shift=task.get("max_shift", 20), filter_sigma=0,
+                                  do_make_thumbnail=False, verbose=False)
+        aligner.run()
+        t1 = time.perf_counter()
+        cpu = time.process_time() - c0
+    pos = np.zeros((len(tiles), 2))
+    pos[tiles] = aligner.positions
+    # its stage positions are what it corrects: the truth of a link is relative to them
+    shown = dict(truth, stage_positions=np.zeros_like(pos))
+    shown["stage_positions"][tiles] = stage
+    used = {tuple(sorted(e)) for e in aligner.spanning_tree.edges}
+    links = [(tiles[a], tiles[b], np.asarray(shift), (a, b) in used) for (a, b), (shift, _) in aligner._cache.items()]
+    return {"register_s": t1 - t0, "total_s": t1 - t0, "cpu_s": cpu, "pairs": len(aligner._cache),
+            "pairs_per_s": len(aligner._cache) / (t1 - t0), **score_positions(pos, truth),
+            **score_links(links, shown)}
+
+
+def _ashlar_reader(reg, paths, stage, size):
+    """An ``ashlar.reg.Reader`` over one TIFF per tile at the given (y, x) stage positions."""
+    import numpy as np
+    import tifffile
+
+    class Metadata(reg.Metadata):
+        _num_images = len(paths)
+        num_channels = 1
+        pixel_size = 1.0
+        pixel_dtype = np.dtype(np.uint16)
+
+        def tile_position(self, i):
+            return stage[i]
+
+        def tile_size(self, i):
+            return size
+
+    class Reader(reg.Reader):
+        metadata = Metadata()
+
+        def read(self, series, c):
+            return tifffile.imread(paths[series])
+
+    return Reader()
+
+
+TOOL_NAMES = {"tilefuse": "tilefuse", "peer": "multiview-stitcher", "ashlar": "ASHLAR",
+              "ashlar rounded": "ASHLAR, stage positions rounded",
+              "ashlar blas1": "ASHLAR, BLAS on one thread"}
+TASKS = {"tilefuse": task_tilefuse, "peer": task_peer, "ashlar": task_ashlar}
 
 
 # ----------------------------------------------------------------------------
@@ -209,28 +310,36 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0])
     p.add_argument("--peer-large", action="store_true", help="also run multiview-stitcher on the 600-tile grid")
     p.add_argument("--peer-timeout", type=float, default=1200, help="seconds before a peer run is abandoned")
+    p.add_argument("--only", action="append", metavar="LABEL",
+                   help="run only the configurations with this label (repeatable), e.g. --only '2d 20x30 tiff'")
     args, workdir, size, info = C.start(p, TASKS)
     peer = C.peer_available() and not args.no_peer
+    ashlar = C.peer_available("ashlar") and not args.no_peer
     rows = []
     for purpose in ("accuracy", "speed"):
         for label, kw in CONFIGS[size][purpose].items():
+            if args.only and label not in args.only:
+                continue
             kw = dict(COMMON, **kw)
             xml = C.sample_project(workdir, **kw)
             truth = xml.with_name("truth.json")
             tools = ["tilefuse"]
             if peer and (label not in LARGE or args.peer_large):
                 tools.append("peer")
+            if ashlar and label in ASHLAR_ON:
+                tools += ["ashlar", "ashlar rounded", "ashlar blas1"]
             res = {}
             for tool in tools:
-                r = C.run_child(SCRIPT, {"kind": tool, "name": f"{label} {tool}", "xml": str(xml),
-                                         "truth": str(truth)},
-                                timeout=args.peer_timeout if tool == "peer" else None)
+                r = C.run_child(SCRIPT, {"kind": tool.split()[0], "name": f"{label} {tool}", "xml": str(xml),
+                                         "truth": str(truth), "rounded": tool.endswith("rounded"),
+                                         "blas1": tool.endswith("blas1")},
+                                timeout=None if tool == "tilefuse" else args.peer_timeout)
                 res[tool] = r
                 t = r.get("pairwise_s", r.get("register_s"))
-                row = {"data": label, "purpose": purpose, "tool": "tilefuse" if tool == "tilefuse" else
-                       "multiview-stitcher", "tiles": int(__import__("math").prod(kw["grid"])),
+                row = {"data": label, "purpose": purpose, "tool": TOOL_NAMES[tool],
+                       "tiles": int(__import__("math").prod(kw["grid"])),
                        "pairs": r.get("pairs"), "pair_s": t, "solve_s": r.get("solve_s"),
-                       "pairs_per_s": r.get("pairs_per_s"), "total_s": r.get("total_s"),
+                       "pairs_per_s": r.get("pairs_per_s"), "total_s": r.get("total_s"), "cpu_s": r.get("cpu_s"),
                        "rss": r["peak_rss_mb"], **{k: r.get(k) for k in (
                            "mean_all", "max_all", "mean_nonempty", "max_nonempty", "links", "accepted",
                            "wrong", "wrong_accepted", "stage_mean")}}
@@ -242,9 +351,10 @@ def main() -> None:
                       f"wrong accepted {row['wrong_accepted']}  peak {row['rss']:.0f} MB {row.get('note', '')}")
                 if tool == "tilefuse" and "summary" in r:
                     print("    " + r["summary"].replace("\n", "\n    "))
-            if "peer" in res and res["peer"].get("total_s") and res["tilefuse"].get("total_s"):
-                rows[-1]["note"] = (f"{res['peer']['total_s'] / res['tilefuse']['total_s']:.1f}x "
-                                    "tilefuse's time (open+pairwise+solve)")
+            for tool, row in zip(tools[1:], rows[-len(tools) + 1:]):
+                if res[tool].get("total_s") and res["tilefuse"].get("total_s"):
+                    row["note"] = (f"{res[tool]['total_s'] / res['tilefuse']['total_s']:.1f}x "
+                                   "tilefuse's time (open+pairwise+solve)")
 
     rows += run_periodic(workdir, peer, args.peer_timeout)
     cols_acc = [("data", "data", ""), ("tool", "tool", ""), ("tiles", "tiles", ""),
@@ -255,7 +365,7 @@ def main() -> None:
                 ("wrong_accepted", "wrong accepted", "")]
     cols_speed = [("data", "data", ""), ("tool", "tool", ""), ("tiles", "tiles", ""), ("pairs", "pairs", ""),
                   ("pair_s", "pairwise s", ".2f"), ("solve_s", "solve s", ".3f"),
-                  ("pairs_per_s", "pairs/s", ".1f"), ("total_s", "total s", ".2f"),
+                  ("pairs_per_s", "pairs/s", ".1f"), ("total_s", "total s", ".2f"), ("cpu_s", "CPU s", ".2f"),
                   ("rss", "peak RSS MB", ".0f"), ("note", "note", "")]
     C.print_table(f"Registration accuracy ({size}); errors in world px after removing one global translation",
                   cols_acc, rows)

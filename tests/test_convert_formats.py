@@ -8,7 +8,9 @@ real Leica samples of ../shared/vendor_samples are read (skipped when absent).
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,6 +72,46 @@ def test_a_voxel_size_option_overrides_the_files_and_says_so(imagej_tiles, tmp_p
     assert "--voxel-size 2,0.5,0.5 µm overrides the voxel size the files give, 2,0.65,0.65 µm" in caplog.text
 
 
+def test_csv_positions_in_another_unit_than_the_files_calibration(imagej_tiles, tmp_path, caplog):
+    folder, _ = imagej_tiles
+    (folder / "nm.csv").write_text(f"file,x,y,z\ntile0.tif,0,0,0\ntile1.tif,{40 * 650},0,0\n")
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        project = convert_tiffs(folder, folder / "nm.csv", tmp_path / "d.xml", in_place=True, unit="nm")
+    assert caplog.text == ""
+    assert project.data.setups[0].voxel_size == pytest.approx((2.0, 0.65, 0.65)) and project.data.setups[0].unit == "µm"
+    np.testing.assert_allclose(project.model(project.select(tile=1, channel=0)[0])[:3, 3], [0, 0, 40])
+
+
+def test_options_that_do_not_apply_to_stage_positions_say_so(tmp_path, caplog):
+    mosaic = make_mosaic((1, 2), (32, 40), overlap=0.25, seed=2)
+    _write_ome_mosaic(tmp_path / "scan.ome.tif", mosaic)
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        project = convert_files([tmp_path / "scan.ome.tif"], tmp_path / "d.xml", in_place=True, unit="nm",
+                                position_unit="voxel")
+    assert "--unit nm is ignored without --voxel-size" in caplog.text
+    assert "--position-unit voxel is ignored" in caplog.text
+    np.testing.assert_allclose(project.model(project.select(tile=1, channel=0)[0])[1:3, 3], mosaic.stage_positions[1])
+
+
+def test_a_positions_file_overriding_the_files_stage_positions_says_so(tmp_path, caplog):
+    mosaic = make_mosaic((1, 2), (32, 40), overlap=0.25, seed=2)
+    for i in range(2):  # one OME-TIFF per tile, each with its stage position (0.5 µm pixels)
+        y, x = mosaic.stage_positions[i] * 0.5
+        tifffile.imwrite(tmp_path / f"t{i}.ome.tif", mosaic.tile(i), metadata={
+            "axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5, "Plane": {"PositionX": [x], "PositionY": [y]}})
+    x1 = mosaic.stage_positions[1][1] * 0.5
+    (tmp_path / "same.csv").write_text(f"file,x,y\nt0.ome.tif,100,100\nt1.ome.tif,{100 + x1},100\n")
+    (tmp_path / "moved.csv").write_text(f"file,x,y\nt0.ome.tif,0,0\nt1.ome.tif,{x1 + 5},0\n")
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        convert_tiffs(tmp_path, tmp_path / "same.csv", tmp_path / "a.xml", in_place=True)
+    assert caplog.text == "", "the same layout at another origin needs no word"
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        project = convert_tiffs(tmp_path, tmp_path / "moved.csv", tmp_path / "b.xml", in_place=True)
+    assert "the positions file overrides the stage positions recorded in the files: it moves t1.ome.tif by 5 µm" \
+        in caplog.text
+    np.testing.assert_allclose(project.model(project.select(tile=1)[0])[2, 3], (x1 + 5) / 0.5)
+
+
 def test_uncalibrated_tiles_with_physical_csv_positions_are_not_silent(tmp_path, capsys):
     for i in range(2):
         tifffile.imwrite(tmp_path / f"t{i}.tif", np.zeros((20, 30), np.uint16))
@@ -117,21 +159,70 @@ def test_ome_tiff_positions_channels_and_pixels(tmp_path, in_place):
     np.testing.assert_array_equal(region[0], mosaic.tile(1)[10:20, 5:9] // 2)
 
 
-def test_ome_tiff_mosaic_registers_and_fuses_to_the_truth(tmp_path):
+def _registers_and_fuses_to_the_truth(project, mosaic):
+    """Register + fuse with no option at all: positions within 0.5 world units, fused image within 1% of truth."""
     from tilefuse.geometry import Box
 
-    mosaic = make_mosaic((2, 3), (96, 128), overlap=0.25, seed=5, max_offset=6, noise=False, illumination=False)
-    _write_ome_mosaic(tmp_path / "scan.ome.tif", mosaic, channels=("a", "b"))
-    project = convert_files([tmp_path / "scan.ome.tif"], tmp_path / "d.xml", in_place=True)
-    registered = tilefuse.register(project).apply(project)  # no option: the metadata are enough
-    got = np.array([registered.model(registered.select(tile=i, channel=0)[0])[1:3, 3] for i in range(6)])
+    registered = tilefuse.register(project).apply(project)
+    ndim = mosaic.ndim
+    got = np.array([registered.model(registered.select(tile=i, channel=0)[0])[3 - ndim:3, 3]
+                    for i in range(mosaic.n_tiles)])
     assert np.abs(got - mosaic.true_positions).max() < 0.5, got - mosaic.true_positions
-    lo, hi = mosaic.bounds()
-    box = Box.from_arrays([0, np.ceil(lo[0]) + 2, np.ceil(lo[1]) + 2], [0, np.floor(hi[0]) - 2, np.floor(hi[1]) - 2])
-    fused = tilefuse.plan_fusion(registered, bounding_box=box, dtype=np.float32).to_dask()[0, 0, 0].compute()
-    truth = mosaic.ground_truth(tuple(slice(int(a), int(b) + 1) for a, b in zip(box.lo[1:], box.hi[1:])))
+    # A box every voxel of which some tile covers: the tiles' bounds, inside by the stage errors and one voxel.
+    lo, hi = (np.r_[np.zeros(3 - ndim), v] for v in mosaic.bounds())
+    cal = np.r_[np.ones(3 - ndim), mosaic.calibration]
+    error = np.r_[np.zeros(3 - ndim), np.abs(mosaic.true_positions - mosaic.stage_positions).max(axis=0)]
+    lo, hi = np.ceil((lo + error) / cal) + 1, np.floor((hi - error) / cal) - 1
+    if ndim == 2:
+        lo[0] = hi[0] = 0
+    box = Box.from_arrays(lo * cal, hi * cal)
+    fused = tilefuse.plan_fusion(registered, bounding_box=box, dtype=np.float32).to_dask()[0, 0].compute()
+    truth = mosaic.ground_truth(tuple(slice(int(a), int(b) + 1) for a, b in zip(lo[3 - ndim:], hi[3 - ndim:])))
+    fused = fused[0] if ndim == 2 else fused
     assert fused.shape == truth.shape
     assert np.abs(fused - truth).mean() < 0.01 * (truth.max() - truth.min())
+
+
+def _mosaic_3d(seed):
+    """2x2 tiles of 8 planes, 2 µm z steps and 0.5 µm pixels, stage errors of up to 5 px in x, y and z."""
+    return make_mosaic((1, 2, 2), (8, 64, 80), overlap=0.25, voxel_size=(2.0, 0.5, 0.5), seed=seed, max_offset=5,
+                       noise=False, illumination=False)
+
+
+@pytest.mark.parametrize("kind", ["ome-tiff", "czi", "imagej-folder"])
+def test_a_converted_mosaic_registers_and_fuses_to_the_truth(tmp_path, kind):
+    """Each format tilefuse can write a test file of: convert, then register + fuse without any option."""
+    if kind == "ome-tiff":
+        mosaic = make_mosaic((2, 3), (96, 128), overlap=0.25, seed=5, max_offset=6, noise=False,
+                             illumination=False)
+        _write_ome_mosaic(tmp_path / "scan.ome.tif", mosaic, channels=("a", "b"))
+        project = convert_files([tmp_path / "scan.ome.tif"], tmp_path / "d.xml", in_place=True)
+    elif kind == "czi":
+        pytest.importorskip("aicspylibczi")
+        mosaic = _mosaic_3d(6)
+        czi = pytest.importorskip("pylibCZIrw.czi")
+        with czi.create_czi(str(tmp_path / "scan.czi"), exist_ok=True) as w:
+            for i in range(mosaic.n_tiles):
+                _, y, x = (int(v) for v in mosaic.stage_positions[i])
+                for z, plane in enumerate(mosaic.tile(i)):
+                    w.write(plane, location=(x, y), plane={"Z": z})
+            w.write_metadata(document_name="t", scale_x=0.5e-6, scale_y=0.5e-6, scale_z=2e-6)
+        project = convert_files([tmp_path / "scan.czi"], tmp_path / "d.xml", in_place=True)
+    else:  # ImageJ hyperstacks + a CSV of physical positions, through the command line
+        mosaic = _mosaic_3d(7)
+        rows = ["file,x,y,z"]
+        for i in range(mosaic.n_tiles):
+            tifffile.imwrite(tmp_path / f"tile{i}.tif", mosaic.tile(i), imagej=True, resolution=(2.0, 2.0),
+                             metadata={"unit": "micron", "spacing": 2.0, "axes": "ZYX"})
+            z, y, x = mosaic.stage_positions[i] * [0.5, 0.5, 0.5]  # world units are 0.5 µm
+            rows.append(f"tile{i}.tif,{x},{y},{z}")
+        (tmp_path / "pos.csv").write_text("\n".join(rows) + "\n")
+        assert main(["convert", str(tmp_path), str(tmp_path / "pos.csv"), "-o", str(tmp_path / "p" / "d.xml"),
+                     "-q"]) == 0
+        project = open_project(tmp_path / "p" / "d.xml")
+    if mosaic.ndim == 3:
+        assert project.data.setups[0].voxel_size == pytest.approx((2.0, 0.5, 0.5))
+    _registers_and_fuses_to_the_truth(project, mosaic)
 
 
 # -- CZI mosaics written by pylibCZIrw ------------------------------------------------------------
@@ -193,7 +284,7 @@ def lif_sample():
     return path
 
 
-def test_lif_calibration_stacks_and_pixels(lif_sample, tmp_path):
+def test_lif_calibration_stacks_and_pixels(lif_sample, tmp_path, caplog):
     from readlif.reader import LifFile
 
     from tilefuse.loaders._filelist import FileListLoader
@@ -205,6 +296,8 @@ def test_lif_calibration_stacks_and_pixels(lif_sample, tmp_path):
         assert sum("read as channels" in n for n in acq.notes) == 3
         counts = {s: len({x.channel for x in acq.stacks if x.series == s}) for s in range(3)}
         assert counts == {0: 20, 1: 15, 2: 10}
+        # the first image's sweep: 20 emission bands from 550 nm over 190 nm
+        assert acq.channel_names[0] == "em 550 nm" and acq.channel_names[19] == "em 740 nm"
         assert {x.timepoint for x in acq.stacks if x.series == 2} == {0, 1}
         assert next(x for x in acq.stacks if x.series == 2).shape == (11, 64, 64)
         assert acq.voxel_size == pytest.approx((1 / 1.9991895285651198, 1 / 9.54067119984844,
@@ -216,9 +309,14 @@ def test_lif_calibration_stacks_and_pixels(lif_sample, tmp_path):
     # BigStitcher's rule: a file holding several of the project's timepoints is indexed by timepoint id
     loader = FileListLoader.for_path({ViewId(0, 0): (lif_sample, 2, 3), ViewId(1, 0): (lif_sample, 2, 3)})
     np.testing.assert_array_equal(loader.image(ViewId(1, 0))[4].compute(), expected)
-    # three images, no tile scan: no stage positions to place them by
-    with pytest.raises(errors.ProjectFormatError, match="has no stage position"):
+    # Three images, no tile scan: each at its setting's StagePosX/Y (m), which says SwapXY="1" FlipY="1"
+    # (Bio-Formats' PositionExtractor: swap, then flip): x = StagePosY, y = -StagePosX.
+    positions = [next(x.position for x in acq.stacks if x.series == i) for i in range(3)]
+    np.testing.assert_allclose(positions, [(0, -35266.8276465, 10038.58372743), (0, -35311.24656907, 10084.60909449),
+                                           (0, -35343.47799788, 10084.60909449)])
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
         convert_files([lif_sample], tmp_path / "d.xml", in_place=True)
+    assert "no two of the 3 tiles overlap" in caplog.text, "6.7 µm images 45-80 µm apart are not a mosaic"
 
 
 def test_lif_without_any_xy_stack_is_refused(tmp_path):
@@ -403,3 +501,161 @@ def test_a_czi_region_reads_only_its_planes(tmp_path, monkeypatch):
     part = project.loader.read(view, 0, (slice(2, 3), slice(5, 9), slice(0, 40)))
     np.testing.assert_array_equal(part[0], (mosaic.tile(1)[5:9] // 2 + 2).astype(np.uint16))
     assert calls == [slice(2, 3)], "one plane of one tile, not the stack"
+
+
+# -- BigStitcher's file-pattern loaders ----------------------------------------------------------
+@pytest.mark.parametrize("fmt", ["spimreconstruction.stack.loci", "spimreconstruction.stack.ij"])
+def test_a_stack_pattern_project_reads_the_named_files(tmp_path, fmt):
+    rng = np.random.default_rng(4)
+    stacks = {}
+    for t in (3, 7):
+        for a in ("0", "90"):
+            stacks[t, a] = rng.integers(0, 1000, (2, 4, 12, 16), dtype=np.uint16)  # z, c, y, x
+            tifffile.imwrite(tmp_path / f"spim_TL{t:02d}_Angle{a}.tif", stacks[t, a], imagej=True,
+                             metadata={"axes": "ZCYX"})
+    setups = ""
+    for sid, (a, c) in enumerate([(a, c) for a in (0, 1) for c in (0, 1)]):
+        setups += (f'<ViewSetup><id>{sid}</id><size>16 12 2</size><voxelSize><unit>um</unit><size>1 1 1</size>'
+                   f'</voxelSize><attributes><illumination>0</illumination><channel>{c}</channel><tile>0</tile>'
+                   f'<angle>{a}</angle></attributes></ViewSetup>')
+    attrs = ('<Attributes name="illumination"><Illumination><id>0</id><name>0</name></Illumination></Attributes>'
+             '<Attributes name="channel">' + "".join(f"<Channel><id>{c}</id><name>{c}</name></Channel>" for c in (0, 1))
+             + '</Attributes><Attributes name="tile"><Tile><id>0</id><name>0</name></Tile></Attributes>'
+             '<Attributes name="angle">' + "".join(f"<Angle><id>{i}</id><name>{a}</name></Angle>"
+                                                   for i, a in enumerate(("0", "90"))) + "</Attributes>")
+    regs = "".join(f'<ViewRegistration timepoint="{t}" setup="{s}"><ViewTransform type="affine"><Name>c</Name>'
+                   f'<affine>1 0 0 0 0 1 0 0 0 0 1 0</affine></ViewTransform></ViewRegistration>'
+                   for t in (3, 7) for s in range(4))
+    (tmp_path / "d.xml").write_text(
+        '<?xml version="1.0" encoding="UTF-8"?><SpimData version="0.2"><BasePath type="relative">.</BasePath>'
+        f'<SequenceDescription><ImageLoader format="{fmt}"><imagedirectory type="relative">.</imagedirectory>'
+        '<filePattern>spim_TL{tt}_Angle{a}.tif</filePattern><layoutTimepoints>1</layoutTimepoints>'
+        '<layoutChannels>2</layoutChannels><layoutIlluminations>0</layoutIlluminations>'
+        '<layoutAngles>1</layoutAngles><layoutTiles>0</layoutTiles><imglib2container>ArrayImgFactory'
+        f'</imglib2container></ImageLoader><ViewSetups>{setups}{attrs}</ViewSetups>'
+        '<Timepoints type="pattern"><integerpattern>3,7</integerpattern></Timepoints></SequenceDescription>'
+        f'<ViewRegistrations>{regs}</ViewRegistrations></SpimData>')
+    project = open_project(tmp_path / "d.xml")
+    for view in project.views:
+        attrs_ = project.data.setups[view.setup].attributes
+        angle = ("0", "90")[attrs_["angle"]]
+        expected = stacks[view.timepoint, angle][:, attrs_["channel"]]
+        np.testing.assert_array_equal(project.image(view).compute(), expected)
+    project.save(tmp_path / "again.xml")
+    assert "<filePattern>spim_TL{tt}_Angle{a}.tif</filePattern>" in (tmp_path / "again.xml").read_text()
+    (tmp_path / "spim_TL07_Angle90.tif").unlink()
+    missing = open_project(tmp_path / "d.xml")
+    with pytest.raises(errors.MissingDataError, match="spim_TL07_Angle90.tif"):
+        missing.image(missing.select(timepoint=7, angle="90")[0])
+
+
+def test_a_tiled_ome_tiff_region_reads_only_its_tiles(tmp_path, monkeypatch):
+    data = np.arange(4 * 64 * 64, dtype=np.uint16).reshape(4, 64, 64)
+    tifffile.imwrite(tmp_path / "t.ome.tif", data, tile=(16, 16), metadata={"axes": "ZYX", "PhysicalSizeX": 0.5,
+                                                                             "PhysicalSizeY": 0.5})
+    project = convert_files([tmp_path / "t.ome.tif"], tmp_path / "d.xml", in_place=True)
+    reads = []
+    real = tifffile.FileCache.read  # where tifffile's zarr store reads each tile's bytes
+
+    def counting(self, fh, offset, bytecount, *args, **kwargs):
+        reads.append(offset)
+        return real(self, fh, offset, bytecount, *args, **kwargs)
+
+    monkeypatch.setattr(tifffile.FileCache, "read", counting)
+    part = project.loader.read(project.views[0], 0, (slice(2, 3), slice(20, 30), slice(40, 47)))
+    np.testing.assert_array_equal(part, data[2:3, 20:30, 40:47])
+    assert len(reads) == 1, "one 16x16 tile of one page, not the 64 tiles of the stack"
+
+
+def test_tiles_are_named_after_their_files(tmp_path):
+    (tmp_path / "sub").mkdir()
+    for name in ("run.1.ome.tif", "sub/run.2.ome.tif"):
+        tifffile.imwrite(tmp_path / name, np.zeros((16, 20), np.uint16), metadata={"axes": "YX"})
+    (tmp_path / "pos.csv").write_text("file,x,y\nrun.1.ome.tif,0,0\nsub/run.2.ome.tif,15,0\n")
+    project = convert_tiffs(tmp_path, tmp_path / "pos.csv", tmp_path / "d.xml", in_place=True)
+    assert sorted(s.name for s in project.data.setups.values()) == ["run.1", "sub/run.2"]
+    assert sorted(e.name for e in project.data.attribute_blocks["tile"].entities.values()) == ["run.1", "sub/run.2"]
+    project = convert_files([tmp_path / "run.1.ome.tif"], tmp_path / "e.xml", in_place=True)
+    assert project.data.setups[0].name == "run.1"
+
+
+def test_a_real_zeiss_mosaic_reads_as_multiview_stitcher_reads_it(tmp_path):
+    """ZEN's 2-tile mosaic shipped with multiview-stitcher (its reader: czifile, independent of aicspylibczi)."""
+    pytest.importorskip("aicspylibczi")
+    spec = importlib.util.find_spec("multiview_stitcher")
+    path = None if spec is None else Path(spec.origin).parent / "test-datasets" / "mosaic_test.czi"
+    if path is None or not path.is_file():
+        pytest.skip("multiview-stitcher's test CZI is not installed (pip install '.[bench]')")
+    project = convert_files([path], tmp_path / "d.xml", in_place=True)
+    assert [e.name for e in project.data.attribute_blocks["channel"].entities.values()] == ["EGFP"]
+    # 1.0833 µm pixels; the file's 1 µm z "Distance" of a single plane must not become the world unit
+    assert project.data.setups[0].voxel_size == pytest.approx((13 / 12,) * 3)
+    # multiview-stitcher: tile 1 starts at x = 901.333 µm = 832 pixels (92 pixels of overlap), y = 0
+    np.testing.assert_allclose(project.model(project.select(tile=1)[0])[:3, 3], [0, 0, 832])
+    from multiview_stitcher import io as mvs_io
+
+    for view, sim in zip(project.views, mvs_io.read_mosaic_into_sims(path)):
+        np.testing.assert_array_equal(project.image(view).compute()[0], np.asarray(sim.data)[0, 0])
+        assert float(sim.coords["x"][0]) == pytest.approx(project.model(view)[2, 3] * 13 / 12)
+
+
+def test_lif_tile_scan_positions_are_swapped_then_flipped():
+    """A LAS X tile scan's TileScanInfo (no small public LIF mosaic exists): Bio-Formats' swap, then flip."""
+    import xml.etree.ElementTree as ET
+    from types import SimpleNamespace
+
+    from tilefuse.formats.lif import _tile_positions
+
+    xml = ('<LMSDataContainerHeader><Element Name="scan"><Data><Image><Attachment Name="TileScanInfo" '
+           'FlipX="1" FlipY="0" SwapXY="1"><Tile FieldX="0" FieldY="0" PosX="0.001" PosY="0.002"/>'
+           '<Tile FieldX="1" FieldY="0" PosX="0.0011" PosY="0.002"/></Attachment>'
+           '<ATLConfocalSettingDefinition StagePosX="0.5" StagePosY="0.5" FlipX="0" FlipY="0" SwapXY="0"/>'
+           '</Image></Data></Element></LMSDataContainerHeader>')
+    lif = SimpleNamespace(xml_root=ET.fromstring(xml))
+    info = {"name": "scan", "mosaic_position": [(0, 0, 0.001, 0.002), (1, 0, 0.0011, 0.002)]}
+    # swapped: x = PosY, y = PosX; then FlipX negates the new x
+    np.testing.assert_allclose(_tile_positions(lif, info, 2), [(0, 1000, -2000), (0, 1100, -2000)])
+    # one image without a tile scan: its setting's stage position (here unflipped)
+    lif = SimpleNamespace(xml_root=ET.fromstring(xml.replace('Name="TileScanInfo"', 'Name="Other"')))
+    np.testing.assert_allclose(_tile_positions(lif, {"name": "scan", "mosaic_position": []}, 1), [(0, 5e5, 5e5)])
+    # channels named by their LAS X colours when those tell them apart
+    from tilefuse.formats.lif import _channel_names
+
+    channels = '<ChannelDescription LUTName="Green"/><ChannelDescription LUTName="Red"/>'
+    lif = SimpleNamespace(xml_root=ET.fromstring(xml.replace("<Image>", f"<Image>{channels}")))
+    assert _channel_names(lif, {"name": "scan"}, None, 2) == {0: "Green", 1: "Red"}
+
+
+@pytest.mark.parametrize("byteorder", ["<", ">"])
+def test_contiguous_tiffs_of_either_byte_order_read_exactly(tmp_path, byteorder):
+    data = np.arange(3 * 2 * 20 * 24, dtype=np.uint16).reshape(3, 2, 20, 24) * 7  # z, c, y, x
+    tifffile.imwrite(tmp_path / "t.tif", data, imagej=byteorder == "<", byteorder=byteorder,
+                     metadata={"axes": "ZCYX"})
+    with open_acquisition(tmp_path / "t.tif") as f:
+        assert isinstance(f._array(0), np.memmap), "uncompressed and contiguous: read as a memory map"
+        region = (slice(1, 3), slice(4, 9), slice(2, 20))
+        got = f.read(0, 1, 0, region)
+        assert got.dtype == np.dtype(np.uint16) and got.dtype.isnative
+        np.testing.assert_array_equal(got, data[1:3, 1, 4:9, 2:20])
+
+
+@pytest.mark.parametrize("axis, fix", [("x", "-x,y,z"), ("y", "x,-y,z")])
+def test_a_stage_axis_against_the_camera_is_named_from_the_overlaps(tmp_path, caplog, axis, fix):
+    """A mirrored layout keeps every overlap's size; the overlaps' pixels tell, and name the --stage-axes."""
+    mosaic = make_mosaic((2, 2), (64, 80), overlap=0.25, seed=4, max_offset=3)
+    with tifffile.TiffWriter(tmp_path / "scan.ome.tif", ome=True) as w:
+        for i in range(4):
+            y, x = mosaic.stage_positions[i] * 0.5
+            y, x = (-y, x) if axis == "y" else (y, -x)  # the stage counts this axis the other way
+            w.write(mosaic.tile(i), metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.5,
+                                              "Plane": {"PositionX": [x], "PositionY": [y]}})
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        convert_files([tmp_path / "scan.ome.tif"], tmp_path / "a.xml", in_place=True)
+    assert f"agree far better with the stage's {axis} axis flipped" in caplog.text
+    assert f"give --stage-axes={fix}" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="tilefuse"):
+        project = convert_files([tmp_path / "scan.ome.tif"], tmp_path / "b.xml", in_place=True, stage_axes=fix)
+    assert caplog.text == ""
+    placed = np.array([project.model(project.select(tile=i)[0])[1:3, 3] for i in range(4)])
+    np.testing.assert_allclose(placed - placed[0], mosaic.stage_positions - mosaic.stage_positions[0])

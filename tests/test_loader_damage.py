@@ -25,7 +25,7 @@ import pytest
 from lxml import etree
 
 import tilefuse
-import tilefuse.loaders  # the _Faulty loader below subclasses it at import (the file runs alone too)
+import tilefuse.loaders  # the _Faulty loader below subclasses it at import
 from damage import write_project_zarr_v2
 from tilefuse.errors import TilefuseError
 from tilefuse.formats.n5 import decode_block, encode_block

@@ -257,9 +257,9 @@ def test_compiled_gaussian_is_scipys(shape):
 
 
 @pytest.mark.parametrize("shape", [(200,), (40, 23), (6, 9, 11)])
-def test_gauss_newton_design_rows_are_numpys(shape):
-    """The compiled design matrix of the sub-pixel step: g, 1, -G dg/dx_k (np.gradient), g x_k per axis."""
-    from tilefuse.registration.subpixel import _design_rows
+def test_gauss_newton_normal_equations_are_numpys(shape):
+    """The compiled normal equations of the sub-pixel step, rows g, 1, -G dg/dx_k (np.gradient), g x_k per axis."""
+    from tilefuse.registration.subpixel import _normal_equations
 
     rng = np.random.default_rng(2)
     g = rng.random(shape).astype(np.float32)
@@ -275,11 +275,10 @@ def test_gauss_newton_design_rows_are_numpys(shape):
             rows = [g, np.ones(shape)] + [-gain * np.gradient(g, axis=k) for k in active] + \
                    [g * ramps[k] for k in active]
             keep = mask if use_mask else np.ones(shape, bool)
-            want = np.stack([r[keep] for r in rows])
-            out = np.empty((2 + 2 * len(active), g.size), np.float32)
-            rhs = np.empty(g.size, np.float32)
-            n = _design_rows(g.reshape(lead + shape), target.reshape(lead + shape), mask.reshape(lead + shape),
-                             use_mask, np.asarray(active) + len(lead), gain_a, gain_r, use_gain, out, rhs)
-            assert n == keep.sum()
-            np.testing.assert_allclose(out[:, :n], want, rtol=1e-5, atol=1e-6)
-            np.testing.assert_array_equal(rhs[:n], target[keep])
+            design = np.stack([r[keep] for r in rows]).astype(np.float64)
+            k = design.shape[0]
+            ata, atb = np.zeros((k, k)), np.zeros(k)
+            _normal_equations(g.reshape(lead + shape), target.reshape(lead + shape), mask.reshape(lead + shape),
+                              use_mask, np.asarray(active) + len(lead), gain_a, gain_r, use_gain, ata, atb)
+            np.testing.assert_allclose(ata, design @ design.T, rtol=1e-5, atol=1e-6 * keep.sum())
+            np.testing.assert_allclose(atb, design @ target[keep], rtol=1e-5, atol=1e-6 * keep.sum())

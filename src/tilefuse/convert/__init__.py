@@ -7,7 +7,9 @@
 * :func:`convert_tiffs` — a folder of TIFFs and a positions file (CSV or
   Fiji's ``TileConfiguration.txt``);
 * :func:`~tilefuse.convert.layout.layout_warnings` — positions that
-  contradict the tiles (wrong unit, swapped axes), caught before registration.
+  contradict the tiles (wrong unit, swapped axes), caught before registration;
+  :func:`~tilefuse.convert.flips.flip_warning` — a stage axis running against
+  the camera, seen in the overlaps' pixels.
 """
 
 from .files import convert_files

@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import ProjectFormatError, TilefuseError
 from ..formats.acquisition import Acquisition, Stack, unit_factor
 from ..project.checks import MAX_COORDINATE
+from .flips import flip_warning
 from .layout import layout_warnings
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,14 @@ def write_sources(sources: list[Source], acquisitions: list[Acquisition], output
     # Warnings are said once the project is written: a refused input gets its one-line error alone.
     warnings: list[str] = []
     voxel, unit = _voxel_size(acquisitions, options, warnings, is_3d=nz > 1)
+    if stage_positions:
+        # Options that only apply to positions files: given here, they would otherwise be ignored without a word.
+        if options.position_unit is not None:
+            warnings.append(f"--position-unit {options.position_unit} is ignored: the stage positions come from the "
+                            "files, in their own unit")
+        if options.voxel_size is None and unit_factor(options.unit) != 1.0:
+            warnings.append(f"--unit {options.unit} is ignored without --voxel-size: the voxel size and the stage "
+                            "positions come from the files, in their own unit (the project is in µm)")
     positions, position_unit = _positions(sources, options, unit, stage_positions, voxel)
 
     tiles: dict[tuple, int] = {}
@@ -121,9 +130,14 @@ def write_sources(sources: list[Source], acquisitions: list[Acquisition], output
     first = {}
     for i, t in enumerate(ids["tiles"]):
         first.setdefault(t, i)
+    layout_ok = False
     if np.isfinite(physical).all() and np.abs(physical / voxel.min()).max() <= MAX_COORDINATE:
         # (positions beyond that are refused by write_project with a message of their own)
-        warnings += layout_warnings(physical[list(first.values())], extents[list(first.values())], unit, voxel)
+        found = layout_warnings(physical[list(first.values())], extents[list(first.values())], unit, voxel)
+        warnings += found
+        layout_ok = not found
+    if not stage_positions:
+        warnings += _overridden_stage_positions(sources, physical, unit, voxel)
 
     # Lazy views over the files (one temporary view id per source): resaving streams them block by block.
     mapping = {ViewId(s.stack.timepoint, i): (s.file, s.stack.series, s.stack.channel) for i, s in enumerate(sources)}
@@ -135,6 +149,11 @@ def write_sources(sources: list[Source], acquisitions: list[Acquisition], output
                             format=options.format, progress=progress, overwrite=overwrite,
                             inputs=[*inputs, *{s.file for s in sources}], names=names, client=client,
                             in_place=in_place, **ids, **kwargs)
+    if layout_ok and len(first) > 1:
+        # A flipped stage axis keeps every overlap's size: only the overlaps' pixels can tell.
+        flipped = flip_warning(project, _one_view_per_tile(project), options.stage_axes, client=client)
+        if flipped:
+            warnings.append(flipped)
     for warning in warnings:
         log.warning("%s", warning)
     return project
@@ -160,11 +179,13 @@ def _voxel_size(acquisitions, options, warnings: list[str], *, is_3d: bool) -> t
         warnings.append(f"the files have no pixel size and no --voxel-size was given: assuming 1 {options.unit} "
                         "per pixel; give --voxel-size if that is wrong")
         return np.array([z if z is not None else 1.0, 1.0, 1.0]), options.unit
-    if z is None:
-        if is_3d:
-            warnings.append(f"the files have no z step and no --voxel-size was given: assuming {x:g} µm (the "
-                            "pixel size); give --voxel-size Z,Y,X if that is wrong")
-        z = x
+    if z is None and is_3d:
+        warnings.append(f"the files have no z step and no --voxel-size was given: assuming {x:g} µm (the "
+                        "pixel size); give --voxel-size Z,Y,X if that is wrong")
+    if z is None or not is_3d:
+        # Single planes: a z step is never used, but a smaller one than the pixel (a CZI's 1 µm "Distance Z"
+        # beside 1.08 µm pixels) would become the world unit and fusion would upsample the mosaic to it.
+        z = min(x, y)
     return np.array([z, y, x]), "µm"
 
 
@@ -188,4 +209,42 @@ def _positions(sources, options, unit: str, stage_positions: bool, voxel) -> tup
     position_unit = options.position_unit
     if position_unit is None:
         raise ValueError("position_unit must be known for positions from a file")
+    if position_unit == "physical" and unit != options.unit:
+        # Physical positions are in --unit; the project's unit is the files' (µm) when they give the voxel size.
+        given, project = unit_factor(options.unit), unit_factor(unit)
+        if given is None or project is None:
+            raise ProjectFormatError(f"the positions are in {options.unit!r} and the files' voxel size in {unit!r}; "
+                                     "give --voxel-size in the unit of the positions, or the positions in pixels "
+                                     "(--position-unit voxel)")
+        pos = pos * (given / project)
     return pos @ m.T, position_unit
+
+
+def _overridden_stage_positions(sources, physical: np.ndarray, unit: str, voxel: np.ndarray) -> list[str]:
+    """A warning when a positions file moves tiles away from the stage positions their files record.
+
+    Only the layout is compared (both relative to the first tile): the stage's origin is arbitrary.
+    """
+    factor = unit_factor(unit)
+    if factor is None or any(s.stack.position is None for s in sources) or len(sources) < 2:
+        return []
+    recorded = np.array([s.stack.position for s in sources], dtype=float) / factor
+    moved = np.abs((physical - physical[0]) - (recorded - recorded[0])).max(axis=1)
+    worst = int(np.argmax(moved))
+    if moved[worst] <= voxel.max():
+        return []
+    return [f"the positions file overrides the stage positions recorded in the files: it moves "
+            f"{sources[worst].file.name} by {moved[worst]:.4g} {unit} from where its file's metadata put it "
+            f"(relative to the first tile); the positions file is used"]
+
+
+def _one_view_per_tile(project) -> list:
+    """The view of each tile at the first timepoint and the lowest channel id (tiles in id order)."""
+    chosen = {}
+    for view in project.views:
+        attrs = project.data.setups[view.setup].attributes
+        key = (view.timepoint, attrs.get("channel", 0), attrs.get("illumination", 0), attrs.get("angle", 0))
+        tile = attrs.get("tile", 0)
+        if tile not in chosen or key < chosen[tile][0]:
+            chosen[tile] = (key, view)
+    return [chosen[t][1] for t in sorted(chosen)]

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import MissingDataError
-from ..formats.acquisition import open_acquisition
+from ..formats.acquisition import file_stem, open_acquisition
 from ._build import Source, write_sources
 from .tables import ConvertOptions
 
@@ -66,7 +66,7 @@ def convert_files(
         acquisitions.append(acq)
         series = sorted({s.series for s in acq.stacks})
         for s in acq.stacks:
-            name = path.name.split(".")[0]
+            name = file_stem(path)
             if len(series) > 1:
                 name += f" {acq.series_names.get(s.series) or f'series {s.series}'}"
             sources.append(Source(path, s, None, (str(path), s.series), name))

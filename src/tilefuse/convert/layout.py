@@ -5,7 +5,8 @@ pixels read as µm: tiles piled up) or with x and y swapped still makes a
 project, and registration then searches for shifts that no overlap allows.
 :func:`layout_warnings` compares the overlaps the positions imply with the
 tiles' size and names what probably went wrong.  Flipped stage axes leave a
-grid's overlaps unchanged and cannot be seen this way.
+grid's overlaps unchanged and cannot be seen this way: :mod:`.flips` looks at
+the overlaps' pixels for them.
 """
 
 from __future__ import annotations

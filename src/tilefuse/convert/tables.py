@@ -227,6 +227,7 @@ def convert_tiffs(
     view per channel (channel ids from the file, unless the CSV has a
     ``channel`` column); view setups are named after the files.
     """
+    from ..formats.acquisition import file_stem
     from ..formats.tiff_files import TiffAcquisition
     from ._build import Source, write_sources
 
@@ -255,7 +256,9 @@ def convert_tiffs(
                                      "split the file")
         key = ("row", e.attributes.get("tile", row)) if "tile" in e.attributes else ("row", row)
         for s in stacks:
-            sources.append(Source(path, s, zyx, key, Path(e.file).stem, dict(e.attributes)))
+            # Named after the file as the CSV gives it (sub/tile0.tif -> sub/tile0), so every tile can be traced back.
+            name = str(Path(e.file).with_name(file_stem(e.file)).as_posix())
+            sources.append(Source(path, s, zyx, key, name, dict(e.attributes)))
     # The new container may not replace or sit inside the TIFFs or the positions file it is made from.
     return write_sources(sources, acquisitions, output, o, stage_positions=False, factors=factors,
                          progress=progress, overwrite=overwrite, inputs=[positions], client=client)

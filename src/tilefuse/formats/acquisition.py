@@ -33,7 +33,7 @@ import numpy as np
 from ..errors import MissingDataError, UnsupportedFormatError
 
 __all__ = ["Stack", "Acquisition", "AcquisitionFile", "open_acquisition", "acquisition_class", "ACQUISITION_KINDS",
-           "to_micrometers", "unit_factor", "is_acquisition_file"]
+           "to_micrometers", "unit_factor", "is_acquisition_file", "file_stem"]
 
 Region = tuple[slice, slice, slice]
 
@@ -173,6 +173,20 @@ def is_acquisition_file(path: str | Path) -> bool:
     """True when ``path``'s name is one :func:`acquisition_class` reads."""
     name = Path(path).name.lower()
     return any(name.endswith(suffixes) for *_, suffixes in ACQUISITION_KINDS.values())
+
+
+def file_stem(path: str | Path) -> str:
+    """``path``'s name without its acquisition suffix: ``scan.ome.tif`` -> ``scan``, ``pos.1.5.tif`` -> ``pos.1.5``.
+
+    Tiles and view setups are named after their files so that they can be traced back to them.
+    """
+    name = Path(path).name
+    lower = name.lower()
+    for *_, suffixes in ACQUISITION_KINDS.values():
+        for suffix in sorted(suffixes, key=len, reverse=True):  # .ome.tif before .tif
+            if lower.endswith(suffix):
+                return name[: -len(suffix)] or name
+    return Path(path).stem
 
 
 def open_acquisition(path: str | Path) -> AcquisitionFile:

@@ -5,8 +5,9 @@ stitching needs each tile with its overlap intact.  aicspylibczi (libCZI
 underneath) reads one tile (``M`` index) of one plane at a time and reports
 its bounding box; pylibCZIrw, Zeiss' own wrapper, reads only composed regions
 of the scene (the overlaps of neighbouring tiles painted over each other), so
-it serves the tests as a *writer* of mosaics, and czifile's PyPI release is
-from 2019.
+it serves the tests as a *writer* of mosaics.  czifile reads the subblocks
+exactly too, at the same speed (``benchmarks/bench_acquisitions.py``, in
+docs/acquisitions.md); aicspylibczi wraps Zeiss' own libCZI.
 
 Conventions (libCZI's documentation "CZI coordinate systems"; the CZI
 specification's subblock directory ``DimensionEntryDV``):

@@ -16,10 +16,15 @@ the reference reader of LAS X files):
   metres; with the attachment's ``SwapXY="1"`` x and y are swapped first,
   then ``FlipX="1"``/``FlipY="1"`` negate x/y, as Bio-Formats does.  The
   position is the tile's corner; z is 0 (LAS X stores one z range per tile
-  scan).  An image that is not a tile scan has no position.
+  scan).  An image that is not a tile scan is at the ``StagePosX``/``StagePosY``
+  (metres) of its hardware setting (``ATLConfocalSettingDefinition`` or
+  ``ATLCameraSettingDefinition``), swapped and flipped by that setting's
+  flags: Bio-Formats does so, so separate images of one LAS X project (several
+  positions saved as images) are placed as BigStitcher places them.
 * A wavelength sweep (LAS X lambda scan: DimID 5, emission, or 9,
   excitation) of a one-channel image is read as channels, one per
-  wavelength; readlif's ``get_frame`` ignores that dimension (it returns the
+  wavelength, named by it (``em 550 nm``; other channels by their
+  ``LUTName`` colour when those differ); readlif's ``get_frame`` ignores that dimension (it returns the
   wrong plane), so planes are read with ``get_plane``.  Images that are not
   stacks of xy planes (xz or xt line scans) are left out, each with a note.
 """
@@ -96,6 +101,8 @@ class LifAcquisition(AcquisitionFile):
             dtype = np.dtype(np.uint8 if depth <= 8 else np.uint16)
             positions = _tile_positions(self._lif, info, dims.m)
             channels = dims_n[sweep] if sweep is not None else info["channels"]
+            if not acq.channel_names:  # one set of channel names per file: the first image's
+                acq.channel_names = _channel_names(self._lif, info, sweep, channels)
             for m in range(dims.m):
                 series = len(self._series)
                 self._series.append((i, m, sweep))
@@ -142,29 +149,72 @@ def _pixel_size(scale: float | None) -> float | None:
 
 
 def _tile_positions(lif, info, tiles: int) -> list:
-    """The ``(z, y, x)`` µm position of each tile, swapped and flipped as the TileScanInfo says."""
-    if tiles <= 1 or not info.get("mosaic_position"):
+    """The ``(z, y, x)`` µm position of each tile, swapped and flipped as the file says (Bio-Formats' rules).
+
+    A tile scan's positions are its ``TileScanInfo`` tiles, with that attachment's
+    flags; any other image has the one stage position of its hardware setting
+    (``StagePosX``/``StagePosY``), with the setting's flags.
+    """
+    image = _image_node(lif, info["name"].split("/")[-1])
+    if image is None:
         return [None] * tiles
-    flips = _tile_scan_flags(lif, info["name"].split("/")[-1])
+    tile_scan = image.find("./Attachment[@Name='TileScanInfo']")
+    if tiles > 1 or tile_scan is not None:
+        if tile_scan is None or not info.get("mosaic_position"):
+            return [None] * tiles
+        flags, raw = tile_scan, [(pos_x, pos_y) for _, _, pos_x, pos_y in info["mosaic_position"]]
+    else:
+        setting = next((e for e in image.iter() if e.tag in _SETTINGS and e.get("StagePosX") is not None), None)
+        if setting is None:
+            return [None]
+        try:
+            raw = [(float(setting.get("StagePosX")), float(setting.get("StagePosY", "0")))]
+        except ValueError:
+            return [None]
+        flags = setting
+    swap, flip_x, flip_y = (flags.get(k, "0") == "1" for k in ("SwapXY", "FlipX", "FlipY"))
     out = []
-    for _, _, pos_x, pos_y in info["mosaic_position"]:
+    for pos_x, pos_y in raw:
         x, y = to_micrometers(pos_x, "m"), to_micrometers(pos_y, "m")
-        if flips.get("SwapXY"):
+        if x is None or y is None:
+            out.append(None)
+            continue
+        if swap:  # swap first, then flip (PositionExtractor.extractFieldPositions)
             x, y = y, x
-        if flips.get("FlipX"):
-            x = -x
-        if flips.get("FlipY"):
-            y = -y
-        out.append((0.0, y, x))
+        out.append((0.0, -y if flip_y else y, -x if flip_x else x))
     return out + [None] * (tiles - len(out))
 
 
-def _tile_scan_flags(lif, name: str) -> dict[str, bool]:
-    """``FlipX``/``FlipY``/``SwapXY`` of the image's TileScanInfo attachment (all False when absent)."""
+#: The hardware settings holding an image's stage position (confocal and widefield/camera systems)
+_SETTINGS = ("ATLConfocalSettingDefinition", "ATLCameraSettingDefinition")
+
+
+def _image_node(lif, name: str):
+    """The ``<Data><Image>`` node of the LIF element named ``name`` (None when absent)."""
     for element in lif.xml_root.iter("Element"):
-        if element.get("Name") != name:
-            continue
-        info = element.find("./Data/Image/Attachment[@Name='TileScanInfo']")
-        if info is not None:
-            return {k: info.get(k, "0") == "1" for k in ("FlipX", "FlipY", "SwapXY")}
-    return {}
+        if element.get("Name") == name:
+            image = element.find("./Data/Image")
+            if image is not None:
+                return image
+    return None
+
+
+def _channel_names(lif, info, sweep: int | None, channels: int) -> dict[int, str]:
+    """Channel names: a sweep's wavelengths (``DimensionDescription`` Origin + i·Length/(n−1), metres) as
+    ``"em 550 nm"``, else each ``ChannelDescription``'s ``LUTName`` (LAS X's colour for the channel)."""
+    image = _image_node(lif, info["name"].split("/")[-1])
+    if image is None:
+        return {}
+    if sweep is not None:
+        dim = next((d for d in image.iter("DimensionDescription") if d.get("DimID") == str(sweep)), None)
+        try:
+            origin, length = float(dim.get("Origin")), float(dim.get("Length"))
+        except (AttributeError, TypeError, ValueError):
+            return {}
+        step = length / (channels - 1) if channels > 1 else 0.0
+        prefix = "em" if _LAMBDA[sweep] == "emission" else "ex"
+        return {c: f"{prefix} {(origin + c * step) * 1e9:.4g} nm" for c in range(channels)}
+    names = [c.get("LUTName") or "" for c in image.iter("ChannelDescription")][:channels]
+    if len(set(names)) != len(names) or not all(names):
+        return {}  # colours repeated or missing: numbers say more
+    return dict(enumerate(names))

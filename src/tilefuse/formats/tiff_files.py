@@ -108,11 +108,23 @@ class TiffAcquisition(AcquisitionFile):
 
     # -- pixels -----------------------------------------------------------
     def _array(self, series: int):
+        """The series as a memory map (uncompressed, contiguous in this file) or else a zarr array over its pages."""
         with self._lock:
             if series not in self._arrays:
-                import zarr
+                s = self._tif.series[series]
+                offset = s.dataoffset
+                end = None if offset is None else offset + int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize
+                if (end is not None and end <= self.path.stat().st_size  # (a truncated file: zarr says where)
+                        and all(p is not None and p.parent is self._tif for p in s.pages)):
+                    # What microscopes and ImageJ mostly write: a region is then a plain slice of the file,
+                    # read by the OS page by page, without zarr's per-chunk overhead and without a lock.
+                    dtype = np.dtype(s.dtype).newbyteorder(self._tif.byteorder)
+                    self._arrays[series] = np.memmap(self.path, dtype=dtype, mode="r", offset=offset,
+                                                     shape=tuple(s.shape))
+                else:
+                    import zarr
 
-                self._arrays[series] = zarr.open_array(self._tif.series[series].aszarr(), mode="r")
+                    self._arrays[series] = zarr.open_array(s.aszarr(), mode="r")
             return self._arrays[series]
 
     def read(self, series: int, channel: int, timepoint: int, region: Region) -> np.ndarray:
@@ -120,8 +132,11 @@ class TiffAcquisition(AcquisitionFile):
         axes = _Axes(s.axes, s.shape, self.path, series)
         index, order = axes.index(channel, timepoint, region)
         array = self._array(series)
-        with self._lock:  # one file handle is shared by the series' stores
-            out = np.asarray(array[index]).transpose(order)
+        if isinstance(array, np.memmap):
+            out = np.array(array[index], dtype=array.dtype.newbyteorder("="), copy=True).transpose(order)
+        else:
+            with self._lock:  # one file handle is shared by the series' stores
+                out = np.asarray(array[index]).transpose(order)
         return out if axes.z is not None else out[None][region[0]]
 
 

@@ -32,7 +32,7 @@ def _import_builtin_loaders() -> None:
     import importlib
 
     # _filelist after _tiff: it also takes filemap2 projects over non-TIFF files (CZI, ND2, LIF).
-    for name in ("_hdf5", "_n5", "_tiff", "_filelist", "_zarr", "_split", "_flatfield"):
+    for name in ("_hdf5", "_n5", "_tiff", "_filelist", "_stack", "_zarr", "_split", "_flatfield"):
         importlib.import_module(f"{__name__}.{name}")
 
 
