@@ -218,3 +218,16 @@ def test_no_global_scheduler_state(project, tmp_path):
     assert _global_config() == before
     with pytest.raises(ValueError):
         distributed.default_client()
+
+
+def test_the_worker_plugin_leaves_the_client_process_alone():
+    # A worker running in the client's own process (an in-process cluster) ran the plugin's setup in the
+    # main thread and set SIGINT to SIG_IGN there: Ctrl-C did nothing after such a run (found as a flaky test).
+    import signal
+    import types
+
+    from tilefuse.pipeline import _local_worker_plugin
+
+    before = signal.getsignal(signal.SIGINT)
+    _local_worker_plugin().setup(types.SimpleNamespace(status=None))
+    assert signal.getsignal(signal.SIGINT) is before
