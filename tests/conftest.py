@@ -47,3 +47,29 @@ def example_loader_element(name: str):
     if not path.is_file():
         pytest.skip(f"{path} not available")
     return loader_element(path)
+
+
+@pytest.fixture
+def every_ngff_output_checked(request):
+    """After the test: every OME-Zarr image left in its ``tmp_path`` is valid for ome-zarr-models, ome-zarr-py, zarr.
+
+    Modules that write OME-Zarr opt in with
+    ``pytestmark = pytest.mark.usefixtures("every_ngff_output_checked")``
+    (tests that damage files on purpose do not).
+    """
+    yield
+    tmp = request.node.funcargs.get("tmp_path")
+    if tmp is None or getattr(request.node, "rep_call_failed", True):  # a failed test has told its story
+        return
+    from ngff import check_ngff_image, ngff_images_under
+
+    for image in ngff_images_under(tmp):
+        check_ngff_image(image)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Remember whether a test's body failed, for fixtures that check more only after a passing test."""
+    outcome = yield
+    if call.when == "call":
+        item.rep_call_failed = outcome.get_result().failed

@@ -439,3 +439,22 @@ def damage(kind: str, root: Path, xml: Path, seed: int) -> str | None:
     # Cycle deterministically through the mutators, so every one is exercised.
     mutate = mutators[seed % len(mutators)]
     return mutate(root, xml, rng)
+
+
+def write_project_zarr_v2(*args, **kwargs):
+    """``tilefuse.write_project`` with BigStitcher OME-Zarr containers in the Zarr v2 layout.
+
+    The damage cases name v2 files (``.zarray``, ``.zattrs``, a file per chunk);
+    Zarr v3 with shards is the default layout now, whose own damage cases are
+    in tests/test_writer_ome_zarr.py (shards cut short, index flipped, emptied).
+    """
+    import functools
+
+    import pytest
+
+    import tilefuse
+    import tilefuse.writers.bdv_zarr as bdv_zarr
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bdv_zarr, "write_bdv_omezarr", functools.partial(bdv_zarr.write_bdv_omezarr, zarr_format=2))
+        return tilefuse.write_project(*args, **kwargs)

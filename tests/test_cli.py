@@ -12,6 +12,10 @@ import zarr
 from tilefuse import open_project
 from tilefuse.cli import main
 
+# Every OME-Zarr image a test here leaves behind is validated (ome-zarr-models) and read back (ome-zarr-py, zarr).
+pytestmark = pytest.mark.usefixtures("every_ngff_output_checked")
+
+
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory):

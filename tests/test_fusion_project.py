@@ -10,6 +10,10 @@ from tilefuse import errors, open_project
 from tilefuse.geometry import Box
 from tilefuse.sample_data import make_mosaic
 
+# Every OME-Zarr image a test here leaves behind is validated (ome-zarr-models) and read back (ome-zarr-py, zarr).
+pytestmark = pytest.mark.usefixtures("every_ngff_output_checked")
+
+
 
 def _project_at_truth(tmp_path, mosaic, **kw):
     min_res = min(mosaic.voxel_size)

@@ -31,7 +31,7 @@ from lxml import etree
 
 import tilefuse
 from conftest import EXAMPLES, example_xmls
-from damage import copy_project, damage
+from damage import copy_project, damage, write_project_zarr_v2
 from tilefuse.errors import TilefuseError
 from tilefuse.sample_data import make_mosaic
 
@@ -73,7 +73,7 @@ def _write_base(folder: Path, fmt: str, ndim: int) -> Base:
     else:
         mosaic = make_mosaic((1, 1, 2), (6, 32, 32), 0.25, max_offset=2.0, seed=12)
         chunks, factors, vs = (2, 16, 16), [(1, 1, 1), (1, 2, 2)], tuple(mosaic.voxel_size)
-    tilefuse.write_project(folder / "dataset.xml", [mosaic.tile(i) for i in range(mosaic.n_tiles)],
+    write_project_zarr_v2(folder / "dataset.xml", [mosaic.tile(i) for i in range(mosaic.n_tiles)],
                            mosaic.stage_positions * min(mosaic.voxel_size), voxel_size=vs, format=fmt,
                            factors=factors if fmt != "tiff" else [(1, 1, 1)], chunks=chunks)
     return _reference(folder / "dataset.xml")

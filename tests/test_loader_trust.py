@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 
 import tilefuse
+from damage import write_project_zarr_v2
 from tilefuse.errors import ImageDataError, TilefuseError
 
 SHAPE = (8, 32, 40)  # z y x of each view
@@ -35,7 +36,7 @@ ZARR_CHUNK = "dataset.ome.zarr/s0-t0.zarr/0/0/0/0/0/1"
 def _write(root: Path, fmt: str, seed: int, shape=SHAPE) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
     images = [rng.integers(300, 60000, shape, dtype=np.uint16) for _ in range(2)]
-    tilefuse.write_project(root / "dataset.xml", images, [(0, 0, 0), (0, 0, 30)], format=fmt,
+    write_project_zarr_v2(root / "dataset.xml", images, [(0, 0, 0), (0, 0, 30)], format=fmt,
                            factors=FACTORS if fmt != "tiff" else [(1, 1, 1)], chunks=CHUNKS)
     return images
 

@@ -18,6 +18,10 @@ from tilefuse.loaders._zarr import OmeZarrLoader, ZGroup
 from tilefuse.project.views import ViewId
 from tilefuse.writers.bdv_zarr import ngff_multiscales, write_bdv_omezarr
 
+# Every OME-Zarr image a test here leaves behind is validated (ome-zarr-models) and read back (ome-zarr-py, zarr).
+pytestmark = pytest.mark.usefixtures("every_ngff_output_checked")
+
+
 FULL = (slice(None),) * 3
 
 
@@ -140,12 +144,14 @@ def test_write_read_roundtrip(tmp_path, dtype):
     expected = l1.astype(dtype) if dtype == "float32" else np.rint(l1).astype(dtype)
     np.testing.assert_allclose(loader.read(v, 1, FULL), expected, rtol=1e-6)
 
-    # The arrays as zarr sees them: 5D, v2 format, chunks (1, 1, bz, by, bx).
+    # The arrays as zarr sees them: 5D, v3 format, chunks (1, 1, bz, by, bx) in shards of 1 x 4 x 4 chunks.
     arr = zarr.open_array(str(tmp_path / "d.ome.zarr" / "s0-t0.zarr" / "0"), mode="r")
-    assert arr.metadata.zarr_format == 2
-    assert arr.shape == (1, 1, 19, 35, 41) and arr.chunks == (1, 1, 8, 16, 16)
+    assert arr.metadata.zarr_format == 3
+    assert arr.shape == (1, 1, 19, 35, 41) and arr.chunks == (1, 1, 8, 16, 16) and arr.shards == (1, 1, 8, 48, 48)
     np.testing.assert_array_equal(arr[0, 0], a)
-    assert json.loads((tmp_path / "d.ome.zarr" / ".zgroup").read_text())["zarr_format"] == 2
+    assert json.loads((tmp_path / "d.ome.zarr" / "zarr.json").read_text())["zarr_format"] == 3
+    assert sorted(p.name for p in (tmp_path / "d.ome.zarr" / "s0-t0.zarr" / "0" / "c" / "0" / "0" / "2").iterdir()) \
+        == ["0"], "one shard file holds the 3 x 3 chunks of z block 2"
 
 
 def test_ngff_metadata_is_valid(tmp_path):
@@ -155,7 +161,7 @@ def test_ngff_metadata_is_valid(tmp_path):
 
     a = ramp((8, 20, 24), "uint16")
     factors = [(1, 1, 1), (1, 2, 2), (2, 4, 4)]
-    write_bdv_omezarr(tmp_path / "d.ome.zarr", {(0, 2): a}, factors=factors, chunks=(4, 8, 8))
+    write_bdv_omezarr(tmp_path / "d.ome.zarr", {(0, 2): a}, factors=factors, chunks=(4, 8, 8), zarr_format=2)
     group = tmp_path / "d.ome.zarr" / "s2-t0.zarr"
     ms = zarr.open_group(str(group), mode="r").attrs["multiscales"]
     assert ms == ngff_multiscales(factors)
@@ -174,11 +180,25 @@ def test_ngff_metadata_is_valid(tmp_path):
     np.testing.assert_array_equal(np.asarray(image.data[0][0, 0]), a)
 
 
+def test_bigstitcher_container_is_valid_ngff_05(tmp_path):
+    Image = pytest.importorskip("ome_zarr_models.v05.image", reason="ome-zarr-models needs Python >= 3.11").Image
+
+    a = ramp((8, 20, 24), "uint16")
+    write_bdv_omezarr(tmp_path / "d.ome.zarr", {(0, 2): a}, factors=[(1, 1, 1), (1, 2, 2)], chunks=(4, 8, 8))
+    group = zarr.open_group(str(tmp_path / "d.ome.zarr" / "s2-t0.zarr"), mode="r")
+    image = Image.from_zarr(group)
+    assert image.attributes.ome.version == "0.5"
+    assert [a.name for a in image.attributes.ome.multiscales[0].axes] == list("tczyx")
+    np.testing.assert_array_equal(group["0"][0, 0], a)
+
+
 def test_voxel_size_and_xml(tmp_path):
     a = ramp((4, 6, 8), "uint8")
     loader = write_bdv_omezarr(tmp_path / "p" / "d.ome.zarr", {(0, 1): a}, factors=[(1, 1, 1), (1, 2, 2)],
                                voxel_size=(2.0, 0.5, 0.5))
-    ms = json.loads((tmp_path / "p" / "d.ome.zarr" / "s1-t0.zarr" / ".zattrs").read_text())["multiscales"]
+    ome = json.loads((tmp_path / "p" / "d.ome.zarr" / "s1-t0.zarr" / "zarr.json").read_text())["attributes"]["ome"]
+    assert ome["version"] == "0.5"
+    ms = ome["multiscales"]
     assert ms[0]["datasets"][1]["coordinateTransformations"][0]["scale"] == [1, 1, 2.0, 1.0, 1.0]
     assert ms[0]["datasets"][1]["coordinateTransformations"][1]["translation"] == [0, 0, 0, 0.25, 0.25]
     assert loader.levels(ViewId(0, 1)) == [(1.0, 1.0, 1.0), (1.0, 2.0, 2.0)]  # ratio to level 0
@@ -207,7 +227,8 @@ def _external(tmp_path, data, scales, zarr_format=3):
     for level, scale in enumerate(scales):
         step = [1] * (data.ndim - 3) + [2 ** level] * 3
         level_data = data[tuple(slice(None, None, s) for s in step)]
-        root.create_array(str(level), data=level_data, chunks=(1,) * (data.ndim - 3) + (2, 3, 4))
+        named = {"dimension_names": names} if zarr_format == 3 else {}  # NGFF 0.5 requires them
+        root.create_array(str(level), data=level_data, chunks=(1,) * (data.ndim - 3) + (2, 3, 4), **named)
         full_scale = [1.0] * (data.ndim - 3) + list(scale)
         datasets.append({"path": str(level), "coordinateTransformations": [{"type": "scale", "scale": full_scale}]})
     ms = [{"version": "0.5" if zarr_format == 3 else "0.4", "axes": axes, "datasets": datasets}]
@@ -253,7 +274,7 @@ def test_3d_and_4d_external_arrays(tmp_path):
 
 def test_partial_read_fetches_only_needed_chunks(tmp_path, monkeypatch):
     a = ramp((8, 16, 16), "uint16")
-    loader = write_bdv_omezarr(tmp_path / "d.ome.zarr", {(0, 0): a}, chunks=(4, 8, 8))
+    loader = write_bdv_omezarr(tmp_path / "d.ome.zarr", {(0, 0): a}, chunks=(4, 8, 8), zarr_format=2)
     v = ViewId(0, 0)
     loader.shape(v)  # open metadata first
     keys = []
@@ -269,6 +290,30 @@ def test_partial_read_fetches_only_needed_chunks(tmp_path, monkeypatch):
     keys.clear()
     np.testing.assert_array_equal(loader.read(v, 0, (slice(3, 5), slice(7, 9), slice(0, 4))), a[3:5, 7:9, 0:4])
     assert sorted("/".join(k.split("/")[-3:]) for k in keys) == ["0/0/0", "0/1/0", "1/0/0", "1/1/0"]
+
+
+def test_partial_read_of_a_shard_fetches_byte_ranges(tmp_path, monkeypatch):
+    # Zarr v3: a region read gets the shard's index and the chunks it needs, never the whole shard file.
+    a = np.random.default_rng(0).integers(0, 4000, (8, 32, 32), dtype="uint16")
+    loader = write_bdv_omezarr(tmp_path / "d.ome.zarr", {(0, 0): a}, chunks=(4, 8, 8))
+    v = ViewId(0, 0)
+    loader.shape(v)
+    shard = tmp_path / "d.ome.zarr" / "s0-t0.zarr" / "0" / "c" / "0" / "0" / "0" / "0" / "0"
+    assert shard.is_file(), "chunks (4, 8, 8) in shards of 1 x 4 x 4 chunks: (4, 32, 32) per shard"
+    fetched = []
+    real_get = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, prototype, byte_range=None):
+        buf = await real_get(self, key, prototype, byte_range)
+        fetched.append((key, byte_range, 0 if buf is None else len(buf)))
+        return buf
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    np.testing.assert_array_equal(loader.read(v, 0, (slice(1, 3), slice(9, 12), slice(2, 5))), a[1:3, 9:12, 2:5])
+    assert {tuple(k.split("/")[-6:]) for k, _, _ in fetched} == {("c", "0", "0", "0", "0", "0")}
+    assert all(r is not None for _, r, _ in fetched), fetched
+    # the index (16 chunks x 16 bytes + CRC) and one chunk of 4 x 8 x 8 uint16 (512 bytes + Blosc's header)
+    assert len(fetched) == 2 and sum(n for _, _, n in fetched) < 16 * 16 + 4 + 512 + 64 < shard.stat().st_size
 
 
 def test_for_path_with_view_list(tmp_path):

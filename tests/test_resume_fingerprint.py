@@ -28,6 +28,10 @@ from tilefuse.geometry import Box
 from tilefuse.loaders.base import drop_cached_handles
 from tilefuse.writers.ome_zarr import ResumeMismatchError
 
+# Every OME-Zarr image a test here leaves behind is validated (ome-zarr-models) and read back (ome-zarr-py, zarr).
+pytestmark = pytest.mark.usefixtures("every_ngff_output_checked")
+
+
 BOX = Box.from_arrays([0, 0, 0], [0, 150, 150])
 CHUNKS = (32, 32)
 

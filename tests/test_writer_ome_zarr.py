@@ -15,6 +15,10 @@ from tilefuse.downsample import block_mean
 from tilefuse.errors import OutputExistsError, TilefuseError
 from tilefuse.writers.ome_zarr import pyramid_plan, write_ome_zarr
 
+# Every OME-Zarr image a test here leaves behind is validated (ome-zarr-models) and read back (ome-zarr-py, zarr).
+pytestmark = pytest.mark.usefixtures("every_ngff_output_checked")
+
+
 
 def _read_ngff(path):
     from ome_zarr.io import parse_url
@@ -299,7 +303,8 @@ def test_progress_bar(tmp_path, capsys):
     assert "p.zarr" in err and "chunk" in err
 
 
-def test_crash_in_pyramid_level_keeps_level0(tmp_path, monkeypatch):
+@pytest.mark.parametrize("ngff", ["0.4", "0.5"])
+def test_crash_in_pyramid_level_keeps_level0(tmp_path, monkeypatch, ngff):
     import tilefuse.writers.ome_zarr as oz
 
     data = np.random.default_rng(5).integers(0, 100, (64, 64), dtype=np.uint16)
@@ -308,14 +313,15 @@ def test_crash_in_pyramid_level_keeps_level0(tmp_path, monkeypatch):
     def broken(block, factors):
         raise RuntimeError("crash while downsampling")
 
-    monkeypatch.setattr(oz, "block_mean", broken)
+    monkeypatch.setattr(oz, "block_mean", broken)  # the levels read back (0.5: without the streamed pyramid)
+    monkeypatch.setattr(oz, "_streamed_pyramid", lambda *args: None)
     first = _FlakyBlocks(data, None)
     with pytest.raises(RuntimeError, match="downsampling"):
-        write_ome_zarr(first.array((16, 16)), path, voxel_size=1, fingerprint={"d": 1})
+        write_ome_zarr(first.array((16, 16)), path, voxel_size=1, fingerprint={"d": 1}, ngff=ngff)
     assert first.calls == 16 and not path.exists()
     monkeypatch.undo()
     second = _FlakyBlocks(data, None)
-    write_ome_zarr(second.array((16, 16)), path, voxel_size=1, fingerprint={"d": 1})
+    write_ome_zarr(second.array((16, 16)), path, voxel_size=1, fingerprint={"d": 1}, ngff=ngff)
     assert second.calls == 0  # level 0 was complete: the input is not touched again
     group = zarr.open_group(str(path), mode="r")
     np.testing.assert_array_equal(group["0"][...], data)
@@ -351,7 +357,7 @@ def _shard_files(level_dir):
 
 
 def test_ngff05_is_the_default_valid_sharded_and_read_by_every_reader(tmp_path):
-    from ome_zarr_models.v05.image import Image
+    Image = pytest.importorskip("ome_zarr_models.v05.image", reason="ome-zarr-models needs Python >= 3.11").Image
 
     rng = np.random.default_rng(6)
     image = rng.integers(0, 4000, (2, 20, 150, 130), dtype=np.uint16)
@@ -385,7 +391,7 @@ def test_ngff05_is_the_default_valid_sharded_and_read_by_every_reader(tmp_path):
 
 
 def test_ngff04_on_request_is_zarr_v2_valid_for_its_version(tmp_path):
-    from ome_zarr_models.v04.image import Image
+    Image = pytest.importorskip("ome_zarr_models.v04.image", reason="ome-zarr-models needs Python >= 3.11").Image
 
     image = np.arange(40 * 50, dtype=np.uint16).reshape(40, 50)
     path = write_ome_zarr(image, tmp_path / "v4.ome.zarr", voxel_size=1.0, chunks=16, ngff="0.4")
@@ -496,3 +502,60 @@ def test_shard_writer_matches_zarr_byte_for_byte_semantics(tmp_path):
         import numcodecs
 
         write_ome_zarr(data, tmp_path / "z.ome.zarr", voxel_size=1.0, compressor=numcodecs.Zstd())
+
+
+@pytest.mark.parametrize(("shape", "dtype", "voxel"), [((37, 101, 90), np.uint16, (2.0, 1.0, 1.0)),
+                                                      ((20, 50, 77), np.float32, (1.0, 1.0, 1.0))])
+def test_streamed_pyramid_equals_reading_the_levels_back(tmp_path, monkeypatch, shape, dtype, voxel):
+    """Levels 1.. from level-0 chunks in memory: the same pixels and shards as reading level 0 back."""
+    import tilefuse.writers.ome_zarr as oz
+
+    rng = np.random.default_rng(11)
+    data = (rng.random(shape) * 3000).astype(dtype)
+    data[:, :40, :40] = 0  # chunks of zeros: left out of the shards of every level
+    args = dict(voxel_size=voxel, chunks=(8, 16, 16), shards=(16, 32, 32), fingerprint={"d": 3})
+    read_back = oz._downsample
+    monkeypatch.setattr(oz, "_downsample", lambda *a: pytest.fail("a level was read back"))
+    streamed = write_ome_zarr(da.from_array(data, chunks=(8, 16, 16)), tmp_path / "s.ome.zarr", **args)
+    monkeypatch.setattr(oz, "_downsample", read_back)
+    monkeypatch.setattr(oz, "_streamed_pyramid", lambda *a: None)
+    plain = write_ome_zarr(da.from_array(data, chunks=(8, 16, 16)), tmp_path / "r.ome.zarr", **args)
+    a, b = zarr.open_group(str(streamed), mode="r"), zarr.open_group(str(plain), mode="r")
+    levels = len(pyramid_plan(shape, "zyx", voxel, (8, 16, 16)))
+    assert levels >= 4 and sorted(a.array_keys()) == sorted(b.array_keys()) == [str(i) for i in range(levels)]
+    for level in range(levels):
+        np.testing.assert_array_equal(a[str(level)][...], b[str(level)][...], err_msg=f"level {level}")
+        assert [p.relative_to(streamed) for p in _shard_files(streamed / str(level))] == \
+               [p.relative_to(plain) for p in _shard_files(plain / str(level))]
+    expected1 = _reference_mean(data.astype(float), pyramid_plan(shape, "zyx", voxel, (8, 16, 16))[1].step)
+    np.testing.assert_allclose(a["1"][...], expected1.astype(dtype) if dtype == np.float32 else np.rint(expected1),
+                               rtol=1e-6)
+
+
+def test_streamed_pyramid_after_a_crash_resumes_by_reading_back(tmp_path, monkeypatch, caplog):
+    """Shards of level 0 kept from a killed run are not in memory: the levels are then read back."""
+    import tilefuse.writers._pyramid as pyr
+
+    data = np.random.default_rng(12).integers(1, 4000, (64, 96), dtype=np.uint16)
+    path = tmp_path / "k.ome.zarr"
+    args = dict(voxel_size=1.0, chunks=(16, 16), shards=(32, 32), fingerprint={"d": 4})
+    calls, original = [0], pyr.block_mean
+
+    def crashing(block, step):
+        calls[0] += 1
+        if calls[0] > 12:
+            raise RuntimeError("killed while averaging")
+        return original(block, step)
+
+    monkeypatch.setattr(pyr, "block_mean", crashing)
+    with dask.config.set(scheduler="synchronous"), pytest.raises(RuntimeError, match="killed"):
+        write_ome_zarr(da.from_array(data, chunks=16), path, **args)
+    monkeypatch.undo()
+    assert 0 < len([p for p in _shard_files(partial_path(path) / "0") if p.suffix != ".partial"]) < 6
+    with caplog.at_level("INFO", logger="tilefuse"):
+        write_ome_zarr(da.from_array(data, chunks=16), path, **args)
+    assert "shards were complete" in caplog.text
+    group = zarr.open_group(str(path), mode="r")
+    np.testing.assert_array_equal(group["0"][...], data)
+    np.testing.assert_array_equal(group["1"][...], np.rint(_reference_mean(data.astype(float), (2, 2))))
+    np.testing.assert_array_equal(group["2"][...], np.rint(_reference_mean(group["1"][...].astype(float), (2, 2))))

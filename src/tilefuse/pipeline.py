@@ -122,6 +122,7 @@ def cluster_client(scheduler: str | None = None, workers: int | None = None, thr
 def _local_worker_plugin():
     """A ``WorkerPlugin`` for the worker processes of a cluster started here (also after restarts)."""
     import logging
+    import os
     import signal
     import threading
 
@@ -129,12 +130,15 @@ def _local_worker_plugin():
     from distributed.diagnostics.plugin import WorkerPlugin
 
     closing = (Status.closing, Status.closing_gracefully, Status.closed)
+    client_pid = os.getpid()  # pickled with the plugin: a worker in this process must not change it
 
     class LocalWorker(WorkerPlugin):
         name = "tilefuse-local-worker"
         idempotent = True
 
         def setup(self, worker):
+            if os.getpid() == client_pid:
+                return  # an in-process worker: the signal handling and logging are the caller's
             # Ctrl-C in a terminal reaches the whole process group, these workers included.  The client
             # process handles it (cancels the work, closes this cluster); a worker dying of it on its own
             # would print a traceback per process.

@@ -26,14 +26,17 @@ the store shows only once complete): an object under its key is a whole shard,
 as a file is after the rename.  Completeness is checked from the index alone
 (one ranged read).
 
-Why our own shard writer rather than zarr-python's (measured on fused 3D
-uint16 chunks, 2 cores, ``benchmarks/bench_writer.py``): zarr-python writes a
-shard in one call only when given the whole shard (a ~1 GiB shard is ~1 GiB of
-memory per thread, the output would no longer be larger than memory) and
-otherwise reads, decodes and rewrites the shard for every chunk (not safe
-from several processes, and quadratic); tensorstore is not a dependency and
-has the same read-modify-write for partial shards.  Appending encoded chunks
-keeps memory at one chunk per thread and costs the codec alone.
+Why our own shard writer rather than zarr-python's: not speed - writing level 0
+of the 3D benchmark costs the same CPU either way (13.2 vs 13.4 s, the codec is
+numcodecs' Blosc in both; ``benchmarks/bench_writer.py``, docs/benchmarks.md) -
+but memory and safety.  zarr-python writes a shard in one call only when given
+the whole shard (646 vs 889 MB peak at 128x512x512 shards, and a ~1 GiB shard
+per thread at the default size: the output would no longer be larger than
+memory) and otherwise reads, decodes and rewrites the shard for every chunk
+(not safe from several processes, and quadratic), with no shard-level commit
+to resume from; tensorstore is not a dependency and has the same
+read-modify-write for partial shards.  Appending encoded chunks keeps memory
+at one chunk per thread and costs the codec alone.
 """
 
 from __future__ import annotations
@@ -45,8 +48,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import _storage
+from ..errors import TilefuseError
 
-__all__ = ["append_chunk", "commit_shard", "shard_is_complete", "index_nbytes", "EMPTY"]
+__all__ = ["append_chunk", "commit_shard", "shard_is_complete", "index_nbytes", "v3_codecs", "shard_key", "pad_chunk",
+           "EMPTY"]
 
 #: Offset and size of an inner chunk that is not stored (it reads as the fill value).
 EMPTY = 2**64 - 1
@@ -62,6 +67,22 @@ def _crc32c(data: bytes) -> bytes:
     import google_crc32c  # a dependency of zarr-python; what its crc32c codec uses
 
     return int(google_crc32c.value(data)).to_bytes(4, "little")
+
+
+def shard_key(level_dir: str | os.PathLike, shard_index: Sequence[int]) -> Path | str:
+    """Where Zarr v3 (default chunk keys: ``c/i/j/k``) stores a shard of the array in ``level_dir``
+    (a file, or an object URL when ``level_dir`` is one)."""
+    return _storage.join(level_dir, "c", *(str(int(i)) for i in shard_index))
+
+
+def pad_chunk(block: np.ndarray, chunk: Sequence[int]) -> np.ndarray:
+    """``block`` as a whole chunk: Zarr stores edge chunks whole, padded with the fill value (0)."""
+    chunk = tuple(chunk)
+    if block.shape == chunk:
+        return block
+    padded = np.zeros(chunk, dtype=block.dtype)
+    padded[tuple(slice(0, n) for n in block.shape)] = block
+    return padded
 
 
 def append_chunk(block: np.ndarray, tmp: str | os.PathLike, codec) -> tuple[int, int] | None:
@@ -172,3 +193,36 @@ def _index_is_whole(tail: bytes, need: int, n_chunks: int, size: int) -> bool:
     index = np.frombuffer(raw, dtype="<u8").reshape(n_chunks, 2)
     stored = index[index[:, 0] != EMPTY]
     return bool(np.all(stored[:, 0] + stored[:, 1] <= size - need))
+
+
+class _RawCodec:
+    """The encoder of an array stored without compression: the chunk's bytes as they are."""
+
+    def encode(self, block: np.ndarray):
+        return np.ascontiguousarray(block).view(np.uint8).reshape(-1)
+
+
+def v3_codecs(codec):
+    """``(zarr v3 compressors, encoder)`` for a numcodecs codec: the metadata and what encodes the chunks.
+
+    Only Blosc (the default) or no compression: the shard writer encodes the
+    chunks itself with numcodecs, so the two must agree byte for byte, which
+    tests/test_writer_ome_zarr.py checks by reading the output back with zarr.
+    TilefuseError for another codec.
+    """
+    from zarr.codecs import BloscCodec
+
+    if codec is None:
+        return None, _RawCodec()
+    config = codec.get_config()
+    if config.get("id") != "blosc":
+        raise TilefuseError(f"NGFF 0.5 output: compressor {config} is not supported; use Blosc or None "
+                            "(or ngff='0.4' for any numcodecs codec)")
+    shuffles = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}  # not -1 (auto): zarr v3 has no such setting
+    if int(config.get("shuffle", 1)) not in shuffles:
+        raise TilefuseError(f"NGFF 0.5 output: Blosc shuffle {config.get('shuffle')} (automatic) cannot be written "
+                            "as Zarr v3 metadata; choose Blosc.NOSHUFFLE, SHUFFLE or BITSHUFFLE")
+    shuffle = shuffles[int(config.get("shuffle", 1))]
+    compressors = BloscCodec(cname=config["cname"], clevel=int(config["clevel"]), shuffle=shuffle,
+                             blocksize=int(config.get("blocksize", 0)))
+    return compressors, codec

@@ -1,0 +1,148 @@
+"""Larger than memory: fuse a generated 3D project into OME-Zarr 0.5 with flat peak memory.
+
+Usage::
+
+    python benchmarks/bench_large.py [--output-gb 32] [--sizes 0.5,5] [--keep] [--json out.json] [--workdir DIR]
+
+The full run (not in CI; about 55 GB of disk: 13 x 13 tiles, ~31 GB of
+gzip-compressed input and ~23 GB of output; hours on 2 cores) fuses a grid of
+16-bit tiles whose fused output is at least ``--output-gb`` (default 32: 37 GB,
+more than the 23.5 GB of RAM of the machine it was written on) to ``out.ome.zarr`` with
+``tilefuse.write_fused`` defaults (sharded NGFF 0.5, the whole pyramid) and
+reports time, Mvox/s and peak RSS.  ``--sizes`` instead runs several smaller
+outputs (GB, comma-separated) in one go, to show that peak memory does not
+grow with the size of the output.
+
+The data: tiles of 128x1024x1024 uint16 (10 % overlap, a 1 x n x n grid) whose
+pixels are a cheap function of the world position (smooth waves) plus
+Poisson-like noise from a seeded generator, so overlapping tiles agree and
+the compression ratio is that of real, noisy data; written as a BDV HDF5
+project (gzip, one level) chunk by chunk, never timed.  Each fusion runs in a
+fresh process: peak RSS is its ``ru_maxrss`` (``os.wait4``), plus the
+psutil-sampled RSS of the process tree.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+
+SCRIPT = Path(__file__).resolve()
+TILE = (128, 1024, 1024)
+OVERLAP = 0.1
+
+
+def grid_for(output_gb: float) -> int:
+    """Tiles per side of a 1 x n x n grid whose fused uint16 output is at least ``output_gb`` GB."""
+    step = TILE[1] * (1 - OVERLAP)
+    n = 1
+    while TILE[0] * (TILE[1] + (n - 1) * step) ** 2 * 2 / 1e9 < output_gb:
+        n += 1
+    return n
+
+
+def _tile_block(block_info=None, *, origin=(0, 0, 0), seed=0):
+    import numpy as np
+
+    loc = block_info[None]["array-location"]
+    z, y, x = (np.arange(a, b, dtype=np.float32) + o for (a, b), o in zip(loc, origin))
+    z, y, x = z[:, None, None], y[None, :, None], x[None, None, :]
+    signal = 1500 + 600 * np.sin(x / 37.0) * np.cos(y / 53.0) + 300 * np.sin(z / 17.0 + x / 91.0 + y / 71.0)
+    rng = np.random.default_rng([seed, *(int(a) for a, _ in loc), *(int(o) for o in origin)])
+    noise = rng.standard_normal(signal.shape, dtype=np.float32) * np.sqrt(signal)  # shot noise, ~Poisson
+    return np.clip(signal + noise, 0, 65535).astype(np.uint16)
+
+
+def task_generate(task: dict) -> dict:
+    import dask.array as da
+    import numpy as np
+
+    import tilefuse
+
+    n = task["n"]
+    step = round(TILE[1] * (1 - OVERLAP))
+    positions = [(0, i * step, j * step) for i in range(n) for j in range(n)]
+    blocks = tuple((c,) * (t // c) for c, t in zip((32, 256, 256), TILE))  # generated block by block
+    images = [da.map_blocks(_tile_block, origin=p, seed=k, chunks=blocks, dtype=np.uint16,
+                            meta=np.empty((0, 0, 0), np.uint16)) for k, p in enumerate(positions)]
+    tilefuse.write_project(task["xml"], images, positions, voxel_size=(1.0, 1.0, 1.0), format="hdf5",
+                           factors=[(1, 1, 1)])
+    return {}
+
+
+def task_fuse(task: dict) -> dict:
+    import numpy as np
+
+    import tilefuse
+
+    t0 = time.perf_counter()
+    project = tilefuse.open_project(task["xml"])
+    plan = tilefuse.plan_fusion(project)
+    tilefuse.write_fused(plan, task["out"], overwrite=True, resume="never")
+    t = time.perf_counter() - t0
+    files = [p for p in Path(task["out"]).rglob("*") if p.is_file()]
+    return {"time_s": t, "output_voxels": int(np.prod(plan.shape)), "shape": list(plan.shape),
+            "files": len(files), "gb_written": sum(p.stat().st_size for p in files) / 1e9}
+
+
+TASKS = {"generate": task_generate, "fuse": task_fuse}
+
+
+def project_for(workdir: Path, n: int) -> Path:
+    """The generated project of an n x n grid, made once per work directory."""
+    folder = workdir / "data" / f"large_1x{n}x{n}_{'x'.join(map(str, TILE))}"
+    xml = folder / "dataset.xml"
+    if not xml.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"  generating {n}x{n} tiles of {TILE} ...", end="", flush=True)
+        t0 = time.perf_counter()
+        r = C.run_child(SCRIPT, {"kind": "generate", "n": n, "xml": str(xml), "name": f"generate {n}x{n}"})
+        if "error" in r:
+            sys.exit(f"could not generate the data: {r['error']}")
+        print(f" {time.perf_counter() - t0:.0f} s")
+    return xml
+
+
+def main() -> None:
+    parser = C.parser(__doc__.splitlines()[0])
+    parser.add_argument("--output-gb", type=float, default=32.0, help="fused output size in GB (default 32)")
+    parser.add_argument("--sizes", help="several smaller output sizes in GB, e.g. 0.5,5 (instead of --output-gb)")
+    parser.add_argument("--keep", action="store_true", help="keep the outputs (default: delete each once measured)")
+    args, workdir, _, info = C.start(parser, TASKS)
+    sizes = [float(s) for s in args.sizes.split(",")] if args.sizes else [args.output_gb]
+    rows = []
+    for gb in sizes:
+        n = grid_for(gb)
+        xml = project_for(workdir, n)
+        load = os.getloadavg()[0]
+        out = workdir / "out" / f"large_{n}x{n}.ome.zarr"
+        r = C.run_child(SCRIPT, {"kind": "fuse", "xml": str(xml), "out": str(out), "name": f"fuse {n}x{n}"})
+        mvox = r.get("output_voxels", 0) / 1e6
+        row = {"grid": f"1x{n}x{n}", "shape": "x".join(map(str, r.get("shape", []))),
+               "gb": mvox * 2 / 1e3, "time_s": r.get("time_s"), "rate": mvox / r["time_s"] if r.get("time_s") else None,
+               "rss": r["peak_rss_mb"], "tree": r["peak_tree_rss_mb"], "files": r.get("files"),
+               "written": r.get("gb_written"), "load": load, "error": r.get("error")}
+        rows.append(row)
+        print(f"  {row['grid']}: {row['gb']:.1f} GB output in {C.fmt(row['time_s'])} s, {C.fmt(row['rate'])} Mvox/s, "
+              f"peak RSS {row['rss']:.0f} MB {row['error'] or ''}", flush=True)
+        if not args.keep:
+            shutil.rmtree(out, ignore_errors=True)
+    C.print_table(f"Larger than memory ({info.get('ram_gb', '?')} GB RAM, {os.cpu_count()} cores); peak RSS from "
+                  "os.wait4, tree RSS sampled by psutil",
+                  [("grid", "tiles", ""), ("shape", "output (z y x)", ""), ("gb", "output GB (uint16)", ".1f"),
+                   ("time_s", "time s", ".0f"), ("rate", "Mvox/s", ".1f"), ("rss", "peak RSS MB", ".0f"),
+                   ("tree", "tree RSS MB", ".0f"), ("files", "files", ""), ("written", "GB on disk", ".1f"),
+                   ("load", "load avg", ".1f")], rows)
+    C.write_json(args.json, {"machine": info, "rows": rows, "tile": TILE, "ram_gb": info.get("ram_gb"),
+                             "note": f"{math.prod(TILE) * 2 / 2**20:.0f} MiB per tile"})
+
+
+if __name__ == "__main__":
+    main()
