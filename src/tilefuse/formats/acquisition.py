@@ -26,11 +26,11 @@ import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
-from ..errors import MissingDataError, UnsupportedFormatError
+from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
 
 __all__ = ["Stack", "Acquisition", "AcquisitionFile", "open_acquisition", "acquisition_class", "ACQUISITION_KINDS",
            "to_micrometers", "unit_factor", "is_acquisition_file", "file_stem"]
@@ -115,6 +115,15 @@ class AcquisitionFile(ABC):
         self.path = Path(path)
         if not self.path.is_file():
             raise MissingDataError(f"{self.path}: file not found")
+
+    def _open_reader(self, module: str, opener: str) -> Any:
+        """The vendor reader's handle of this file, ``module.opener(path)``: a missing package names the
+        extra to install, a file the reader refuses is an :class:`ImageDataError` naming it."""
+        reader = require(module, self.extra, self.path)
+        try:
+            return getattr(reader, opener)(str(self.path))
+        except Exception as exc:
+            raise ImageDataError(f"{self.path}: not a readable {self.kind.upper()} file ({exc})") from exc
 
     @abstractmethod
     def describe(self) -> Acquisition:

@@ -34,8 +34,8 @@ import threading
 
 import numpy as np
 
-from ..errors import ImageDataError, UnsupportedFormatError
-from .acquisition import Acquisition, AcquisitionFile, Region, Stack, require, to_micrometers
+from ..errors import UnsupportedFormatError
+from .acquisition import Acquisition, AcquisitionFile, Region, Stack, to_micrometers
 
 __all__ = ["CziAcquisition"]
 
@@ -49,11 +49,7 @@ class CziAcquisition(AcquisitionFile):
 
     def __init__(self, path) -> None:
         super().__init__(path)
-        aicspylibczi = require("aicspylibczi", self.extra, self.path)
-        try:
-            self._czi = aicspylibczi.CziFile(str(self.path))
-        except Exception as exc:
-            raise ImageDataError(f"{self.path}: not a readable CZI file ({exc})") from exc
+        self._czi = self._open_reader("aicspylibczi", "CziFile")
         self._lock = threading.Lock()  # one libCZI reader per file: reads are serialised
         self._acq: Acquisition | None = None
         self._tiles: list[tuple[int, int | None]] = []  # series -> (scene, tile or None)

@@ -37,7 +37,7 @@ import threading
 import numpy as np
 
 from ..errors import ImageDataError
-from .acquisition import Acquisition, AcquisitionFile, Region, Stack, require, to_micrometers
+from .acquisition import Acquisition, AcquisitionFile, Region, Stack, to_micrometers
 
 __all__ = ["LifAcquisition"]
 
@@ -56,11 +56,7 @@ class LifAcquisition(AcquisitionFile):
 
     def __init__(self, path) -> None:
         super().__init__(path)
-        reader = require("readlif.reader", self.extra, self.path)
-        try:
-            self._lif = reader.LifFile(str(self.path))
-        except Exception as exc:
-            raise ImageDataError(f"{self.path}: not a readable LIF file ({exc})") from exc
+        self._lif = self._open_reader("readlif.reader", "LifFile")
         self._lock = threading.Lock()
         self._series: list[tuple[int, int, int | None]] = []  # series -> (image, tile, wavelength DimID)
         self._acq: Acquisition | None = None

@@ -26,8 +26,8 @@ import threading
 
 import numpy as np
 
-from ..errors import ImageDataError, UnsupportedFormatError
-from .acquisition import Acquisition, AcquisitionFile, Region, Stack, require
+from ..errors import UnsupportedFormatError
+from .acquisition import Acquisition, AcquisitionFile, Region, Stack
 
 __all__ = ["Nd2Acquisition"]
 
@@ -41,11 +41,7 @@ class Nd2Acquisition(AcquisitionFile):
 
     def __init__(self, path) -> None:
         super().__init__(path)
-        nd2 = require("nd2", self.extra, self.path)
-        try:
-            self._nd2 = nd2.ND2File(str(self.path))
-        except Exception as exc:
-            raise ImageDataError(f"{self.path}: not a readable ND2 file ({exc})") from exc
+        self._nd2 = self._open_reader("nd2", "ND2File")
         self._lock = threading.Lock()
         self._acq: Acquisition | None = None
         self._dask = None
