@@ -282,3 +282,18 @@ def test_gauss_newton_normal_equations_are_numpys(shape):
                               use_mask, np.asarray(active) + len(lead), gain_a, gain_r, use_gain, ata, atb)
             np.testing.assert_allclose(ata, design @ design.T, rtol=1e-5, atol=1e-6 * keep.sum())
             np.testing.assert_allclose(atb, design @ target[keep], rtol=1e-5, atol=1e-6 * keep.sum())
+
+
+@pytest.mark.parametrize(("shape", "region", "offset"), [
+    ((60, 50), (slice(5, 40), slice(0, 50)), (0.3, -1.7)),
+    ((6, 9, 11), (slice(0, 6), slice(2, 7), slice(1, 11)), (-0.4, 2.2, 0.9)),
+    ((40,), (slice(3, 38),), (1.5,)),
+])
+def test_compiled_spline_sampling_is_scipys(shape, region, offset):
+    """The sub-pixel step's resampling gives map_coordinates' cubic spline (mode="nearest"), borders included."""
+    from tilefuse.registration.subpixel import _sample_shifted
+
+    coeffs = np.random.default_rng(3).random(shape).astype(np.float32)
+    coords = np.meshgrid(*[np.arange(sl.start, sl.stop) + u for sl, u in zip(region, offset)], indexing="ij")
+    ref = ndimage.map_coordinates(coeffs, coords, order=3, mode="nearest", prefilter=False)
+    np.testing.assert_allclose(_sample_shifted(coeffs, region, offset), ref, rtol=0, atol=1e-6)

@@ -46,28 +46,65 @@ def _sample_shifted(coeffs: np.ndarray, region, offset) -> np.ndarray:
     A constant offset makes spline interpolation separable: per axis, a
     4-tap weighted sum of shifted slices (indices clamped at the border, like
     ``mode="nearest"``).  Several times faster than ``map_coordinates``,
-    which builds and walks a coordinate array per voxel.  The coefficients
-    are first cut to the taps' reach (edge-padded where it leaves the array),
-    so every pass works on slices of the region alone.
+    which builds and walks a coordinate array per voxel; compiled, one pass
+    per axis over the region and its taps' reach (3x faster than the same
+    sums as numpy slices, padded copies and temporaries).
     """
-    bases = [math.floor(u) for u in offset]
-    lo = np.array([sl.start + b - 1 for sl, b in zip(region, bases)])
-    hi = np.array([sl.stop + b + 2 for sl, b in zip(region, bases)])
-    shape = np.array(coeffs.shape)
-    sub = coeffs[tuple(slice(a, b) for a, b in zip(np.clip(lo, 0, shape), np.clip(hi, 0, shape)))]
-    pad = list(zip(np.maximum(0, -lo), np.maximum(0, hi - shape)))
-    if any(a or b for a, b in pad):
-        sub = np.pad(sub, pad, mode="edge") if sub.size else np.full(hi - lo, coeffs.flat[0])
-    out = sub
-    for axis, (sl, u, b) in enumerate(zip(region, offset, bases)):
-        n = sl.stop - sl.start
-        weights = _bspline3_weights(u - b).astype(out.dtype)
-        head = (slice(None),) * axis
-        acc = out[head + (slice(0, n),)] * weights[0]
-        for j in (1, 2, 3):
-            acc += out[head + (slice(j, j + n),)] * weights[j]
-        out = acc
-    return out
+    nd = coeffs.ndim
+    lead = 3 - nd
+    c3 = coeffs.reshape((1,) * lead + coeffs.shape)
+    start = np.zeros(3, dtype=np.int64)
+    size = np.ones(3, dtype=np.int64)
+    taps = np.ones(3, dtype=np.int64)
+    weights = np.zeros((3, 4), dtype=np.float32)
+    weights[:, 0] = 1.0  # the leading axes added for the kernel: identity
+    for axis, (sl, u) in enumerate(zip(region, offset), start=lead):
+        b = math.floor(u)
+        start[axis] = sl.start + b - 1
+        size[axis] = sl.stop - sl.start
+        taps[axis] = 4
+        weights[axis] = _bspline3_weights(u - b)
+    out = np.empty(tuple(size), dtype=np.float32)
+    _spline_sample(c3, start, size, taps, weights, out)
+    return out.reshape(out.shape[lead:])
+
+
+@_jit
+def _spline_sample(c, start, size, taps, w, out):  # pragma: no cover - compiled
+    """``out[x] = sum_j w[0,j0] w[1,j1] w[2,j2] c[clamp(start + x + j)]``, separably (x, then y, then z)."""
+    n0, n1, n2 = size[0], size[1], size[2]
+    t0, t1, t2 = taps[0], taps[1], taps[2]
+    e0, e1, m2 = n0 + t0 - 1, n1 + t1 - 1, n2 + t2 - 1
+    c0, c1, c2 = c.shape
+    along_x = np.empty((e0, e1, n2), dtype=np.float32)
+    row = np.empty(m2, dtype=np.float32)
+    for a in range(e0):
+        ia = min(max(start[0] + a, 0), c0 - 1)
+        for b in range(e1):
+            ib = min(max(start[1] + b, 0), c1 - 1)
+            for q in range(m2):
+                row[q] = c[ia, ib, min(max(start[2] + q, 0), c2 - 1)]
+            for x in range(n2):
+                along_x[a, b, x] = 0.0
+            for j in range(t2):
+                wj = w[2, j]
+                for x in range(n2):
+                    along_x[a, b, x] += wj * row[x + j]
+    along_y = np.zeros((e0, n1, n2), dtype=np.float32)
+    for a in range(e0):
+        for y in range(n1):
+            for j in range(t1):
+                wj = w[1, j]
+                for x in range(n2):
+                    along_y[a, y, x] += wj * along_x[a, y + j, x]
+    for z in range(n0):
+        for y in range(n1):
+            for x in range(n2):
+                out[z, y, x] = 0.0
+            for j in range(t0):
+                wj = w[0, j]
+                for x in range(n2):
+                    out[z, y, x] += wj * along_y[z + j, y, x]
 
 
 def prepare_refinement(f: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -187,60 +224,83 @@ def _normal_equations(g, target, w, use_w, active, gain_a, gain_r, use_gain, ata
     outside the mask ``w`` are left out.  Adds ``row^T row`` to ``ata`` and
     ``row * target`` to ``atb`` (float32 rows, float64 sums).
 
-    One compiled pass with no design matrix: a (2 + 2 ndim) x voxels float32
-    matrix multiplied by BLAS cost more, and BLAS starts its own threads
-    next to the registration's, which on 2 loaded cores doubled the
-    registration's wall time (600 tiles: 25.2 s, 11.9 s with BLAS on one
-    thread).
+    Compiled, with no BLAS: BLAS starts its own threads next to the
+    registration's, which on 2 loaded cores doubled the registration's wall
+    time (600 tiles: 25.2 s, 11.9 s with BLAS on one thread).  The design is
+    built column by column (float32, a masked voxel's row all zero) and each
+    of the ``k (k + 1) / 2`` products is then one contiguous pass the
+    compiler vectorises: 3-4x faster than summing ``row^T row`` voxel by
+    voxel, whose inner loops over the ``2 + 2 ndim`` entries do not vectorise.
     """
     n0, n1, n2 = g.shape
     na = active.size
     k = 2 + 2 * na
-    lin0 = _ramp(n0)
-    lin1 = _ramp(n1)
-    lin2 = _ramp(n2)
-    row = np.empty(k, dtype=np.float32)
+    size = n0 * n1 * n2
+    cols = np.empty((k + 1, n0, n1, n2), dtype=np.float32)  # the design's columns, then the target
+    lin0, lin1, lin2 = _ramp(n0), _ramp(n1), _ramp(n2)
+    gain = np.empty((n0, n1, n2), dtype=np.float32)  # G, 0 outside the mask
+    r = np.zeros(3, dtype=np.float32)  # the gain's ramp per axis
+    if use_gain:
+        for j in range(na):
+            r[active[j]] = np.float32(gain_r[j])
+    a0 = np.float32(gain_a) if use_gain else np.float32(1.0)
+    # Every loop below runs along the contiguous last axis without branches, so it vectorises.
     for i0 in range(n0):
         for i1 in range(n1):
+            base = a0 + r[0] * lin0[i0] + r[1] * lin1[i1]
             for i2 in range(n2):
-                if use_w and not w[i0, i1, i2]:
-                    continue
-                gv = g[i0, i1, i2]
-                gain = np.float32(1.0)
-                if use_gain:
-                    gain = np.float32(gain_a)
-                    for j in range(na):
-                        ax = active[j]
-                        x = lin0[i0] if ax == 0 else (lin1[i1] if ax == 1 else lin2[i2])
-                        gain += np.float32(gain_r[j]) * x
-                row[0] = gv
-                row[1] = 1.0
-                for j in range(na):
-                    ax = active[j]
-                    if ax == 0:
-                        i, n, x = i0, n0, lin0[i0]
-                        lo = g[i0 - 1, i1, i2] if i0 > 0 else gv
-                        hi = g[i0 + 1, i1, i2] if i0 < n0 - 1 else gv
-                    elif ax == 1:
-                        i, n, x = i1, n1, lin1[i1]
-                        lo = g[i0, i1 - 1, i2] if i1 > 0 else gv
-                        hi = g[i0, i1 + 1, i2] if i1 < n1 - 1 else gv
+                keep = np.float32(w[i0, i1, i2]) if use_w else np.float32(1.0)
+                cols[0, i0, i1, i2] = g[i0, i1, i2] * keep
+                cols[1, i0, i1, i2] = keep
+                cols[k, i0, i1, i2] = target[i0, i1, i2] * keep
+                gain[i0, i1, i2] = (base + r[2] * lin2[i2]) * keep
+    for j in range(na):
+        ax = active[j]
+        grad = cols[2 + j]
+        ramp = cols[2 + na + j]
+        for i0 in range(n0):
+            for i1 in range(n1):
+                if ax == 2:
+                    for i2 in range(1, n2 - 1):
+                        grad[i0, i1, i2] = (g[i0, i1, i2 + 1] - g[i0, i1, i2 - 1]) * np.float32(0.5)
+                    grad[i0, i1, 0] = g[i0, i1, 1] - g[i0, i1, 0]
+                    grad[i0, i1, n2 - 1] = g[i0, i1, n2 - 1] - g[i0, i1, n2 - 2]
+                    for i2 in range(n2):
+                        ramp[i0, i1, i2] = cols[0, i0, i1, i2] * lin2[i2]
+                else:
+                    if ax == 1:
+                        lo, hi, i, n, x = (max(i1 - 1, 0), min(i1 + 1, n1 - 1), i1, n1, lin1[i1])
+                        glo, ghi = g[i0, lo], g[i0, hi]
                     else:
-                        i, n, x = i2, n2, lin2[i2]
-                        lo = g[i0, i1, i2 - 1] if i2 > 0 else gv
-                        hi = g[i0, i1, i2 + 1] if i2 < n2 - 1 else gv
-                    grad = (hi - lo) * np.float32(0.5) if 0 < i < n - 1 else hi - lo
-                    row[2 + j] = -gain * grad
-                    row[2 + na + j] = gv * x
-                t = np.float64(target[i0, i1, i2])
-                for a in range(k):
-                    ra = np.float64(row[a])
-                    atb[a] += ra * t
-                    for b in range(a, k):
-                        ata[a, b] += ra * np.float64(row[b])
+                        lo, hi, i, n, x = (max(i0 - 1, 0), min(i0 + 1, n0 - 1), i0, n0, lin0[i0])
+                        glo, ghi = g[lo, i1], g[hi, i1]
+                    half = np.float32(0.5) if 0 < i < n - 1 else np.float32(1.0)
+                    for i2 in range(n2):
+                        grad[i0, i1, i2] = (ghi[i2] - glo[i2]) * half
+                        ramp[i0, i1, i2] = cols[0, i0, i1, i2] * x
+                for i2 in range(n2):
+                    grad[i0, i1, i2] *= -gain[i0, i1, i2]
+    flat = cols.reshape(k + 1, size)
+    for a in range(k):
+        for b in range(a, k + 1):
+            ata_ab = _dot(flat[a], flat[b])
+            if b == k:
+                atb[a] += ata_ab
+            else:
+                ata[a, b] += ata_ab
     for a in range(k):
         for b in range(a):
             ata[a, b] = ata[b, a]
+
+
+# Reassociation lets the compiler vectorise the float64 sum (it differs from a sequential sum by rounding).
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _dot(x, y):  # pragma: no cover - compiled
+    """``sum(float64(x) * float64(y))`` of two float32 vectors."""
+    s = 0.0
+    for i in range(x.size):
+        s += np.float64(x[i]) * np.float64(y[i])
+    return s
 
 
 @_jit
