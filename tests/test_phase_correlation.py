@@ -297,3 +297,15 @@ def test_compiled_spline_sampling_is_scipys(shape, region, offset):
     coords = np.meshgrid(*[np.arange(sl.start, sl.stop) + u for sl, u in zip(region, offset)], indexing="ij")
     ref = ndimage.map_coordinates(coeffs, coords, order=3, mode="nearest", prefilter=False)
     np.testing.assert_allclose(_sample_shifted(coeffs, region, offset), ref, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(512, 51), (51, 512), (1, 40, 33), (12, 20, 30), (5, 9), (300,), (3, 40), (2, 2, 9)])
+def test_compiled_spline_coefficients_are_scipys(shape):
+    """The sub-pixel step's cubic B-spline coefficients are scipy's spline_filter (mode="nearest")."""
+    from tilefuse.registration.subpixel import spline_coefficients
+
+    a = np.random.default_rng(4).random(shape).astype(np.float32) * 1000 - 300
+    ref = ndimage.spline_filter(a, order=3, mode="nearest", output=np.float32)
+    got = spline_coefficients(a)
+    assert got.dtype == np.float32 and got.shape == a.shape
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(ref).max())

@@ -12,6 +12,8 @@ double and walks every axis through a line buffer); they agree with
 
 from __future__ import annotations
 
+import functools
+
 import numba
 import numpy as np
 
@@ -96,12 +98,15 @@ def gaussian(a: np.ndarray, sigma, truncate: float = 4.0) -> np.ndarray:
     return cur.reshape(a.shape) if filtered else a.copy()
 
 
+@functools.lru_cache(maxsize=64)  # the band pass asks for the same few kernels for every crop
 def _kernel(sigma: float, truncate: float) -> np.ndarray:
     """scipy's Gaussian kernel: radius ``int(truncate * sigma + 0.5)``, weights summing to 1 (float32)."""
     radius = int(truncate * sigma + 0.5)
     x = np.arange(-radius, radius + 1, dtype=np.float64)
     w = np.exp(-0.5 / (sigma * sigma) * x * x)
-    return (w / w.sum()).astype(np.float32)
+    w = (w / w.sum()).astype(np.float32)
+    w.flags.writeable = False  # shared by every caller (cached)
+    return w
 
 
 @_jit

