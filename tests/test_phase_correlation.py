@@ -309,3 +309,18 @@ def test_compiled_spline_coefficients_are_scipys(shape):
     got = spline_coefficients(a)
     assert got.dtype == np.float32 and got.shape == a.shape
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.mark.parametrize("shape", [(7,), (30, 40), (1, 64, 54), (5, 6, 7), (2, 3)])
+def test_periodic_peaks_are_the_highest_wrapped_local_maxima(shape):
+    """The compiled peak search returns the highest local maxima (wrap-around neighbours), highest first."""
+    from tilefuse.registration.peaks import periodic_peaks
+
+    pcm = np.random.default_rng(5).random(shape).astype(np.float32)
+    is_max = pcm >= ndimage.maximum_filter(pcm, size=3, mode="wrap")
+    order = np.argsort(pcm[is_max])[::-1]
+    expected = np.argwhere(is_max)[order]
+    for n in (1, 5, 20):
+        peaks, values = periodic_peaks(pcm, n)
+        assert peaks == [tuple(int(v) for v in p) for p in expected[:n]]
+        np.testing.assert_array_equal(values, pcm[is_max][order][:n])
