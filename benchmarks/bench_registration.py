@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/bench_registration.py [--quick] [--json out.json] [--workdir DIR] [--no-peer]
-                                            [--peer-large]
+                                            [--peer-large] [--only LABEL] [--baseline SRC]
 
 Accuracy data (``tilefuse.demo.make_sample_project``, BDV HDF5, placed at
 the stage positions; tiles displaced from them by 2-8 px per axis): 2D tiles
@@ -27,7 +27,10 @@ on the 600-tile 2D grid (20x30, 512x512) and the 16-tile 3D grid
 (1x4x4, 128x512x512).  The 2D grid is registered twice by tilefuse, from
 the same tiles written as BDV HDF5 (with a pyramid) and as TIFF files
 (``spimreconstruction.filemap2``, one uncompressed TIFF per tile), and once
-by ASHLAR from those TIFF files.
+by ASHLAR from those TIFF files.  Neither tool's import is timed (tilefuse's
+registration modules import numba and scipy: ~0.6 CPU s); what numba loads
+from its cache at the first call is.  ``--baseline SRC`` also runs another
+checkout's tilefuse (its ``src`` directory) on the speed data, next to this one.
 
 ASHLAR (``pip install ashlar``; version 1.20 measured) gets the same TIFF
 files and the same stage positions (world px, from the project XML) through
@@ -148,8 +151,10 @@ def score_links(links, truth: dict) -> dict:
 # children
 # ----------------------------------------------------------------------------
 def task_tilefuse(task: dict) -> dict:
-
+    if task.get("src"):  # --baseline: another checkout's tilefuse
+        sys.path.insert(0, task["src"])
     import tilefuse
+    import tilefuse.registration  # noqa: F401  (its libraries' import, ~0.6 CPU s, is not timed: nor is ASHLAR's)
     from tilefuse.demo import score_registration, tile_positions
     from tilefuse.sample_data import load_truth
 
@@ -297,7 +302,8 @@ def _ashlar_reader(reg, paths, stage, size):
     return Reader()
 
 
-TOOL_NAMES = {"tilefuse": "tilefuse", "peer": "multiview-stitcher", "ashlar": "ASHLAR",
+TOOL_NAMES = {"tilefuse": "tilefuse", "tilefuse baseline": "tilefuse (--baseline)",
+              "peer": "multiview-stitcher", "ashlar": "ASHLAR",
               "ashlar rounded": "ASHLAR, stage positions rounded",
               "ashlar blas1": "ASHLAR, BLAS on one thread"}
 TASKS = {"tilefuse": task_tilefuse, "peer": task_peer, "ashlar": task_ashlar}
@@ -312,6 +318,9 @@ def main() -> None:
     p.add_argument("--peer-timeout", type=float, default=1200, help="seconds before a peer run is abandoned")
     p.add_argument("--only", action="append", metavar="LABEL",
                    help="run only the configurations with this label (repeatable), e.g. --only '2d 20x30 tiff'")
+    p.add_argument("--baseline", metavar="SRC",
+                   help="also run the tilefuse of another checkout's src/ directory (e.g. a git worktree of an "
+                        "older commit) on the speed data, alternating with this one")
     args, workdir, size, info = C.start(p, TASKS)
     peer = C.peer_available() and not args.no_peer
     ashlar = C.peer_available("ashlar") and not args.no_peer
@@ -324,6 +333,8 @@ def main() -> None:
             xml = C.sample_project(workdir, **kw)
             truth = xml.with_name("truth.json")
             tools = ["tilefuse"]
+            if args.baseline and purpose == "speed":
+                tools.append("tilefuse baseline")
             if peer and (label not in LARGE or args.peer_large):
                 tools.append("peer")
             if ashlar and label in ASHLAR_ON:
@@ -332,8 +343,9 @@ def main() -> None:
             for tool in tools:
                 r = C.run_child(SCRIPT, {"kind": tool.split()[0], "name": f"{label} {tool}", "xml": str(xml),
                                          "truth": str(truth), "rounded": tool.endswith("rounded"),
-                                         "blas1": tool.endswith("blas1")},
-                                timeout=None if tool == "tilefuse" else args.peer_timeout)
+                                         "blas1": tool.endswith("blas1"),
+                                         "src": args.baseline if tool.endswith("baseline") else None},
+                                timeout=None if tool.startswith("tilefuse") else args.peer_timeout)
                 res[tool] = r
                 t = r.get("pairwise_s", r.get("register_s"))
                 row = {"data": label, "purpose": purpose, "tool": TOOL_NAMES[tool],
