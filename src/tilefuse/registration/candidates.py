@@ -40,6 +40,9 @@ class OverlapScorer:
     def __init__(self, f: np.ndarray, m: np.ndarray, masks):
         self.f, self.m, self.shape = f, m, f.shape
         self.masks = masks
+        # A pair's candidates, their climbs and the final answer revisit the same shifts: each is
+        # scored once.
+        self._pearson: dict[tuple[int, ...], float] = {}
         ndim = f.ndim
         self._sum_spec = "{0},{0}->".format("".join(chr(105 + d) for d in range(ndim)))
         self.table = None
@@ -67,12 +70,19 @@ class OverlapScorer:
         return self.table[(which,) + tuple(corners.T)] @ self.signs
 
     def count(self, shift) -> int:
-        sf, sm = overlap_slices(shift, self.shape)
         if self.masks is None:
-            return math.prod(s.stop - s.start for s in sf)
+            return math.prod(max(n - abs(s), 0) for s, n in zip(shift, self.shape))
+        sf, sm = overlap_slices(shift, self.shape)
         return int(np.count_nonzero(self.masks[0][sf] & self.masks[1][sm]))
 
     def pearson(self, shift) -> float:
+        key = tuple(shift)
+        r = self._pearson.get(key)
+        if r is None:
+            r = self._pearson[key] = self._compute_pearson(shift)
+        return r
+
+    def _compute_pearson(self, shift) -> float:
         sf, sm = overlap_slices(shift, self.shape)
         a, b = self.f[sf], self.m[sm]
         if self.table is not None:

@@ -269,15 +269,23 @@ def pairwise_shift(
             cand, r = nearest, scorer.pearson(nearest)
     else:
         prepared = prepare_refinement(*raw)
-        cand, r, shift, height = _refine_best(prepared, masks, scorer, finite, score_peaks, n_peaks,
+        band_passed: dict[tuple[int, ...], float] = {}  # each shift scored once (the climbs revisit them)
+
+        def r_bp(s):
+            s = tuple(s)
+            if s not in band_passed:
+                band_passed[s] = band_passed_r(prepared, masks, s, min_count)
+            return band_passed[s]
+
+        cand, r, shift, height = _refine_best(prepared, masks, scorer, r_bp, finite, score_peaks, n_peaks,
                                               shape, limit, min_count)
         if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total, shape):
-            cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape,
-                                                          limit, min_count, exhaustive == "always")
+            cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift,
+                                                          shape, limit, min_count, exhaustive == "always")
     return result(True, r, scorer.count(cand) / total, len(seen), cand, shift, height, checked=checked)
 
 
-def _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape, limit, min_count, always):
+def _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift, shape, limit, min_count, always):
     """:func:`.exhaustive.check` of a doubtful pair; its clearly best shift replaces the winner.
 
     Returns ``(cand, r, shift, checked)`` where ``checked`` says what the
@@ -300,8 +308,7 @@ def _check_exhaustively(raw, prepared, masks, scorer, cand, r, shift, shape, lim
     if max(abs(a - b) for a, b in zip(best, cand)) <= 1 or found.evidence <= found.evidence_at(cand):
         return cand, r, shift, "exhaustive check: confirmed"
     # climb and refine from the new start as from a phase-correlation candidate
-    start, _ = hill_climb(scorer, best, shape, limit, min_count,
-                          score=lambda s: band_passed_r(prepared, masks, s, min_count))
+    start, _ = hill_climb(scorer, best, shape, limit, min_count, score=r_bp)
     refined, converged = refine_gradient(prepared[0], prepared[2], masks, np.asarray(start, dtype=np.float64),
                                          min_count)
     if converged:
@@ -322,7 +329,7 @@ AMBIGUOUS = ("ambiguous: no clearly best alignment when every shift is scored wi
              "(periodic content with no distinct mark in the overlap?)")
 
 
-def _refine_best(prepared, masks, scorer, scored, score_peaks, n_peaks, shape, limit, min_count):
+def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, shape, limit, min_count):
     """Gradient refinement of the most similar candidates, more peaks if none converges.
 
     Candidates are ranked by their overlap correlation, and the best few are
@@ -350,14 +357,13 @@ def _refine_best(prepared, masks, scorer, scored, score_peaks, n_peaks, shape, l
         if expand:
             ranked = [c for c in score_peaks(4 * n_peaks) if np.isfinite(c[0])]
         ranked = sorted(ranked, key=lambda c: -c[0])[:_RERANKED]
-        ranked = sorted(ranked, key=lambda c: -band_passed_r(prepared, masks, c[1], min_count))
+        ranked = sorted(ranked, key=lambda c: -r_bp(c[1]))
         for _, cand0, height in ranked[:3]:
             # The PCM's integer winner can be a pixel or two off on narrow,
             # tapered overlaps; climb the correlation of the band-passed crops
             # first (the raw one leans with opposite vignetting: a photo link
             # climbed to 1.9 px from the truth, past the refinement's reach).
-            cand, _ = hill_climb(scorer, cand0, shape, limit, min_count,
-                                  score=lambda s: band_passed_r(prepared, masks, s, min_count))
+            cand, _ = hill_climb(scorer, cand0, shape, limit, min_count, score=r_bp)
             r = scorer.pearson(cand)
             if cand in tried:
                 continue
@@ -368,14 +374,14 @@ def _refine_best(prepared, masks, scorer, scored, score_peaks, n_peaks, shape, l
                 nearest = tuple(int(v) for v in np.round(shift))
                 if nearest != cand and scorer.count(nearest) >= min_count:
                     cand, r = nearest, scorer.pearson(nearest)
-                r_bp = band_passed_r(prepared, masks, cand, min_count)
-                if r_bp >= _CONFIDENT_R:
+                r_band = r_bp(cand)
+                if r_band >= _CONFIDENT_R:
                     return cand, r, shift, height
                 # Converging alone no longer proves a candidate right (the fit
                 # with a gain ramp also settles on a spurious corner of a
                 # repetitive photo: a link 60 px off, r = 0.31, where the
                 # true one, r = 0.84, lay among 4x the peaks); keep looking.
-                converged_at.append((r_bp, cand, r, shift, height))
+                converged_at.append((r_band, cand, r, shift, height))
     if converged_at:  # only weak ones: the most similar after band-passing
         _, cand, r, shift, height = max(converged_at, key=lambda c: c[0])
         return cand, r, shift, height
