@@ -8,6 +8,7 @@ shifts (``p`` or ``p - N`` per axis).
 
 from __future__ import annotations
 
+import functools
 from itertools import product
 
 import numba
@@ -44,8 +45,9 @@ def centred(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     return out
 
 
-def _taper(shape: tuple[int, ...]) -> list[np.ndarray]:
-    """Per-axis Tukey windows: cosine ramps of ``_TAPER`` px at both ends."""
+@functools.lru_cache(maxsize=256)  # a mosaic's pairs share a few crop shapes
+def _taper(shape: tuple[int, ...]) -> tuple[np.ndarray, ...]:
+    """Per-axis Tukey windows: cosine ramps of ``_TAPER`` px at both ends (read-only, shared)."""
     windows = []
     for n in shape:
         w = np.ones(n, dtype=np.float32)
@@ -54,8 +56,9 @@ def _taper(shape: tuple[int, ...]) -> list[np.ndarray]:
             ramp = 0.5 * (1.0 - np.cos(np.pi * (np.arange(k) + 0.5) / k))
             w[:k] = ramp
             w[n - k:] = ramp[::-1]
+        w.flags.writeable = False
         windows.append(w)
-    return windows
+    return tuple(windows)
 
 
 def apodised(a: np.ndarray) -> np.ndarray:
