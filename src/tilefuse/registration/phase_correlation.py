@@ -46,7 +46,7 @@ from .candidates import OverlapScorer, band_passed_r, hill_climb
 from .exhaustive import MIN_EVIDENCE, WEAK_R, doubtful
 from .exhaustive import check as exhaustive_check
 from .peaks import centred, periodic_candidates, periodic_peaks, phase_correlation_matrix
-from .subpixel import prepare_refinement, refine_gradient, refine_overlap, refine_quadratic
+from .subpixel import _parabola_vertex, prepare_refinement, refine_gradient, refine_overlap, refine_quadratic
 
 __all__ = ["AMBIGUOUS", "PairwiseShift", "pairwise_shift"]
 
@@ -369,7 +369,7 @@ def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, sh
                 continue
             tried.add(cand)
             shift, converged = refine_gradient(prepared[0], prepared[2], masks,
-                                                np.asarray(cand, dtype=np.float64), min_count)
+                                                _parabolic_start(r_bp, cand, shape), min_count)
             if converged:
                 nearest = tuple(int(v) for v in np.round(shift))
                 if nearest != cand and scorer.count(nearest) >= min_count:
@@ -389,6 +389,29 @@ def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, sh
     r, cand, height = max(scored + ranked, key=lambda c: c[0])
     cand, r = hill_climb(scorer, cand, shape, limit, min_count)
     return cand, r, np.asarray(cand, dtype=np.float64), height
+
+
+def _parabolic_start(r_bp, cand, shape) -> np.ndarray:
+    """Where Gauss-Newton starts: ``cand`` plus, per axis, the vertex of the parabola through the band-passed
+    correlation at ``cand`` and its two neighbours (which the climb to ``cand`` scored already).
+
+    Starting within ~0.1 px instead of up to 0.5 px saves one of the refinement's ~2.5 iterations;
+    the answer is where Gauss-Newton converges, not the parabola's.
+    """
+    start = np.asarray(cand, dtype=np.float64)
+    mid = r_bp(cand)
+    if not np.isfinite(mid):
+        return start
+    for d, n in enumerate(shape):
+        if abs(cand[d]) + 1 >= n:
+            continue
+        lo, hi = list(cand), list(cand)
+        lo[d] -= 1
+        hi[d] += 1
+        r_lo, r_hi = r_bp(tuple(lo)), r_bp(tuple(hi))
+        if np.isfinite(r_lo) and np.isfinite(r_hi):
+            start[d] += _parabola_vertex(r_lo, mid, r_hi)
+    return start
 
 
 #: A converged candidate whose band-passed crops correlate at least this well is taken at once.
