@@ -69,12 +69,22 @@ def smooth_illumination(a: np.ndarray, sigma: float, factor: int = 4) -> np.ndar
     coarse = gaussian(coarse, [sigma / f for f in f3], truncate=2.0)
     taps = []
     for n, f, m in zip(a3.shape, f3, coarse.shape):
-        pos = np.clip((np.arange(n) + 0.5) / f - 0.5, 0, m - 1)
-        j0 = np.minimum(pos.astype(np.int64), max(m - 2, 0))
-        taps += [j0, np.minimum(j0 + 1, m - 1), (pos - j0).astype(np.float32)]
+        taps += _upsampling_taps(n, f, m)
     out = np.empty(a3.shape, dtype=np.float32)
     _interpolate_up(coarse, *taps, out)
     return out.reshape(a.shape)
+
+
+@functools.lru_cache(maxsize=256)  # a mosaic's crops share a few shapes
+def _upsampling_taps(n: int, f: int, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear interpolation from ``m`` block centres (blocks of ``f``) to ``n`` voxels: lower and upper
+    block, and the fraction between them (read-only, shared)."""
+    pos = np.clip((np.arange(n) + 0.5) / f - 0.5, 0, m - 1)
+    j0 = np.minimum(pos.astype(np.int64), max(m - 2, 0))
+    taps = (j0, np.minimum(j0 + 1, m - 1), (pos - j0).astype(np.float32))
+    for t in taps:
+        t.flags.writeable = False
+    return taps
 
 
 def gaussian(a: np.ndarray, sigma, truncate: float = 4.0) -> np.ndarray:
@@ -86,7 +96,9 @@ def gaussian(a: np.ndarray, sigma, truncate: float = 4.0) -> np.ndarray:
     a = np.asarray(a, dtype=np.float32)
     if a.ndim > 3:
         raise ValueError(f"gaussian filters 1-3D arrays, got {a.ndim}D")
-    sigmas = np.broadcast_to(np.asarray(sigma, dtype=np.float64), (a.ndim,))
+    sigmas = [float(v) for v in sigma] if np.ndim(sigma) else [float(sigma)] * a.ndim
+    if len(sigmas) != a.ndim:
+        raise ValueError(f"one sigma or one per axis ({a.ndim}), got {sigma!r}")
     shape3 = (1,) * (3 - a.ndim) + a.shape
     cur, filtered = a.reshape(shape3), False
     for axis, s in enumerate(sigmas, start=3 - a.ndim):

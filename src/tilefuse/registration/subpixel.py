@@ -163,6 +163,14 @@ def _spline_prefilter(a, out):  # pragma: no cover - compiled
     for k in range(_HORIZON):
         zk[k] = z**k
     end = z / (z - 1.0)
+    # the reflected indices of the causal filters' initial sums, once per axis (not a modulo per term and line)
+    ref0 = np.empty(_HORIZON, dtype=np.int64)
+    ref1 = np.empty(_HORIZON, dtype=np.int64)
+    ref2 = np.empty(_HORIZON, dtype=np.int64)
+    for k in range(_HORIZON):
+        ref0[k] = _reflected(-k, n0)
+        ref1[k] = _reflected(-k, n1)
+        ref2[k] = _reflected(-k, n2)
     w = np.empty((n0, n1, n2))
     for i0 in range(n0):
         for i1 in range(n1):
@@ -176,7 +184,7 @@ def _spline_prefilter(a, out):  # pragma: no cover - compiled
                 x = w[i0, i1]
                 s = 0.0
                 for k in range(_HORIZON):
-                    s += zk[k] * x[_reflected(-k, n2)]
+                    s += zk[k] * x[ref2[k]]
                 x[0] = s
                 for i in range(1, n2):
                     x[i] += z * x[i - 1]
@@ -190,7 +198,7 @@ def _spline_prefilter(a, out):  # pragma: no cover - compiled
             p = w[i0]
             s[:] = 0.0
             for k in range(_HORIZON):
-                row = p[_reflected(-k, n1)]
+                row = p[ref1[k]]
                 for i2 in range(n2):
                     s[i2] += zk[k] * row[i2]
             p[0, :] = s
@@ -206,7 +214,7 @@ def _spline_prefilter(a, out):  # pragma: no cover - compiled
         gain *= 6.0
         s2 = np.zeros((n1, n2))
         for k in range(_HORIZON):
-            sl = w[_reflected(-k, n0)]
+            sl = w[ref0[k]]
             for i1 in range(n1):
                 for i2 in range(n2):
                     s2[i1, i2] += zk[k] * sl[i1, i2]
