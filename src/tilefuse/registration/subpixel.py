@@ -303,7 +303,7 @@ def refine_gradient(fs, spline, masks, start, min_count, iterations: int = 8) ->
             else (1.0, np.zeros(n_ax))
         ata = np.zeros((2 + 2 * n_ax, 2 + 2 * n_ax))
         atb = np.zeros(2 + 2 * n_ax)
-        _normal_equations(g.reshape(lead + g.shape), np.ascontiguousarray(target).reshape(lead + g.shape), w,
+        _normal_equations(g.reshape(lead + g.shape), target.reshape(lead + g.shape), w,
                           masks is not None, np.asarray(active, dtype=np.int64) + len(lead), a_prev, r_prev,
                           gain is not None, ata, atb)
         try:  # a (2 ndim + 2)-square system
