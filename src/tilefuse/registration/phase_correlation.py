@@ -368,8 +368,11 @@ def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, sh
             if cand in tried:
                 continue
             tried.add(cand)
-            shift, converged = refine_gradient(prepared[0], prepared[2], masks,
-                                                _parabolic_start(r_bp, cand, shape), min_count)
+            start = _parabolic_start(r_bp, cand, shape)
+            shift, converged = refine_gradient(prepared[0], prepared[2], masks, start, min_count)
+            if not converged and np.any(start != cand):  # as before the parabolic start: from the integer
+                shift, converged = refine_gradient(prepared[0], prepared[2], masks,
+                                                    np.asarray(cand, dtype=np.float64), min_count)
             if converged:
                 nearest = tuple(int(v) for v in np.round(shift))
                 if nearest != cand and scorer.count(nearest) >= min_count:
@@ -396,14 +399,17 @@ def _parabolic_start(r_bp, cand, shape) -> np.ndarray:
     correlation at ``cand`` and its two neighbours (which the climb to ``cand`` scored already).
 
     Starting within ~0.1 px instead of up to 0.5 px saves one of the refinement's ~2.5 iterations;
-    the answer is where Gauss-Newton converges, not the parabola's.
+    the answer is where Gauss-Newton converges, not the parabola's.  Only along axes where the
+    overlap is at least :data:`_PARABOLA_DEPTH` deep: on thinner ones the (every-second-voxel)
+    correlations are too coarse, and on a 32 x 3 px overlap a start half a pixel off made the
+    right candidate diverge (the caller then retries from ``cand``).
     """
     start = np.asarray(cand, dtype=np.float64)
     mid = r_bp(cand)
     if not np.isfinite(mid):
         return start
     for d, n in enumerate(shape):
-        if abs(cand[d]) + 1 >= n:
+        if n - abs(cand[d]) - 1 < _PARABOLA_DEPTH:
             continue
         lo, hi = list(cand), list(cand)
         lo[d] -= 1
@@ -413,6 +419,9 @@ def _parabolic_start(r_bp, cand, shape) -> np.ndarray:
             start[d] += _parabola_vertex(r_lo, mid, r_hi)
     return start
 
+
+#: Overlap depth (voxels) along an axis below which Gauss-Newton starts from the integer shift there.
+_PARABOLA_DEPTH = 16
 
 #: A converged candidate whose band-passed crops correlate at least this well is taken at once.
 _CONFIDENT_R = 0.5
