@@ -352,10 +352,11 @@ def pairwise(
     """
     groups = groups or make_groups(project)
     loader = project.loader
-    boxes, first, layouts = {}, {}, {}
+    boxes, first, layouts, xml_models = {}, {}, {}, {}
     for key, views in groups.used.items():
         view = views[0]
         model = project.model(view)
+        xml_models[key] = np.asarray(to_xml_affine(model))  # for the links' hashes, once per group
         if not _axis_aligned(model):
             raise RegistrationError(
                 f"{where(project.path)}: {view} is rotated or sheared; phase correlation on overlaps "
@@ -411,10 +412,11 @@ def pairwise(
         metas.append(meta)
     results = _run_batches(loader, work, client=client, progress=progress, sizes=sizes, xml_path=project.path)
     links = []
+    debug = log.isEnabledFor(logging.DEBUG)
     for pair, (read, _, _), meta, (res, refinement) in zip(pairs, work, metas, results):
         spacing, w0_a, w0_b = meta[:3]
         va, vb = tuple(groups.used[pair.a]), tuple(groups.used[pair.b])
-        h = pair_hash(project.model(first[pair.a]), project.model(first[pair.b]))
+        h = float(np.sum(xml_models[pair.a] + 13.0 * xml_models[pair.b]))  # pair_hash, models converted once
         if res is None or not res.valid:
             links.append(Link(pair.a, pair.b, np.zeros(3), float("nan") if res is None else float(res.correlation),
                               pair.overlap, va, vb, h, valid=False, status="no valid shift"))
@@ -434,9 +436,10 @@ def pairwise(
         # A_crop[x] ≈ B_crop[x - d]  =>  t_b - t_a = w0_a - w0_b + spacing * d
         shift = (w0_a - w0_b) + spacing * d
         links.append(Link(pair.a, pair.b, shift, float(res.correlation), pair.overlap, va, vb, h, info=info))
-        log.debug("pair %s - %s: shift (z y x) %s world units, correlation %.3f (level %d, crop %s)%s", pair.a,
-                  pair.b, np.round(shift, 3).tolist(), res.correlation, read.level, meta[3],
-                  "" if refinement is None else f", SimpleITK correlation {refinement.correlation:.3f}")
+        if debug:  # the arguments cost more than the rest of the loop: built only when logged
+            log.debug("pair %s - %s: shift (z y x) %s world units, correlation %.3f (level %d, crop %s)%s",
+                      pair.a, pair.b, np.round(shift, 3).tolist(), res.correlation, read.level, meta[3],
+                      "" if refinement is None else f", SimpleITK correlation {refinement.correlation:.3f}")
     return links
 
 
