@@ -91,3 +91,22 @@ def test_consistency_rereads_run_in_tasks(grid, monkeypatch):
             assert value < truth[pair] - 0.05, (pair, value, truth[pair])  # read again: worse at 3 px off
         else:
             assert value == truth[pair]
+
+
+def test_make_groups_resolves_a_channel_once(grid, monkeypatch):
+    """``channel=`` is resolved against the setups once, not once per group (quadratic in the tiles)."""
+    from tilefuse.project.project import Project
+
+    project = tilefuse.open_project(grid / "dataset.xml")
+    calls = []
+    original = Project._resolve
+
+    def counting(self, kind, wanted):
+        calls.append(kind)
+        return original(self, kind, wanted)
+
+    monkeypatch.setattr(Project, "_resolve", counting)
+    groups = tilefuse.make_groups(project, channel=0)
+    assert calls == ["channel"]
+    assert len(groups.used) == 12
+    assert all(groups.used[key] == project.select(views, channel=0) for key, views in groups.members.items())

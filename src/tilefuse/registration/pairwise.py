@@ -100,9 +100,12 @@ def make_groups(
     asked = {kind: value for kind, value in (("channel", channel), ("illumination", illumination))
              if value is not None}
     members, used, tps = {}, {}, {}
+    # One selection over every view (a channel or illumination the project lacks raises SelectionError here,
+    # listing those it has): selecting per group resolved the names against every setup for each group,
+    # O(groups x setups) with channel= or illumination= given.
+    selected = set(project.select(views, **asked)) if asked else None
     for key, vs in groups.items():
-        # A channel or illumination the project lacks raises SelectionError here, listing those it has.
-        chosen = project.select(vs, **asked)
+        chosen = list(vs) if selected is None else [v for v in vs if v in selected]
         if not chosen:
             has = "; ".join(f"{kind}s " + ", ".join(sorted({project.entity_label(kind, project.attribute(v, kind))
                                                           for v in vs}))
