@@ -110,3 +110,28 @@ def test_make_groups_resolves_a_channel_once(grid, monkeypatch):
     assert calls == ["channel"]
     assert len(groups.used) == 12
     assert all(groups.used[key] == project.select(views, channel=0) for key, views in groups.members.items())
+
+
+def test_hdf5_reads_keep_a_bounded_number_of_datasets_open(grid, monkeypatch):
+    """Reads reuse the datasets opened last (an open costs as much as a chunk) but never keep them all."""
+    import gc
+
+    import h5py
+
+    from tilefuse.loaders import _hdf5
+
+    monkeypatch.setattr(_hdf5, "_OPEN_DATASETS", 3)
+    drop_cached_handles()
+    project = tilefuse.open_project(grid / "dataset.xml")
+    loader = project.loader
+    region = (slice(0, 1), slice(0, 20), slice(0, 30))
+    first = [loader.read(v, 0, region) for v in project.views]
+    again = [loader.read(v, 0, region) for v in project.views[-3:]]  # the last three: still open
+    gc.collect()
+    f = loader._file(loader.path)
+    assert h5py.h5f.get_obj_count(f.id, h5py.h5f.OBJ_DATASET) == 3
+    for a, b in zip(first[-3:], again):
+        np.testing.assert_array_equal(a, b)
+    kept = loader._memo(loader.path, ("open cells",), _hdf5._OpenDatasets)
+    drop_cached_handles()  # dropped with the file's handles
+    assert not kept._open and not f.id.valid

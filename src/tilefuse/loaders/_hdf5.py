@@ -302,22 +302,22 @@ class Hdf5Loader(ImageLoader):
 
     def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
         cells = self._cells(view, level)
-        ds = self._find_cells(view, level)
+        path, tp, setup = self._locate(view)
+        ds = self._memo(path, ("open cells",), _OpenDatasets).get((tp, setup, level),
+                                                                   lambda: self._find_cells(view, level))
         region = normalize_region(region, cells.shape)
         # Only the chunks the region touches are read and decompressed.  Cached blocks are keyed on
         # the identity of the files when read (the dataset is dropped with the handle when they change).
-        identity = self._file_entry(self._locate(view)[0]).identity if cache else None
+        identity = self._file_entry(path).identity if cache else None
         try:
             arr = _read_region(ds, region, identity=identity, cells=cells)
         except (OSError, *DeflateError) as exc:  # a damaged chunk or truncated file
-            path = self._locate(view)[0]
             raise ImageDataError(
                 f"{path}: cannot read {ViewId(*view)} level {level} from {ds.name} ({exc})"
             ) from exc
         want = self.dtype(view)
         if arr.dtype != want:
             if arr.dtype.itemsize != want.itemsize or arr.dtype.kind not in "iu":
-                path = self._locate(view)[0]
                 raise ImageDataError(
                     f"{path}: {ViewId(*view)} is stored as {arr.dtype} but declared {want}"
                 )
@@ -392,6 +392,45 @@ class Hdf5Loader(ImageLoader):
 
     def token(self):
         return (type(self).__name__, str(self.path), self.partitions)
+
+
+#: ``cells`` datasets kept open per file by :class:`_OpenDatasets`.
+_OPEN_DATASETS = 256
+
+
+class _OpenDatasets:
+    """The ``cells`` datasets of one file read last, kept open (per process; dropped with the file's handles).
+
+    Opening a dataset costs ~0.1 ms (``h5d.open`` and h5py's wrapper), as much
+    as decoding one 128x128 chunk, and a mosaic's tiles are read several times
+    close together (four overlap strips each for the pairs, then fusion).
+    HDF5 holds ~30-80 KB per open dataset, so only the last
+    :data:`_OPEN_DATASETS` stay open (~20 MB), never all of them (see :class:`_Cells`).
+    """
+
+    def __init__(self) -> None:
+        import threading
+        from collections import OrderedDict
+
+        self._open: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key, opener):
+        with self._lock:
+            ds = self._open.get(key)
+            if ds is not None:
+                self._open.move_to_end(key)
+                return ds
+        ds = opener()
+        with self._lock:
+            self._open[key] = ds
+            while len(self._open) > _OPEN_DATASETS:
+                self._open.popitem(last=False)  # closed when no reader holds it any more
+        return ds
+
+    def close(self) -> None:
+        with self._lock:
+            self._open.clear()
 
 
 @dataclass(frozen=True)
@@ -495,7 +534,7 @@ def _decode_chunk(ds, offset, deflate: bool, shuffle: bool, cells: _Cells | None
 
     try:
         mask, raw = dsid.read_direct_chunk(offset)
-    except (KeyError, RuntimeError, ValueError, OSError) as exc:
+    except (KeyError, RuntimeError, ValueError, OSError, MemoryError) as exc:  # MemoryError: some absent chunks
         # Asked only now (a second index lookup per chunk otherwise): a chunk never written reads as the
         # fill value, one allocated but unreadable is an error.
         if dsid.get_chunk_info_by_coord(offset).byte_offset is None:
