@@ -13,7 +13,9 @@ at a time.  Planning is linear in the pairs: what each view looks like comes
 from its checked layout (:meth:`Project.check_view`, once per view), not from
 the files, and the graph is built directly instead of tokenizing every task's
 arguments (which made 600 TIFF tiles cost 40 s of planning: the loader holds
-one entry per view).
+one entry per view).  At full resolution the layout is the XML's (level 0,
+``<size>``) and each task checks the views it reads before reading them, so
+that no serial per-view phase precedes the pairs.
 """
 
 from __future__ import annotations
