@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_writer.py [--quick] [--repeat N] [--json out.json] [--workdir DIR]
+    python benchmarks/bench_writer.py [--quick] [--repeat N] [--baseline SRC] [--json out.json] [--workdir DIR]
 
 On the 3D sample (16 tiles of 128x512x512 uint16, BDV HDF5, as ``bench_fusion.py``),
 each configuration in a fresh subprocess, all in the same run (``--repeat`` runs
@@ -24,6 +24,10 @@ the whole list again, interleaved, so that every configuration sees the same loa
   ``zarr-python shards`` stores the fused array with ``dask.array.store`` into a
   sharded Zarr v3 array (zarr-python must be handed whole shards, so dask rechunks
   to the shard shape); ``tilefuse shards`` is ``write_fused(n_levels=1, shards=512)``.
+
+With ``--baseline SRC`` (the ``src`` folder of another checkout, e.g. ``git worktree add
+/tmp/base <commit>``), "fusion only" and the default ``write_fused`` also run with that
+tilefuse (``PYTHONPATH=SRC``), interleaved with the others: before and after side by side.
 
 Reports output Mvox/s (level 0 voxels over the time from opening the project to
 the finished output), the ratio to the floor and peak RSS; and, since a shared
@@ -165,31 +169,37 @@ RUNS = [
 def main() -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="run the whole list N times, interleaved")
+    parser.add_argument("--baseline", metavar="SRC", help="another tilefuse's src folder to compare with")
     args, workdir, size, info = C.start(parser, TASKS)
+    runs = list(RUNS)
+    if args.baseline:
+        src = str(Path(args.baseline).resolve())
+        runs[2:2] = [(f"baseline: {name}", dict(task, src=src)) for name, task in RUNS[1:3]]
     xml = C.sample_project(workdir, **CONFIGS[size])
     out = workdir / "out" / "writer"
     out.mkdir(parents=True, exist_ok=True)
     load = []
-    results: dict[str, list[dict]] = {name: [] for name, _ in RUNS}
+    results: dict[str, list[dict]] = {name: [] for name, _ in runs}
     for repeat in range(args.repeat):
-        for number, (name, task) in enumerate(RUNS):
+        for number, (name, task) in enumerate(runs):
             task = dict(task, name=name, xml=str(xml), out=str(out / f"run{number}.zarr"))
             load.append(os.getloadavg()[0])
-            r = C.run_child(SCRIPT, task)
+            prefix = ["env", f"PYTHONPATH={task['src']}"] if task.get("src") else None
+            r = C.run_child(SCRIPT, task, prefix=prefix)
             results[name].append(r)
             rate = r["output_voxels"] / 1e6 / r["time_s"] if r.get("time_s") else None
             print(f"  [{repeat + 1}] {name:<44} {C.fmt(r.get('time_s'))} s  {C.fmt(rate)} Mvox/s  "
                   f"CPU {C.fmt(r.get('cpu_s'))} s  peak {r['peak_rss_mb']:.0f} MB {r.get('error') or ''}", flush=True)
     rows, floor, floor_cpu = [], None, None
-    for name, task in RUNS:
-        runs = [r for r in results[name] if r.get("time_s")]
-        best = min(runs, key=lambda r: r["time_s"]) if runs else results[name][0]
-        cpu = min((r["cpu_s"] for r in runs), default=None)
+    for name, task in runs:
+        done = [r for r in results[name] if r.get("time_s")]
+        best = min(done, key=lambda r: r["time_s"]) if done else results[name][0]
+        cpu = min((r["cpu_s"] for r in done), default=None)
         mvox = best.get("output_voxels", 0) / 1e6
         row = {"config": name, "mvox": mvox, "time_s": best.get("time_s"),
                "rss": max(r["peak_rss_mb"] for r in results[name]),
                "rate": mvox / best["time_s"] if best.get("time_s") else None, "error": best.get("error"),
-               "times": [round(r["time_s"], 1) for r in runs], "cpu_s": cpu,
+               "times": [round(r["time_s"], 1) for r in done], "cpu_s": cpu,
                "per_core": mvox / cpu if cpu else None}
         if task["kind"] == "floor":
             floor, floor_cpu = row["rate"], row["per_core"]
