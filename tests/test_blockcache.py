@@ -209,7 +209,8 @@ def test_threads_missing_one_block_decode_it_once(cache):
     assert calls == [1] and len(results) == 3 and all(r is results[0] for r in results)
 
 
-def test_fusion_chunks_inflate_each_block_about_once(cache, tmp_path):
+@pytest.mark.parametrize("fmt", ["hdf5", "n5"])
+def test_fusion_chunks_inflate_each_block_about_once(cache, tmp_path, fmt):
     """Fusion reads tell the cache how many chunks will read each block: with a budget of 48 of
     the 128 blocks, less than a row of chunks' inputs, each block is decoded once (a plain LRU of
     that budget decoded 178 times: blocks no chunk wanted again pushed out their neighbours')."""
@@ -218,7 +219,7 @@ def test_fusion_chunks_inflate_each_block_about_once(cache, tmp_path):
     rng = np.random.default_rng(4)
     tiles = [rng.integers(0, 4000, (16, 64, 64)).astype(np.uint16) for _ in range(4)]
     positions = [(0.3, 0.0, 0.0), (0.0, 0.6, 55.2), (0.0, 54.7, 0.4), (0.2, 55.1, 55.3)]  # z y x
-    tilefuse.write_project(tmp_path / "dataset.xml", tiles, positions, format="hdf5", chunks=(8, 16, 16))
+    tilefuse.write_project(tmp_path / "dataset.xml", tiles, positions, format=fmt, chunks=(8, 16, 16))
     plan = tilefuse.plan_fusion(tilefuse.open_project(tmp_path / "dataset.xml"), chunks=(16, 24, 24))
     cache.set_block_cache_size(48 * 8 * 16 * 16 * 2 / 2**20)  # 48 blocks; 4 views x 2 x 4 x 4 = 128 blocks
     before = cache.block_cache_info()

@@ -38,7 +38,7 @@ from collections.abc import Callable, Hashable
 
 import numpy as np
 
-__all__ = ["cached_block", "forget_block", "forget_file", "set_block_cache_size", "block_cache_info",
+__all__ = ["cached_block", "planned_share", "forget_block", "forget_file", "set_block_cache_size", "block_cache_info",
            "clear_block_cache"]
 
 
@@ -119,6 +119,19 @@ def cached_block(key: Hashable, decode: Callable[[], np.ndarray | None], *,
         while _STATE["bytes"] > _STATE["budget"] and _BLOCKS:
             _pop(next(iter(_BLOCKS)))
     return block
+
+
+def planned_share(plan, offset, chunks) -> tuple[int, int] | None:
+    """The ``share`` of one read of the block at ``offset`` (block shape ``chunks``) under ``plan``.
+
+    ``plan`` is what a loader's ``read(cache=...)`` got: the tuple of every
+    region the plan reads (``(1, number of them meeting the block)``), or a
+    plain ``True`` (None: no count).
+    """
+    if not isinstance(plan, tuple):
+        return None
+    return 1, sum(1 for region in plan
+                  if all(r.start < o + c and r.stop > o for r, o, c in zip(region, offset, chunks)))
 
 
 def _used_up(key: Hashable, identity: Hashable, share: tuple[int, int]) -> bool:

@@ -30,7 +30,7 @@ import numpy as np
 from lxml import etree
 
 from .. import _storage
-from .._blockcache import cached_block
+from .._blockcache import cached_block, planned_share
 from .._inputs import check_regular_file
 from ..errors import (
     ImageDataError,
@@ -462,9 +462,7 @@ def _read_region(ds, region, *, identity=None, cells: _Cells | None = None,
         src = tuple(slice(max(s.start - o, 0), min(s.stop - o, c)) for s, o, c in zip(region, offset, chunks))
         dst = tuple(slice(o + a.start - s.start, o + a.stop - s.start) for s, o, a in zip(region, offset, src))
         if cache:
-            share = None
-            if plan is not None:  # one read of all the planned reads that meet this block
-                share = (1, sum(1 for r in plan if _meets(r, offset, chunks)))
+            share = planned_share(plan, offset, chunks)  # one of the planned reads that meet this block
             block = cached_block(key + (offset,), lambda offset=offset: _decode_chunk(ds, offset, deflate, shuffle,
                                                                                       cells), identity=identity,
                                  share=share)
@@ -472,11 +470,6 @@ def _read_region(ds, region, *, identity=None, cells: _Cells | None = None,
             block = _decode_chunk(ds, offset, deflate, shuffle, cells)
         out[dst] = block[src]
     return out
-
-
-def _meets(region, offset, chunks) -> bool:
-    """Whether ``region`` meets the block at ``offset`` (of ``chunks``)."""
-    return all(r.start < o + c and r.stop > o for r, o, c in zip(region, offset, chunks))
 
 
 def _decode_chunk(ds, offset, deflate: bool, shuffle: bool, cells: _Cells | None = None) -> np.ndarray:
