@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -239,6 +240,10 @@ def _content_source(project: Project, view: ViewId, source_affine: np.ndarray, n
                    tuple(sigma2), to_source)
 
 
+#: Most chunk regions per view told to the block cache (a view under more chunks is cached plainly).
+_MAX_PLANNED_REGIONS = 256
+
+
 def _chunk_regions(affine: np.ndarray, shape: Sequence[int], grid: tuple, ndim: int):
     """The regions of a view (3D, its level's voxels) that the output chunks will read, or True.
 
@@ -262,6 +267,8 @@ def _chunk_regions(affine: np.ndarray, shape: Sequence[int], grid: tuple, ndim: 
     bounds = [np.concatenate([[0], np.cumsum(c)]) for c in chunks]
     ranges = [range(int(np.searchsorted(e, b.start, side="right")) - 1, int(np.searchsorted(e, b.stop, side="left")))
               for e, b in zip(bounds, box)]
+    if math.prod(len(r) for r in ranges) > _MAX_PLANNED_REGIONS:
+        return True  # every task would carry them, every block read scan them: plain LRU instead
     regions = []
     for index in np.ndindex(*(len(r) for r in ranges)):
         idx = [r[i] for r, i in zip(ranges, index)]
