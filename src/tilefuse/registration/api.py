@@ -541,7 +541,22 @@ def register(
                    min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model,
                    max_stage_error=o.max_stage_error)
     result.params["min_overlap"] = o.min_overlap
+    if links and not result.accepted and not o.allow_unregistered:
+        raise RegistrationError(_nothing_registered(project, result))
     result.check_consistency(project, o.min_consistency)
     for text in result.warnings():
         log.warning("%s: %s", where(project.path), text)
     return result
+
+
+def _nothing_registered(project: Project, result: RegistrationResult) -> str:
+    """Why a registration that kept no link stops: a result equal to the stage positions is no registration."""
+    reasons: dict[str, int] = {}
+    for link in result.links:
+        key = link.status.removeprefix("rejected: ").split(" (")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    why = "; ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return (f"{where(project.path)}: nothing was registered: none of the {len(result.links)} overlapping pairs gave "
+            f"a link that could be kept ({why}), so every view would keep its stage position; no XML was written. "
+            "Look at the pairs with -v (or --plot), adjust --min-correlation, --max-shift, --max-stage-error or "
+            "--channel, or pass --allow-unregistered (allow_unregistered=True) to go on with the stage positions")
