@@ -494,14 +494,38 @@ def _log_to_stderr(verbose: int, quiet: int) -> logging.Handler:
     return handler
 
 
+def _finished() -> None:
+    """Ignore Ctrl-C from now on: the command has finished (its outputs are complete or keep their
+    .partial names) and only the interpreter's teardown is left.
+
+    Python restores SIGINT's default action before it tears down its modules (~0.5 s with dask,
+    distributed and h5py loaded): a Ctrl-C then killed a finished run with status -2 and no word.
+    SIG_IGN is the one disposition Python leaves in place, and it holds for every thread (blocking
+    the signal in the main thread would not: any other thread may receive it).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Without ``argv`` (the ``tilefuse`` command, ``python -m tilefuse.cli``) this is the process:
+    once the command has finished, Ctrl-C is ignored for the rest of it (see :func:`_finished`).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     handler = _log_to_stderr(args.verbose, args.quiet)
     args.progress = args.quiet == 0  # a bar on the command line unless -q
     try:
-        COMMANDS[args.command](args)
+        try:
+            COMMANDS[args.command](args)
+        finally:
+            if argv is None:
+                _finished()
     except OptionError as exc:  # a bad value found past argparse (across fields, or by a stage): name the flag
         if args.debug:
             traceback.print_exc()
