@@ -19,6 +19,7 @@ see :func:`filesystem`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -32,7 +33,9 @@ from .errors import ImageDataError, MissingDataError, OutputError, TilefuseError
 
 __all__ = ["is_url", "as_location", "join", "parent", "name", "filesystem", "read_file", "read_json", "read_tail",
            "write_file", "put_file", "exists", "list_names", "identity", "tree_identity", "zarr_store",
-           "remove", "Location"]
+           "remove", "close_sessions", "Location"]
+
+log = logging.getLogger(__name__)
 
 #: A local path or a URL string.
 Location = Path | str
@@ -380,6 +383,48 @@ def zarr_store(location: Location, *, read_only: bool) -> Any:
 
     protocol = _URL.match(str(location)).group("scheme").lower()
     try:
-        return FsspecStore.from_url(str(location), storage_options=_options(protocol), read_only=read_only)
+        store = FsspecStore.from_url(str(location), storage_options=_options(protocol), read_only=read_only)
     except Exception as exc:  # noqa: BLE001
         raise _remote_error(str(location), "cannot open it as a Zarr store", exc) from exc
+    _close_at_exit(store.fs)
+    return store
+
+
+#: The asynchronous file systems made for zarr (fsspec caches one instance per set of options).
+_ASYNC_FILESYSTEMS: dict[int, Any] = {}
+
+
+def _close_at_exit(fs: Any) -> None:
+    """Close ``fs``'s HTTP session when the process exits (or at :func:`close_sessions`).
+
+    zarr needs an asynchronous instance, and s3fs leaves closing those to their owner: dropped (at exit,
+    or when fsspec's instance cache is cleared), its aiohttp session printed "Unclosed client session".
+    The instances are kept here (fsspec keeps them too): one per set of options.
+    """
+    import atexit
+
+    with _IDENTITY_LOCK:
+        if not _ASYNC_FILESYSTEMS:
+            # Registered after zarr's own exit handler (zarr is imported by now), so it runs first, while
+            # zarr's event loop, where the session lives, still runs.
+            atexit.register(close_sessions)
+        _ASYNC_FILESYSTEMS.setdefault(id(fs), fs)  # held here, so the id stays unique
+
+
+def close_sessions() -> None:
+    """Close the HTTP sessions of the asynchronous file systems made for zarr (they reopen when used again)."""
+    with _IDENTITY_LOCK:
+        filesystems = list(_ASYNC_FILESYSTEMS.values())  # kept: one used again is closed again at exit
+    if not filesystems:
+        return
+    from zarr.core.sync import sync
+
+    for fs in filesystems:
+        creator = getattr(fs, "_s3creator", None)  # s3fs: the client context its session lives in
+        if creator is None:
+            continue
+        try:
+            sync(creator.__aexit__(None, None, None), timeout=5)
+        except Exception:  # noqa: BLE001 - a session that cannot close cleanly is no reason to fail an exit
+            log.debug("closing the session of %r failed", fs, exc_info=True)
+        fs._s3 = fs._s3creator = None  # s3fs makes a new client on its next use

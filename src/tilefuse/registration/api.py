@@ -558,5 +558,5 @@ def _nothing_registered(project: Project, result: RegistrationResult) -> str:
     why = "; ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
     return (f"{where(project.path)}: nothing was registered: none of the {len(result.links)} overlapping pairs gave "
             f"a link that could be kept ({why}), so every view would keep its stage position; no XML was written. "
-            "Look at the pairs with -v (or --plot), adjust --min-correlation, --max-shift, --max-stage-error or "
+            "Look at the pairs with -v, adjust --min-correlation, --max-shift, --max-stage-error or "
             "--channel, or pass --allow-unregistered (allow_unregistered=True) to go on with the stage positions")
