@@ -355,3 +355,24 @@ def test_zarr_sessions_are_closed(zarr_project):
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == int(images[0].sum())
     assert "Unclosed" not in proc.stderr, proc.stderr
+
+
+def test_a_missing_bucket_is_found_before_any_work(zarr_project, capsys, monkeypatch):
+    """Writing into a bucket that does not exist was found at the first write, after the work (register,
+    fuse), as "cannot write the project XML: not found"."""
+    from tilefuse import registration
+    from tilefuse.cli import main
+    from tilefuse.errors import OutputError
+
+    _, url, _ = zarr_project
+    project = tilefuse.open_project(f"{url}/dataset.xml")
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("registration ran before the output was checked")
+
+    monkeypatch.setattr(registration.api, "pairwise", no_work)
+    assert main(["register", f"{url}/dataset.xml", "-o", "s3://no-such-bucket/registered.xml", "-q"]) == 2
+    assert ("s3://no-such-bucket/registered.xml: the bucket 'no-such-bucket' does not exist"
+            in capsys.readouterr().err)
+    with pytest.raises(OutputError, match="bucket 'no-such-bucket' does not exist"):
+        tilefuse.write_fused(tilefuse.plan_fusion(project), "s3://no-such-bucket/fused.ome.zarr")

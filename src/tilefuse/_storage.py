@@ -33,7 +33,7 @@ from .errors import ImageDataError, MissingDataError, OutputError, TilefuseError
 
 __all__ = ["is_url", "as_location", "join", "parent", "name", "filesystem", "read_file", "read_json", "read_tail",
            "write_file", "put_file", "exists", "list_names", "identity", "tree_identity", "zarr_store",
-           "remove", "close_sessions", "Location"]
+           "remove", "close_sessions", "check_bucket", "Location"]
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,33 @@ def _remote_error(url: str, what: str, exc: BaseException) -> TilefuseError:
     if isinstance(exc, PermissionError):
         return TilefuseError(f"{url}: {what}: access denied ({exc}); check the credentials (AWS_* variables, "
                              "~/.aws/config) and the bucket's policy")
-    return TilefuseError(f"{url}: {what} failed ({type(exc).__name__}: {exc})")
+    return TilefuseError(f"{url}: {what}: {type(exc).__name__}: {exc}")
+
+
+#: Protocols whose first path component is a bucket (container) that must exist before anything is written.
+_BUCKETED = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+
+
+def check_bucket(url: str) -> None:
+    """Refuse an output URL whose bucket does not exist: found before any work, not at the first write.
+
+    Raises
+    ------
+    OutputError
+        The bucket does not exist (or the credentials cannot see it), or the store cannot be asked.
+    """
+    protocol = _URL.match(url).group("scheme").lower()
+    if protocol not in _BUCKETED:
+        return
+    fs, path = filesystem(url)
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except Exception as exc:  # noqa: BLE001 - any back end's error, reported with the URL
+        raise OutputError(f"{url}: cannot look up the bucket '{bucket}': {type(exc).__name__}: {exc}") from exc
+    if not found:
+        raise OutputError(f"{url}: the bucket '{bucket}' does not exist (or these credentials cannot see it); "
+                          "create it first or write somewhere else")
 
 
 def read_file(location: Location, max_bytes: int, what: str = "file") -> bytes | None:
