@@ -73,3 +73,30 @@ def test_no_kept_link_is_an_error_unless_allowed(unregistrable, tmp_path, capsys
     assert not out.exists() and unregistrable.path.read_bytes() == source
     assert main(["register", str(unregistrable.path), "-o", str(out), "-q", "--allow-unregistered"]) == 0
     assert out.exists()
+
+
+def test_parts_joined_by_no_kept_link_are_named():
+    # A row of four tiles whose middle link is rejected: two registered parts, placed relative to each
+    # other by the stage alone.  Found on the periodic sample (seed 3): its one ambiguous link was rejected
+    # and the three tiles beyond it landed 21 px off, exit 0 and no warning.
+    from tilefuse.geometry import Box
+    from tilefuse.project.views import ViewId
+    from tilefuse.registration.api import solve
+    from tilefuse.registration.pairwise import Link, RegistrationGroups
+
+    keys = [(0, i, 0) for i in range(4)]
+    groups = RegistrationGroups(members={k: [ViewId(0, i)] for i, k in enumerate(keys)},
+                                used={k: [ViewId(0, i)] for i, k in enumerate(keys)},
+                                timepoint=dict.fromkeys(keys, 0))
+    box = Box.from_arrays((0, 0, 90), (1, 100, 100))
+    links = [Link(keys[0], keys[1], np.array([0.0, 1.0, -2.0]), 0.9, box),
+             Link(keys[1], keys[2], np.array([0.0, 0.5, 1.0]), 0.2, box),  # below min_correlation: rejected
+             Link(keys[2], keys[3], np.array([0.0, -1.5, 0.5]), 0.9, box)]
+    result = solve(links, groups, max_shift=None)
+    assert [link.accepted for link in result.links] == [True, False, True]
+    (warning,) = result.warnings()
+    assert warning.startswith("the kept links join the groups into 2 separate parts (2, 2 groups)")
+    assert "(0, 1, 0) - (0, 2, 0) (rejected: correlation below 0.3 (r = 0.200))" in warning
+    # joined again: no warning
+    links[1].correlation = 0.9
+    assert solve(links, groups, max_shift=None).warnings() == []

@@ -106,6 +106,8 @@ class RegistrationResult:
         * no pair of groups overlapped (nothing was registered);
         * groups left without any kept link: they keep their stage positions relative to the
           others, so their error is the stage's;
+        * parts of the mosaic that no kept link joins (each part is registered, but the parts are
+          placed relative to each other by the stage positions);
         * kept links with a correlation just above the threshold (within 0.1) whose shift is
           large (over three times the pairs' median and 5 world units): a weak match that moves
           a tile far is the classic false positive;
@@ -126,6 +128,7 @@ class RegistrationResult:
             shown = ", ".join(map(str, alone[:5])) + (f" and {len(alone) - 5} more" if len(alone) > 5 else "")
             out.append(f"{len(alone)} of {n_groups} groups have no kept link and keep their stage positions "
                        f"relative to their neighbours: {shown}")
+        out += self._split_warning(alone)
         if self.accepted:
             floor = float(self.params.get("min_correlation", 0.0)) + 0.1
             typical = float(np.median([np.linalg.norm(link.shift) for link in self.links if link.valid] or [0]))
@@ -140,6 +143,35 @@ class RegistrationResult:
                        f"final positions but at {link.correlation:.2f} at its best alignment (link "
                        f"{link.status}): the fused image likely ghosts there; see docs/registration.md")
         return out
+
+    def _split_warning(self, alone: list) -> list[str]:
+        """Parts of the mosaic (of two or more groups each) that no kept link joins: they are placed
+        relative to each other by the stage alone, as a group without links is (a periodic sample had
+        its one ambiguous link rejected and the tiles beyond it 21 px off, with no word)."""
+        parent = {k: k for k in self.groups.members}
+
+        def root(k):
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        for link in self.accepted:
+            parent[root(link.a)] = root(link.b)
+        lonely = set(alone)
+        cut = [link for link in self.links if not link.accepted and root(link.a) != root(link.b)
+               and link.a not in lonely and link.b not in lonely]
+        if not cut:
+            return []
+        sizes: dict = {}
+        for k in self.groups.members:
+            sizes[root(k)] = sizes.get(root(k), 0) + 1
+        parts = sorted((n for n in sizes.values() if n > 1), reverse=True)
+        shown = "; ".join(f"{link.a} - {link.b} ({link.status})" for link in cut[:3])
+        more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+        return [f"the kept links join the groups into {len(parts)} separate parts ({', '.join(map(str, parts))} "
+                f"groups) that are placed relative to each other by the stage positions only; the overlaps between "
+                f"them had no link kept: {shown}{more}. Check them, or see docs/registration.md for the options"]
 
     def apply(self, project: Project, *, inplace: bool = False, name: str = STITCHING_TRANSFORM) -> Project:
         """Add each group's translation to the front of its views' chains.
