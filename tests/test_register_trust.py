@@ -100,3 +100,16 @@ def test_parts_joined_by_no_kept_link_are_named():
     # joined again: no warning
     links[1].correlation = 0.9
     assert solve(links, groups, max_shift=None).warnings() == []
+
+
+def test_interest_points_that_match_nothing_are_an_error_unless_allowed(tmp_path):
+    from tilefuse.demo import make_sample_project
+    from tilefuse.interestpoints.options import DetectionOptions
+
+    project = make_sample_project(tmp_path, angles=2)
+    nothing = DetectionOptions(threshold=0.9)  # above every bead: no point in any view
+    with pytest.raises(RegistrationError, match=r"dataset\.xml: nothing was registered: of the 1 pairs of views "
+                                                r"compared, 0 had matching interest points labelled 'none'"):
+        tilefuse.register(project, label="none", detection=nothing)
+    result = tilefuse.register(project, label="none", detection=nothing, allow_unregistered=True)
+    assert not result.matches.matched

@@ -131,7 +131,7 @@ class RegistrationOptions(Options):
                                          "default 0.5)")
     allow_unregistered: bool = option(
         False, check=_flag,
-        help="with phase correlation: when no link is kept, keep every view where the stage put it and go on "
+        help="when no link (or interest-point match) is kept, keep every view where the stage put it and go on "
              "(default: stop with an error, nothing written)")
     fixed: tuple | None = option(None, cli=False,
                                  help="group keys that do not move (default: the first of each connected set)")
