@@ -376,3 +376,26 @@ def test_a_missing_bucket_is_found_before_any_work(zarr_project, capsys, monkeyp
             in capsys.readouterr().err)
     with pytest.raises(OutputError, match="bucket 'no-such-bucket' does not exist"):
         tilefuse.write_fused(tilefuse.plan_fusion(project), "s3://no-such-bucket/fused.ome.zarr")
+
+
+def test_cluster_write_to_s3_assembles_pieces_in_the_bucket(s3, tmp_path):
+    """With a client the workers share no staging folder: each chunk goes to the bucket as a piece and the
+    shard's commit, on any worker, assembles them; the result equals the local write, no piece is left."""
+    from distributed import Client, LocalCluster
+
+    from tilefuse.writers import ome_zarr
+
+    rng = np.random.default_rng(8)
+    image = rng.integers(1, 1000, size=(16, 64, 64), dtype=np.uint16)
+    out = f"s3://{BUCKET}/cluster/img.ome.zarr"
+    here = ome_zarr.write_ome_zarr(image, tmp_path / "img.ome.zarr", voxel_size=1, chunks=(8, 16, 16),
+                                   shards=(8, 32, 32), n_levels=2)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as client:
+        ome_zarr.write_ome_zarr(image, out, voxel_size=1, chunks=(8, 16, 16), shards=(8, 32, 32), n_levels=2,
+                                client=client)
+    for level in ("0", "1"):
+        np.testing.assert_array_equal(_zarr_read(out, level), _zarr_read(str(here), level))
+    fs, key = _storage.filesystem(out)
+    assert not fs.exists(f"{key}/.tilefuse")
+    assert ome_zarr._image_is_complete(out)

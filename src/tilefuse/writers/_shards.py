@@ -19,6 +19,17 @@ value) and the CRC-32C of that index.  This module writes such files itself:
 * :func:`shard_is_complete` checks a shard file left by an earlier run: its
   index must be whole (CRC-32C) and point inside the file.
 
+On a dask.distributed cluster the workers may be on other machines, where neither
+appending nor a local staging folder is safe: ``O_APPEND`` is not atomic between
+the clients of an NFS share (two workers' chunks can overwrite each other), and
+a staging folder on one worker is not the one on another (a shard assembled
+from one host's file with another host's offsets would be silently wrong).
+There :func:`write_piece` stores each encoded chunk as a file (or object) of its
+own beside the output, and :func:`assemble_shard` - the shard's commit, on
+whichever worker - concatenates the pieces in their order, checking each one's
+size, and commits the shard as above.  It costs one more write and read of the
+encoded bytes per chunk.
+
 In an object store (``final`` a URL, :mod:`tilefuse._storage`) the chunks are
 appended to a local ``.partial`` file the same way, and the commit uploads the
 finished file to its key in one request (multipart for large shards, which
@@ -48,9 +59,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import _storage
-from ..errors import TilefuseError
+from ..errors import ImageDataError, TilefuseError
 
-__all__ = ["append_chunk", "commit_shard", "shard_is_complete", "index_nbytes", "v3_codecs", "shard_key", "pad_chunk",
+__all__ = ["append_chunk", "commit_shard", "write_piece", "assemble_shard", "shard_is_complete", "index_nbytes",
+           "v3_codecs", "shard_key", "pad_chunk",
            "EMPTY"]
 
 #: Offset and size of an inner chunk that is not stored (it reads as the fill value).
@@ -163,6 +175,49 @@ def commit_shard(tmp: str | os.PathLike, final: str | os.PathLike, n_chunks: int
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
     return size
+
+
+def write_piece(block: np.ndarray, location: str | os.PathLike, codec) -> int | None:
+    """Encode ``block`` with ``codec`` and store it whole at ``location`` (a file or an object URL).
+
+    Returns the stored size, or None when the block is all zero (the fill
+    value: nothing is stored).  Locally the piece is written under a temporary
+    name and renamed; an object appears whole with its one PUT.  A retried task
+    writes the same piece again.
+    """
+    block = np.ascontiguousarray(block)
+    if not block.any():
+        return None
+    data = codec.encode(block)
+    _storage.write_file(location, memoryview(data).cast("B"), "shard piece")
+    return len(memoryview(data).cast("B"))
+
+
+def assemble_shard(pieces: Sequence[tuple[int, str | os.PathLike, int | None]], tmp: str | os.PathLike,
+                   final: str | os.PathLike, n_chunks: int) -> int:
+    """Concatenate a shard's pieces into ``tmp`` in rank order and commit it to ``final``.
+
+    ``pieces`` are ``(rank, location, nbytes)`` as :func:`write_piece` reported
+    them (``nbytes`` None: an empty chunk, left out).  A piece whose size is
+    not the one reported (changed or truncated since) is refused: the shard is
+    not committed.  ``tmp`` is a local file of this process (any previous
+    content is discarded).  Returns the shard file's size.
+    """
+    entries: list[tuple[int, tuple[int, int] | None]] = []
+    with open(tmp, "wb") as out:
+        for rank, location, nbytes in sorted(pieces, key=lambda p: p[0]):
+            if nbytes is None:
+                entries.append((rank, None))
+                continue
+            data = _storage.read_file(location, nbytes, "shard piece")
+            if data is None or len(data) != nbytes:
+                raise ImageDataError(
+                    f"{location}: shard piece of {nbytes} bytes "
+                    f"{'is missing' if data is None else f'has {len(data)}'}; the shard {final} is not written"
+                )
+            entries.append((rank, (out.tell(), nbytes)))
+            out.write(data)
+    return commit_shard(tmp, final, n_chunks, entries)
 
 
 def shard_is_complete(path: str | os.PathLike, n_chunks: int) -> bool:

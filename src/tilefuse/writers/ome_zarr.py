@@ -98,7 +98,16 @@ from ..downsample import block_mean
 from ..errors import ImageDataError, OutputExistsError, TilefuseError
 from ._atomic import atomic_output, remote_output
 from ._pyramid import StreamedPyramid, can_stream
-from ._shards import append_chunk, commit_shard, pad_chunk, shard_is_complete, shard_key, v3_codecs
+from ._shards import (
+    append_chunk,
+    assemble_shard,
+    commit_shard,
+    pad_chunk,
+    shard_is_complete,
+    shard_key,
+    v3_codecs,
+    write_piece,
+)
 from .options import NGFF_VERSIONS
 
 __all__ = ["write_ome_zarr", "pyramid_plan", "shard_shape", "PyramidLevel", "ResumeMismatchError", "NGFF_VERSIONS",
@@ -418,15 +427,45 @@ def _commit(tmp: str, final: str, n_chunks: int, *entries) -> int:
     return commit_shard(tmp, final, n_chunks, entries)
 
 
+def _piece_block(block, location: str, rank: int, region: tuple[slice, ...], chunk: tuple[int, ...],
+                 codec) -> tuple[int, str, int | None]:
+    """A chunk computed on a cluster worker, stored as a piece of its own (see writers/_shards.py)."""
+    block = np.asarray(block)
+    expected = tuple(s.stop - s.start for s in region)
+    if block.shape != expected:
+        raise ImageDataError(f"{location}: block of shape {block.shape} computed for a region of shape {expected}")
+    if not _storage.is_url(location):
+        Path(location).parent.mkdir(parents=True, exist_ok=True)
+    return rank, location, write_piece(pad_chunk(block, chunk), location, codec)
+
+
+def _assemble(folder: str, partial: str | None, final: str, n_chunks: int, *pieces) -> int:
+    """Commit a shard from its pieces, on whichever worker runs this; then delete the pieces."""
+    import tempfile
+
+    if partial is None:  # an object store: assembled in this worker's own temporary folder
+        fd, partial = tempfile.mkstemp(suffix=".shard.partial", prefix="tilefuse-")
+        os.close(fd)
+    try:
+        size = assemble_shard(pieces, partial, final, n_chunks)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    _storage.remove(folder)
+    return size
+
+
 def _write_sharded_level(src, level_dir: Path | str, shard: tuple[int, ...], codec, bar: Progress, client=None,
                          pyramid: StreamedPyramid | None = None,
-                         staging: Path | None = None) -> tuple[int, int, bool]:
+                         staging: Path | None = None, pieces: Path | str | None = None) -> tuple[int, int, bool]:
     """Write one level shard by shard (see the module notes); returns ``(shards kept, shards written, streamed)``.
 
     ``src`` is chunked as the array's chunks.  Shards already under their key
     and complete are kept; the chunks of every other shard are computed,
     appended to its ``.partial`` file and the shard committed once all are in.
     ``level_dir`` may be a URL: the ``.partial`` files are then in the local ``staging`` folder.
+    With a ``client`` (workers perhaps on other machines) each chunk is instead
+    stored as a piece under ``pieces`` (a folder or prefix beside the output)
+    and the shard's commit assembles them (see writers/_shards.py).
     With ``pyramid`` (level 0, local threads) each chunk also feeds the lower
     levels, unless shards were kept (their chunks are not in memory): then
     ``streamed`` is False and the caller reads the level back.
@@ -455,29 +494,46 @@ def _write_sharded_level(src, level_dir: Path | str, shard: tuple[int, ...], cod
         if staging is None:
             key.unlink(missing_ok=True)  # damaged (in an object store a new upload replaces it whole)
         partial.unlink(missing_ok=True)  # appended by a killed run
-        todo.append((key, partial, ranks))
+        todo.append((key, partial, ranks, index))
     if kept:
         pyramid = None
     elif pyramid is not None:
         pyramid.start()
     if not todo:
         return kept, 0, pyramid is not None
-    pieces = src.to_delayed(optimize_graph=True)
+    if client is not None:
+        if pieces is None:
+            raise ValueError("a cluster write needs a folder for the shards' pieces")
+        _storage.remove(pieces)  # left by a killed run: every shard to write starts from nothing
+    blocks_of = src.to_delayed(optimize_graph=True)
     append = dask.delayed(_append_block, pure=False)
     commit = dask.delayed(_commit, pure=False)
+    piece = dask.delayed(_piece_block, pure=False)
+    assemble = dask.delayed(_assemble, pure=False)
     batch_size = BATCH_BLOCKS_PER_THREAD * _worker_threads(client)
     batch: list = []
     run = uuid.uuid4().hex  # keys unique to this write, ordered along the curve (see _curve_rank)
-    for number, (key, partial, ranks) in enumerate(todo):
+    for number, (key, partial, ranks, index) in enumerate(todo):
         tmp = str(partial)
         appended = []
+        folder = None if client is None else _storage.join(pieces, "_".join(map(str, index)))
         for rank, b in ranks:
             region = tuple(slice(int(s[i]), int(s[i + 1])) for s, i in zip(starts, b))
-            appended.append(append(pieces[b], tmp, rank, region, chunk, codec, pyramid, b,
-                                   dask_key_name=(f"tilefuse-append-{run}", _curve_rank(b))))
+            name = (f"tilefuse-append-{run}", _curve_rank(b))
+            if client is None:
+                appended.append(append(blocks_of[b], tmp, rank, region, chunk, codec, pyramid, b,
+                                       dask_key_name=name))
+            else:
+                appended.append(piece(blocks_of[b], str(_storage.join(folder, str(rank))), rank, region, chunk,
+                                      codec, dask_key_name=name))
         # Each chunk and each shard's commit advance the bar by one.
-        batch += [*appended, commit(tmp, str(key), n_inner, *appended,
-                                    dask_key_name=(f"tilefuse-commit-{run}", number))]
+        name = (f"tilefuse-commit-{run}", number)
+        if client is None:
+            batch += [*appended, commit(tmp, str(key), n_inner, *appended, dask_key_name=name)]
+        else:
+            local_partial = None if staging is not None else tmp
+            batch += [*appended, assemble(str(folder), local_partial, str(key), n_inner, *appended,
+                                          dask_key_name=name)]
         if len(batch) >= batch_size or number == len(todo) - 1:
             compute(*batch, client=client, progress=bar)  # whole shards only: each batch commits its shards
             batch = []
@@ -1054,7 +1110,8 @@ def write_ome_zarr(
                     target = targets[level]
                     k, w, streamed = _write_sharded_level(src, _storage.join(tmp, str(level)), target.shards, encoder,
                                                           bar, client, pyramid if level == 0 else None,
-                                                          None if staging is None else staging / str(level))
+                                                          None if staging is None else staging / str(level),
+                                                          _storage.join(tmp, _META_DIR, "pieces", str(level)))
                     kept, written = kept + k, written + w
                     if not streamed:
                         pyramid = None
