@@ -35,3 +35,29 @@ def test_ome_tiff_with_damaged_ome_xml_is_refused(tmp_path, capsys):
     assert main(["convert", str(bad), "-o", str(tmp_path / "bad.xml"), "-q"]) == 2
     assert "damaged.ome.tif: the OME-XML metadata are not well-formed" in capsys.readouterr().err
     assert not (tmp_path / "bad.xml").exists()
+
+
+def test_a_readers_own_warnings_are_details(tmp_path):
+    # A truncated OME-TIFF: tifffile logged "<TiffTag.fromfile> raised TiffFileError(...)" twice per open,
+    # raw on stderr (Python's last-resort handler) beside tilefuse's own error about the same file.
+    # A process of its own: in pytest's, its logging plugin catches what would reach that handler.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import tilefuse
+
+    good, cut = tmp_path / "scan.ome.tif", tmp_path / "cut.ome.tif"
+    _two_tile_ome_tiff(good)
+    data = good.read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(Path(tilefuse.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "tilefuse.cli", "convert", str(cut), "-o", str(tmp_path / "cut.xml"), "-q"]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    lines = quiet.stderr.strip().splitlines()
+    assert quiet.returncode == 2 and len(lines) == 1, lines
+    assert lines[0].startswith(f"tilefuse convert: error: {cut}")
+    verbose = subprocess.run([*command, "-v"], capture_output=True, text=True, env=env, timeout=120)
+    assert verbose.returncode == 2 and "tifffile: <TiffTag" in verbose.stderr  # with -v, named after the reader

@@ -484,14 +484,39 @@ class _MessageFormatter(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
-def _log_to_stderr(verbose: int, quiet: int) -> logging.Handler:
-    """Show the library's messages: information by default, warnings only with -q, details with -v."""
+#: Readers whose own log messages are details: tilefuse reports what they mean (a damaged file) itself.
+_READER_LOGGERS = ("tifffile",)
+
+
+def _log_to_stderr(verbose: int, quiet: int) -> list[tuple[logging.Logger, logging.Handler]]:
+    """Show the library's messages: information by default, warnings only with -q, details with -v.
+
+    The readers' own warnings (tifffile's ``<TiffTag.fromfile> raised TiffFileError(...)`` about a damaged
+    file, twice per open) reached stderr raw through Python's last-resort handler, beside tilefuse's own
+    error about the same file; they are shown with -v only, named after the reader.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_MessageFormatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO - 10 * verbose + 10 * quiet)
     log.propagate = False  # the command line is the application: no second copy through the root logger
-    return handler
+    installed = [(log, handler)]
+    for name in _READER_LOGGERS:
+        reader = logging.getLogger(name)
+        detail = logging.StreamHandler(sys.stderr)
+        detail.setFormatter(logging.Formatter(f"{name}: %(message)s"))
+        detail.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+        reader.addHandler(detail)
+        reader.propagate = False
+        installed.append((reader, detail))
+    return installed
+
+
+def _stop_logging(installed: list[tuple[logging.Logger, logging.Handler]]) -> None:
+    for logger, handler in installed:
+        logger.removeHandler(handler)
+        if logger is not log:
+            logger.propagate = True
 
 
 def _finished() -> None:
@@ -518,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = _log_to_stderr(args.verbose, args.quiet)
+    handlers = _log_to_stderr(args.verbose, args.quiet)
     args.progress = args.quiet == 0  # a bar on the command line unless -q
     try:
         try:
@@ -552,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
               f"its .partial name. Run again with --debug for the traceback and please report it.", file=sys.stderr)
         return 1
     finally:
-        log.removeHandler(handler)
+        _stop_logging(handlers)
     return 0
 
 
