@@ -119,7 +119,8 @@ def write_fused(
                 image = image[0]
         return write_tiff(image, path, voxel_size=voxel_size if plan.ndim == 3 else voxel_size[1:],
                           unit=plan.unit.replace("µ", "u"),  # ImageJ metadata is ASCII
-                          progress=progress, overwrite=overwrite, client=client)
+                          progress=progress, overwrite=overwrite, client=client,
+                          before_commit=_inputs_unchanged(plan, path))
     from .project import write_project
 
     images, tps, chans = [], [], []
