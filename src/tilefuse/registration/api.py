@@ -108,8 +108,6 @@ class RegistrationResult:
           others, so their error is the stage's;
         * parts of the mosaic that no kept link joins (each part is registered, but the parts are
           placed relative to each other by the stage positions);
-        * kept links that the exhaustive check could neither confirm nor replace (periodic content) and
-          that no loop of links confirms;
         * kept links with a correlation just above the threshold (within 0.1) whose shift is
           large (over three times the pairs' median and 5 world units): a weak match that moves
           a tile far is the classic false positive;
@@ -131,23 +129,6 @@ class RegistrationResult:
             out.append(f"{len(alone)} of {n_groups} groups have no kept link and keep their stage positions "
                        f"relative to their neighbours: {shown}")
         out += self._split_warning(alone)
-        index = {k: i for i, k in enumerate(self.groups.members)}
-        kept = self.accepted
-        in_no_loop = bridges(len(index), [index[link.a] for link in kept], [index[link.b] for link in kept])
-        undecided = [link for link, bridge in zip(kept, in_no_loop)
-                     if bridge and link.info.get("checked", "").startswith(_UNDECIDED)]  # a loop is a second opinion
-        if undecided:
-            # Kept by design (on ordinary content a doubtful pair's answer was kept before the check existed),
-            # but on a periodic sample these are the aliases: a 64 px periodic sample registered 11 px mean /
-            # 26 px max off (the stage was 2.6 / 3.7) through such links, exit 0 and no word.
-            shown = ", ".join(f"{link.a} - {link.b}" for link in undecided[:4])
-            more = f" and {len(undecided) - 4} more" if len(undecided) > 4 else ""
-            advice = ("if the sample is periodic, bound the search with max_stage_error (--max-stage-error, "
-                      "docs/registration.md)" if self.params.get("max_stage_error") is None
-                      else "check them in the fused image")
-            out.append(f"{len(undecided)} kept links could not be confirmed (every shift scored about as well when "
-                       f"checked: periodic content, or no distinct mark in the overlap) and no loop of links checks "
-                       f"them: {shown}{more}; {advice}")
         if self.accepted:
             floor = float(self.params.get("min_correlation", 0.0)) + 0.1
             typical = float(np.median([np.linalg.norm(link.shift) for link in self.links if link.valid] or [0]))
@@ -258,8 +239,6 @@ class RegistrationResult:
 
 #: A pair is flagged as ghosting when its own best alignment correlates at least this much better.
 _GHOST_GAP = 0.1
-#: How :attr:`PairwiseShift.checked` begins for a pair the exhaustive check could not decide (kept by default).
-_UNDECIDED = "exhaustive check: no clearly best shift"
 #: Status prefix of links the global solve removed because loops of other links contradict them.
 _LOOP_REJECTED = "rejected: removed by iterative rejection"
 
