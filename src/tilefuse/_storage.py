@@ -121,7 +121,7 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise TilefuseError(f"{url}: reading or writing URLs needs fsspec: pip install 'tilefuse[s3]'") from None
     protocol = _URL.match(url).group("scheme").lower()
     try:
-        return url_to_fs(url, **_options(protocol))
+        fs, path = url_to_fs(url, **_options(protocol))
     except ImportError as exc:
         extra = _EXTRAS.get(protocol)
         hint = f"pip install 'tilefuse[{extra}]'" if extra else f"install the fsspec back end for {protocol}://"
@@ -129,6 +129,8 @@ def filesystem(url: str) -> tuple[Any, str]:
     except ValueError as exc:  # an unknown protocol
         known = ", ".join(sorted(p for p in fsspec.available_protocols() if len(p) > 1)[:12])
         raise TilefuseError(f"{url}: {exc} (fsspec knows {known}, ...)") from None
+    _close_at_exit(fs)
+    return fs, path
 
 
 def _options(protocol: str) -> dict[str, Any]:
@@ -416,41 +418,47 @@ def zarr_store(location: Location, *, read_only: bool) -> Any:
     return store
 
 
-#: The asynchronous file systems made for zarr (fsspec caches one instance per set of options).
-_ASYNC_FILESYSTEMS: dict[int, Any] = {}
+#: The file systems made here and for zarr (fsspec caches one instance per set of options and thread).
+_FILESYSTEMS: dict[int, Any] = {}
 
 
 def _close_at_exit(fs: Any) -> None:
     """Close ``fs``'s HTTP session when the process exits (or at :func:`close_sessions`).
 
-    zarr needs an asynchronous instance, and s3fs leaves closing those to their owner: dropped (at exit,
-    or when fsspec's instance cache is cleared), its aiohttp session printed "Unclosed client session".
-    The instances are kept here (fsspec keeps them too): one per set of options.
+    s3fs leaves closing an asynchronous instance (zarr's) to its owner, and closes a synchronous one
+    from a finalizer that waits 0.1 s for fsspec's event loop (fsspec makes one instance per thread, so
+    a cluster's worker threads leave several): dropped or finalized at exit, their aiohttp sessions
+    printed "Unclosed client session".  The instances are kept here (fsspec keeps them too).
     """
     import atexit
 
+    if getattr(fs, "_s3creator", "absent") == "absent" and not hasattr(fs, "set_session"):
+        return  # not an s3fs-like file system with a session to close
     with _IDENTITY_LOCK:
-        if not _ASYNC_FILESYSTEMS:
-            # Registered after zarr's own exit handler (zarr is imported by now), so it runs first, while
-            # zarr's event loop, where the session lives, still runs.
+        if not _FILESYSTEMS:
+            # Registered after zarr's and fsspec's own exit handlers (both are imported by now), so it runs
+            # first, while the event loops where the sessions live still run.
             atexit.register(close_sessions)
-        _ASYNC_FILESYSTEMS.setdefault(id(fs), fs)  # held here, so the id stays unique
+        _FILESYSTEMS.setdefault(id(fs), fs)  # held here, so the id stays unique
 
 
 def close_sessions() -> None:
-    """Close the HTTP sessions of the asynchronous file systems made for zarr (they reopen when used again)."""
+    """Close the HTTP sessions of the S3 file systems in use (they reopen when used again)."""
     with _IDENTITY_LOCK:
-        filesystems = list(_ASYNC_FILESYSTEMS.values())  # kept: one used again is closed again at exit
-    if not filesystems:
-        return
-    from zarr.core.sync import sync
-
+        filesystems = list(_FILESYSTEMS.values())  # kept: one used again is closed again at exit
     for fs in filesystems:
         creator = getattr(fs, "_s3creator", None)  # s3fs: the client context its session lives in
         if creator is None:
             continue
         try:
-            sync(creator.__aexit__(None, None, None), timeout=5)
+            if fs.asynchronous:  # zarr's: its session lives in zarr's event loop
+                from zarr.core.sync import sync
+
+                sync(creator.__aexit__(None, None, None), timeout=5)
+            else:
+                from fsspec.asyn import sync
+
+                sync(fs.loop, creator.__aexit__, None, None, None, timeout=5)
         except Exception:  # noqa: BLE001 - a session that cannot close cleanly is no reason to fail an exit
             log.debug("closing the session of %r failed", fs, exc_info=True)
         fs._s3 = fs._s3creator = None  # s3fs makes a new client on its next use
