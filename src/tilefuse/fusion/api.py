@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -131,10 +132,11 @@ class FusionPlan:
         for (t, c), views in sorted(self.volumes.items()):
             entries = []
             for v in views:
-                level = _choose_fusion_level(self.project, v, self.spacing)
+                data = self.project.check_view(v)
+                level = _choose_fusion_level(self.project, v, self.spacing, data.levels)
                 adjust = self.project.data.intensity_adjustments.get(v, (1.0, 0.0)) if use_intensity else None
                 entries.append([list(v), level, self.project.transform(v, level).tolist(),
-                                list(self.project.check_view(v).shapes[level]), adjust and [float(a) for a in adjust]])
+                                list(data.shapes[level]), adjust and [float(a) for a in adjust]])
                 pixels.append([list(v), loader.data_identity(v)])
             volumes.append([t, c, entries])
         grid = {"origin": self.origin.tolist(), "spacing": self.spacing.tolist(), "shape": list(self.shape),
@@ -240,7 +242,7 @@ def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, inte
     loader = project.loader
     # Checked against the XML first: a view whose data cannot be trusted is refused, not fused.
     data = project.check_view(view)
-    level = _choose_fusion_level(project, view, spacing)
+    level = _choose_fusion_level(project, view, spacing, data.levels)
     affine = project.transform(view, level)
     shape, block = data.shapes[level], data.chunks[level]
     adjust = (1.0, 0.0)
@@ -260,17 +262,21 @@ def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, inte
                         content=None if content is None else _content_source(project, view, affine, ndim, content))
 
 
-def _choose_fusion_level(project: Project, view: ViewId, spacing: np.ndarray) -> int:
-    """The coarsest pyramid level whose voxels are still no larger than the output's."""
-    levels = project.levels(view)
+def _choose_fusion_level(project: Project, view: ViewId, spacing: np.ndarray, levels=None) -> int:
+    """The coarsest pyramid level whose voxels are still no larger than the output's.
+
+    ``levels``: the view's factors when the caller has them (its checked layout), saving the loader's lookups.
+    """
+    levels = project.levels(view) if levels is None else levels
     if len(levels) == 1:
         return 0
     scales = axis_scales(project.model(view))
-    best = 0
+    limit = np.asarray(spacing, dtype=np.float64) * (1 + 1e-6)
+    best, best_prod = 0, math.prod(levels[0])
     for i, factors in enumerate(levels):
-        if np.all(np.asarray(factors) * scales <= spacing * (1 + 1e-6)):
-            if np.prod(factors) > np.prod(levels[best]):
-                best = i
+        prod = math.prod(factors)
+        if prod > best_prod and all(f * s <= m for f, s, m in zip(factors, scales, limit)):
+            best, best_prod = i, prod
     return best
 
 

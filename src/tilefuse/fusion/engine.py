@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -516,6 +517,37 @@ def _probe_dtype(src: FusionSource) -> np.dtype:
     return _read(src, tuple(slice(0, 1) for _ in src.shape)).dtype
 
 
+def _sources_token(sources: Sequence[FusionSource]) -> list:
+    """What identifies the sources for the graph's name, with each shared object tokenized once.
+
+    Every view's reader and content callables are partials over the same
+    loader: tokenizing the sources as they are pickled that loader once per
+    view (~0.6 ms per source, 6 s of the client's time at 10,000 tiles
+    before any chunk ran).  Objects are memoised by identity while the
+    sources hold them, so the token is the same as tokenizing each one.
+    """
+    from dask.base import tokenize
+
+    memo: dict[int, str] = {}
+
+    def once(obj) -> str:
+        got = memo.get(id(obj))
+        if got is None:
+            got = memo[id(obj)] = tokenize(obj)
+        return got
+
+    def callable_token(fn):
+        if fn is None:
+            return None
+        if isinstance(fn, partial):
+            return ("partial", once(fn.func), [once(a) for a in fn.args],
+                    sorted((k, once(v)) for k, v in fn.keywords.items()))
+        return once(fn)
+
+    return [(src.key, src.shape, src.affine, src.intensity, str(src.dtype), callable_token(src.reader),
+             callable_token(src.content)) for src in sources]
+
+
 def fuse_sources(
     sources: Iterable[FusionSource],
     *,
@@ -616,7 +648,7 @@ def fuse_sources(
     los, his = source_world_boxes(sources)
 
     name = "fuse-" + tokenize(
-        sources, origin, spacing, shape, chunks, blending, float(blend_range), float(blend_border),
+        _sources_token(sources), origin, spacing, shape, chunks, blending, float(blend_range), float(blend_border),
         interpolation, str(dtype), fill_value, bool(fast_path),
     )
     offsets = [np.concatenate([[0], np.cumsum(c)[:-1]]).astype(int) for c in chunks]

@@ -61,16 +61,17 @@ class RegistrationResult:
         :meth:`check_consistency`; empty until it ran)."""
         return {(link.a, link.b): link.info["consistency"] for link in self.links if "consistency" in link.info}
 
-    def check_consistency(self, project: Project, min_consistency: float = 0.5) -> dict:
+    def check_consistency(self, project: Project, min_consistency: float = 0.5, *, client=None) -> dict:
         """Correlate every pair's overlap at the final positions (:mod:`.consistency`); returns :attr:`consistency`.
 
         ``project`` is the project as registered (before :meth:`apply`).
         Pairs below ``min_consistency`` that correlated clearly better at their
-        own best alignment are named by :meth:`warnings` (ghosting).
+        own best alignment are named by :meth:`warnings` (ghosting).  The pairs read again run on
+        ``client`` (a ``distributed.Client``; default: local threads).
         """
         from .consistency import overlap_consistency
 
-        values = overlap_consistency(project, self.groups, self.links, self.translations)
+        values = overlap_consistency(project, self.groups, self.links, self.translations, client=client)
         for link, value in zip(self.links, values):
             link.info["consistency"] = value
         self.params["min_consistency"] = float(min_consistency)
@@ -575,7 +576,7 @@ def register(
     result.params["min_overlap"] = o.min_overlap
     if links and not result.accepted and not o.allow_unregistered:
         raise RegistrationError(_nothing_registered(project, result))
-    result.check_consistency(project, o.min_consistency)
+    result.check_consistency(project, o.min_consistency, client=client)
     for text in result.warnings():
         log.warning("%s: %s", where(project.path), text)
     return result

@@ -14,7 +14,10 @@ Reading every overlap again would double the reading of registration, so a
 link whose final relative position is within :data:`TOLERANCE` of its own
 measured shift takes its measured correlation (it *is* the correlation at
 that alignment, to the sub-pixel part); only the others are read and
-correlated, at the final positions with linear interpolation.
+correlated, at the final positions with linear interpolation, in dask tasks
+of up to :data:`_BATCH` pairs (through :func:`tilefuse._compute.compute`, on
+the registration's threads or cluster) rather than one after another in the
+client.
 """
 
 from __future__ import annotations
@@ -52,8 +55,59 @@ def correlation_at(fixed: np.ndarray, moving: np.ndarray, shift: Sequence[float]
     return float(np.dot(a, b) / den) if den > 0 else float("nan")
 
 
+#: Most re-read pairs per dask task.
+_BATCH = 16
+
+
+class _Reads:
+    """The re-reads of one task (an object, so that dask does not walk its contents looking for keys)."""
+
+    def __init__(self, jobs: list) -> None:
+        self.jobs = jobs
+
+
+def _correlate_batch(loader, batch: _Reads) -> list[float]:
+    """One dask task: read each pair's two overlap crops and correlate them at the final relative shift."""
+    out = []
+    for read, final, w0_a, w0_b, spacing in batch.jobs:
+        fixed = _read_group(loader, read.views_a, read.level, read.region_a, read.factors)
+        moving = _read_group(loader, read.views_b, read.level, read.region_b, read.factors)
+        shape = tuple(min(p, q) for p, q in zip(fixed.shape, moving.shape))
+        fixed = fixed[tuple(slice(0, n) for n in shape)]
+        moving = moving[tuple(slice(0, n) for n in shape)]
+        # as in pairwise: A_crop[x] ≈ B_crop[x - d] when t_b - t_a = w0_a - w0_b + spacing * d
+        d = (final - (w0_a - w0_b)) / spacing
+        d = np.where(np.asarray(shape) > 1, d, 0.0)
+        out.append(correlation_at(fixed, moving, d) if min(shape) > 0 else float("nan"))
+    return out
+
+
+def _run_reads(loader, jobs: list, client) -> list[float]:
+    """Compute ``jobs`` in batched tasks sharing one loader node; one value per job, in order."""
+    import uuid
+
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    from .._compute import compute
+
+    if not jobs:
+        return []
+    name = f"tilefuse-consistency-{uuid.uuid4().hex}"
+    loader_key = f"{name}-loader"
+    dsk = {loader_key: loader}
+    keys = []
+    for i in range(0, len(jobs), _BATCH):
+        key = (name, i // _BATCH)
+        dsk[key] = (_correlate_batch, loader_key, _Reads(jobs[i : i + _BATCH]))
+        keys.append(key)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    results = compute(*[Delayed(key, graph, layer=name) for key in keys], client=client)
+    return [value for batch in results for value in batch]
+
+
 def overlap_consistency(project: Project, groups: RegistrationGroups, links: Sequence[Link],
-                        translations: dict) -> list[float]:
+                        translations: dict, *, client=None) -> list[float]:
     """Per link, the correlation of its two groups over their overlap at the final positions.
 
     Parameters
@@ -65,6 +119,8 @@ def overlap_consistency(project: Project, groups: RegistrationGroups, links: Seq
         The links of a solve (their overlap, measured shift and correlation).
     translations : dict
         Group key -> final world correction (``zyx``), as solved.
+    client : distributed.Client, optional
+        Read and correlate the pairs on this cluster; default: local threads.
 
     Returns
     -------
@@ -75,8 +131,8 @@ def overlap_consistency(project: Project, groups: RegistrationGroups, links: Seq
     first = {key: views[0] for key, views in groups.used.items()}
     layouts: dict = {}
     plan = None
-    out = []
-    n_read = 0
+    out: list[float] = []
+    jobs, where_read = [], []
     for link in links:
         final = np.asarray(translations[link.b], dtype=np.float64) - np.asarray(translations[link.a], dtype=np.float64)
         if link.valid and np.isfinite(link.correlation) and np.linalg.norm(final - link.shift) <= TOLERANCE:
@@ -86,20 +142,16 @@ def overlap_consistency(project: Project, groups: RegistrationGroups, links: Seq
             plan = _Plan(project, layouts, (1, 1, 1))
         for key in (link.a, link.b):
             for view in groups.used[key]:
-                if view not in layouts:
+                if view not in layouts:  # checked here, before any task reads it
                     layouts[view] = project.check_view(view)
         read, meta = plan.pair(groups, first, SimpleNamespace(a=link.a, b=link.b, overlap=link.overlap))
         spacing, w0_a, w0_b = meta[:3]
-        fixed = _read_group(project.loader, read.views_a, read.level, read.region_a, read.factors)
-        moving = _read_group(project.loader, read.views_b, read.level, read.region_b, read.factors)
-        shape = tuple(min(p, q) for p, q in zip(fixed.shape, moving.shape))
-        fixed = fixed[tuple(slice(0, n) for n in shape)]
-        moving = moving[tuple(slice(0, n) for n in shape)]
-        # as in pairwise: A_crop[x] ≈ B_crop[x - d] when t_b - t_a = w0_a - w0_b + spacing * d
-        d = (final - (w0_a - w0_b)) / spacing
-        d = np.where(np.asarray(shape) > 1, d, 0.0)
-        out.append(correlation_at(fixed, moving, d) if min(shape) > 0 else float("nan"))
-        n_read += 1
+        jobs.append((read, final, w0_a, w0_b, spacing))
+        where_read.append(len(out))
+        out.append(float("nan"))
+    if jobs:
+        for i, value in zip(where_read, _run_reads(project.loader, jobs, client)):
+            out[i] = value
     log.debug("overlap consistency: %d of %d pairs read again (the others agree with the solution within %g)",
-              n_read, len(links), TOLERANCE)
+              len(jobs), len(links), TOLERANCE)
     return out

@@ -13,7 +13,9 @@ at a time.  Planning is linear in the pairs: what each view looks like comes
 from its checked layout (:meth:`Project.check_view`, once per view), not from
 the files, and the graph is built directly instead of tokenizing every task's
 arguments (which made 600 TIFF tiles cost 40 s of planning: the loader holds
-one entry per view).
+one entry per view).  At full resolution the layout is the XML's (level 0,
+``<size>``) and each task checks the views it reads before reading them, so
+that no serial per-view phase precedes the pairs.
 """
 
 from __future__ import annotations
@@ -100,9 +102,12 @@ def make_groups(
     asked = {kind: value for kind, value in (("channel", channel), ("illumination", illumination))
              if value is not None}
     members, used, tps = {}, {}, {}
+    # One selection over every view (a channel or illumination the project lacks raises SelectionError here,
+    # listing those it has): selecting per group resolved the names against every setup for each group,
+    # O(groups x setups) with channel= or illumination= given.
+    selected = set(project.select(views, **asked)) if asked else None
     for key, vs in groups.items():
-        # A channel or illumination the project lacks raises SelectionError here, listing those it has.
-        chosen = project.select(vs, **asked)
+        chosen = list(vs) if selected is None else [v for v in vs if v in selected]
         if not chosen:
             has = "; ".join(f"{kind}s " + ", ".join(sorted({project.entity_label(kind, project.attribute(v, kind))
                                                           for v in vs}))
@@ -208,14 +213,30 @@ def _register_pair(loader, read: _PairRead, options, refine=None):
 
 
 class _Batch:
-    """The pairs of one task (an object, so that dask does not walk its contents looking for keys)."""
+    """The pairs of one task (an object, so that dask does not walk its contents looking for keys).
 
-    def __init__(self, pairs: list[tuple[_PairRead, dict, tuple | None]]) -> None:
+    ``checks``: ``(view, XML size)`` of the views the task must check against the project
+    (:func:`~tilefuse.loaders.validate.check_view`) before reading them, when the client planned the
+    pairs from the XML alone (see :func:`pairwise`); ``xml_path`` names the project in messages.
+    """
+
+    def __init__(self, pairs: list[tuple[_PairRead, dict, tuple | None]], checks=(), xml_path=None) -> None:
         self.pairs = pairs
+        self.checks = checks
+        self.xml_path = xml_path
+
+
+def _check_in_task(loader, checks, xml_path) -> None:
+    """Check views against the project in the task that reads them (once per process: the check is cached)."""
+    for view, size in checks:
+        if not loader.has_view(view):
+            raise RegistrationError(f"{where(xml_path)}: {view} has no pixels to register")
+        loader.checked_layout(view, size, xml_path=xml_path)
 
 
 def _register_batch(loader, batch: _Batch) -> list:
     """One dask task: :func:`_register_pair` for each pair of the batch, in order."""
+    _check_in_task(loader, batch.checks, batch.xml_path)
     return [_register_pair(loader, read, options, refine) for read, options, refine in batch.pairs]
 
 
@@ -245,8 +266,12 @@ class _PairsDone(Progress):
         self.bar.update(done)
 
 
-def _run_batches(loader, work: list, *, client, progress: bool) -> list:
-    """Compute ``work`` (one ``(read, options, refine)`` per pair) in batches; one result per pair, in order."""
+def _run_batches(loader, work: list, *, client, progress: bool, sizes: dict | None = None,
+                 xml_path=None) -> list:
+    """Compute ``work`` (one ``(read, options, refine)`` per pair) in batches; one result per pair, in order.
+
+    ``sizes`` (view -> XML size): the views were not checked yet; each task checks those it reads first.
+    """
     import uuid
 
     from dask.delayed import Delayed
@@ -261,7 +286,12 @@ def _run_batches(loader, work: list, *, client, progress: bool) -> list:
     keys = []
     for i in range(0, len(work), per):
         key = (name, i // per)
-        dsk[key] = (_register_batch, loader_key, _Batch(work[i : i + per]))
+        batch = work[i : i + per]
+        checks = ()
+        if sizes is not None:
+            views = dict.fromkeys(v for read, _, _ in batch for v in read.views_a + read.views_b)
+            checks = tuple((v, sizes[v]) for v in views)
+        dsk[key] = (_register_batch, loader_key, _Batch(batch, checks, xml_path))
         keys.append(key)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
     with progress_bar("registering pairs", len(work), unit="pair", enabled=progress) as bar:
@@ -327,14 +357,11 @@ def pairwise(
     """
     groups = groups or make_groups(project)
     loader = project.loader
-    boxes, first, layouts = {}, {}, {}
+    boxes, first, layouts, xml_models = {}, {}, {}, {}
     for key, views in groups.used.items():
         view = views[0]
-        if not loader.has_view(view):
-            raise RegistrationError(f"{where(project.path)}: {view} has no pixels to register")
-        for v in views:  # every view whose pixels are read, checked against the XML first
-            layouts[v] = project.check_view(v)
         model = project.model(view)
+        xml_models[key] = np.asarray(to_xml_affine(model))  # for the links' hashes, once per group
         if not _axis_aligned(model):
             raise RegistrationError(
                 f"{where(project.path)}: {view} is rotated or sheared; phase correlation on overlaps "
@@ -353,6 +380,21 @@ def pairwise(
         downsampling = (1,) + downsampling
     if len(downsampling) != 3 or min(downsampling) < 1:
         raise RegistrationError(f"downsampling must be 3 positive integers (z, y, x), got {downsampling}")
+    used = [v for views in groups.used.values() for v in views]
+    sizes = {v: project.setups[v.setup].size for v in used}
+    if downsampling == (1, 1, 1) and all(size is not None for size in sizes.values()):
+        # Full resolution: every crop comes from level 0, whose shape is the XML <size> once checked, so
+        # the pairs are planned from the XML and each task checks the views it reads before reading them.
+        # Checking here first was a serial phase of ~1.5 ms per view (HDF5) before any pair ran: 15 s of
+        # the client's time at 10,000 tiles, now spread over the workers next to the pairs.
+        layouts = {v: _XmlLayout(((1.0, 1.0, 1.0),), (tuple(int(n) for n in sizes[v]),)) for v in used}
+    else:
+        sizes = None
+        for views in groups.used.values():
+            if not loader.has_view(views[0]):
+                raise RegistrationError(f"{where(project.path)}: {views[0]} has no pixels to register")
+            for v in views:  # every view whose pixels are read, checked against the XML first
+                layouts[v] = project.check_view(v)
     options = dict(n_peaks=n_peaks, subpixel=subpixel)
     log.debug("%d overlapping pairs of %d groups (min overlap %g%s), downsampling (z y x) %s%s, %d peaks%s",
               len(pairs), len(boxes), min_overlap, ", face neighbours only" if neighbours_only else "",
@@ -373,12 +415,13 @@ def pairwise(
             pair_options = dict(options, max_shift=tuple(stage_error / meta[0] + 1), exhaustive="always")
         work.append((read, pair_options, None if refine is None else (refine, meta[0])))
         metas.append(meta)
-    results = _run_batches(loader, work, client=client, progress=progress)
+    results = _run_batches(loader, work, client=client, progress=progress, sizes=sizes, xml_path=project.path)
     links = []
+    debug = log.isEnabledFor(logging.DEBUG)
     for pair, (read, _, _), meta, (res, refinement) in zip(pairs, work, metas, results):
         spacing, w0_a, w0_b = meta[:3]
         va, vb = tuple(groups.used[pair.a]), tuple(groups.used[pair.b])
-        h = pair_hash(project.model(first[pair.a]), project.model(first[pair.b]))
+        h = float(np.sum(xml_models[pair.a] + 13.0 * xml_models[pair.b]))  # pair_hash, models converted once
         if res is None or not res.valid:
             links.append(Link(pair.a, pair.b, np.zeros(3), float("nan") if res is None else float(res.correlation),
                               pair.overlap, va, vb, h, valid=False, status="no valid shift"))
@@ -403,9 +446,10 @@ def pairwise(
             shift[list(res.undetermined)] = 0.0
             info["undetermined_axes"] = tuple("zyx"[d] for d in res.undetermined)
         links.append(Link(pair.a, pair.b, shift, float(res.correlation), pair.overlap, va, vb, h, info=info))
-        log.debug("pair %s - %s: shift (z y x) %s world units, correlation %.3f (level %d, crop %s)%s", pair.a,
-                  pair.b, np.round(shift, 3).tolist(), res.correlation, read.level, meta[3],
-                  "" if refinement is None else f", SimpleITK correlation {refinement.correlation:.3f}")
+        if debug:  # the arguments cost more than the rest of the loop: built only when logged
+            log.debug("pair %s - %s: shift (z y x) %s world units, correlation %.3f (level %d, crop %s)%s",
+                      pair.a, pair.b, np.round(shift, 3).tolist(), res.correlation, read.level, meta[3],
+                      "" if refinement is None else f", SimpleITK correlation {refinement.correlation:.3f}")
     return links
 
 
@@ -441,6 +485,14 @@ def _auto_downsampling(project: Project, first, pairs, ndim: int) -> tuple[int, 
         extent = (np.asarray(pair.overlap.hi) - np.asarray(pair.overlap.lo)) / scale + 1
         widths.append(min(extent[1], extent[2]))
     return (1, 2, 2) if min(widths) >= _AUTO_MIN_WIDTH else (1, 1, 1)
+
+
+@dataclass(frozen=True)
+class _XmlLayout:
+    """Level 0 of a view as the XML describes it (what :class:`_Plan` reads of a checked layout)."""
+
+    levels: tuple[tuple[float, float, float], ...]
+    shapes: tuple[tuple[int, int, int], ...]
 
 
 class _Plan:
