@@ -2,7 +2,8 @@
 
 Usage::
 
-    python benchmarks/bench_writer.py [--quick] [--repeat N] [--json out.json] [--workdir DIR]
+    python benchmarks/bench_writer.py [--quick] [--repeat N] [--baseline SRC] [--only TEXT] [--json OUT]
+                                       [--workdir DIR]
 
 On the 3D sample (16 tiles of 128x512x512 uint16, BDV HDF5, as ``bench_fusion.py``),
 each configuration in a fresh subprocess, all in the same run (``--repeat`` runs
@@ -24,6 +25,10 @@ the whole list again, interleaved, so that every configuration sees the same loa
   ``zarr-python shards`` stores the fused array with ``dask.array.store`` into a
   sharded Zarr v3 array (zarr-python must be handed whole shards, so dask rechunks
   to the shard shape); ``tilefuse shards`` is ``write_fused(n_levels=1, shards=512)``.
+
+With ``--baseline SRC`` (the ``src`` folder of another checkout, e.g. ``git worktree add
+/tmp/base <commit>``), "fusion only" and the default ``write_fused`` also run with that
+tilefuse (``PYTHONPATH=SRC``), interleaved with the others: before and after side by side.
 
 Reports output Mvox/s (level 0 voxels over the time from opening the project to
 the finished output), the ratio to the floor and peak RSS; and, since a shared
@@ -88,12 +93,29 @@ def task_floor(task: dict) -> dict:
             "inflated_mb": inflated / 1e6, "encoded_mb": encoded / 1e6, "blocks": len(raws), "chunks": n_chunks}
 
 
+def _warm_up() -> None:
+    """A small fusion of the same kind before the timer ("warmed" rows): the imports (~970 modules:
+    dask.array, zarr, numba, ome-zarr-models...), numba's cached kernels and the first HDF5 and zarr
+    calls, which a process pays once and not per voxel (~1.7 s of the default row's CPU)."""
+    import tempfile
+
+    import tilefuse
+    from tilefuse.demo import make_sample_project
+
+    with tempfile.TemporaryDirectory() as folder:
+        project = make_sample_project(Path(folder) / "warm", ndim=3, grid=(1, 2, 2), tile_shape=(32, 64, 64),
+                                      overwrite=True)
+        tilefuse.write_fused(tilefuse.plan_fusion(project), Path(folder) / "warm.ome.zarr")
+
+
 def task_fusion_only(task: dict) -> dict:
     import numpy as np
 
     import tilefuse
     from tilefuse._compute import compute
 
+    if task.get("warm"):
+        _warm_up()
     t0, c0 = time.perf_counter(), time.process_time()
     project = tilefuse.open_project(task["xml"])
     plan = tilefuse.plan_fusion(project)
@@ -112,6 +134,8 @@ def task_write_fused(task: dict) -> dict:
         import tilefuse.writers.ome_zarr as oz
 
         oz._streamed_pyramid = lambda *args: None
+    if task.get("warm"):
+        _warm_up()
     t0, c0 = time.perf_counter(), time.process_time()
     project = tilefuse.open_project(task["xml"])
     plan = tilefuse.plan_fusion(project)
@@ -155,6 +179,8 @@ RUNS = [
     ("floor (inflate inputs + encode outputs)", {"kind": "floor"}),
     ("fusion only, nothing written", {"kind": "fusion_only"}),
     ("write_fused -> NGFF 0.5 (default)", {"kind": "write_fused", "options": {}}),
+    ("fusion only, warmed process", {"kind": "fusion_only", "warm": True}),
+    ("write_fused -> NGFF 0.5 (default), warmed process", {"kind": "write_fused", "options": {}, "warm": True}),
     ("write_fused -> NGFF 0.5, pyramid read back", {"kind": "write_fused", "options": {}, "read_back": True}),
     ("write_fused -> NGFF 0.4 (Zarr v2)", {"kind": "write_fused", "options": {"ngff": "0.4"}}),
     ("level 0, zarr-python shards", {"kind": "zarr_shards"}),
@@ -165,31 +191,41 @@ RUNS = [
 def main() -> None:
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="run the whole list N times, interleaved")
+    parser.add_argument("--baseline", metavar="SRC", help="another tilefuse's src folder to compare with")
+    parser.add_argument("--only", action="append", metavar="TEXT",
+                        help="run only the rows whose name contains TEXT (repeatable; the floor always runs)")
     args, workdir, size, info = C.start(parser, TASKS)
+    runs = list(RUNS)
+    if args.only:
+        runs = [r for r in runs if r[1]["kind"] == "floor" or any(t in r[0] for t in args.only)]
+    if args.baseline:
+        src = str(Path(args.baseline).resolve())
+        runs[2:2] = [(f"baseline: {name}", dict(task, src=src)) for name, task in RUNS[1:3]]
     xml = C.sample_project(workdir, **CONFIGS[size])
     out = workdir / "out" / "writer"
     out.mkdir(parents=True, exist_ok=True)
     load = []
-    results: dict[str, list[dict]] = {name: [] for name, _ in RUNS}
+    results: dict[str, list[dict]] = {name: [] for name, _ in runs}
     for repeat in range(args.repeat):
-        for number, (name, task) in enumerate(RUNS):
+        for number, (name, task) in enumerate(runs):
             task = dict(task, name=name, xml=str(xml), out=str(out / f"run{number}.zarr"))
             load.append(os.getloadavg()[0])
-            r = C.run_child(SCRIPT, task)
+            prefix = ["env", f"PYTHONPATH={task['src']}"] if task.get("src") else None
+            r = C.run_child(SCRIPT, task, prefix=prefix)
             results[name].append(r)
             rate = r["output_voxels"] / 1e6 / r["time_s"] if r.get("time_s") else None
             print(f"  [{repeat + 1}] {name:<44} {C.fmt(r.get('time_s'))} s  {C.fmt(rate)} Mvox/s  "
                   f"CPU {C.fmt(r.get('cpu_s'))} s  peak {r['peak_rss_mb']:.0f} MB {r.get('error') or ''}", flush=True)
     rows, floor, floor_cpu = [], None, None
-    for name, task in RUNS:
-        runs = [r for r in results[name] if r.get("time_s")]
-        best = min(runs, key=lambda r: r["time_s"]) if runs else results[name][0]
-        cpu = min((r["cpu_s"] for r in runs), default=None)
+    for name, task in runs:
+        done = [r for r in results[name] if r.get("time_s")]
+        best = min(done, key=lambda r: r["time_s"]) if done else results[name][0]
+        cpu = min((r["cpu_s"] for r in done), default=None)
         mvox = best.get("output_voxels", 0) / 1e6
         row = {"config": name, "mvox": mvox, "time_s": best.get("time_s"),
                "rss": max(r["peak_rss_mb"] for r in results[name]),
                "rate": mvox / best["time_s"] if best.get("time_s") else None, "error": best.get("error"),
-               "times": [round(r["time_s"], 1) for r in runs], "cpu_s": cpu,
+               "times": [round(r["time_s"], 1) for r in done], "cpu_s": cpu,
                "per_core": mvox / cpu if cpu else None}
         if task["kind"] == "floor":
             floor, floor_cpu = row["rate"], row["per_core"]

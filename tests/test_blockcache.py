@@ -162,3 +162,69 @@ def test_deflate_streams_are_standard():
         if level:
             assert len(z) < 0.8 * len(raw)  # it compresses
     assert [isal_level(v) for v in (1, 2, 4, 6, 7, 9)] == [1, 2, 2, 2, 3, 3]
+
+
+def test_a_block_after_its_last_planned_read_goes_first(cache):
+    """share = (1, n): after the n-th read of a block it is the first evicted, while a block with
+    reads still to come stays; counts survive an eviction and start again after n."""
+    cache.set_block_cache_size(2 * 400_000 / 2**20)  # room for 2 blocks of 400 kB
+
+    def block():
+        return np.zeros(100_000, np.float32)
+
+    cache.cached_block(("f", 0), block, identity=1, share=(1, 2))
+    cache.cached_block(("f", 1), block, identity=1, share=(1, 3))
+    cache.cached_block(("f", 0), lambda: pytest.fail("block 0 is cached"), identity=1, share=(1, 2))  # its last
+    cache.cached_block(("f", 2), block, identity=1, share=(1, 2))  # evicts block 0, not the older block 1
+    cache.cached_block(("f", 1), lambda: pytest.fail("block 1 was kept"), identity=1, share=(1, 3))
+    assert list(bc._BLOCKS) == [("f", 2), ("f", 1)]
+    cache.cached_block(("f", 3), block, identity=1, share=(1, 4))  # evicts block 2 (least recent)
+    decoded = []
+    cache.cached_block(("f", 2), lambda: decoded.append(2) or block(), identity=1, share=(1, 2))
+    assert decoded == [2] and ("f", 2) not in bc._BLOCKS  # its 2nd read, counted across the eviction: not kept
+    cache.cached_block(("f", 0), lambda: decoded.append(0) or block(), identity=1, share=(1, 2))
+    assert decoded == [2, 0] and list(bc._BLOCKS)[-1] == ("f", 0)  # a new round of reads: kept
+    cache.clear_block_cache()
+    assert not bc._USED and not bc._BLOCKS
+
+
+def test_threads_missing_one_block_decode_it_once(cache):
+    import threading
+    import time
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(0.2)
+        return np.ones(10, np.float32)
+
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(cache.cached_block(("f", 9), slow, identity=1)))
+               for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert calls == [1] and len(results) == 3 and all(r is results[0] for r in results)
+
+
+@pytest.mark.parametrize("fmt", ["hdf5", "n5"])
+def test_fusion_chunks_inflate_each_block_about_once(cache, tmp_path, fmt):
+    """Fusion reads tell the cache how many chunks will read each block: with a budget of 48 of
+    the 128 blocks, less than a row of chunks' inputs, each block is decoded once (a plain LRU of
+    that budget decoded 178 times: blocks no chunk wanted again pushed out their neighbours')."""
+    import tilefuse
+
+    rng = np.random.default_rng(4)
+    tiles = [rng.integers(0, 4000, (16, 64, 64)).astype(np.uint16) for _ in range(4)]
+    positions = [(0.3, 0.0, 0.0), (0.0, 0.6, 55.2), (0.0, 54.7, 0.4), (0.2, 55.1, 55.3)]  # z y x
+    tilefuse.write_project(tmp_path / "dataset.xml", tiles, positions, format=fmt, chunks=(8, 16, 16))
+    plan = tilefuse.plan_fusion(tilefuse.open_project(tmp_path / "dataset.xml"), chunks=(16, 24, 24))
+    cache.set_block_cache_size(48 * 8 * 16 * 16 * 2 / 2**20)  # 48 blocks; 4 views x 2 x 4 x 4 = 128 blocks
+    before = cache.block_cache_info()
+    plan.to_dask().compute(scheduler="sync")
+    misses = cache.block_cache_info()["misses"] - before["misses"]
+    assert misses == 128
+    plan.to_dask().compute(scheduler="sync")  # once more: no worse (the counts start anew)
+    assert cache.block_cache_info()["misses"] - before["misses"] <= 2 * 128

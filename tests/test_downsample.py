@@ -25,3 +25,30 @@ def test_slabs_give_the_same_result(monkeypatch, edge, factors):
     whole = block_mean(a, factors, edge=edge)
     monkeypatch.setattr(downsample, "_SLAB_ELEMENTS", 5000)
     np.testing.assert_array_equal(block_mean(a, factors, edge=edge), whole)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.float32])
+@pytest.mark.parametrize(("shape", "factors"), [
+    ((32, 48, 64), (2, 2, 2)), ((1, 1, 16, 32, 64), (1, 1, 2, 2, 2)), ((16, 32, 64), (1, 2, 2)),
+    ((48, 64), (2, 2)), ((8, 6, 10), (2, 1, 2)), ((2, 3, 8, 6, 10), (1, 1, 2, 2, 1)),
+])
+def test_compiled_2x_mean_is_the_numpy_mean_bit_for_bit(monkeypatch, dtype, shape, factors):
+    """The pyramid's case (2x windows, same type out) goes through one compiled pass: same values."""
+    from tilefuse import downsample
+
+    rng = np.random.default_rng(sum(shape))
+    if dtype == np.float32:
+        block = rng.normal(100.0, 50.0, shape).astype(np.float32)
+    else:
+        block = rng.integers(0, np.iinfo(dtype).max, shape, endpoint=True).astype(dtype)
+        block.flat[:4] = [np.iinfo(dtype).max] * 2 + [0, 1]  # windows at the ends of the range, a .5 tie
+    assert downsample._compiled_applies(block, factors, block.dtype)
+    got = block_mean(block, factors)
+    monkeypatch.setattr(downsample, "_compiled_applies", lambda *args: False)
+    want = block_mean(block, factors)
+    assert got.dtype == want.dtype == np.dtype(dtype) and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
+    # ground truth on one window
+    window = block[tuple(slice(0, f) for f in factors)].astype(np.float64)
+    expect = window.mean() if dtype == np.float32 else np.clip(np.rint(window.mean()), 0, np.iinfo(dtype).max)
+    assert abs(float(got.flat[0]) - expect) <= (1e-4 * abs(expect) if dtype == np.float32 else 0.5)

@@ -295,6 +295,7 @@ def check_outputs(outputs: Iterable[str | os.PathLike | None],
     for out in outputs:  # in an object store: inputs, and existing outputs (the writer checks partial ones)
         if _storage.is_url(out):
             url = str(out).rstrip("/")
+            _storage.check_bucket(url)
             for inp in remote_ins:
                 if url == inp or inp.startswith(url + "/") or url.startswith(inp + "/"):
                     raise OutputIsInputError(f"{out}: the output is, contains or lies inside an input of this "

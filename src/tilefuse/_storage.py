@@ -19,6 +19,7 @@ see :func:`filesystem`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import threading
@@ -32,7 +33,9 @@ from .errors import ImageDataError, MissingDataError, OutputError, TilefuseError
 
 __all__ = ["is_url", "as_location", "join", "parent", "name", "filesystem", "read_file", "read_json", "read_tail",
            "write_file", "put_file", "exists", "list_names", "identity", "tree_identity", "zarr_store",
-           "remove", "Location"]
+           "remove", "close_sessions", "check_bucket", "Location"]
+
+log = logging.getLogger(__name__)
 
 #: A local path or a URL string.
 Location = Path | str
@@ -118,7 +121,7 @@ def filesystem(url: str) -> tuple[Any, str]:
         raise TilefuseError(f"{url}: reading or writing URLs needs fsspec: pip install 'tilefuse[s3]'") from None
     protocol = _URL.match(url).group("scheme").lower()
     try:
-        return url_to_fs(url, **_options(protocol))
+        fs, path = url_to_fs(url, **_options(protocol))
     except ImportError as exc:
         extra = _EXTRAS.get(protocol)
         hint = f"pip install 'tilefuse[{extra}]'" if extra else f"install the fsspec back end for {protocol}://"
@@ -126,6 +129,8 @@ def filesystem(url: str) -> tuple[Any, str]:
     except ValueError as exc:  # an unknown protocol
         known = ", ".join(sorted(p for p in fsspec.available_protocols() if len(p) > 1)[:12])
         raise TilefuseError(f"{url}: {exc} (fsspec knows {known}, ...)") from None
+    _close_at_exit(fs)
+    return fs, path
 
 
 def _options(protocol: str) -> dict[str, Any]:
@@ -151,7 +156,33 @@ def _remote_error(url: str, what: str, exc: BaseException) -> TilefuseError:
     if isinstance(exc, PermissionError):
         return TilefuseError(f"{url}: {what}: access denied ({exc}); check the credentials (AWS_* variables, "
                              "~/.aws/config) and the bucket's policy")
-    return TilefuseError(f"{url}: {what} failed ({type(exc).__name__}: {exc})")
+    return TilefuseError(f"{url}: {what}: {type(exc).__name__}: {exc}")
+
+
+#: Protocols whose first path component is a bucket (container) that must exist before anything is written.
+_BUCKETED = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+
+
+def check_bucket(url: str) -> None:
+    """Refuse an output URL whose bucket does not exist: found before any work, not at the first write.
+
+    Raises
+    ------
+    OutputError
+        The bucket does not exist (or the credentials cannot see it), or the store cannot be asked.
+    """
+    protocol = _URL.match(url).group("scheme").lower()
+    if protocol not in _BUCKETED:
+        return
+    fs, path = filesystem(url)
+    bucket = path.split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except Exception as exc:  # noqa: BLE001 - any back end's error, reported with the URL
+        raise OutputError(f"{url}: cannot look up the bucket '{bucket}': {type(exc).__name__}: {exc}") from exc
+    if not found:
+        raise OutputError(f"{url}: the bucket '{bucket}' does not exist (or these credentials cannot see it); "
+                          "create it first or write somewhere else")
 
 
 def read_file(location: Location, max_bytes: int, what: str = "file") -> bytes | None:
@@ -380,6 +411,54 @@ def zarr_store(location: Location, *, read_only: bool) -> Any:
 
     protocol = _URL.match(str(location)).group("scheme").lower()
     try:
-        return FsspecStore.from_url(str(location), storage_options=_options(protocol), read_only=read_only)
+        store = FsspecStore.from_url(str(location), storage_options=_options(protocol), read_only=read_only)
     except Exception as exc:  # noqa: BLE001
         raise _remote_error(str(location), "cannot open it as a Zarr store", exc) from exc
+    _close_at_exit(store.fs)
+    return store
+
+
+#: The file systems made here and for zarr (fsspec caches one instance per set of options and thread).
+_FILESYSTEMS: dict[int, Any] = {}
+
+
+def _close_at_exit(fs: Any) -> None:
+    """Close ``fs``'s HTTP session when the process exits (or at :func:`close_sessions`).
+
+    s3fs leaves closing an asynchronous instance (zarr's) to its owner, and closes a synchronous one
+    from a finalizer that waits 0.1 s for fsspec's event loop (fsspec makes one instance per thread, so
+    a cluster's worker threads leave several): dropped or finalized at exit, their aiohttp sessions
+    printed "Unclosed client session".  The instances are kept here (fsspec keeps them too).
+    """
+    import atexit
+
+    if getattr(fs, "_s3creator", "absent") == "absent" and not hasattr(fs, "set_session"):
+        return  # not an s3fs-like file system with a session to close
+    with _IDENTITY_LOCK:
+        if not _FILESYSTEMS:
+            # Registered after zarr's and fsspec's own exit handlers (both are imported by now), so it runs
+            # first, while the event loops where the sessions live still run.
+            atexit.register(close_sessions)
+        _FILESYSTEMS.setdefault(id(fs), fs)  # held here, so the id stays unique
+
+
+def close_sessions() -> None:
+    """Close the HTTP sessions of the S3 file systems in use (they reopen when used again)."""
+    with _IDENTITY_LOCK:
+        filesystems = list(_FILESYSTEMS.values())  # kept: one used again is closed again at exit
+    for fs in filesystems:
+        creator = getattr(fs, "_s3creator", None)  # s3fs: the client context its session lives in
+        if creator is None:
+            continue
+        try:
+            if fs.asynchronous:  # zarr's: its session lives in zarr's event loop
+                from zarr.core.sync import sync
+
+                sync(creator.__aexit__(None, None, None), timeout=5)
+            else:
+                from fsspec.asyn import sync
+
+                sync(fs.loop, creator.__aexit__, None, None, None, timeout=5)
+        except Exception:  # noqa: BLE001 - a session that cannot close cleanly is no reason to fail an exit
+            log.debug("closing the session of %r failed", fs, exc_info=True)
+        fs._s3 = fs._s3creator = None  # s3fs makes a new client on its next use

@@ -484,24 +484,73 @@ class _MessageFormatter(logging.Formatter):
         return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
 
 
-def _log_to_stderr(verbose: int, quiet: int) -> logging.Handler:
-    """Show the library's messages: information by default, warnings only with -q, details with -v."""
+#: Readers whose own log messages are details: tilefuse reports what they mean (a damaged file) itself.
+_READER_LOGGERS = ("tifffile",)
+
+
+def _log_to_stderr(verbose: int, quiet: int) -> list[tuple[logging.Logger, logging.Handler]]:
+    """Show the library's messages: information by default, warnings only with -q, details with -v.
+
+    The readers' own warnings (tifffile's ``<TiffTag.fromfile> raised TiffFileError(...)`` about a damaged
+    file, twice per open) reached stderr raw through Python's last-resort handler, beside tilefuse's own
+    error about the same file; they are shown with -v only, named after the reader.
+    """
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_MessageFormatter("%(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO - 10 * verbose + 10 * quiet)
     log.propagate = False  # the command line is the application: no second copy through the root logger
-    return handler
+    installed = [(log, handler)]
+    for name in _READER_LOGGERS:
+        reader = logging.getLogger(name)
+        detail = logging.StreamHandler(sys.stderr)
+        detail.setFormatter(logging.Formatter(f"{name}: %(message)s"))
+        detail.setLevel(logging.DEBUG if verbose else logging.CRITICAL + 1)
+        reader.addHandler(detail)
+        reader.propagate = False
+        installed.append((reader, detail))
+    return installed
+
+
+def _stop_logging(installed: list[tuple[logging.Logger, logging.Handler]]) -> None:
+    for logger, handler in installed:
+        logger.removeHandler(handler)
+        if logger is not log:
+            logger.propagate = True
+
+
+def _finished() -> None:
+    """Ignore Ctrl-C from now on: the command has finished (its outputs are complete or keep their
+    .partial names) and only the interpreter's teardown is left.
+
+    Python restores SIGINT's default action before it tears down its modules (~0.5 s with dask,
+    distributed and h5py loaded): a Ctrl-C then killed a finished run with status -2 and no word.
+    SIG_IGN is the one disposition Python leaves in place, and it holds for every thread (blocking
+    the signal in the main thread would not: any other thread may receive it).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command line; returns the exit status."""
+    """Run the command line; returns the exit status.
+
+    Without ``argv`` (the ``tilefuse`` command, ``python -m tilefuse.cli``) this is the process:
+    once the command has finished, Ctrl-C is ignored for the rest of it (see :func:`_finished`).
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
-    handler = _log_to_stderr(args.verbose, args.quiet)
+    handlers = _log_to_stderr(args.verbose, args.quiet)
     args.progress = args.quiet == 0  # a bar on the command line unless -q
     try:
-        COMMANDS[args.command](args)
+        try:
+            COMMANDS[args.command](args)
+        finally:
+            if argv is None:
+                _finished()
     except OptionError as exc:  # a bad value found past argparse (across fields, or by a stage): name the flag
         if args.debug:
             traceback.print_exc()
@@ -528,7 +577,7 @@ def main(argv: list[str] | None = None) -> int:
               f"its .partial name. Run again with --debug for the traceback and please report it.", file=sys.stderr)
         return 1
     finally:
-        log.removeHandler(handler)
+        _stop_logging(handlers)
     return 0
 
 

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from .. import _storage
-from .._blockcache import cached_block, forget_block
+from .._blockcache import cached_block, forget_block, planned_share
 from .._inputs import MAX_METADATA_BYTES, block_byte_limit
 from ..errors import ImageDataError, MissingDataError, UnsupportedFormatError
 from .bdv import BDV_DATA_TYPES
@@ -378,12 +378,14 @@ class N5Dataset:
             f"{'x'.join(map(str, self.chunks[::-1]))}) from {self.path}/attributes.json"
         )
 
-    def read(self, region: tuple[slice, ...] | None = None, *, cache: bool = False) -> np.ndarray:
+    def read(self, region: tuple[slice, ...] | None = None, *, cache: bool | tuple = False) -> np.ndarray:
         """Read a region (tuple of step-1 slices, numpy order), opening only the blocks it needs.
 
         ``cache=True`` keeps decoded blocks in the per-process block cache
         (for neighbouring reads that share edge blocks), each valid only while
         its block file and the dataset's ``attributes.json`` keep their identity.
+        ``cache`` may be the tuple of every region a plan reads: each block is
+        then let go after its last planned read (:func:`~tilefuse._blockcache.planned_share`).
         """
         if region is None:
             region = (slice(None),) * self.ndim
@@ -404,8 +406,9 @@ class N5Dataset:
                 parts = [str(int(i)) for i in reversed(index)]  # as block_path
                 file = (_storage.join(self._cache_key, *parts) if remote else os.path.join(self._cache_key, *parts))
                 identity = (self._identity, _storage.identity([file]))
+                share = planned_share(cache, [i * c for i, c in zip(index, self.chunks)], self.chunks)
                 block = cached_block((self._cache_key, index), lambda index=index: self.read_block(index),
-                                     identity=identity)
+                                     identity=identity, share=share)
             else:
                 block = self.read_block(index)
             if block is None:

@@ -83,6 +83,14 @@ class TiffAcquisition(AcquisitionFile):
         kind = "ome-tiff" if tif.is_ome else "imagej-tiff" if tif.is_imagej else "tiff"
         acq = Acquisition(self.path, kind, [])
         ome = _OmeMetadata.parse(tif.ome_metadata, self.path) if tif.is_ome else None
+        if ome is None and _damaged_ome(tif):
+            # tifffile reads a file whose OME-XML it cannot take (truncated, not well-formed) as a plain TIFF:
+            # every page of every position one plane of a single stack.  Converted that way, a 2-tile scan
+            # became one 2-plane 3D view and fused with exit 0.
+            _OmeMetadata.parse(tif.pages.first.description, self.path)  # raises with the parser's words
+            raise ImageDataError(f"{self.path}: the first page holds OME-XML metadata that tifffile does not "
+                                 "accept as OME (damaged or of another schema); the file is refused rather than "
+                                 "read as a plain TIFF")
         if ome is None:
             voxel, unit, notes = tiff_calibration(tif)
             acq.voxel_size, acq.unit = voxel, unit
@@ -221,6 +229,16 @@ def tiff_calibration(tif) -> tuple[tuple, str, list[str]]:
     y, x = size("YResolution"), size("XResolution")
     z = to_micrometers(float(ij["spacing"]), unit) if "spacing" in ij else None
     return (z, y, x), "µm", notes
+
+
+def _damaged_ome(tif) -> bool:
+    """Whether the first page's ImageDescription is meant as OME-XML although tifffile did not take it."""
+    try:
+        text = tif.pages.first.description or ""
+    except Exception:  # noqa: BLE001 - no readable first page: nothing to say about its metadata
+        return False
+    head = text.lstrip()[:2000]
+    return head.startswith("<") and ("<OME" in head or ":OME" in head)
 
 
 class _OmeMetadata:

@@ -70,16 +70,19 @@ class FusionPlan:
         loader = self.project.loader
         return np.result_type(*{loader.dtype(v) for views in self.volumes.values() for v in views})
 
-    def sources(self, views: Sequence[ViewId], chunk_world: Sequence[float] | None = None) -> list[FusionSource]:
+    def sources(self, views: Sequence[ViewId], chunk_world: Sequence[float] | None = None,
+                grid: tuple | None = None) -> list[FusionSource]:
         """Fusion sources of some views, reading the pyramid level that suits the spacing.
 
         ``chunk_world``: the output chunk's extent in world units (numpy order,
         the output's axes), which decides whether a view's reads go through the
-        decoded-block cache (see :func:`_block_cache_pays`).
+        decoded-block cache (see :func:`_block_cache_pays`).  ``grid``: the
+        output's ``(origin, spacing, shape, chunks)`` (its axes), from which the
+        regions of each view that the chunks will read are told to the cache.
         """
         content = self.options.content_sigmas if self.options.content_based else None
         return [_source(self.project, v, self.spacing, self.ndim, self.options.intensity_adjustment,
-                        chunk_world, content) for v in views]
+                        chunk_world, content, grid) for v in views]
 
     def volume(self, timepoint: int, channel: int):
         """The lazy fused ``(z, y, x)`` volume of one timepoint and channel."""
@@ -97,7 +100,8 @@ class FusionPlan:
         chunks = output_chunks(chunks, grid_shape)
         chunk_world = np.array([max(c) for c in chunks], dtype=np.float64) * spacing
         o = self.options
-        fused = fuse_sources(self.sources(views, chunk_world), origin=origin, spacing=spacing,
+        fused = fuse_sources(self.sources(views, chunk_world, (origin, spacing, grid_shape, chunks)), origin=origin,
+                             spacing=spacing,
                              shape=grid_shape, chunks=chunks, blending=o.blending, blend_range=o.blend_range,
                              blend_border=o.blend_border, interpolation=o.interpolation, dtype=o.dtype)
         return fused if self.ndim == 3 else fused[None]
@@ -237,8 +241,54 @@ def _content_source(project: Project, view: ViewId, source_affine: np.ndarray, n
                    tuple(sigma2), to_source)
 
 
+#: Most chunk regions per view told to the block cache (a view under more chunks is cached plainly).
+_MAX_PLANNED_REGIONS = 256
+
+
+def _chunk_regions(affine: np.ndarray, shape: Sequence[int], grid: tuple, ndim: int):
+    """The regions of a view (3D, its level's voxels) that the output chunks will read, or True.
+
+    The same regions as the fusion engine's cosine/average path reads for a
+    translated or axis-aligned scaled view (the chunk's inside box
+    back-projected by :func:`~tilefuse.fusion.resample.source_region`).  Told
+    to the block cache (``loader.read(cache=regions)``), they say how many
+    reads will want each decoded block, so that a block is let go right after
+    its last read (:func:`tilefuse._blockcache.cached_block`).  True (cache
+    without that knowledge) for a view rotated or sheared against the grid.
+    """
+    from .resample import grid_affine, inside_box, is_diagonal, source_region
+
+    origin, spacing, out_shape, chunks = grid
+    m = np.linalg.inv(affine) @ grid_affine(origin, spacing)
+    if not is_diagonal(m):
+        return True
+    box = inside_box(m, out_shape, shape)
+    if box is None:
+        return True
+    bounds = [np.concatenate([[0], np.cumsum(c)]) for c in chunks]
+    ranges = [range(int(np.searchsorted(e, b.start, side="right")) - 1, int(np.searchsorted(e, b.stop, side="left")))
+              for e, b in zip(bounds, box)]
+    if math.prod(len(r) for r in ranges) > _MAX_PLANNED_REGIONS:
+        return True  # every task would carry them, every block read scan them: plain LRU instead
+    regions = []
+    for index in np.ndindex(*(len(r) for r in ranges)):
+        idx = [r[i] for r, i in zip(ranges, index)]
+        start = [int(e[i]) for e, i in zip(bounds, idx)]
+        stop = [int(e[i + 1]) for e, i in zip(bounds, idx)]
+        m_chunk = m @ grid_affine(np.zeros(len(out_shape)), 1.0, start)
+        sub = inside_box(m_chunk, [b - a for a, b in zip(start, stop)], shape)  # as the engine's task does
+        if sub is None:
+            continue
+        m_box = m_chunk @ grid_affine(np.zeros(len(out_shape)), 1.0, [b.start for b in sub])
+        region = source_region(m_box, [b.stop - b.start for b in sub], shape, 1)
+        if region is not None:
+            regions.append(((slice(0, 1),) + region) if ndim == 2 else region)
+    return tuple(regions) or True
+
+
 def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, intensity: bool,
-            chunk_world: Sequence[float] | None = None, content: tuple[float, float] | None = None) -> FusionSource:
+            chunk_world: Sequence[float] | None = None, content: tuple[float, float] | None = None,
+            grid: tuple | None = None) -> FusionSource:
     loader = project.loader
     # Checked against the XML first: a view whose data cannot be trusted is refused, not fused.
     data = project.check_view(view)
@@ -256,6 +306,8 @@ def _source(project: Project, view: ViewId, spacing: np.ndarray, ndim: int, inte
     log.debug("%s: reads pyramid level %d (factors z y x %s, shape %s)%s", view, level,
               tuple(data.levels[level]), tuple(data.shapes[level]),
               "" if chunk_world is None else f", decoded-block cache {'on' if cache else 'off'}")
+    if cache and grid is not None:
+        cache = _chunk_regions(affine, shape, grid, ndim)
     return FusionSource(key=view, shape=shape, affine=affine,
                         reader=partial(_read_region, loader, view, level, ndim, cache),
                         intensity=adjust, dtype=data.dtype,

@@ -232,6 +232,14 @@ def register_interest_points(
         log.debug("group %s: correction (4x4 zyx) %s", key, np.round(t, 4).tolist())
     for text in result.warnings():
         log.warning("%s: %s", where(project.path), text)
+    if matches.pairs and not np.any(solution.accepted) and not o.allow_unregistered:
+        # As with phase correlation: stage positions returned as a registration would be no registration.
+        raise RegistrationError(
+            f"{where(project.path)}: nothing was registered: of the {len(matches.pairs)} pairs of views compared, "
+            f"{len(matches.matched)} had matching interest points labelled {label!r} and no match was kept, so "
+            "every view would keep its stage position; no XML was written. See the warnings above (-v for each "
+            "pair), change the detection (--threshold, --sigma) or matching (--ratio, --ransac-error) options, or "
+            "pass --allow-unregistered (allow_unregistered=True) to go on with the stage positions")
     return result
 
 

@@ -31,7 +31,7 @@ import numpy as np
 from lxml import etree
 
 from .. import _storage
-from .._blockcache import cached_block
+from .._blockcache import cached_block, planned_share
 from .._inputs import check_regular_file
 from ..errors import (
     ImageDataError,
@@ -300,7 +300,7 @@ class Hdf5Loader(ImageLoader):
             )
         return tuple(int(c) for c in np.asarray(sub[()]).reshape(-1, 3)[level][::-1])
 
-    def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
+    def read(self, view: ViewId, level: int, region: Region, *, cache: bool | Region = False) -> np.ndarray:
         cells = self._cells(view, level)
         path, tp, setup = self._locate(view)
         ds = self._memo(path, ("open cells",), _OpenDatasets).get((tp, setup, level),
@@ -310,7 +310,8 @@ class Hdf5Loader(ImageLoader):
         # the identity of the files when read (the dataset is dropped with the handle when they change).
         identity = self._file_entry(path).identity if cache else None
         try:
-            arr = _read_region(ds, region, identity=identity, cells=cells)
+            arr = _read_region(ds, region, identity=identity, cells=cells,
+                               plan=cache if isinstance(cache, tuple) else None)
         except (OSError, *DeflateError) as exc:  # a damaged chunk or truncated file
             raise ImageDataError(
                 f"{path}: cannot read {ViewId(*view)} level {level} from {ds.name} ({exc})"
@@ -480,7 +481,8 @@ def _nothing_stored(ds) -> bool:
     return ds.id.get_storage_size() == 0
 
 
-def _read_region(ds, region, *, identity=None, cells: _Cells | None = None) -> np.ndarray:
+def _read_region(ds, region, *, identity=None, cells: _Cells | None = None,
+                 plan: tuple[tuple[slice, ...], ...] | None = None) -> np.ndarray:
     """Read a region of a chunked dataset, decompressing chunks outside h5py's lock.
 
     h5py decompresses inside its global lock, so with several dask threads
@@ -494,6 +496,9 @@ def _read_region(ds, region, *, identity=None, cells: _Cells | None = None) -> n
     With an ``identity`` (that of the open file, see :func:`~.base.cached_entry`) decoded
     chunks go through the per-process block cache, valid for that identity only.  ``cells``
     (the dataset's properties, read once per process) saves asking h5py for them again.
+    ``plan``: every region that reads like this one will ask for (``loader.read(cache=regions)``,
+    fusion's chunks); the number of them that meet a block is the number of reads
+    :func:`~tilefuse._blockcache.cached_block` counts down before letting the block go.
     """
     cells = cells if cells is not None else _Cells.of(ds)
     codec = cells.codec
@@ -515,8 +520,10 @@ def _read_region(ds, region, *, identity=None, cells: _Cells | None = None) -> n
         src = tuple(slice(max(s.start - o, 0), min(s.stop - o, c)) for s, o, c in zip(region, offset, chunks))
         dst = tuple(slice(o + a.start - s.start, o + a.stop - s.start) for s, o, a in zip(region, offset, src))
         if cache:
+            share = planned_share(plan, offset, chunks)  # one of the planned reads that meet this block
             block = cached_block(key + (offset,), lambda offset=offset: _decode_chunk(ds, offset, deflate, shuffle,
-                                                                                      cells), identity=identity)
+                                                                                      cells), identity=identity,
+                                 share=share)
         else:
             block = _decode_chunk(ds, offset, deflate, shuffle, cells)
         out[dst] = block[src]

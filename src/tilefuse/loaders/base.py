@@ -278,13 +278,16 @@ class ImageLoader(ABC):
         return mipmap_transform(self.levels(view)[level])
 
     @abstractmethod
-    def read(self, view: ViewId, level: int, region: Region, *, cache: bool = False) -> np.ndarray:
+    def read(self, view: ViewId, level: int, region: Region, *, cache: bool | tuple = False) -> np.ndarray:
         """Read ``region`` (three slices, step 1, inside the shape) of one level.
 
         ``cache=True`` hints that overlapping reads will follow (neighbouring
         fusion chunks): loaders that decode compressed blocks then keep them
         in the per-process cache of :mod:`tilefuse._blockcache`.
-        Loaders without such blocks ignore it.
+        Loaders without such blocks ignore it.  ``cache`` may also be the
+        tuple of every region the plan will read (fusion's chunks): a loader
+        may then count the reads of each block and let it go after its last
+        (the HDF5 loader does; others treat it as ``True``).
         """
 
     def check_view(self, view: ViewId) -> None:  # noqa: B027 - a hook: by default nothing to check

@@ -107,6 +107,8 @@ class RegistrationResult:
         * no pair of groups overlapped (nothing was registered);
         * groups left without any kept link: they keep their stage positions relative to the
           others, so their error is the stage's;
+        * parts of the mosaic that no kept link joins (each part is registered, but the parts are
+          placed relative to each other by the stage positions);
         * kept links with a correlation just above the threshold (within 0.1) whose shift is
           large (over three times the pairs' median and 5 world units): a weak match that moves
           a tile far is the classic false positive;
@@ -127,6 +129,7 @@ class RegistrationResult:
             shown = ", ".join(map(str, alone[:5])) + (f" and {len(alone) - 5} more" if len(alone) > 5 else "")
             out.append(f"{len(alone)} of {n_groups} groups have no kept link and keep their stage positions "
                        f"relative to their neighbours: {shown}")
+        out += self._split_warning(alone)
         if self.accepted:
             floor = float(self.params.get("min_correlation", 0.0)) + 0.1
             typical = float(np.median([np.linalg.norm(link.shift) for link in self.links if link.valid] or [0]))
@@ -141,6 +144,35 @@ class RegistrationResult:
                        f"final positions but at {link.correlation:.2f} at its best alignment (link "
                        f"{link.status}): the fused image likely ghosts there; see docs/registration.md")
         return out
+
+    def _split_warning(self, alone: list) -> list[str]:
+        """Parts of the mosaic (of two or more groups each) that no kept link joins: they are placed
+        relative to each other by the stage alone, as a group without links is (a periodic sample had
+        its one ambiguous link rejected and the tiles beyond it 21 px off, with no word)."""
+        parent = {k: k for k in self.groups.members}
+
+        def root(k):
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        for link in self.accepted:
+            parent[root(link.a)] = root(link.b)
+        lonely = set(alone)
+        cut = [link for link in self.links if not link.accepted and root(link.a) != root(link.b)
+               and link.a not in lonely and link.b not in lonely]
+        if not cut:
+            return []
+        sizes: dict = {}
+        for k in self.groups.members:
+            sizes[root(k)] = sizes.get(root(k), 0) + 1
+        parts = sorted((n for n in sizes.values() if n > 1), reverse=True)
+        shown = "; ".join(f"{link.a} - {link.b} ({link.status})" for link in cut[:3])
+        more = f" and {len(cut) - 3} more" if len(cut) > 3 else ""
+        return [f"the kept links join the groups into {len(parts)} separate parts ({', '.join(map(str, parts))} "
+                f"groups) that are placed relative to each other by the stage positions only; the overlaps between "
+                f"them had no link kept: {shown}{more}. Check them, or see docs/registration.md for the options"]
 
     def apply(self, project: Project, *, inplace: bool = False, name: str = STITCHING_TRANSFORM) -> Project:
         """Add each group's translation to the front of its views' chains.
@@ -542,7 +574,22 @@ def register(
                    min_correlation=o.min_correlation, max_shift=o.max_shift, fixed=o.fixed, model=o.model,
                    max_stage_error=o.max_stage_error)
     result.params["min_overlap"] = o.min_overlap
+    if links and not result.accepted and not o.allow_unregistered:
+        raise RegistrationError(_nothing_registered(project, result))
     result.check_consistency(project, o.min_consistency, client=client)
     for text in result.warnings():
         log.warning("%s: %s", where(project.path), text)
     return result
+
+
+def _nothing_registered(project: Project, result: RegistrationResult) -> str:
+    """Why a registration that kept no link stops: a result equal to the stage positions is no registration."""
+    reasons: dict[str, int] = {}
+    for link in result.links:
+        key = link.status.removeprefix("rejected: ").split(" (")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    why = "; ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return (f"{where(project.path)}: nothing was registered: none of the {len(result.links)} overlapping pairs gave "
+            f"a link that could be kept ({why}), so every view would keep its stage position; no XML was written. "
+            "Look at the pairs with -v, adjust --min-correlation, --max-shift, --max-stage-error or "
+            "--channel, or pass --allow-unregistered (allow_unregistered=True) to go on with the stage positions")

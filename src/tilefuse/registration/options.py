@@ -129,6 +129,10 @@ class RegistrationOptions(Options):
                                     help="warn about pairs whose overlap correlates below this at the final "
                                          "positions but clearly better at their own best alignment (ghosting; "
                                          "default 0.5)")
+    allow_unregistered: bool = option(
+        False, check=_flag,
+        help="when no link (or interest-point match) is kept, keep every view where the stage put it and go on "
+             "(default: stop with an error, nothing written)")
     fixed: tuple | None = option(None, cli=False,
                                  help="group keys that do not move (default: the first of each connected set)")
 

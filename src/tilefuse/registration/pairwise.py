@@ -440,6 +440,11 @@ def pairwise(
             d = np.asarray(refinement.shift, dtype=np.float64)
         # A_crop[x] ≈ B_crop[x - d]  =>  t_b - t_a = w0_a - w0_b + spacing * d
         shift = (w0_a - w0_b) + spacing * d
+        if res.undetermined:
+            # The overlap does not change along these axes (a stack of identical planes): nothing to
+            # correct there.  0, not w0_a - w0_b: the crops' rounding to whole voxels is no measurement.
+            shift[list(res.undetermined)] = 0.0
+            info["undetermined_axes"] = tuple("zyx"[d] for d in res.undetermined)
         links.append(Link(pair.a, pair.b, shift, float(res.correlation), pair.overlap, va, vb, h, info=info))
         if debug:  # the arguments cost more than the rest of the loop: built only when logged
             log.debug("pair %s - %s: shift (z y x) %s world units, correlation %.3f (level %d, crop %s)%s",

@@ -81,6 +81,9 @@ class PairwiseShift:
     checked : str
         What the exhaustive check of a doubtful pair found (:mod:`.exhaustive`); empty when it did
         not run.
+    undetermined : tuple of int
+        Axes longer than 1 along which neither crop changes: the data cannot tell a shift along
+        them, and ``shift`` is 0 there (the views keep their current relative position).
     """
 
     shift: np.ndarray
@@ -92,6 +95,7 @@ class PairwiseShift:
     peak_height: float
     reason: str = ""
     checked: str = ""
+    undetermined: tuple[int, ...] = ()
 
 
 def pairwise_shift(
@@ -113,7 +117,8 @@ def pairwise_shift(
     ----------
     fixed, moving : array_like
         Same-shape crops (any real dtype, 1-D to 3-D or more).  Axes of length
-        1 are ignored; the returned shift has 0 on them.
+        1, and axes along which neither crop changes (the shift along them is
+        undetermined), are ignored; the returned shift has 0 on them.
     n_peaks : int, optional
         How many local maxima of the phase-correlation matrix to check.  The
         PCM only knows the shift modulo the padded size, so each peak is
@@ -183,6 +188,9 @@ def pairwise_shift(
     """
     fixed_a, moving_a, keep, masks = _validate(fixed, moving, fixed_mask, moving_mask)
     full_ndim = fixed_a.ndim
+    determined = _determined_axes(fixed_a, moving_a, masks, keep)
+    undetermined = tuple(int(d) for d in keep if d not in determined)
+    keep = determined
     if n_peaks < 1:
         raise RegistrationError(f"n_peaks must be >= 1, got {n_peaks}")
     if not 0.0 <= min_overlap <= 1.0:
@@ -193,10 +201,12 @@ def pairwise_shift(
     shape = tuple(fixed_a.shape[d] for d in keep)
     if method == "gradient" and len(shape) > 3:
         method = "cc"  # the compiled Gauss-Newton step handles up to three axes
-    f = fixed_a.reshape(shape)
-    m = moving_a.reshape(shape)
+    # One slice along the dropped axes (length 1, or crops that do not change along them).
+    reduced = tuple(slice(None) if d in keep else 0 for d in range(full_ndim))
+    f = fixed_a[reduced]
+    m = moving_a[reduced]
     if masks is not None:
-        masks = (masks[0].reshape(shape), masks[1].reshape(shape))
+        masks = (masks[0][reduced], masks[1][reduced])
 
     # Centred float64 copies: the scorer's sums stay well conditioned and the
     # FFT input has no DC term to leak into the PCM.
@@ -214,7 +224,7 @@ def pairwise_shift(
         full_shift[keep] = shift
         full_int[keep] = ishift
         return PairwiseShift(full_shift, float(corr), float(frac), int(n_cand), bool(valid),
-                             full_int, float(height), reason, checked)
+                             full_int, float(height), reason, checked, undetermined)
 
     pcm, fft_shape = phase_correlation_matrix(f, m, workers)
     scorer = OverlapScorer(f, m, masks)
@@ -466,6 +476,24 @@ def _validate(fixed, moving, fixed_mask, moving_mask):
                     f"{name} crop contains NaN or infinite values; pass "
                     f"{name}_mask=np.isfinite({name}) to ignore them")
     return f, m, keep, masks
+
+
+def _determined_axes(f: np.ndarray, m: np.ndarray, masks, keep: np.ndarray) -> np.ndarray:
+    """``keep`` less the axes along which neither crop (nor its mask) changes.
+
+    Along such an axis (a 3D stack whose planes are all the same, a 2D image copied into every
+    plane) every shift correlates equally well: the data say nothing about it, and the candidate
+    scoring, the hill climb and the Gauss-Newton step would "refine" it from ties and rounding (a
+    stack of identical planes moved its tiles by several units in z).  The shift stays 0 there, so
+    the tile keeps its current (stage) position along that axis.  Crops that are constant along
+    every axis keep them all: they are reported as constant (no shift), not as having no axis.
+    """
+    def constant_along(a: np.ndarray, d: int) -> bool:
+        return bool(np.array_equal(a, np.broadcast_to(np.take(a, [0], axis=d), a.shape)))
+
+    arrays = (f, m) if masks is None else (f, m, *masks)
+    determined = np.array([d for d in keep if not all(constant_along(a, d) for a in arrays)], dtype=np.intp)
+    return determined if determined.size else keep
 
 
 def _subpixel_method(subpixel) -> str | None:

@@ -8,13 +8,14 @@ the fused volume opens in BigDataViewer/BigStitcher.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from .. import _storage
 from .._outputs import check_outputs
-from ..errors import FusionError
+from ..errors import FusionError, ImageDataError, where
 from ..fusion.api import FusionPlan
 from ._atomic import input_paths
 from .options import OutputOptions
@@ -104,7 +105,8 @@ def write_fused(
         return write_ome_zarr(image, path, voxel_size=voxel_size, origin=origin, unit=plan.unit, axes=axes,
                               channel_names=plan.channel_names, progress=progress, resume=resume,
                               overwrite=overwrite, n_levels=n_levels, fingerprint=plan.fingerprint(),
-                              client=client, ngff=o.ngff, shards=o.shards)
+                              client=client, ngff=o.ngff, shards=o.shards,
+                              before_commit=_inputs_unchanged(plan, path))
     if kind == "tiff":
         from .tiff import write_tiff
 
@@ -117,7 +119,8 @@ def write_fused(
                 image = image[0]
         return write_tiff(image, path, voxel_size=voxel_size if plan.ndim == 3 else voxel_size[1:],
                           unit=plan.unit.replace("µ", "u"),  # ImageJ metadata is ASCII
-                          progress=progress, overwrite=overwrite, client=client)
+                          progress=progress, overwrite=overwrite, client=client,
+                          before_commit=_inputs_unchanged(plan, path))
     from .project import write_project
 
     images, tps, chans = [], [], []
@@ -132,3 +135,27 @@ def write_fused(
                   channels=chans, timepoints=tps, names=names, format=container, progress=progress,
                   overwrite=overwrite, inputs=inputs, client=client)
     return path
+
+
+def _inputs_unchanged(plan: FusionPlan, path) -> Callable[[], None]:
+    """A check, for just before the output is committed, that no view's files changed since now.
+
+    The fingerprint keys a *resumed* run on the inputs' identity (size, modification time, or ETag), taken
+    when the run starts; without this second look, a file changed or deleted while the fusion read it (a
+    Zarr chunk deleted mid-run reads as zeros) was fused half old, half new, and committed with exit 0.
+    """
+    loader = plan.project.loader
+    views = sorted({v for views in plan.volumes.values() for v in views})
+    before = {v: loader.data_identity(v) for v in views}
+
+    def check() -> None:
+        changed = [v for v in views if loader.data_identity(v) != before[v]]
+        if changed:
+            files = ", ".join(str(f) for f in list(loader.view_files(changed[0]))[:2])
+            more = f" and {len(changed) - 1} more views" if len(changed) > 1 else ""
+            raise ImageDataError(
+                f"{where(plan.project.path)}: the files of {changed[0]}{more} changed while the fusion read them "
+                f"({files}); {path} was not committed (it keeps its partial state). Run again once they are "
+                "final: the next run starts over")
+
+    return check

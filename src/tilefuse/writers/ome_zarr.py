@@ -908,6 +908,7 @@ def write_ome_zarr(
     client: Any = None,
     ngff: str = "0.5",
     shards: int | Sequence[int] | None = None,
+    before_commit: Any = None,
 ) -> Path:
     """Write ``image`` as an OME-NGFF multiscale image: 0.5 (Zarr v3, sharded) or 0.4 (Zarr v2).
 
@@ -976,6 +977,10 @@ def write_ome_zarr(
         NGFF 0.5: shard shape, a multiple of ``chunks`` along every axis (an
         int applies to spatial axes).  By default about :data:`SHARD_BYTES`
         of whole chunks (:func:`shard_shape`).
+    before_commit : callable, optional
+        Called with no arguments once every chunk is written, before the output is committed (renamed, or
+        its root metadata written); an exception it raises leaves the output uncommitted (its partial
+        name kept).  :func:`tilefuse.write_fused` checks there that the input files did not change.
 
     Returns
     -------
@@ -1120,6 +1125,8 @@ def write_ome_zarr(
         omero = None
         if "c" in axes or channel_names is not None:
             omero = _omero(target, axes, channel_names, dtype, path, ngff, client)
+        if before_commit is not None:
+            before_commit()
         # The commit point of an output in an object store: the root metadata become an image's.
         group.attrs.update(_attributes(multiscales, omero, ngff))
         if remote:

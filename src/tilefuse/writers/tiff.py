@@ -80,6 +80,7 @@ def write_tiff(
     overwrite: bool = False,
     compression: str | None = None,
     client=None,
+    before_commit=None,
 ) -> Path:
     """Write a ``yx``, ``zyx`` or ``czyx`` array as a TIFF stack.
 
@@ -109,6 +110,9 @@ def write_tiff(
     client : distributed.Client, optional
         Compute the slabs on this cluster (the file is written here); by
         default local threads.
+    before_commit : callable, optional
+        Called with no arguments once the file is written, before it is renamed into place; an
+        exception it raises leaves nothing under ``path`` (see :func:`tilefuse.write_fused`).
 
     Returns
     -------
@@ -196,4 +200,6 @@ def write_tiff(
                 dtype=dtype,
                 **kwargs,
             )
+        if before_commit is not None:
+            before_commit()
     return path

@@ -1,0 +1,38 @@
+"""An input changed while the fusion reads it: the output is not committed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import tilefuse
+from tilefuse.demo import make_sample_project
+from tilefuse.errors import ImageDataError
+
+
+@pytest.mark.parametrize("name", ["fused.ome.zarr", "fused.tif"])
+def test_input_changed_mid_run_leaves_the_output_uncommitted(tmp_path, name):
+    # A Zarr chunk deleted while `fuse` ran read as zeros: the image was committed half old, half new,
+    # exit 0.  Here the project's HDF5 file is rewritten (a new modification time) at the first read.
+    project = make_sample_project(tmp_path / "p", grid=(1, 2), tile_shape=(64, 64), overlap=0.25)
+    (h5,) = {f for v in project.views for f in project.loader.view_files(v)}
+    loader, read = project.loader, project.loader.read
+    changed = []
+
+    def read_and_change(*args, **kwargs):
+        if not changed:
+            stat = os.stat(h5)
+            os.utime(h5, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+            changed.append(True)
+        return read(*args, **kwargs)
+
+    loader.read = read_and_change
+    out = tmp_path / name
+    with pytest.raises(ImageDataError, match=r"dataset\.xml: the files of view .* changed while the fusion read "
+                                             rf"them .*{name} was not committed"):
+        tilefuse.write_fused(tilefuse.plan_fusion(project), out)
+    assert changed and not out.exists()
+    # unchanged since: the next run starts over (other input identity) and commits
+    loader.read = read
+    assert tilefuse.write_fused(tilefuse.plan_fusion(project), out) == out and out.exists()
