@@ -41,7 +41,7 @@ import contextlib
 import os
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
@@ -148,6 +148,28 @@ def _local_scheduler() -> str:
     if configured in ("sync", "synchronous", "single-threaded"):
         return "synchronous"
     return "threads"
+
+
+def batched_tasks(prefix: str, shared: Any, func: Callable, batches: Sequence) -> list:
+    """One task ``func(shared, batch)`` per batch, every task reading one graph node that holds ``shared``.
+
+    ``shared`` (typically a loader) is then a single node: sent to each worker once
+    and not pickled into every task.  Returns the tasks as ``Delayed`` objects, in
+    the order of ``batches``, for :func:`compute`.
+    """
+    import uuid
+
+    from dask.delayed import Delayed
+    from dask.highlevelgraph import HighLevelGraph
+
+    name = f"{prefix}-{uuid.uuid4().hex}"
+    shared_key = f"{name}-shared"
+    dsk: dict = {shared_key: shared}
+    keys = [(name, i) for i in range(len(batches))]
+    for key, batch in zip(keys, batches):
+        dsk[key] = (func, shared_key, batch)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    return [Delayed(key, graph, layer=name) for key in keys]
 
 
 def compute(*collections, client: Any = None, progress: bool | Progress = False, description: str = "computing",

@@ -84,25 +84,12 @@ def _correlate_batch(loader, batch: _Reads) -> list[float]:
 
 def _run_reads(loader, jobs: list, client) -> list[float]:
     """Compute ``jobs`` in batched tasks sharing one loader node; one value per job, in order."""
-    import uuid
-
-    from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
-
-    from .._compute import compute
+    from .._compute import batched_tasks, compute
 
     if not jobs:
         return []
-    name = f"tilefuse-consistency-{uuid.uuid4().hex}"
-    loader_key = f"{name}-loader"
-    dsk = {loader_key: loader}
-    keys = []
-    for i in range(0, len(jobs), _BATCH):
-        key = (name, i // _BATCH)
-        dsk[key] = (_correlate_batch, loader_key, _Reads(jobs[i : i + _BATCH]))
-        keys.append(key)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    results = compute(*[Delayed(key, graph, layer=name) for key in keys], client=client)
+    batches = [_Reads(jobs[i : i + _BATCH]) for i in range(0, len(jobs), _BATCH)]
+    results = compute(*batched_tasks("tilefuse-consistency", loader, _correlate_batch, batches), client=client)
     return [value for batch in results for value in batch]
 
 

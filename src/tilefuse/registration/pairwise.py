@@ -272,30 +272,19 @@ def _run_batches(loader, work: list, *, client, progress: bool, sizes: dict | No
 
     ``sizes`` (view -> XML size): the views were not checked yet; each task checks those it reads first.
     """
-    import uuid
-
-    from dask.delayed import Delayed
-    from dask.highlevelgraph import HighLevelGraph
-
-    from .._compute import compute
+    from .._compute import batched_tasks, compute
 
     per = _batch_size(len(work))
-    name = f"tilefuse-pairs-{uuid.uuid4().hex}"
-    loader_key = f"{name}-loader"
-    dsk = {loader_key: loader}
-    keys = []
+    batches = []
     for i in range(0, len(work), per):
-        key = (name, i // per)
         batch = work[i : i + per]
         checks = ()
         if sizes is not None:
             views = dict.fromkeys(v for read, _, _ in batch for v in read.views_a + read.views_b)
             checks = tuple((v, sizes[v]) for v in views)
-        dsk[key] = (_register_batch, loader_key, _Batch(batch, checks, xml_path))
-        keys.append(key)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+        batches.append(_Batch(batch, checks, xml_path))
     with progress_bar("registering pairs", len(work), unit="pair", enabled=progress) as bar:
-        results = compute(*[Delayed(key, graph, layer=name) for key in keys], client=client,
+        results = compute(*batched_tasks("tilefuse-pairs", loader, _register_batch, batches), client=client,
                           progress=_PairsDone(bar, per, len(work)))
     return [r for batch in results for r in batch]
 
