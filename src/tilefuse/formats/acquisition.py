@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,10 +102,11 @@ class AcquisitionFile(ABC):
     """An open acquisition file: its metadata and region reads of its stacks.
 
     Subclasses set :attr:`kind`, :attr:`suffixes` and :attr:`extra` (the pip
-    extra holding their reader, None for core) and implement :meth:`describe`
-    and :meth:`read`.  Instances hold an open file: one per process, cached by
-    the loaders (:func:`tilefuse.loaders.base.cached_handle`); reads from several
-    threads are serialised by the subclasses whose readers are not thread-safe.
+    extra holding their reader, None for core) and implement :meth:`_describe`
+    (called once, its result kept by :meth:`describe`) and :meth:`read`.
+    Instances hold an open file: one per process, cached by the loaders
+    (:func:`tilefuse.loaders.base.cached_handle`); reads from several threads
+    are serialised by the subclasses whose readers are not thread-safe.
     """
 
     kind: ClassVar[str] = ""
@@ -115,6 +117,10 @@ class AcquisitionFile(ABC):
         self.path = Path(path)
         if not self.path.is_file():
             raise MissingDataError(f"{self.path}: file not found")
+        # One reader handle per file: describing it, and reading where the reader is not thread-safe,
+        # is serialised by this lock.
+        self._lock = threading.Lock()
+        self._acq: Acquisition | None = None
 
     def _open_reader(self, module: str, opener: str) -> Any:
         """The vendor reader's handle of this file, ``module.opener(path)``: a missing package names the
@@ -125,9 +131,17 @@ class AcquisitionFile(ABC):
         except Exception as exc:
             raise ImageDataError(f"{self.path}: not a readable {self.kind.upper()} file ({exc})") from exc
 
-    @abstractmethod
     def describe(self) -> Acquisition:
-        """The file's stacks and metadata (cheap: no pixels are read)."""
+        """The file's stacks and metadata (cheap: no pixels are read; worked out once per file handle)."""
+        if self._acq is None:
+            with self._lock:
+                if self._acq is None:
+                    self._acq = self._describe()
+        return self._acq
+
+    @abstractmethod
+    def _describe(self) -> Acquisition:
+        """Read the file's stacks and metadata (see :meth:`describe`)."""
 
     @abstractmethod
     def read(self, series: int, channel: int, timepoint: int, region: Region) -> np.ndarray:

@@ -30,8 +30,6 @@ specification's subblock directory ``DimensionEntryDV``):
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..errors import UnsupportedFormatError
@@ -50,15 +48,7 @@ class CziAcquisition(AcquisitionFile):
     def __init__(self, path) -> None:
         super().__init__(path)
         self._czi = self._open_reader("aicspylibczi", "CziFile")
-        self._lock = threading.Lock()  # one libCZI reader per file: reads are serialised
-        self._acq: Acquisition | None = None
         self._tiles: list[tuple[int, int | None]] = []  # series -> (scene, tile or None)
-
-    def describe(self) -> Acquisition:
-        if self._acq is None:
-            with self._lock:
-                self._acq = self._describe()
-        return self._acq
 
     def _describe(self) -> Acquisition:
         czi = self._czi

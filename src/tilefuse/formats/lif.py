@@ -32,7 +32,6 @@ the reference reader of LAS X files):
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 
@@ -57,15 +56,7 @@ class LifAcquisition(AcquisitionFile):
     def __init__(self, path) -> None:
         super().__init__(path)
         self._lif = self._open_reader("readlif.reader", "LifFile")
-        self._lock = threading.Lock()
         self._series: list[tuple[int, int, int | None]] = []  # series -> (image, tile, wavelength DimID)
-        self._acq: Acquisition | None = None
-
-    def describe(self) -> Acquisition:
-        if self._acq is None:
-            with self._lock:
-                self._acq = self._describe()
-        return self._acq
 
     def _describe(self) -> Acquisition:
         acq = Acquisition(self.path, "lif", [])

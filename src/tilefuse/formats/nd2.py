@@ -22,8 +22,6 @@ Conventions (nd2's ``ND2File.frame_metadata``/``experiment`` models; Bio-Formats
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 
 from ..errors import UnsupportedFormatError
@@ -42,18 +40,10 @@ class Nd2Acquisition(AcquisitionFile):
     def __init__(self, path) -> None:
         super().__init__(path)
         self._nd2 = self._open_reader("nd2", "ND2File")
-        self._lock = threading.Lock()
-        self._acq: Acquisition | None = None
         self._dask = None
 
     def close(self) -> None:
         self._nd2.close()
-
-    def describe(self) -> Acquisition:
-        if self._acq is None:
-            with self._lock:
-                self._acq = self._describe()
-        return self._acq
 
     def _describe(self) -> Acquisition:
         f = self._nd2

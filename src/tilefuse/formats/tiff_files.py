@@ -31,7 +31,6 @@ What is read, per flavour:
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -60,9 +59,7 @@ class TiffAcquisition(AcquisitionFile):
             self._tif = tifffile.TiffFile(self.path)
         except Exception as exc:  # TiffFileError, struct.error, ...
             raise ImageDataError(f"{self.path}: not a readable TIFF file ({exc})") from exc
-        self._lock = threading.Lock()
         self._arrays: dict[int, object] = {}
-        self._acq: Acquisition | None = None
 
     def close(self) -> None:
         self._tif.close()
@@ -73,11 +70,6 @@ class TiffAcquisition(AcquisitionFile):
         return self._tif
 
     # -- metadata ---------------------------------------------------------
-    def describe(self) -> Acquisition:
-        if self._acq is None:
-            self._acq = self._describe()
-        return self._acq
-
     def _describe(self) -> Acquisition:
         tif = self._tif
         kind = "ome-tiff" if tif.is_ome else "imagej-tiff" if tif.is_imagej else "tiff"
