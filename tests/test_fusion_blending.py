@@ -95,3 +95,26 @@ def test_adjust_blending_divides_by_axis_scale():
     rot[:2, :2] = [[2 * c, -s], [2 * s, c]]
     rng2, _ = adjust_blending(40.0, 0.0, rot)
     np.testing.assert_allclose(rng2, [20, 40])
+
+
+def test_profiles_of_many_views_equal_each_views_profile_bit_for_bit():
+    """cosine_profiles (all the views of a chunk in one call) gives, element by element, exactly
+    cosine_profile's value for that element's view: ramps, hard edges, borders, singleton axes."""
+    from tilefuse.fusion.blending import cosine_profiles
+
+    rng = np.random.default_rng(3)
+    coords, ns, ranges, borders, want = [], [], [], [], []
+    for n, r, b in [(512, 40.0, 0.0), (300, 12.5, 3.0), (64, 0.0, 0.0), (1, 40.0, 0.0), (90, 7.0, -8.0),
+                    (2, 40.0, 0.0), (700, 40.0 / 3.0, 0.5)]:
+        c = rng.uniform(-2.0, n + 1.0, 257) + rng.integers(0, 2) * 1e4  # far from 0: float64 rounding in play
+        c -= rng.integers(0, 2) * 1e4
+        coords.append(c)
+        ns.append(np.full(c.size, n))
+        ranges.append(np.full(c.size, r))
+        borders.append(np.full(c.size, b))
+        want.append(cosine_profile(c, n, r, b))
+    got = cosine_profiles(np.concatenate(coords), np.concatenate(ns), np.concatenate(ranges),
+                          np.concatenate(borders))
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, np.concatenate(want))
+    assert 0.0 < got.mean() < 1.0 and (got == 0.0).any() and (got == 1.0).any()

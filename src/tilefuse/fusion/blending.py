@@ -35,7 +35,7 @@ import numpy as np
 
 from ..geometry.affine import axis_scales
 
-__all__ = ["cosine_profile", "cosine_weights", "adjust_blending"]
+__all__ = ["cosine_profile", "cosine_profiles", "cosine_weights", "adjust_blending"]
 
 
 def cosine_profile(coords: np.ndarray, n: int, blend_range: float, border: float = 0.0) -> np.ndarray:
@@ -68,6 +68,28 @@ def cosine_profile(coords: np.ndarray, n: int, blend_range: float, border: float
     d = dist[ramp]
     w[ramp] = 0.5 * (1.0 + np.cos((1.0 - np.clip(d / blend_range, 0.0, 1.0)) * np.pi))
     w[dist <= 0] = 0.0  # exactly 0 at and beyond the border, as in BigStitcher
+    return w
+
+
+def cosine_profiles(coords: np.ndarray, n, blend_range, border=0.0) -> np.ndarray:
+    """:func:`cosine_profile` of many views at once: each element with its own ``n``, range and border.
+
+    ``n``, ``blend_range`` and ``border`` broadcast against ``coords``.  Element
+    by element the result is :func:`cosine_profile`'s, bit for bit (the same
+    float64 operations); the fusion engine evaluates all the views of a
+    chunk in one call instead of one call per view and axis.
+    """
+    coords = np.asarray(coords, dtype=np.float64)
+    n = np.broadcast_to(np.asarray(n, dtype=np.int64), coords.shape)
+    blend_range = np.broadcast_to(np.asarray(blend_range, dtype=np.float64), coords.shape)
+    border = np.broadcast_to(np.asarray(border, dtype=np.float64), coords.shape)
+    dist = np.minimum(coords - border, (n - 1) - coords - border)
+    w = np.ones(coords.shape, dtype=np.float32)
+    ramp = (dist < blend_range) & (blend_range > 0)  # a range <= 0 is a hard edge: 1 inside, 0 at the border
+    d = dist[ramp]
+    w[ramp] = 0.5 * (1.0 + np.cos((1.0 - np.clip(d / blend_range[ramp], 0.0, 1.0)) * np.pi))
+    w[dist <= 0] = 0.0
+    w[n <= 1] = 1.0
     return w
 
 

@@ -40,7 +40,6 @@ multiplying a chunk-sized weight array.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -51,8 +50,9 @@ from scipy import ndimage
 
 from .._numeric import cast_to_dtype
 from ..errors import FusionError, ImageDataError, UnsupportedFormatError
-from .blending import adjust_blending, cosine_profile, cosine_weights
+from .blending import adjust_blending, cosine_profile, cosine_profiles, cosine_weights
 from .resample import (
+    INSIDE_TOL,
     grid_affine,
     inside_box,
     inside_mask,
@@ -229,9 +229,9 @@ def plan_chunks(
 class _ChunkJob:
     """Everything one task needs.  A plain class so dask does not traverse it."""
 
-    __slots__ = ("out_affine", "out_shape", "items", "mode", "order", "fill_value", "dtype", "fast")
+    __slots__ = ("out_affine", "out_shape", "items", "mode", "order", "fill_value", "dtype", "fast", "shifted")
 
-    def __init__(self, out_affine, out_shape, items, mode, order, fill_value, dtype, fast):
+    def __init__(self, out_affine, out_shape, items, mode, order, fill_value, dtype, fast, shifted=None):
         self.out_affine = out_affine
         self.out_shape = out_shape
         self.items = items  # tuple of (FusionSource, inverse affine, range_vox, border_vox)
@@ -240,6 +240,9 @@ class _ChunkJob:
         self.fill_value = fill_value
         self.dtype = dtype
         self.fast = fast
+        # When every view only translates (cosine/average, compiled): the items' inverse affines, shapes,
+        # ramps, borders and intensities stacked, for the one-call path (_fuse_shifted_chunk); else None.
+        self.shifted = shifted
 
     def __getstate__(self):
         return {k: getattr(self, k) for k in self.__slots__}
@@ -464,86 +467,126 @@ def _blend_general_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, range_
         den[s0:s1] += w
 
 
-def _shifted_view(job: _ChunkJob, src: FusionSource, m: np.ndarray, range_vox, border_vox):
-    """What the compiled translation pass needs of one view: ``(crop, crop_start, shift, box, profiles,
-    intensity)`` with the crop read, or None when the view has no sample in the chunk."""
-    box = inside_box(m, job.out_shape, src.shape)
-    if box is None:
-        return None
-    shape = tuple(b.stop - b.start for b in box)
-    offset = split_affine(m)[1] + np.array([b.start for b in box], dtype=np.float64)  # box voxel -> view voxel
-    m = np.eye(len(shape) + 1)
-    m[:-1, -1] = offset
-    region = source_region(m, shape, src.shape, job.order)
-    if region is None:
-        return None
-    profiles = []
-    for d, n in enumerate(shape):
-        if job.mode == "average" or src.shape[d] == 1:
-            profiles.append(None)
-            continue
-        p = cosine_profile(np.arange(n, dtype=np.float64) + offset[d], src.shape[d], float(range_vox[d]),
-                           float(border_vox[d]))
-        profiles.append(np.maximum(p, np.float32(EDGE_WEIGHT)))
-    return _read(src, region), np.array([r.start for r in region]), offset, box, profiles, src.intensity
+def _shift_plan(job: _ChunkJob):
+    """Where every view of an all-translated chunk lands, for all views at once (numpy, no per-view Python).
+
+    Returns ``(kept, box, offset, crop_start, crop_stop)``: the views with a
+    sample in the chunk, their inside boxes ``(n, ndim, 2)``, the view voxel
+    of each box's first voxel, and the region of the view to read.  These
+    are, value for value, what :func:`inside_box` and :func:`source_region`
+    give view by view (the same float64 operations on the same matrices):
+    the one-call path must fuse the same bits as the per-view one did.
+    """
+    invs, shapes = job.shifted[0], job.shifted[1]
+    shape = job.out_shape
+    nd = len(shape)
+    m = invs @ job.out_affine  # stacked: as ``inv @ out_affine`` view by view
+    lin = np.diagonal(m[:, :-1, :-1], axis1=1, axis2=2)
+    off = m[:, :-1, -1]
+    n_views = len(invs)
+    first = np.zeros((n_views, nd), dtype=np.int64)
+    stop = np.zeros((n_views, nd), dtype=np.int64)
+    keep = np.ones(n_views, dtype=bool)
+    for d in range(nd):
+        # inside_box: the output voxels whose coordinate (source_coordinates) passes inside_mask
+        c = lin[:, d, None] * np.arange(shape[d], dtype=np.float64) + off[:, d, None]
+        n = shapes[:, d, None]
+        inside = np.where(n == 1, np.abs(c) <= 0.5 + INSIDE_TOL, (c >= -INSIDE_TOL) & (c <= (n - 1) + INSIDE_TOL))
+        keep &= inside.any(axis=1)
+        first[:, d] = inside.argmax(axis=1)
+        stop[:, d] = shape[d] - inside[:, ::-1].argmax(axis=1)
+    offset = off + first.astype(np.float64)  # box voxel 0 -> view voxel (the box maps by the identity)
+    # source_region of the box under that identity map: corners 0 and n - 1, one voxel of reach
+    cmin = offset
+    cmax = (stop - first - 1).astype(np.float64) + offset
+    keep &= ~np.any(cmax < np.where(shapes == 1, -0.5, 0.0) - INSIDE_TOL, axis=1)
+    keep &= ~np.any(cmin > np.where(shapes == 1, 0.5, shapes - 1.0) + INSIDE_TOL, axis=1)
+    lo = np.clip(np.floor(cmin).astype(np.int64) - 1, 0, shapes)
+    hi = np.clip(np.ceil(cmax).astype(np.int64) + 2, 0, shapes)
+    keep &= np.all(hi > lo, axis=1)
+    kept = np.flatnonzero(keep)
+    return kept, np.stack([first[kept], stop[kept]], axis=-1), offset[kept], lo[kept], hi[kept]
+
+
+def _shift_profiles(job: _ChunkJob, kept: np.ndarray, box: np.ndarray, offset: np.ndarray):
+    """Every kept view's per-axis weights over its box, concatenated, and where each starts.
+
+    :func:`~tilefuse.fusion.blending.cosine_profiles` evaluates all of them in
+    one call per axis, each value as ``cosine_profile(arange(n) + offset)``
+    view by view gave it, floored at :data:`EDGE_WEIGHT`; an axis of one
+    voxel, and ``average`` blending, weigh 1.
+    """
+    _, shapes, ranges, borders, _ = job.shifted
+    shapes, ranges, borders = shapes[kept], ranges[kept], borders[kept]
+    lengths = box[..., 1] - box[..., 0]
+    n_views, nd = lengths.shape
+    starts = np.zeros((n_views, nd), dtype=np.int64)
+    parts, base = [], 0
+    for d in range(nd):
+        ln = lengths[:, d]
+        ends = np.cumsum(ln)
+        starts[:, d] = base + ends - ln
+        total = int(ends[-1]) if n_views else 0
+        if job.mode == "average":
+            parts.append(np.ones(total, dtype=np.float32))
+        else:
+            k = np.arange(total, dtype=np.int64) - np.repeat(ends - ln, ln)  # index inside its view's box
+            coords = k.astype(np.float64) + np.repeat(offset[:, d], ln)
+            p = cosine_profiles(coords, np.repeat(shapes[:, d], ln), np.repeat(ranges[:, d], ln),
+                                np.repeat(borders[:, d], ln))
+            parts.append(np.maximum(p, np.float32(EDGE_WEIGHT)))
+        base += total
+    return (np.concatenate(parts) if parts else np.zeros(0, np.float32)), starts
 
 
 def _fuse_shifted_chunk(job: _ChunkJob) -> np.ndarray:
-    """Cosine/average fusion of a chunk whose views all only translate: slab by slab along the first axis.
+    """Cosine/average fusion of a chunk whose views all only translate: one compiled call.
 
-    Every view's crop is read once; then for each slab of ~2**19 voxels the
-    compiled pass (:func:`~tilefuse.fusion.shift.blend_shifted`) adds each view
-    to slab-sized sums, which are normalised into the output at once.  The
-    sums stay in the processor's cache instead of being two chunk-sized
-    arrays written, faulted in and read back (on the 3D benchmark the
-    chunk-sized sums cost more than the arithmetic).
+    The chunk's plan (each view's box, shift, region to read and weights) is
+    worked out for all its views at once with numpy (:func:`_shift_plan`,
+    :func:`_shift_profiles`), each view's crop is read, and
+    :func:`~tilefuse.fusion.shift.fuse_shifted` does the rest with the GIL
+    released: taps, slab-sized sums that stay in the processor's cache
+    (rather than two chunk-sized arrays written, faulted in and read back:
+    on the 3D benchmark they cost more than the arithmetic), and the
+    normalisation.  A 2D mosaic chunk meets ~17 small views: done view by
+    view in Python, this plan held the GIL for ~0.8 ms per view (issue 14).
     """
-    from .shift import blend_shifted, normalise_cast
+    from .shift import fuse_shifted
 
-    shape = job.out_shape
-    views = [v for v in (_shifted_view(job, src, inv @ job.out_affine, rng, brd) for src, inv, rng, brd in job.items)
-             if v is not None]
-    out = np.empty(shape, dtype=job.dtype)
-    step = max(1, _SLAB_VOXELS // max(1, math.prod(shape[1:])))
-    num = np.empty((min(step, shape[0]),) + tuple(shape[1:]), dtype=np.float32)
-    den = np.empty_like(num)
-    compiled = np.dtype(job.dtype) in _COMPILED_NORMALISE
-    for s0 in range(0, shape[0], step):
-        s1 = min(shape[0], s0 + step)
-        n, d = num[: s1 - s0], den[: s1 - s0]
-        n.fill(0.0)
-        d.fill(0.0)
-        for crop, crop_start, offset, box, profiles, intensity in views:
-            z0, z1 = max(box[0].start, s0), min(box[0].stop, s1)
-            if z0 >= z1:
-                continue
-            shift = offset.copy()
-            shift[0] += z0 - box[0].start
-            sub = list(profiles)
-            if sub[0] is not None:
-                sub[0] = sub[0][z0 - box[0].start : z1 - box[0].start]
-            blend_shifted(crop, crop_start, shift, n, d, box=(slice(z0 - s0, z1 - s0),) + tuple(box[1:]),
-                          order=job.order, profiles=sub, intensity=intensity)
-        out[s0:s1] = (normalise_cast(n, d, job.fill_value, job.dtype) if compiled
-                      else _normalise(n, d, job.fill_value, job.dtype))
-    return out
+    kept, box, offset, lo, hi = _shift_plan(job)
+    profiles, profile_start = _shift_profiles(job, kept, box, offset)
+    crops = [_read(job.items[i][0], tuple(slice(int(a), int(b)) for a, b in zip(lo[k], hi[k])))
+             for k, i in enumerate(kept)]
+    return fuse_shifted(crops, lo, offset, box, profiles, profile_start, job.shifted[4][kept], job.out_shape,
+                        order=job.order, slab_voxels=_SLAB_VOXELS, fill_value=job.fill_value, dtype=job.dtype)
 
 
-def _all_shifted(job: _ChunkJob, contents) -> bool:
-    """Whether every view of the chunk only translates (and has no content weights): the slab path."""
-    if not (_COMPILED_SHIFT and job.fast and job.mode in ("cosine", "average") and len(job.out_shape) in (2, 3)):
-        return False
-    if contents is not None and any(c is not None for c in contents):
-        return False
-    for _src, inv, _rng, _brd in job.items:
-        m = inv @ job.out_affine
-        if not (is_diagonal(m) and np.allclose(np.diag(m)[:-1], 1.0, rtol=0.0, atol=1e-9)):  # as is_shift
-            return False
-    return True
+def _shift_views(items, origin, spacing, mode: str, fast: bool, nd: int):
+    """Per view, stacked: whether it only translates against the output grid, and what the one-call path needs.
+
+    The linear part of ``inv @ out_affine`` is the same for every chunk (the
+    chunks differ only in translation), so the test is made once per view,
+    not per chunk.  Returns ``(ok, (invs, shapes, ranges, borders, intensities))``
+    or ``None`` when the one-call path does not apply to this fusion.
+    """
+    if not (_COMPILED_SHIFT and fast and mode in ("cosine", "average") and nd in (2, 3) and items):
+        return None
+    invs = np.stack([inv for _src, inv, _rng, _brd in items])
+    lin = (invs @ grid_affine(origin, spacing))[:, :-1, :-1]
+    diag = np.diagonal(lin, axis1=1, axis2=2)
+    off_diag = np.abs(lin - diag[:, :, None] * np.eye(nd)).max(axis=(1, 2))
+    ok = (off_diag <= 1e-12) & np.all(np.abs(diag - 1.0) <= 1e-9, axis=1)  # as is_diagonal, then is_shift
+    ok &= np.array([src.content is None for src, _inv, _rng, _brd in items])
+    arrays = (invs, np.array([src.shape for src, _i, _r, _b in items], dtype=np.int64),
+              np.stack([np.asarray(r, dtype=np.float64) for _s, _i, r, _b in items]),
+              np.stack([np.asarray(b, dtype=np.float64) for _s, _i, _r, b in items]),
+              np.array([src.intensity for src, _i, _r, _b in items], dtype=np.float64))
+    return ok, arrays
 
 
 def _fuse_chunk(job: _ChunkJob, contents: Sequence | None = None) -> np.ndarray:
-    if _all_shifted(job, contents):
+    if job.shifted is not None and (contents is None or all(c is None for c in contents)):
         return _fuse_shifted_chunk(job)
     shape = job.out_shape
     mode = job.mode
@@ -747,6 +790,7 @@ def fuse_sources(
         rng, brd = adjust_blending(blend_range, blend_border, src.affine)
         items.append((src, np.linalg.inv(src.affine), rng, brd))
     los, his = source_world_boxes(sources)
+    shift_views = _shift_views(items, origin, spacing, blending, bool(fast_path), nd)
 
     name = "fuse-" + tokenize(
         _sources_token(sources), origin, spacing, shape, chunks, blending, float(blend_range), float(blend_border),
@@ -764,9 +808,12 @@ def fuse_sources(
     for idx, hits in plan_chunks(los, his, chunks, origin, spacing):
         start = tuple(int(offsets[d][i]) for d, i in enumerate(idx))
         cshape = tuple(int(chunks[d][i]) for d, i in enumerate(idx))
+        shifted = None
+        if shift_views is not None and shift_views[0][hits].all():
+            shifted = tuple(a[hits] for a in shift_views[1])
         job = _ChunkJob(
             grid_affine(origin, spacing, start), cshape, tuple(items[i] for i in hits),
-            blending, order, fill_value, dtype, bool(fast_path),
+            blending, order, fill_value, dtype, bool(fast_path), shifted,
         )
         keys = [content_keys[i] for i in hits]
         dsk[(name, *idx)] = (_fuse_chunk, job, keys) if any(k is not None for k in keys) else (_fuse_chunk, job)
