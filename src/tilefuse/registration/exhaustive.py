@@ -52,7 +52,10 @@ from .bandpass import band_pass
 __all__ = ["CLEAR_MARGIN", "MIN_EVIDENCE", "ExhaustiveResult", "check", "doubtful", "periodic_part_removed",
            "evidence_map"]
 
-#: The best shift must have this many times the evidence of any other local maximum.
+#: The best shift must have this many times the evidence of any other local maximum, and lead it by
+#: :data:`MIN_EVIDENCE` (the ratio alone passed aliases of overlaps holding no mark: on 64-128 px crops
+#: what is left of the lattice at the crop borders made one alias lead the next by 1.3-1.9x, 9-31 in
+#: evidence; true alignments of the periodic sample lead by 1.66-5x and, on 128-256 px crops, by 40-400).
 CLEAR_MARGIN = 1.25
 #: Evidence below this is chance: the best of every shift of two noise crops reaches 8-16 (measured on
 #: overlaps with an empty tile), of a bare lattice with noise 30; true alignments of the periodic sample
@@ -61,13 +64,13 @@ MIN_EVIDENCE = 40.0
 #: Candidates within this of the winner's raw correlation make a pair doubtful; so does a winner below
 #: WEAK_R.  Measured on the samples: a right winner on non-periodic content leads the next distinct
 #: candidate by 0.2-0.6, a periodic alias trails the truth by 0.01-0.1.
-AMBIGUOUS_GAP = 0.1
+AMBIGUOUS_GAP = 0.2
 WEAK_R = 0.5
 SMALL_OVERLAP = 0.5
 #: Stage errors of ordinary acquisitions are well below a quarter of the overlap (the samples: 8 px on
 #: 26-51 px overlaps); a winner beyond it is checked.
 LARGE_SHIFT = 0.25
-_WIDE_AXIS = 64
+_WIDE_AXIS = 32
 #: Band pass of the check: wide enough to keep marks of a few tens of pixels (see the module notes).
 _HIGH_SIGMA = 16.0
 #: A spectral coefficient whose |F1||F2| exceeds this many times the local geometric mean is periodic.
@@ -105,8 +108,12 @@ class ExhaustiveResult:
 
     @property
     def clear(self) -> bool:
-        """Whether the best shift is clearly best (:data:`CLEAR_MARGIN`)."""
-        return self.evidence >= MIN_EVIDENCE and self.evidence >= CLEAR_MARGIN * max(self.runner_up, 0.0)
+        """Whether the best shift is clearly best: above chance (:data:`MIN_EVIDENCE`), by
+        :data:`CLEAR_MARGIN` times the next local maximum's evidence, and by at least
+        :data:`MIN_EVIDENCE` more than it."""
+        runner_up = max(self.runner_up, 0.0)
+        return (self.evidence >= MIN_EVIDENCE and self.evidence >= CLEAR_MARGIN * runner_up
+                and self.evidence - runner_up >= MIN_EVIDENCE)
 
     def evidence_at(self, shift: Sequence[int]) -> float:
         """The evidence of any integer shift (``-inf`` outside the searched range)."""
