@@ -132,7 +132,8 @@ class RegistrationResult:
         out += self._split_warning(alone)
         # Named whether or not they split the mosaic: in a grid other links hold the tiles, but the
         # user should know which overlaps nothing registered (issue 14: periodic overlaps without a mark).
-        undecided = [link for link in self.links if not link.accepted and (link.info.get("ambiguous") or not link.valid)]
+        undecided = [link for link in self.links
+                     if not link.accepted and (link.info.get("ambiguous") or not link.valid)]
         if undecided:
             shown = ", ".join(f"{link.a} - {link.b}" for link in undecided[:10])
             more = f" and {len(undecided) - 10} more" if len(undecided) > 10 else ""

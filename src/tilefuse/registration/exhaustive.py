@@ -49,26 +49,33 @@ from scipy import ndimage
 from ..downsample import block_mean
 from .bandpass import band_pass
 
-__all__ = ["CLEAR_MARGIN", "MIN_EVIDENCE", "ExhaustiveResult", "check", "doubtful", "periodic_part_removed",
-           "evidence_map"]
+__all__ = ["CLEAR_MARGIN", "MIN_EVIDENCE", "PERIODIC_SHARE", "ExhaustiveResult", "check", "doubtful",
+           "periodic_part_removed", "evidence_map"]
 
-#: The best shift must have this many times the evidence of any other local maximum, and lead it by
-#: :data:`MIN_EVIDENCE` (the ratio alone passed aliases of overlaps holding no mark: on 64-128 px crops
-#: what is left of the lattice at the crop borders made one alias lead the next by 1.3-1.9x, 9-31 in
-#: evidence; true alignments of the periodic sample lead by 1.66-5x and, on 128-256 px crops, by 40-400).
+#: The best shift must have this many times the evidence of any other local maximum and, on periodic
+#: content, lead it by :data:`MIN_EVIDENCE` (the ratio alone passed aliases of overlaps holding no mark: on
+#: 64-128 px crops what is left of the lattice at the crop borders made one alias lead the next by
+#: 1.3-1.9x, 9-31 in evidence; true alignments of the 256 px periodic samples lead by 1.66-5x and 40-400).
 CLEAR_MARGIN = 1.25
+#: Crops that lost this share of their spectral energy to the periodic part are periodic content.  The
+#: periodic samples' crops lose 0.1-0.97; the unclear checks of the ordinary samples (photo, procedural,
+#: 3D, thin and corner overlaps) lost 0.0, but for two background-only overlaps (0.05, 0.1: weak answers
+#: with nothing distinct, which stay and are rejected by the solve's correlation threshold).
+PERIODIC_SHARE = 0.05
 #: Evidence below this is chance: the best of every shift of two noise crops reaches 8-16 (measured on
 #: overlaps with an empty tile), of a bare lattice with noise 30; true alignments of the periodic sample
 #: reach 58-450.
 MIN_EVIDENCE = 40.0
 #: Candidates within this of the winner's raw correlation make a pair doubtful; so does a winner below
 #: WEAK_R.  Measured on the samples: a right winner on non-periodic content leads the next distinct
-#: candidate by 0.2-0.6, a periodic alias trails the truth by 0.01-0.1.
+#: candidate by 0.2-0.6; on 256 px periodic samples an alias trails the truth by 0.01-0.1, but on 64-128 px
+#: ones an alias won by 0.11-0.15 (on the 5x6 procedural speed sample the checks stay 6 of 49 pairs).
 AMBIGUOUS_GAP = 0.2
 WEAK_R = 0.5
 SMALL_OVERLAP = 0.5
 #: Stage errors of ordinary acquisitions are well below a quarter of the overlap (the samples: 8 px on
-#: 26-51 px overlaps); a winner beyond it is checked.
+#: 26-51 px overlaps); a winner beyond it is checked, along axes the check can score (:data:`_MIN_AXIS`
+#: and up; 64 before: a 14 px alias on a 32 px overlap of 64 px tiles went unchecked).
 LARGE_SHIFT = 0.25
 _WIDE_AXIS = 32
 #: Band pass of the check: wide enough to keep marks of a few tens of pixels (see the module notes).
@@ -107,13 +114,18 @@ class ExhaustiveResult:
         self._at = evidence_at
 
     @property
+    def periodic(self) -> bool:
+        """Whether a periodic part was removed (:data:`PERIODIC_SHARE` of the spectral energy or more)."""
+        return self.periodic_fraction >= PERIODIC_SHARE
+
+    @property
     def clear(self) -> bool:
         """Whether the best shift is clearly best: above chance (:data:`MIN_EVIDENCE`), by
-        :data:`CLEAR_MARGIN` times the next local maximum's evidence, and by at least
-        :data:`MIN_EVIDENCE` more than it."""
+        :data:`CLEAR_MARGIN` times the next local maximum's evidence and, on periodic content, by at
+        least :data:`MIN_EVIDENCE` more than it."""
         runner_up = max(self.runner_up, 0.0)
         return (self.evidence >= MIN_EVIDENCE and self.evidence >= CLEAR_MARGIN * runner_up
-                and self.evidence - runner_up >= MIN_EVIDENCE)
+                and (not self.periodic or self.evidence - runner_up >= MIN_EVIDENCE))
 
     def evidence_at(self, shift: Sequence[int]) -> float:
         """The evidence of any integer shift (``-inf`` outside the searched range)."""
@@ -128,11 +140,13 @@ def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fractio
     than :data:`SMALL_OVERLAP` of the crops overlapping (a sliver correlates
     well by chance: on the periodic sample a 17 px sliver of a 128 px overlap
     won at r = 0.86 over the truth at 0.63), moves by more than
-    :data:`LARGE_SHIFT` of the crop (``shape``) along an axis at least 64 px
-    long (a periodic alias 38 px off on a 128 px overlap won at r = 0.70), or another
+    :data:`LARGE_SHIFT` of the crop (``shape``) along an axis at least 32 px
+    long (a periodic alias 38 px off on a 128 px overlap won at r = 0.70, one 14 px off on
+    a 32 px overlap at 0.88), another
     candidate at least 2 px away correlates within :data:`AMBIGUOUS_GAP` of
-    it (the signature of periodic aliases).  ``candidates`` are ``(r,
-    shift, ...)`` tuples as scored by the pairwise step.
+    it (the signature of periodic aliases), or the highest phase-correlation
+    peak is not the winner's.  ``candidates`` are ``(r, shift, peak height)``
+    tuples as scored by the pairwise step.
     """
     if not np.isfinite(winner_r) or winner_r < WEAK_R or overlap_fraction < SMALL_OVERLAP:
         return True
@@ -144,6 +158,13 @@ def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fractio
             return True
     for c in candidates:
         if np.isfinite(c[0]) and c[0] >= winner_r - AMBIGUOUS_GAP and np.max(np.abs(np.asarray(c[1]) - w)) >= 2:
+            return True
+    # The two scores disagree: the highest phase-correlation peak is not the winner (the raw overlap
+    # correlation picked another shift).  On the 64-128 px periodic samples aliases won this way at
+    # r = 0.58-0.72 over the truth, whose peak was the highest.
+    if candidates and len(candidates[0]) > 2:
+        top = max(c[2] for c in candidates)
+        if all(np.max(np.abs(np.asarray(c[1]) - w)) > 1 for c in candidates if c[2] == top):
             return True
     return False
 

@@ -292,11 +292,11 @@ def pairwise_shift(
                                               shape, limit, min_count)
         if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total, shape):
             cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift,
-                                                          shape, limit, min_count)
+                                                          shape, limit, min_count, exhaustive == "always")
     return result(True, r, scorer.count(cand) / total, len(seen), cand, shift, height, checked=checked)
 
 
-def _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift, shape, limit, min_count):
+def _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift, shape, limit, min_count, always):
     """:func:`.exhaustive.check` of a doubtful pair; its clearly best shift replaces the winner.
 
     Returns ``(cand, r, shift, checked)`` where ``checked`` says what the
@@ -305,7 +305,7 @@ def _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift, shap
     """
     found = exhaustive_check(*raw, masks, limit, min_count)
     if found is None or not found.clear:
-        if found is not None and _undecided(found, cand, r):
+        if found is not None and _undecided(found, cand, r, always):
             # Every-shift scoring neither confirms nor replaces the answer: on periodic content, an
             # alias, or an overlap with no distinct mark.  Better no link (the tile keeps its stage
             # position relative to the others, and the pair is named) than a wrong one.  With or
@@ -334,20 +334,28 @@ def _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift, shap
             f"{found.evidence:.0f}, next {found.runner_up:.0f}, periodic share {found.periodic_fraction:.2f})")
 
 
-def _undecided(found, cand, r: float) -> bool:
+def _undecided(found, cand, r: float, always: bool) -> bool:
     """Whether an unclear exhaustive check leaves the pair undecided (no link rather than ``cand``).
 
-    Undecided: a strong-looking answer (``r`` at least :data:`.exhaustive.WEAK_R`) that the
-    check cannot clearly confirm (on periodic content every alias correlates well, and on the
-    64-128 px periodic samples an unclear best that agreed with the phase-correlation answer
-    was an alias in 12 of 81 pairs); or a weak answer when distinct content aligns best
-    elsewhere (evidence above chance at a shift more than a pixel away).  A weak answer with
-    nothing distinct anywhere (background, noise) stays: the solve's correlation threshold
-    judges it, as before the check existed.
+    On periodic content (:attr:`.exhaustive.ExhaustiveResult.periodic`) every unclear answer is
+    undecided unless there is nothing to decide: an answer too weak for the solve to keep (below
+    :data:`_KEPT_R`) with nothing distinct anywhere in the overlap (evidence below
+    :data:`.exhaustive.MIN_EVIDENCE`) stays, to be rejected there.  On the periodic samples (64-256
+    px tiles, ten seeds) 16 of 95 unclear answers that agreed with the check's best, and every weak
+    one kept, were aliases.  On other content (nothing periodic removed: the unclear checks of the
+    ordinary samples were of background, noise, or small corner overlaps) only a strong-looking
+    answer (``r`` at least :data:`.exhaustive.WEAK_R`) that the check contradicts or that nothing
+    distinct supports, and only when every pair is checked (``always``: the user said the stage is
+    far off); otherwise the answer stays, as before the check existed.
     """
-    if r >= WEAK_R:
-        return True
-    return max(abs(a - b) for a, b in zip(found.shift, cand)) > 1 and found.evidence >= MIN_EVIDENCE
+    if found.periodic:
+        return r >= _KEPT_R or found.evidence >= MIN_EVIDENCE
+    elsewhere = max(abs(a - b) for a, b in zip(found.shift, cand)) > 1
+    return always and r >= WEAK_R and (elsewhere or found.evidence < MIN_EVIDENCE)
+
+
+#: The solve's default ``min_correlation``: a weaker answer is rejected there anyway.
+_KEPT_R = 0.3
 
 
 #: :attr:`PairwiseShift.checked` of a pair the exhaustive check could not decide (the link is rejected).
