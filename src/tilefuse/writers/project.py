@@ -18,7 +18,7 @@ the renames, so a project tilefuse cannot open never takes the final names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,7 @@ def write_project(
     inputs: Sequence[str | Path] = (),
     client=None,
     in_place: Sequence[tuple[str | Path, int, int]] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Project:
     """Write tiles and their positions as a new BigStitcher project.
 
@@ -198,6 +199,11 @@ def write_project(
         of "Define dataset": Bio-Formats series and channel numbers).
         ``images`` then only give shapes and dtypes (lazy arrays of those
         files, never computed); ``format`` and ``factors`` are ignored.
+    before_commit : callable, optional
+        Called once the pixels and the XML are written, before they are renamed
+        into place; an error it raises leaves the project uncommitted (as the
+        OME-Zarr and TIFF writers do: ``write_fused`` checks there that the
+        fused inputs did not change while they were read).
 
     Returns
     -------
@@ -337,6 +343,8 @@ def write_project(
         project.path = path.resolve()
         project.save(tmp_xml, backup=False)
         _read_back(tmp_xml, path, [tmp_container, tmp_xml])
+        if before_commit is not None:
+            before_commit()
     # Loaders may hold handles on the container this one replaced.
     drop_cached_handles(str(container))
     drop_cached_handles(str(container.resolve()))
