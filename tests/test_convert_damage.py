@@ -61,3 +61,20 @@ def test_a_readers_own_warnings_are_details(tmp_path):
     assert lines[0].startswith(f"tilefuse convert: error: {cut}")
     verbose = subprocess.run([*command, "-v"], capture_output=True, text=True, env=env, timeout=120)
     assert verbose.returncode == 2 and "tifffile: <TiffTag" in verbose.stderr  # with -v, named after the reader
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.8])
+def test_in_place_convert_refuses_a_truncated_file(tmp_path, capsys, fraction):
+    # `convert --in-place` copies no pixels, so nothing read them: a TIFF cut short converted with exit 0 and
+    # only the later `run` refused it.  Now the views are checked as every read checks them, before writing.
+    good, cut = tmp_path / "scan.ome.tif", tmp_path / "cut.ome.tif"
+    _two_tile_ome_tiff(good)
+    data = good.read_bytes()
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    with pytest.raises(ImageDataError, match=r"cut\.ome\.tif: view .*: pixel data end at byte \d+ but the file "
+                                             r"has \d+ bytes; the TIFF is truncated"):
+        convert_files([cut], tmp_path / "cut.xml", in_place=True)
+    assert not (tmp_path / "cut.xml").exists()
+    assert main(["convert", str(cut), "-o", str(tmp_path / "cut.xml"), "--in-place", "-q"]) == 2
+    assert "the TIFF is truncated" in capsys.readouterr().err and not (tmp_path / "cut.xml").exists()
+    assert len(convert_files([good], tmp_path / "good.xml", in_place=True).views) == 2

@@ -198,7 +198,10 @@ def write_project(
         (``spimreconstruction.filelist``, BigStitcher's loader for the files
         of "Define dataset": Bio-Formats series and channel numbers).
         ``images`` then only give shapes and dtypes (lazy arrays of those
-        files, never computed); ``format`` and ``factors`` are ignored.
+        files, never computed); ``format`` and ``factors`` are ignored.  Each
+        view's data are checked first (:meth:`Project.check_view`, what every
+        read does): a truncated or inconsistent file is refused before the XML
+        is written.
     before_commit : callable, optional
         Called once the pixels and the XML are written, before they are renamed
         into place; an error it raises leaves the project uncommitted (as the
@@ -356,9 +359,13 @@ def _write_in_place(path: Path, data: SpimData, files: dict, overwrite: bool) ->
     mapping = {view: (Path(file).resolve(), int(series), int(channel))
                for view, (file, series, channel) in files.items()}
     loader = loader_class("spimreconstruction.filelist").for_path(mapping)
+    project = Project(data, path=None, loader=loader)
+    project.path = path.resolve()
+    # No pixels are copied, so nothing read them: check every view's data now, as `run` will (a truncated
+    # TIFF converted "successfully" and only the later run refused it).  Before anything is written.
+    for view in sorted(mapping):
+        project.check_view(view)
     with atomic_outputs([path], overwrite=overwrite) as (tmp_xml,):
-        project = Project(data, path=None, loader=loader)
-        project.path = path.resolve()
         project.save(tmp_xml, backup=False)
         _read_back(tmp_xml, path, [tmp_xml])
     return open_project(path)
