@@ -68,16 +68,18 @@ PERIODIC_SHARE = 0.05
 MIN_EVIDENCE = 40.0
 #: Candidates within this of the winner's raw correlation make a pair doubtful; so does a winner below
 #: WEAK_R.  Measured on the samples: a right winner on non-periodic content leads the next distinct
-#: candidate by 0.2-0.6; on 256 px periodic samples an alias trails the truth by 0.01-0.1, but on 64-128 px
-#: ones an alias won by 0.11-0.15 (on the 5x6 procedural speed sample the checks stay 6 of 49 pairs).
-AMBIGUOUS_GAP = 0.2
-WEAK_R = 0.5
+#: candidate by 0.2-0.6, a periodic alias trails the truth by 0.01-0.1.  WEAK_R was 0.5: on a 128 px periodic
+#: sample an alias won at r = 0.506, its nearest rival 0.15 behind and the highest phase-correlation peak its
+#: own.  With 0.6 and the trigger of doubtful() on the phase-correlation peaks, the checks of the benchmark's
+#: 6x8 photo sample went from 26 to 28 of 82 pairs, of its 5x6 procedural speed sample they stayed 1 of 49.
+AMBIGUOUS_GAP = 0.1
+WEAK_R = 0.6
 SMALL_OVERLAP = 0.5
 #: Stage errors of ordinary acquisitions are well below a quarter of the overlap (the samples: 8 px on
-#: 26-51 px overlaps); a winner beyond it is checked, along axes the check can score (:data:`_MIN_AXIS`
-#: and up; 64 before: a 14 px alias on a 32 px overlap of 64 px tiles went unchecked).
+#: 26-51 px overlaps); a winner beyond it is checked, along wide axes (on thinner ones stage errors of
+#: ordinary acquisitions often exceed it: 32 px would check a tenth of the pairs of the 512 px speed samples).
 LARGE_SHIFT = 0.25
-_WIDE_AXIS = 32
+_WIDE_AXIS = 64
 #: Band pass of the check: wide enough to keep marks of a few tens of pixels (see the module notes).
 _HIGH_SIGMA = 16.0
 #: A spectral coefficient whose |F1||F2| exceeds this many times the local geometric mean is periodic.
@@ -140,9 +142,8 @@ def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fractio
     than :data:`SMALL_OVERLAP` of the crops overlapping (a sliver correlates
     well by chance: on the periodic sample a 17 px sliver of a 128 px overlap
     won at r = 0.86 over the truth at 0.63), moves by more than
-    :data:`LARGE_SHIFT` of the crop (``shape``) along an axis at least 32 px
-    long (a periodic alias 38 px off on a 128 px overlap won at r = 0.70, one 14 px off on
-    a 32 px overlap at 0.88), another
+    :data:`LARGE_SHIFT` of the crop (``shape``) along an axis at least 64 px
+    long (a periodic alias 38 px off on a 128 px overlap won at r = 0.70), another
     candidate at least 2 px away correlates within :data:`AMBIGUOUS_GAP` of
     it (the signature of periodic aliases), or the highest phase-correlation
     peak is not the winner's.  ``candidates`` are ``(r, shift, peak height)``
@@ -161,7 +162,8 @@ def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fractio
             return True
     # The two scores disagree: the highest phase-correlation peak is not the winner (the raw overlap
     # correlation picked another shift).  On the 64-128 px periodic samples aliases won this way at
-    # r = 0.58-0.72 over the truth, whose peak was the highest.
+    # r = 0.58-0.88 over the truth, whose peak was the highest (a 14 px alias on a 32 px overlap, too
+    # thin for the large-shift rule, and rivals 0.11-0.15 behind, outside AMBIGUOUS_GAP).
     if candidates and len(candidates[0]) > 2:
         top = max(c[2] for c in candidates)
         if all(np.max(np.abs(np.asarray(c[1]) - w)) > 1 for c in candidates if c[2] == top):
