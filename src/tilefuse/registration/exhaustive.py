@@ -62,6 +62,10 @@ CLEAR_MARGIN = 1.25
 #: 3D, thin and corner overlaps) lost 0.0, but for two background-only overlaps (0.05, 0.1: weak answers
 #: with nothing distinct, which stay and are rejected by the solve's correlation threshold).
 PERIODIC_SHARE = 0.05
+#: Crops shorter than this along an axis are never taken for periodic content: over two or three
+#: periods of a lattice, nothing tells its spectral peaks from the lowest frequencies of ordinary
+#: content (the 25 x 160 px overlap of a procedural sample lost 0.3 of its energy as "periodic").
+_PERIODIC_AXIS = 32
 #: Evidence below this is chance: the best of every shift of two noise crops reaches 8-16 (measured on
 #: overlaps with an empty tile), of a bare lattice with noise 30; true alignments of the periodic sample
 #: reach 58-450.
@@ -110,15 +114,17 @@ class ExhaustiveResult:
         Share of the crops' spectral energy (above the lowest frequencies) that was periodic and removed.
     """
 
-    def __init__(self, shift, evidence, runner_up, periodic_fraction, evidence_at) -> None:
+    def __init__(self, shift, evidence, runner_up, periodic_fraction, evidence_at, shape=()) -> None:
         self.shift, self.evidence, self.runner_up = shift, float(evidence), float(runner_up)
         self.periodic_fraction = float(periodic_fraction)
         self._at = evidence_at
+        self._thin = any(1 < n < _PERIODIC_AXIS for n in shape)
 
     @property
     def periodic(self) -> bool:
-        """Whether a periodic part was removed (:data:`PERIODIC_SHARE` of the spectral energy or more)."""
-        return self.periodic_fraction >= PERIODIC_SHARE
+        """Whether a periodic part was removed (:data:`PERIODIC_SHARE` of the spectral energy or more) from
+        crops long enough along every axis to tell a lattice (:data:`_PERIODIC_AXIS`)."""
+        return self.periodic_fraction >= PERIODIC_SHARE and not self._thin
 
     @property
     def clear(self) -> bool:
@@ -300,6 +306,7 @@ def check(raw_f: np.ndarray, raw_m: np.ndarray, masks, limit, min_count: float) 
     """
     if any(1 < n < _MIN_AXIS for n in raw_f.shape):
         return None  # too thin for a band pass of sigma 16 to leave anything to compare
+    full_shape = raw_f.shape
     factors = _coarsening(raw_f.shape)
     if any(k > 1 for k in factors):
         # Large (3D) crops are checked coarse: the check only needs the shift to a pixel or two (the
@@ -347,4 +354,4 @@ def check(raw_f: np.ndarray, raw_m: np.ndarray, masks, limit, min_count: float) 
             return -np.inf
         return finite[tuple(s % big for s, big in zip(shift, fft_shape))]
 
-    return ExhaustiveResult(best, float(finite.ravel()[order[0]]), runner_up, fraction, at)
+    return ExhaustiveResult(best, float(finite.ravel()[order[0]]), runner_up, fraction, at, full_shape)
