@@ -119,12 +119,9 @@ def periodic_peaks(pcm: np.ndarray, n_peaks: int):
     """
     ndim = pcm.ndim
     if ndim <= 3:
-        n = min(n_peaks, pcm.size)
-        index = np.empty(n, dtype=np.int64)
-        values = np.empty(n, dtype=pcm.dtype)
-        found = _top_local_maxima(pcm.reshape((1,) * (3 - ndim) + pcm.shape), index, values)
-        peaks = np.stack(np.unravel_index(index[:found], pcm.shape), axis=1)
-        return [tuple(int(v) for v in p) for p in peaks], values[:found]
+        index, values = top_local_maxima(pcm, n_peaks)
+        peaks = np.stack(np.unravel_index(index, pcm.shape), axis=1)
+        return [tuple(int(v) for v in p) for p in peaks], values
     flat = pcm.ravel()
     k = min(flat.size, 2 * 3**ndim * n_peaks + 16)
     top = np.argpartition(flat, flat.size - k)[flat.size - k:] if k < flat.size else np.arange(flat.size)
@@ -142,6 +139,15 @@ def periodic_peaks(pcm: np.ndarray, n_peaks: int):
     order = np.argsort(values)[::-1][:n_peaks]
     peaks = np.stack(np.unravel_index(top[order], pcm.shape), axis=1)
     return [tuple(int(v) for v in p) for p in peaks], values[order]
+
+
+def top_local_maxima(pcm: np.ndarray, n_peaks: int) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and values of the ``n_peaks`` highest periodic local maxima of a 1-3D array, highest first."""
+    n = min(n_peaks, pcm.size)
+    index = np.empty(n, dtype=np.int64)
+    values = np.empty(n, dtype=pcm.dtype)
+    found = _top_local_maxima(pcm.reshape((1,) * (3 - pcm.ndim) + pcm.shape), index, values)
+    return index[:found], values[:found]
 
 
 @numba.njit(cache=True, nogil=True)

@@ -42,11 +42,11 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import RegistrationError
-from .candidates import OverlapScorer, band_passed_r, hill_climb
+from .candidates import OverlapScorer, _bp_r, _climb_band_passed, _masks3, hill_climb, peak_candidates
 from .exhaustive import MIN_EVIDENCE, WEAK_R, doubtful
 from .exhaustive import check as exhaustive_check
-from .peaks import centred, periodic_candidates, periodic_peaks, phase_correlation_matrix
-from .subpixel import _parabola_vertex, prepare_refinement, refine_gradient, refine_overlap, refine_quadratic
+from .peaks import centred, periodic_candidates, periodic_peaks, phase_correlation_matrix, top_local_maxima
+from .subpixel import _refine_candidate, prepare_refinement, refine_gradient, refine_overlap, refine_quadratic
 
 __all__ = ["AMBIGUOUS", "PairwiseShift", "pairwise_shift"]
 
@@ -234,6 +234,16 @@ def pairwise_shift(
 
     def score_peaks(count: int) -> list[tuple[float, tuple[int, ...], float]]:
         """(r, candidate, peak height) of every not yet scored candidate of the top peaks."""
+        if pcm.ndim <= 3:  # compiled, all candidates at once
+            index, heights = top_local_maxima(pcm, count)
+            cands, which, counts, rs = peak_candidates(scorer, index, fft_shape, limit, min_count)
+            scored = []
+            for cand, p, n, r in zip(cands, which.tolist(), counts.tolist(), rs.tolist()):
+                if cand not in seen:
+                    seen.add(cand)
+                    if n >= min_count:
+                        scored.append((r, cand, heights[p]))
+            return scored
         peaks, heights = periodic_peaks(pcm, count)
         scored = []
         for peak, height in zip(peaks, heights):
@@ -279,16 +289,17 @@ def pairwise_shift(
             cand, r = nearest, scorer.pearson(nearest)
     else:
         prepared = prepare_refinement(*raw)
+        kernels = _Kernels(prepared, masks, limit)
         band_passed: dict[tuple[int, ...], float] = {}  # each shift scored once (the climbs revisit them)
 
         def r_bp(s):
             s = tuple(s)
-            if s not in band_passed:
-                band_passed[s] = band_passed_r(prepared, masks, s, min_count)
-            return band_passed[s]
+            r = band_passed.get(s)
+            if r is None:  # band_passed_r, on the arrays as the compiled step takes them
+                r = band_passed[s] = _bp_r(*kernels.arrays, kernels.shift3(s), float(min_count))
+            return r
 
-        cand, r, shift, height = _refine_best(prepared, masks, scorer, r_bp, finite, score_peaks, n_peaks,
-                                              shape, limit, min_count)
+        cand, r, shift, height = _refine_best(kernels, scorer, r_bp, finite, score_peaks, n_peaks, min_count)
         if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total, shape):
             cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift,
                                                           shape, limit, min_count, exhaustive == "always")
@@ -339,7 +350,7 @@ AMBIGUOUS = ("ambiguous: no clearly best alignment when every shift is scored wi
              "(periodic content with no distinct mark in the overlap?)")
 
 
-def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, shape, limit, min_count):
+def _refine_best(k: _Kernels, scorer, r_bp, scored, score_peaks, n_peaks, min_count):
     """Gradient refinement of the most similar candidates, more peaks if none converges.
 
     Candidates are ranked by their overlap correlation, and the best few are
@@ -373,16 +384,22 @@ def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, sh
             # tapered overlaps; climb the correlation of the band-passed crops
             # first (the raw one leans with opposite vignetting: a photo link
             # climbed to 1.9 px from the truth, past the refinement's reach).
-            cand, _ = hill_climb(scorer, cand0, shape, limit, min_count, score=r_bp)
+            climbed, _ = _climb_band_passed(*k.arrays, k.shift3(cand0), k.limit, float(min_count), 8)
+            cand = tuple(int(v) for v in climbed[k.lead:])
             r = scorer.pearson(cand)
             if cand in tried:
                 continue
             tried.add(cand)
-            start = _parabolic_start(r_bp, cand, shape)
-            shift, converged = refine_gradient(prepared[0], prepared[2], masks, start, min_count)
-            if not converged and np.any(start != cand):  # as before the parabolic start: from the integer
-                shift, converged = refine_gradient(prepared[0], prepared[2], masks,
-                                                    np.asarray(cand, dtype=np.float64), min_count)
+            # Gauss-Newton from the parabola through the band-passed correlations around ``cand``, and
+            # from ``cand`` itself when that does not converge (:func:`.subpixel._refine_candidate`):
+            # starting within ~0.1 px instead of up to 0.5 px saves one of its ~2.5 iterations.  Only
+            # along axes at least _PARABOLA_DEPTH deep: on thinner ones the (every-second-voxel)
+            # correlations are too coarse, and on a 32 x 3 px overlap a start half a pixel off made the
+            # right candidate diverge.
+            out = np.empty(3)
+            converged = _refine_candidate(*k.arrays[:2], k.spline, *k.arrays[2:], climbed, float(min_count),
+                                          _PARABOLA_DEPTH, out)
+            shift = out[k.lead:].copy()
             if converged:
                 nearest = tuple(int(v) for v in np.round(shift))
                 if nearest != cand and scorer.count(nearest) >= min_count:
@@ -400,34 +417,28 @@ def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, sh
         return cand, r, shift, height
     # Nothing converged (flat or noise-only overlap): the best integer shift.
     r, cand, height = max(scored + ranked, key=lambda c: c[0])
-    cand, r = hill_climb(scorer, cand, shape, limit, min_count)
+    cand, r = hill_climb(scorer, cand, scorer.shape, k.limit[k.lead:], min_count)
     return cand, r, np.asarray(cand, dtype=np.float64), height
 
 
-def _parabolic_start(r_bp, cand, shape) -> np.ndarray:
-    """Where Gauss-Newton starts: ``cand`` plus, per axis, the vertex of the parabola through the band-passed
-    correlation at ``cand`` and its two neighbours (which the climb to ``cand`` scored already).
+class _Kernels:
+    """A pair's band-passed crops, spline and masks as the compiled steps take them (3D, the first
+    :attr:`lead` axes added), built once per pair."""
 
-    Starting within ~0.1 px instead of up to 0.5 px saves one of the refinement's ~2.5 iterations;
-    the answer is where Gauss-Newton converges, not the parabola's.  Only along axes where the
-    overlap is at least :data:`_PARABOLA_DEPTH` deep: on thinner ones the (every-second-voxel)
-    correlations are too coarse, and on a 32 x 3 px overlap a start half a pixel off made the
-    right candidate diverge (the caller then retries from ``cand``).
-    """
-    start = np.asarray(cand, dtype=np.float64)
-    mid = r_bp(cand)
-    if not np.isfinite(mid):
-        return start
-    for d, n in enumerate(shape):
-        if n - abs(cand[d]) - 1 < _PARABOLA_DEPTH:
-            continue
-        lo, hi = list(cand), list(cand)
-        lo[d] -= 1
-        hi[d] += 1
-        r_lo, r_hi = r_bp(tuple(lo)), r_bp(tuple(hi))
-        if np.isfinite(r_lo) and np.isfinite(r_hi):
-            start[d] += _parabola_vertex(r_lo, mid, r_hi)
-    return start
+    def __init__(self, prepared, masks, limit) -> None:
+        fs = prepared[0]
+        self.lead = 3 - fs.ndim
+        lead = (1,) * self.lead
+        self.arrays = (fs.reshape(lead + fs.shape), prepared[1].reshape(lead + fs.shape), *_masks3(masks, lead),
+                       masks is not None, fs.ndim)
+        self.spline = prepared[2].reshape(lead + fs.shape)
+        self.limit = np.full(3, np.inf)
+        self.limit[self.lead:] = limit
+
+    def shift3(self, shift) -> np.ndarray:
+        out = np.zeros(3, dtype=np.int64)
+        out[self.lead:] = shift
+        return out
 
 
 #: Overlap depth (voxels) along an axis below which Gauss-Newton starts from the integer shift there.
