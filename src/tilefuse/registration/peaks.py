@@ -70,8 +70,9 @@ def apodised(a: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _apodise_pair(f, m, w0, w1, w2, out):  # pragma: no cover - compiled
-    """``out[0], out[1] = apodised(f), apodised(m)`` for 3D crops: float32, times the windows per axis
-    (in :func:`apodised`'s order, so the same float32 numbers)."""
+    """``out[0], out[1] = apodised(f), apodised(m)`` for 3D crops, into the start of each axis of ``out``
+    (which may be larger): float32, times the windows per axis (in :func:`apodised`'s order, so the
+    same float32 numbers)."""
     for i0 in range(f.shape[0]):
         for i1 in range(f.shape[1]):
             for i2 in range(f.shape[2]):
@@ -86,12 +87,13 @@ def phase_correlation_matrix(f: np.ndarray, m: np.ndarray, workers):
     if f.ndim <= 3:
         # Both crops tapered in one compiled pass and transformed in one call (stacked): the same
         # numbers as two apodised() and rfftn() calls, whose Python side held the GIL ~50 us per pair.
+        # Written straight into the zero-padded buffer (scipy would pad a copy).
         lead = (1,) * (3 - f.ndim)
-        both = np.empty((2,) + f.shape, dtype=np.float32)
+        both = np.zeros((2,) + fft_shape, dtype=np.float32)
         windows = (np.ones(1, dtype=np.float32),) * len(lead) + _taper(f.shape)
         _apodise_pair(f.reshape(lead + f.shape), m.reshape(lead + f.shape), *windows,
-                      both.reshape((2,) + lead + f.shape))
-        spectra = sfft.rfftn(both, s=fft_shape, axes=tuple(a + 1 for a in axes), workers=workers)
+                      both.reshape((2,) + lead + fft_shape))
+        spectra = sfft.rfftn(both, axes=tuple(a + 1 for a in axes), workers=workers, overwrite_x=True)
         ff, fm = spectra[0], spectra[1]
     else:
         ff = sfft.rfftn(apodised(f), s=fft_shape, axes=axes, workers=workers)

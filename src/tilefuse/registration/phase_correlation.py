@@ -189,8 +189,8 @@ def pairwise_shift(
     """
     fixed_a, moving_a, keep, masks = _validate(fixed, moving, fixed_mask, moving_mask)
     full_ndim = fixed_a.ndim
-    determined = _determined_axes(fixed_a, moving_a, masks, keep)
-    undetermined = tuple(int(d) for d in keep if d not in determined)
+    determined = _determined_axes(fixed_a, moving_a, masks, keep).tolist()  # plain ints from here on
+    undetermined = tuple(d for d in keep.tolist() if d not in determined)
     keep = determined
     if n_peaks < 1:
         raise RegistrationError(f"n_peaks must be >= 1, got {n_peaks}")
@@ -461,6 +461,8 @@ def _validate(fixed, moving, fixed_mask, moving_mask):
     if f.size == 0:
         raise RegistrationError(f"crops are empty (shape {f.shape})")
     for name, a in (("fixed", f), ("moving", m)):
+        if a.dtype.kind in "biuf":  # the usual case, without numpy's slower dtype tests
+            continue
         if np.iscomplexobj(a):
             raise RegistrationError(f"{name} crop is complex ({a.dtype}); pass real images")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
