@@ -46,6 +46,11 @@ class OverlapScorer:
         ndim = f.ndim
         self._sum_spec = "{0},{0}->".format("".join(chr(105 + d) for d in range(ndim)))
         self.table = None
+        # Unmasked crops without tables are scored by one compiled call per shift (_pearson)
+        self._lead = 3 - ndim
+        self._f3 = self._m3 = None
+        if masks is None and ndim <= 3 and not f.size > _TABLE_MIN_SIZE:
+            self._f3, self._m3 = f.reshape((1,) * self._lead + f.shape), m.reshape((1,) * self._lead + m.shape)
         # Building the table costs ~30 passes over the crop (numpy's cumsum is
         # slow); a direct evaluation costs 5.  With the ~10-30 evaluations of a
         # typical call the table only pays off on large crops.
@@ -83,6 +88,10 @@ class OverlapScorer:
         return r
 
     def _compute_pearson(self, shift) -> float:
+        if self._f3 is not None:
+            c = np.zeros(3, dtype=np.int64)
+            c[self._lead:] = shift
+            return float(_pearson(self._f3, self._m3, c))
         sf, sm = overlap_slices(shift, self.shape)
         a, b = self.f[sf], self.m[sm]
         if self.table is not None:
@@ -194,6 +203,13 @@ def _bp_r(fs, ms, m0, m1, use_w, ndim, c, min_count):  # pragma: no cover - comp
         return -np.inf
     den = math.sqrt(max(saa - sa * sa / n, 0.0) * max(sbb - sb * sb / n, 0.0))
     return (sab - sa * sb / n) / den if den > 0 else -np.inf
+
+
+@numba.njit(cache=True, nogil=True)
+def _bp_r_many(fs, ms, m0, m1, use_w, ndim, cands, min_count, out):  # pragma: no cover - compiled
+    """:func:`_bp_r` of each row of ``cands`` (3D shifts) into ``out``."""
+    for i in range(cands.shape[0]):
+        out[i] = _bp_r(fs, ms, m0, m1, use_w, ndim, cands[i], min_count)
 
 
 @numba.njit(cache=True, nogil=True)

@@ -43,7 +43,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import RegistrationError
-from .candidates import OverlapScorer, _bp_r, _climb_band_passed, _masks3, hill_climb, peak_candidates
+from .candidates import OverlapScorer, _bp_r, _bp_r_many, _climb_band_passed, _masks3, hill_climb, peak_candidates
 from .exhaustive import MIN_EVIDENCE, WEAK_R, doubtful
 from .exhaustive import check as exhaustive_check
 from .peaks import centred, periodic_candidates, periodic_peaks, phase_correlation_matrix, top_local_maxima
@@ -300,7 +300,19 @@ def pairwise_shift(
                 r = band_passed[s] = _bp_r(*kernels.arrays, kernels.shift3(s), float(min_count))
             return r
 
-        cand, r, shift, height = _refine_best(kernels, scorer, r_bp, finite, score_peaks, n_peaks, min_count)
+        def r_bp_many(shifts) -> None:
+            """r_bp of several shifts in one compiled call (they are then looked up)."""
+            todo = [s for s in dict.fromkeys(shifts) if s not in band_passed]
+            if todo:
+                c3 = np.zeros((len(todo), 3), dtype=np.int64)
+                c3[:, kernels.lead:] = todo
+                out = np.empty(len(todo))
+                _bp_r_many(*kernels.arrays, c3, float(min_count), out)
+                band_passed.update(zip(todo, out.tolist()))
+
+
+        cand, r, shift, height = _refine_best(kernels, scorer, r_bp, r_bp_many, finite, score_peaks, n_peaks,
+                                              min_count)
         if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total, shape):
             cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift,
                                                           shape, limit, min_count, exhaustive == "always")
@@ -351,7 +363,7 @@ AMBIGUOUS = ("ambiguous: no clearly best alignment when every shift is scored wi
              "(periodic content with no distinct mark in the overlap?)")
 
 
-def _refine_best(k: _Kernels, scorer, r_bp, scored, score_peaks, n_peaks, min_count):
+def _refine_best(k: _Kernels, scorer, r_bp, r_bp_many, scored, score_peaks, n_peaks, min_count):
     """Gradient refinement of the most similar candidates, more peaks if none converges.
 
     Candidates are ranked by their overlap correlation, and the best few are
@@ -379,6 +391,7 @@ def _refine_best(k: _Kernels, scorer, r_bp, scored, score_peaks, n_peaks, min_co
         if expand:
             ranked = [c for c in score_peaks(4 * n_peaks) if np.isfinite(c[0])]
         ranked = sorted(ranked, key=lambda c: -c[0])[:_RERANKED]
+        r_bp_many([c[1] for c in ranked])
         ranked = sorted(ranked, key=lambda c: -r_bp(c[1]))
         for _, cand0, height in ranked[:3]:
             # The PCM's integer winner can be a pixel or two off on narrow,
