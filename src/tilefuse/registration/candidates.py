@@ -182,6 +182,14 @@ def _bp_r(fs, ms, m0, m1, use_w, ndim, c, min_count):  # pragma: no cover - comp
     e0 = fs.shape[0] + min(0, c[0]) - a0  # overlap extents
     e1 = fs.shape[1] + min(0, c[1]) - a1
     e2 = fs.shape[2] + min(0, c[2]) - a2
+    if not use_w:  # the strided sums of the unmasked overlap (vectorised)
+        if e0 <= 0 or e1 <= 0 or e2 <= 0:
+            return -np.inf
+        sa, sb, saa, sbb, sab = _sums(fs[a0:a0 + e0:2, a1:a1 + e1:2, a2:a2 + e2:2],
+                                      ms[b0:b0 + e0:2, b1:b1 + e1:2, b2:b2 + e2:2])
+        n = ((e0 + 1) // 2) * ((e1 + 1) // 2) * ((e2 + 1) // 2)
+        den = math.sqrt(max(saa - sa * sa / n, 0.0) * max(sbb - sb * sb / n, 0.0))
+        return (sab - sa * sb / n) / den if den > 0 else -np.inf
     sa = sb = saa = sbb = sab = 0.0
     n = 0
     for i0 in range(0, e0, 2):
