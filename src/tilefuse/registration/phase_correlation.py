@@ -310,7 +310,6 @@ def pairwise_shift(
                 _bp_r_many(*kernels.arrays, c3, float(min_count), out)
                 band_passed.update(zip(todo, out.tolist()))
 
-
         cand, r, shift, height = _refine_best(kernels, scorer, r_bp, r_bp_many, finite, score_peaks, n_peaks,
                                               min_count)
         if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total, shape):
