@@ -193,3 +193,14 @@ def test_constant_axes_are_array_equals(dtype):
         constant = np.ones(3, bool)
         _constant_axes(a, constant)
         assert not constant.any()
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32, np.float64])
+@pytest.mark.parametrize("shape", SHAPES)
+def test_centred_is_numpys(dtype, shape):
+    a = (_texture(shape, 13) * 1000).astype(dtype)
+    expected = np.array(a, dtype=np.float64)
+    expected -= expected.mean()
+    got = centred(a, None)
+    assert got.dtype == np.float64 and got.shape == shape
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)

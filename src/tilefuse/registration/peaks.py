@@ -33,6 +33,12 @@ _EPS = 1e-7
 
 def centred(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
     """float64 copy with the (masked) mean removed and masked pixels at 0."""
+    if mask is None and a.ndim <= 3 and a.dtype.isnative and (a.dtype.kind in "biu" or a.dtype.char in "fd"):
+        # one compiled pass instead of numpy's copy, mean and subtraction (their calls held the GIL ~20 us a crop)
+        out = np.empty(a.shape, dtype=np.float64)
+        shape3 = (1,) * (3 - a.ndim) + a.shape
+        _centred(a.reshape(shape3), out.reshape(shape3))
+        return out
     out = np.array(a, dtype=np.float64)
     if mask is None:
         out -= out.mean()
@@ -43,6 +49,24 @@ def centred(a: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
             out -= out.sum() / n
         out[~mask] = 0.0
     return out
+
+
+# Reassociation lets the compiler vectorise the sum (it differs from numpy's pairwise sum by rounding).
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath={"reassoc", "contract"})
+def _centred(a, out):  # pragma: no cover - compiled
+    """``out = a - mean(a)`` in float64 for a 3D array."""
+    total = 0.0
+    for i0 in range(a.shape[0]):
+        for i1 in range(a.shape[1]):
+            for i2 in range(a.shape[2]):
+                v = np.float64(a[i0, i1, i2])
+                out[i0, i1, i2] = v
+                total += v
+    mean = total / a.size
+    for i0 in range(a.shape[0]):
+        for i1 in range(a.shape[1]):
+            for i2 in range(a.shape[2]):
+                out[i0, i1, i2] -= mean
 
 
 @functools.lru_cache(maxsize=256)  # a mosaic's pairs share a few crop shapes
