@@ -174,7 +174,7 @@ def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fractio
     # thin for the large-shift rule, and rivals 0.11-0.15 behind, outside AMBIGUOUS_GAP).
     if candidates and len(candidates[0]) > 2:
         top = max(c[2] for c in candidates)
-        if all(np.max(np.abs(np.asarray(c[1]) - w)) > 1 for c in candidates if c[2] == top):
+        if all(max(abs(int(a) - b) for a, b in zip(c[1], w)) > 1 for c in candidates if c[2] == top):
             return True
     return False
 
