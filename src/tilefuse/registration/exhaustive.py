@@ -40,6 +40,7 @@ functions change without notice, so the few lines are written here.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -155,16 +156,17 @@ def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fractio
     peak is not the winner's.  ``candidates`` are ``(r, shift, peak height)``
     tuples as scored by the pairwise step.
     """
-    if not np.isfinite(winner_r) or winner_r < WEAK_R or overlap_fraction < SMALL_OVERLAP:
+    # (plain Python numbers: numpy calls per candidate held the GIL ~40 us per pair)
+    if not math.isfinite(winner_r) or winner_r < WEAK_R or overlap_fraction < SMALL_OVERLAP:
         return True
-    w = np.asarray(winner)
+    w = [int(v) for v in winner]
     if shape is not None:
-        n = np.asarray(shape)
         # not along thin axes (a 19 px deep overlap is routinely off by 8 px: nothing periodic there)
-        if np.any((np.abs(w) > LARGE_SHIFT * n) & (n >= _WIDE_AXIS)):
+        if any(abs(v) > LARGE_SHIFT * n and n >= _WIDE_AXIS for v, n in zip(w, shape)):
             return True
     for c in candidates:
-        if np.isfinite(c[0]) and c[0] >= winner_r - AMBIGUOUS_GAP and np.max(np.abs(np.asarray(c[1]) - w)) >= 2:
+        if c[0] >= winner_r - AMBIGUOUS_GAP and math.isfinite(c[0]) and \
+                max(abs(int(a) - b) for a, b in zip(c[1], w)) >= 2:
             return True
     # The two scores disagree: the highest phase-correlation peak is not the winner (the raw overlap
     # correlation picked another shift).  On the 64-128 px periodic samples aliases won this way at
@@ -172,7 +174,7 @@ def doubtful(winner_r: float, winner: Sequence[int], candidates, overlap_fractio
     # thin for the large-shift rule, and rivals 0.11-0.15 behind, outside AMBIGUOUS_GAP).
     if candidates and len(candidates[0]) > 2:
         top = max(c[2] for c in candidates)
-        if all(np.max(np.abs(np.asarray(c[1]) - w)) > 1 for c in candidates if c[2] == top):
+        if all(max(abs(int(a) - b) for a, b in zip(c[1], w)) > 1 for c in candidates if c[2] == top):
             return True
     return False
 
