@@ -194,6 +194,8 @@ class Hdf5Loader(ImageLoader):
                 dsid = self._find_cells(view, level).id
             # Whether anything is stored matters for level 0 only (see check_view); asked while it is open.
             cells = state.values[key] = _Cells.of_id(dsid, stored=level == 0)
+            if level == 0:
+                self._keep_for_reading(state, (tp, setup, level), dsid, cells)
         return cells
 
     def _find_cells(self, view: ViewId, level: int):
@@ -279,7 +281,8 @@ class Hdf5Loader(ImageLoader):
             if dsid is not None:  # the usual case, without `in` walking the groups
                 has = True
                 # Its properties, while it is open: the check of the view that follows needs them.
-                state.values.setdefault(("cells", tp, setup, 0), _Cells.of_id(dsid, stored=True))
+                cells = state.values.setdefault(("cells", tp, setup, 0), _Cells.of_id(dsid, stored=True))
+                self._keep_for_reading(state, (tp, setup, 0), dsid, cells)
             else:
                 try:
                     has = name in f
@@ -361,15 +364,23 @@ class Hdf5Loader(ImageLoader):
     def read(self, view: ViewId, level: int, region: Region, *, cache: bool | Region = False) -> np.ndarray:
         path, tp, setup = self._locate(view)
         entry = self._state_entry(path)
-        # The open dataset, its properties and the pixel type, looked up together: one identity check per read.
-        ds, cells, want = entry.value.open.get((tp, setup, level), lambda: self._open_for_reading(view, level))
+        state = entry.value
+        # The open dataset and its properties, looked up together: one identity check per read.
+        reader = state.open.get((tp, setup, level), lambda: self._open_for_reading(view, level))
+        if not reader.indexed:  # where its chunks lie, on its first read (not for views only checked)
+            reader.raw = _RawChunks.of(reader.ds, reader.cells, state)
+            reader.indexed = True
+        ds, cells, raw = reader.ds, reader.cells, reader.raw
+        want = state.values.get(("dtype", tp, setup))
+        if want is None:
+            want = self._dtype_in(state, view, path, tp, setup)
         region = normalize_region(region, cells.shape)
         # Only the chunks the region touches are read and decompressed.  Cached blocks are keyed on
         # the identity of the files when read (the dataset is dropped with the handle when they change).
         identity = entry.identity if cache else None
         try:
             arr = _read_region(ds, region, identity=identity, cells=cells,
-                               plan=cache if isinstance(cache, tuple) else None)
+                               plan=cache if isinstance(cache, tuple) else None, raw=raw)
         except (OSError, *DeflateError) as exc:  # a damaged chunk or truncated file
             raise ImageDataError(
                 f"{path}: cannot read {ViewId(*view)} level {level} from {cells.name} ({exc})"
@@ -383,16 +394,24 @@ class Hdf5Loader(ImageLoader):
             arr = arr.view(want)
         return arr
 
-    def _open_for_reading(self, view: ViewId, level: int):
-        """``(dataset, its properties, the declared pixel type)`` of one level, for :class:`_OpenDatasets`."""
+    def _open_for_reading(self, view: ViewId, level: int) -> _Reader:
+        """One level's dataset opened for :meth:`read` (kept in :class:`_OpenDatasets`)."""
         import h5py
 
         cells = self._cells(view, level)
         path, tp, setup = self._locate(view)
         # Chunks decoded here are read raw: HDF5's chunk cache would only cost memory and time.
         dsid = _open_dataset_id(self._file(path), hdf5_cells(tp, setup, level), chunk_cache=cells.codec is None)
-        ds = h5py.Dataset(dsid) if dsid is not None else self._find_cells(view, level)
-        return ds, cells, self.dtype(view)
+        return _Reader(h5py.Dataset(dsid) if dsid is not None else self._find_cells(view, level), cells)
+
+    @staticmethod
+    def _keep_for_reading(state: _FileState, key: tuple[int, int, int], dsid, cells: _Cells) -> None:
+        """Keep a level just opened to check it open for the reads that usually follow in the same task
+        (registration checks, then reads, each tile): opening it again would cost as much as checking it."""
+        import h5py
+
+        if cells.codec is not None:  # opened without chunk cache: fine for raw chunk reads only
+            state.open.put(key, lambda: _Reader(h5py.Dataset(dsid), cells))
 
     def check_view(self, view: ViewId) -> None:
         """Every level's ``cells`` a 3D dataset in the file; no data outside the files the XML lists.
@@ -500,9 +519,31 @@ class _OpenDatasets:
                 self._open.popitem(last=False)  # closed when no reader holds it any more
         return ds
 
+    def put(self, key, opener) -> None:
+        """Keep ``opener()`` under ``key`` unless something is kept there already."""
+        with self._lock:
+            if key in self._open:
+                return
+        value = opener()
+        with self._lock:
+            self._open.setdefault(key, value)
+            while len(self._open) > _OPEN_DATASETS:
+                self._open.popitem(last=False)
+
     def close(self) -> None:
         with self._lock:
             self._open.clear()
+
+
+class _Reader:
+    """One open ``cells`` dataset, its properties, and where its chunks lie (:class:`_RawChunks`, once read)."""
+
+    __slots__ = ("ds", "cells", "raw", "indexed")
+
+    def __init__(self, ds, cells: _Cells) -> None:
+        self.ds, self.cells = ds, cells
+        self.raw: _RawChunks | None = None
+        self.indexed = False
 
 
 class _FileState:
@@ -528,6 +569,8 @@ class _FileState:
         self.values: dict = {}
         self.not_external: set[str] = set()
         self.open = _OpenDatasets()
+        self._raw: dict = {}
+        self._verified: dict[str, bool] = {}
 
     @property
     def file(self):
@@ -539,8 +582,40 @@ class _FileState:
                 f = self._file
         return f
 
+    def raw_file(self, filename: str):
+        """``filename`` opened for reading chunk bytes by offset (:class:`_RawChunks`), or None where HDF5's
+        addresses may not be file offsets (a user block, a driver other than a plain file)."""
+        if filename not in self._raw:
+            file = None
+            try:
+                import h5py
+
+                owner = self.file if os.path.abspath(self.file.filename) == filename else None
+                fid = owner.id if owner is not None else h5py.h5f.open(os.fsencode(filename), h5py.h5f.ACC_RDONLY)
+                plain = (fid.get_create_plist().get_userblock() == 0
+                         and fid.get_access_plist().get_driver() == h5py.h5fd.SEC2)
+                if owner is None:
+                    fid.close()
+                if plain:
+                    file = open(filename, "rb", buffering=0)  # noqa: SIM115 - kept open while readers hold it
+            except Exception:  # noqa: BLE001 - h5py's reads then
+                file = None
+            self._raw[filename] = file
+        return self._raw[filename]
+
+    def raw_verified(self, filename: str, file, dsid, index: dict) -> bool:
+        """Whether byte offsets from HDF5's chunk index read the same bytes as HDF5 in ``filename``
+        (asked once per file, on one chunk: the offsets are the file's own)."""
+        verified = self._verified.get(filename)
+        if verified is None:
+            offset, info = next(iter(index.items()))
+            verified = os.pread(file.fileno(), info.size, info.byte_offset) == dsid.read_direct_chunk(offset)[1]
+            self._verified[filename] = verified
+        return verified
+
     def close(self) -> None:
         self.open.close()
+        self._raw = {}  # each file closes when the last reader holding it is done
         with self._lock:
             f, self._file = self._file, None
         if f is not None:
@@ -653,8 +728,60 @@ def _direct_chunk_filters(ds) -> tuple[bool, bool] | None:
     return "gzip" in filters, "shuffle" in filters
 
 
+class _RawChunks:
+    """Where each stored chunk of one dataset lies in its file, to read its bytes without h5py.
+
+    Why: ``read_direct_chunk`` holds the GIL (and h5py's lock) while HDF5 looks
+    the chunk up and reads it, ~25 us per 128x128 chunk: with 16 chunks per
+    tile's overlaps and more for fusion, dask's threads queued on it.  The
+    dataset's chunk index is read once (``chunk_iter``: one HDF5 call for all
+    chunks), then each chunk is one ``os.pread`` of the file, which releases
+    the GIL.  Used only where HDF5's addresses are plain file offsets: a
+    plain file without user block, whose first chunk read reads identically
+    both ways (:meth:`_FileState.raw_verified`); else (or without
+    ``chunk_iter``, h5py < 3.8) reads go through ``read_direct_chunk``.
+    """
+
+    __slots__ = ("file", "index")
+
+    def __init__(self, file, index: dict) -> None:
+        self.file = file  # kept open while a reader holds this (closing would let the fd number be reused)
+        self.index = index  # chunk offset -> h5py StoreInfo (byte offset, size, filter mask)
+
+    @classmethod
+    def of(cls, ds, cells: _Cells, state: _FileState) -> _RawChunks | None:
+        dsid = ds.id
+        if cells.codec is None or not hasattr(dsid, "chunk_iter"):
+            return None
+        file = state.raw_file(cells.filename)
+        if file is None:
+            return None
+        index: dict = {}
+
+        def add(info) -> None:  # h5py's StoreInfo: chunk_offset, filter_mask, byte_offset, size
+            index[info.chunk_offset] = info
+
+        try:
+            dsid.chunk_iter(add)
+            if index and not state.raw_verified(cells.filename, file, dsid, index):
+                return None
+        except Exception:  # noqa: BLE001 - whatever it is, read_direct_chunk reports it per chunk
+            return None
+        return cls(file, index)
+
+    def read(self, offset) -> tuple[int, bytes] | None:
+        """``(filter mask, raw bytes)`` of the chunk at ``offset``, None if it was never written."""
+        info = self.index.get(offset)
+        if info is None:
+            return None
+        raw = os.pread(self.file.fileno(), info.size, info.byte_offset)
+        if len(raw) != info.size:
+            raise OSError(f"{info.size} bytes expected at byte {info.byte_offset}, the file ends after {len(raw)}")
+        return info.filter_mask, raw
+
+
 def _read_region(ds, region, *, identity=None, cells: _Cells | None = None,
-                 plan: tuple[tuple[slice, ...], ...] | None = None) -> np.ndarray:
+                 plan: tuple[tuple[slice, ...], ...] | None = None, raw: _RawChunks | None = None) -> np.ndarray:
     """Read a region of a chunked dataset, decompressing chunks outside h5py's lock.
 
     h5py decompresses inside its global lock, so with several dask threads
@@ -671,6 +798,7 @@ def _read_region(ds, region, *, identity=None, cells: _Cells | None = None,
     ``plan``: every region that reads like this one will ask for (``loader.read(cache=regions)``,
     fusion's chunks); the number of them that meet a block is the number of reads
     :func:`~tilefuse._blockcache.cached_block` counts down before letting the block go.
+    ``raw``: where the chunks lie in the file (:class:`_RawChunks`), to read them without h5py.
     """
     cells = cells if cells is not None else _Cells.of(ds)
     codec = cells.codec
@@ -683,27 +811,36 @@ def _read_region(ds, region, *, identity=None, cells: _Cells | None = None,
     out = np.empty(shape, dtype=dtype)
     if 0 in shape:
         return out
-    first = [s.start // c for s, c in zip(region, chunks)]
-    last = [(s.stop - 1) // c for s, c in zip(region, chunks)]
+    # Per axis, each chunk the region meets: (its offset, the part inside it, where that part goes); the
+    # chunks are their combinations (slices worked out once per axis, not once per chunk and axis).
+    axes = []
+    for s, c in zip(region, chunks):
+        pieces = []
+        for o in range(s.start // c * c, s.stop, c):
+            a, b = max(s.start - o, 0), min(s.stop - o, c)
+            pieces.append((o, slice(a, b), slice(o + a - s.start, o + b - s.start)))
+        axes.append(pieces)
     cache = identity is not None
     key = (cells.filename, cells.name) if cache else None  # dropped with the file's handle
-    for idx in product(*[range(a, b + 1) for a, b in zip(first, last)]):
-        offset = tuple(i * c for i, c in zip(idx, chunks))
-        src = tuple(slice(max(s.start - o, 0), min(s.stop - o, c)) for s, o, c in zip(region, offset, chunks))
-        dst = tuple(slice(o + a.start - s.start, o + a.stop - s.start) for s, o, a in zip(region, offset, src))
+    for parts in product(*axes):
+        offset, src, dst = zip(*parts)
         if cache:
             share = planned_share(plan, offset, chunks)  # one of the planned reads that meet this block
             block = cached_block(key + (offset,), lambda offset=offset: _decode_chunk(ds, offset, deflate, shuffle,
-                                                                                      cells), identity=identity,
-                                 share=share)
+                                                                                      cells, raw),
+                                 identity=identity, share=share)
         else:
-            block = _decode_chunk(ds, offset, deflate, shuffle, cells)
+            block = _decode_chunk(ds, offset, deflate, shuffle, cells, raw)
         out[dst] = block[src]
     return out
 
 
-def _decode_chunk(ds, offset, deflate: bool, shuffle: bool, cells: _Cells | None = None) -> np.ndarray:
-    """The whole chunk at ``offset`` (chunk-shaped, edge chunks padded as HDF5 stores them)."""
+def _decode_chunk(ds, offset, deflate: bool, shuffle: bool, cells: _Cells | None = None,
+                  chunk_file: _RawChunks | None = None) -> np.ndarray:
+    """The whole chunk at ``offset`` (chunk-shaped, edge chunks padded as HDF5 stores them).
+
+    Its bytes are read through ``chunk_file`` when given (without the GIL), else by h5py.
+    """
     chunks, dtype = (cells.chunks, cells.dtype) if cells is not None else (ds.chunks, ds.dtype)
     n_items = math.prod(chunks)
     dsid = ds.id
@@ -712,11 +849,17 @@ def _decode_chunk(ds, offset, deflate: bool, shuffle: bool, cells: _Cells | None
         return f"{ds.file.filename}: {ds.name} chunk at {offset}"
 
     try:
-        mask, raw = dsid.read_direct_chunk(offset)
+        if chunk_file is not None:
+            found = chunk_file.read(offset)
+            if found is None:  # never written: reads as the fill value
+                return np.full(chunks, ds.fillvalue, dtype=dtype)
+            mask, raw = found
+        else:
+            mask, raw = dsid.read_direct_chunk(offset)
     except (KeyError, RuntimeError, ValueError, OSError, MemoryError) as exc:  # MemoryError: some absent chunks
         # Asked only now (a second index lookup per chunk otherwise): a chunk never written reads as the
         # fill value, one allocated but unreadable is an error.
-        if dsid.get_chunk_info_by_coord(offset).byte_offset is None:
+        if chunk_file is None and dsid.get_chunk_info_by_coord(offset).byte_offset is None:
             return np.full(chunks, ds.fillvalue, dtype=dtype)
         raise ImageDataError(f"{where_()}: cannot read the chunk ({exc})") from exc
     if mask:  # a filter was skipped for this chunk: let HDF5 decode it
