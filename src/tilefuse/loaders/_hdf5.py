@@ -45,6 +45,7 @@ from ..formats.deflate import DeflateError, inflate
 from ..project.paths import path_element, read_path_element
 from ..project.views import ViewId
 from . import register_loader
+from ._hdf5_c import DatasetFacts, dataset_facts
 from .base import ImageLoader, Region, cached_entry, normalize_region
 
 __all__ = ["Hdf5Loader", "Partition"]
@@ -188,8 +189,14 @@ class Hdf5Loader(ImageLoader):
         key = ("cells", tp, setup, level)
         cells = state.values.get(key)
         if cells is None:
+            name = hdf5_cells(tp, setup, level)
+            if level > 0:  # only its properties are asked (level 0 is kept open for reading, below)
+                facts = dataset_facts(state.file.id.id, name.encode(), dapl_id=_no_chunk_cache().id)
+                if facts is not None:
+                    cells = state.values[key] = _Cells.of_facts(facts)
+                    return cells
             # Only its properties are asked: no chunk cache.
-            dsid = _open_dataset_id(state.file, hdf5_cells(tp, setup, level), chunk_cache=False)
+            dsid = _open_dataset_id(state.file, name, chunk_cache=False)
             if dsid is None:  # absent, a group, a dangling link...: the slower lookup says which
                 dsid = self._find_cells(view, level).id
             # Whether anything is stored matters for level 0 only (see check_view); asked while it is open.
@@ -485,6 +492,9 @@ class Hdf5Loader(ImageLoader):
         return (type(self).__name__, str(self.path), self.partitions)
 
 
+#: HDF5's filter ids (``H5Z_FILTER_DEFLATE``, ``H5Z_FILTER_SHUFFLE``): the encodings decoded here.
+_FILTER_DEFLATE, _FILTER_SHUFFLE = 1, 2
+
 #: ``cells`` datasets kept open per file by :class:`_OpenDatasets`.
 _OPEN_DATASETS = 256
 
@@ -647,14 +657,28 @@ class _Cells:
         return cls.of_id(ds.id)
 
     @classmethod
+    def of_facts(cls, facts: DatasetFacts) -> _Cells:
+        """From what :func:`~._hdf5_c.dataset_facts` found (no external storage, something stored)."""
+        codec = None
+        if facts.chunks is not None and not set(facts.filters) - {_FILTER_DEFLATE, _FILTER_SHUFFLE}:
+            codec = _FILTER_DEFLATE in facts.filters, _FILTER_SHUFFLE in facts.filters
+        return cls(facts.shape, facts.chunks, np.dtype(facts.dtype), codec, facts.filename, facts.name,
+                   (), facts.layout == "virtual", bool(facts.empty), None)
+
+    @classmethod
     def of_id(cls, dsid, *, stored: bool = False) -> _Cells:
         """From a low-level dataset id; ``stored``: also ask whether anything is stored (one index lookup).
 
-        Low-level calls on one creation property list: h5py's ``Dataset`` wrapper and its
-        properties (``chunks``, ``compression``, ``external``, ``is_virtual``...) each fetch and
-        parse it again, ~0.1 ms per dataset in all.
+        Asked of libhdf5 directly where it can (:mod:`._hdf5_c`: no GIL, no Python object per
+        answer), else by low-level h5py calls on one creation property list: h5py's ``Dataset``
+        wrapper and its properties (``chunks``, ``compression``, ``external``, ``is_virtual``...)
+        each fetch and parse it again, ~0.1 ms per dataset in all.
         """
         import h5py
+
+        facts = dataset_facts(0, dset_id=dsid.id, stored=stored)
+        if facts is not None:
+            return cls.of_facts(facts)
 
         dcpl = dsid.get_create_plist()
         layout = dcpl.get_layout()
