@@ -25,7 +25,7 @@ import glob
 import os
 from typing import NamedTuple
 
-__all__ = ["DatasetFacts", "dataset_facts"]
+__all__ = ["DatasetFacts", "dataset_facts", "link_type", "read_factors", "read_name_attribute"]
 
 _hid = ctypes.c_int64  # hid_t since HDF5 1.10
 _u64 = ctypes.c_uint64
@@ -94,12 +94,22 @@ def _library():
             ("H5Dget_storage_size", _u64, [_hid]),
             ("H5Fget_name", ctypes.c_ssize_t, [_hid, ctypes.c_char_p, ctypes.c_size_t]),
             ("H5Iget_name", ctypes.c_ssize_t, [_hid, ctypes.c_char_p, ctypes.c_size_t]),
+            ("H5Lget_info2", ctypes.c_int, [_hid, ctypes.c_char_p, ctypes.c_void_p, _hid]),
+            ("H5Dread", ctypes.c_int, [_hid, _hid, _hid, _hid, _hid, ctypes.c_void_p]),
+            ("H5Aexists_by_name", ctypes.c_int, [_hid, ctypes.c_char_p, ctypes.c_char_p, _hid]),
+            ("H5Aopen_by_name", _hid, [_hid, ctypes.c_char_p, ctypes.c_char_p, _hid, _hid]),
+            ("H5Aget_type", _hid, [_hid]),
+            ("H5Aget_space", _hid, [_hid]),
+            ("H5Aread", ctypes.c_int, [_hid, _hid, ctypes.c_void_p]),
+            ("H5Aclose", ctypes.c_int, [_hid]),
+            ("H5Tis_variable_str", ctypes.c_int, [_hid]),
         ]:
             fn = getattr(lib, name)
             fn.restype, fn.argtypes = res, args
+        native_double = _hid.in_dll(lib, "H5T_NATIVE_DOUBLE_g").value
     except (OSError, AttributeError, ValueError):
         return None
-    return lib, phil
+    return lib, phil, native_double
 
 
 def _mapped_libhdf5() -> list[str]:
@@ -122,7 +132,7 @@ def dataset_facts(loc_id: int, name: bytes | None = None, dset_id: int | None = 
     found = _library()
     if found is None:
         return None
-    lib, phil = found
+    lib, phil, _ = found
     with phil:
         own = dset_id is None
         did = lib.H5Dopen2(loc_id, name, dapl_id) if own else dset_id
@@ -206,3 +216,123 @@ def _facts(lib, did: int, stored: bool) -> DatasetFacts | None:
     if not 0 < n < len(buf):
         return None
     return DatasetFacts(shape, layout, chunks, tuple(filters), dtype, empty, filename, buf.value.decode())
+
+
+#: ``H5L_info2_t`` is an enum (the link type, first), a bool, an int64, an enum and a 16-byte union: 40 bytes.
+_LINK_INFO_BYTES = 64
+
+
+def link_type(loc_id: int, name: bytes) -> int | None:
+    """The type of the link at ``name`` (``H5L_TYPE_HARD`` 0, ``SOFT`` 1, ``EXTERNAL`` 64), or None
+    when it cannot be told here (missing, an error: the caller asks h5py)."""
+    found = _library()
+    if found is None:
+        return None
+    lib, phil, _ = found
+    info = ctypes.create_string_buffer(_LINK_INFO_BYTES)
+    with phil:
+        if lib.H5Lget_info2(loc_id, name, info, 0) < 0:  # 0: H5P_DEFAULT
+            return None
+    return ctypes.c_int.from_buffer(info).value
+
+
+def read_factors(loc_id: int, name: bytes):
+    """A small numeric dataset (BDV's ``resolutions``) read as float64, or None where h5py must be asked
+    (missing, not a dataset, not integers or floats, more than 4,096 values).
+
+    HDF5 converts the stored numbers to doubles as h5py's read then numpy's ``float64`` would.
+    """
+    import numpy as np
+
+    found = _library()
+    if found is None:
+        return None
+    lib, phil, native_double = found
+    with phil:
+        did = lib.H5Dopen2(loc_id, name, 0)
+        if did < 0:
+            return None
+        try:
+            sid = lib.H5Dget_space(did)
+            if sid < 0:
+                return None
+            try:
+                rank = lib.H5Sget_simple_extent_ndims(sid)
+                if not 0 < rank <= 2:
+                    return None
+                dims = (_u64 * rank)()
+                if lib.H5Sget_simple_extent_dims(sid, dims, None) != rank:
+                    return None
+            finally:
+                lib.H5Sclose(sid)
+            shape = tuple(int(d) for d in dims)
+            tid = lib.H5Dget_type(did)
+            if tid < 0:
+                return None
+            try:
+                kind = lib.H5Tget_class(tid)
+            finally:
+                lib.H5Tclose(tid)
+            if kind not in (0, 1) or not 0 < int(np.prod(shape)) <= 4096:  # H5T_INTEGER, H5T_FLOAT
+                return None
+            values = np.empty(shape, dtype=np.float64)
+            if lib.H5Dread(did, native_double, 0, 0, 0, values.ctypes.data) < 0:  # H5S_ALL, H5S_ALL, H5P_DEFAULT
+                return None
+            return values
+        finally:
+            lib.H5Dclose(did)
+
+
+#: What :func:`read_name_attribute` returns for an object without the attribute.
+ABSENT = object()
+
+
+def read_name_attribute(loc_id: int, obj: bytes, attr: bytes):
+    """A scalar fixed-length string attribute (BDV's ``dataType``) as text, :data:`ABSENT` if the
+    object has no such attribute, or None where h5py must be asked (no such object, another type,
+    a variable-length string, an error)."""
+    found = _library()
+    if found is None:
+        return None
+    lib, phil, _ = found
+    with phil:
+        exists = lib.H5Aexists_by_name(loc_id, obj, attr, 0)
+        if exists < 0:
+            return None
+        if exists == 0:
+            return ABSENT
+        aid = lib.H5Aopen_by_name(loc_id, obj, attr, 0, 0)
+        if aid < 0:
+            return None
+        try:
+            sid = lib.H5Aget_space(aid)
+            if sid < 0:
+                return None
+            try:
+                if lib.H5Sget_simple_extent_ndims(sid) != 0:  # scalar only
+                    return None
+            finally:
+                lib.H5Sclose(sid)
+            tid = lib.H5Aget_type(aid)
+            if tid < 0:
+                return None
+            try:
+                if lib.H5Tget_class(tid) != 3 or lib.H5Tis_variable_str(tid) != 0:  # H5T_STRING, fixed length
+                    return None
+                size = lib.H5Tget_size(tid)
+                if not 0 < size <= 256:
+                    return None
+                buf = ctypes.create_string_buffer(size)
+                if lib.H5Aread(aid, tid, buf) < 0:
+                    return None
+            finally:
+                lib.H5Tclose(tid)
+        finally:
+            lib.H5Aclose(aid)
+    raw = buf.raw.rstrip(b"\0")  # as numpy's fixed-length bytes (h5py's reading) strip the padding
+    if b"\0" in raw:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        return None
