@@ -180,3 +180,32 @@ def test_raw_chunk_read_of_a_cut_file_is_refused(tmp_path):
     with pytest.raises(ImageDataError, match=r"v\.h5.*cells.*chunk"):
         reader_region = tuple(slice(o, o + 1) for o in last.chunk_offset)
         _hdf5._read_region(reader.ds, reader_region, cells=reader.cells, raw=reader.raw)
+
+
+def test_reads_after_the_dataset_was_closed_open_nothing(tmp_path, monkeypatch):
+    """Once a level was read, where its chunks lie is kept: reading it again after its dataset was closed
+    (fusion after registration, more tiles than stay open) opens nothing and reads the same pixels."""
+    monkeypatch.setattr(_hdf5, "_OPEN_DATASETS", 1)
+    path = tmp_path / "v.h5"
+    rng = np.random.default_rng(4)
+    with h5py.File(path, "w") as f:
+        for s in (0, 1):
+            f[f"s{s:02d}/resolutions"] = np.ones((1, 3))
+            f[f"s{s:02d}"].attrs["dataType"] = np.bytes_("uint16")
+            f.create_dataset(f"t00000/s{s:02d}/0/cells", data=rng.integers(0, 9, (1, 40, 40), dtype=np.uint16),
+                             chunks=(1, 16, 16), compression="gzip", fillvalue=3)
+    drop_cached_handles()
+    loader = Hdf5Loader.for_path(path)
+    views = [ViewId(0, 0), ViewId(0, 1)]
+    first = [loader.read(v, 0, (slice(None),) * 3) for v in views]
+    if _hdf5.Hdf5Loader._state(loader, path).values.get(("raw", 0, 0, 0)) is None:
+        pytest.skip("chunks read through h5py here (h5py without chunk_iter)")
+    opened = []
+    original = h5py.h5d.open
+    monkeypatch.setattr(h5py.h5d, "open", lambda loc, name, *a, **k: opened.append(name) or original(loc, name, *a, **k))
+    with h5py.File(path, "r") as f:
+        for v, got in zip(views, first):
+            np.testing.assert_array_equal(got, f[f"t00000/s{v.setup:02d}/0/cells"][()])
+            np.testing.assert_array_equal(loader.read(v, 0, (slice(0, 1), slice(3, 37), slice(20, 40))),
+                                          f[f"t00000/s{v.setup:02d}/0/cells"][:, 3:37, 20:40])
+    assert opened == []
