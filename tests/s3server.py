@@ -42,11 +42,24 @@ class S3Server:
         from werkzeug.serving import WSGIRequestHandler, make_server
 
         self.served = Served()
+        #: access key ids the server refuses as S3 does an unknown key (403 InvalidAccessKeyId); moto itself
+        #: accepts any credentials
+        self.refused_keys: set[str] = set()
         app = DomainDispatcherApplication(create_backend_app)
         served = self.served
+        refused = self.refused_keys
 
         def counting(environ, start_response):
             method = environ["REQUEST_METHOD"]
+            auth = environ.get("HTTP_AUTHORIZATION", "")
+            if any(f"Credential={key}/" in auth for key in refused):
+                error = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
+                         b"<Message>The AWS Access Key Id you provided does not exist in our records.</Message>"
+                         b"</Error>")
+                body = b"" if method == "HEAD" else error
+                start_response("403 Forbidden", [("Content-Type", "application/xml"),
+                                                 ("Content-Length", str(len(body)))])
+                return [body]
             body = b"".join(app(environ, start_response))
             with served.lock:
                 served.requests[method] += 1

@@ -401,3 +401,35 @@ def test_cluster_write_to_s3_assembles_pieces_in_the_bucket(s3, tmp_path):
     fs, key = _storage.filesystem(out)
     assert not fs.exists(f"{key}/.tilefuse")
     assert ome_zarr._image_is_complete(out)
+
+
+@pytest.fixture
+def refused_credentials(s3):
+    """The server refuses the session's access key (403 InvalidAccessKeyId, as S3 answers a wrong key)."""
+    s3.refused_keys.add("testing")
+    yield
+    s3.refused_keys.discard("testing")
+
+
+def test_wrong_credentials_are_named_not_mistaken_for_a_missing_bucket(zarr_project, capsys, monkeypatch,
+                                                                        refused_credentials, tmp_path):
+    """A wrong key read as "the bucket does not exist" when writing (s3fs's exists() swallows the 403), and
+    must never look like an empty or missing project when reading."""
+    from tilefuse import registration
+    from tilefuse.cli import main
+
+    _, url, _ = zarr_project
+    assert main(["info", f"{url}/dataset.xml"]) == 2
+    err = capsys.readouterr().err
+    assert f"{url}/dataset.xml: cannot read the project XML: access denied" in err
+    assert "check the credentials" in err and "Traceback" not in err
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("registration ran before the output was checked")
+
+    monkeypatch.setattr(registration.api, "pairwise", no_work)
+    local = tilefuse.demo.make_sample_project(tmp_path / "local", grid=(1, 2), tile_shape=(32, 32), ndim=2)
+    assert main(["run", str(local.path), f"s3://{BUCKET}/denied.ome.zarr", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert f"s3://{BUCKET}/denied.ome.zarr: access to the bucket '{BUCKET}' denied" in err
+    assert "does not exist" not in err and "Traceback" not in err

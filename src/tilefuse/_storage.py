@@ -169,20 +169,25 @@ def check_bucket(url: str) -> None:
     Raises
     ------
     OutputError
-        The bucket does not exist (or the credentials cannot see it), or the store cannot be asked.
+        The bucket does not exist, the credentials may not see it, or the store cannot be asked.
     """
     protocol = _URL.match(url).group("scheme").lower()
     if protocol not in _BUCKETED:
         return
     fs, path = filesystem(url)
     bucket = path.split("/", 1)[0]
+    # info, not exists: exists() answers False for a bucket these credentials may not see, so a wrong key
+    # read as "no such bucket"; info() (a HEAD of the bucket) tells the two apart.
     try:
-        found = fs.exists(bucket)
+        fs.info(bucket)
+    except FileNotFoundError:
+        raise OutputError(f"{url}: the bucket '{bucket}' does not exist; create it first or write somewhere "
+                          "else") from None
+    except PermissionError as exc:
+        raise OutputError(f"{url}: access to the bucket '{bucket}' denied ({exc}); check the credentials "
+                          "(AWS_* variables, ~/.aws/config) and the bucket's policy") from None
     except Exception as exc:  # noqa: BLE001 - any back end's error, reported with the URL
         raise OutputError(f"{url}: cannot look up the bucket '{bucket}': {type(exc).__name__}: {exc}") from exc
-    if not found:
-        raise OutputError(f"{url}: the bucket '{bucket}' does not exist (or these credentials cannot see it); "
-                          "create it first or write somewhere else")
 
 
 def read_file(location: Location, max_bytes: int, what: str = "file") -> bytes | None:
