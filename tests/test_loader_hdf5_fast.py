@@ -112,7 +112,8 @@ def test_check_opens_coarser_levels_without_h5py(tmp_path, monkeypatch):
     loader = Hdf5Loader.for_path(path)
     opened = []
     original = h5py.h5d.open
-    monkeypatch.setattr(h5py.h5d, "open", lambda loc, name, *a, **k: opened.append(name) or original(loc, name, *a, **k))
+    monkeypatch.setattr(h5py.h5d, "open",
+                        lambda loc, name, *a, **k: opened.append(name) or original(loc, name, *a, **k))
     assert loader.has_view(V0)
     layout = check_view(loader, V0, (1, 64, 48))
     assert layout.shapes == ((1, 64, 48), (1, 32, 24), (1, 16, 12)) and layout.chunks == ((1, 8, 8),) * 3
@@ -156,7 +157,8 @@ def test_raw_chunk_reads_equal_h5py(tmp_path, userblock):
     check_view(loader, V0)
     expected = data.copy()
     expected[2:] = 9
-    for region in [(slice(None),) * 3, (slice(1, 3), slice(7, 49), slice(30, 65)), (slice(2, 3), slice(0, 1), slice(0, 1))]:
+    for region in [(slice(None),) * 3, (slice(1, 3), slice(7, 49), slice(30, 65)),
+                   (slice(2, 3), slice(0, 1), slice(0, 1))]:
         np.testing.assert_array_equal(loader.read(V0, 0, region), expected[region])
     reader = loader._state(path).open.get((0, 0, 0), None)
     assert (reader.raw is not None) == (userblock == 0)
@@ -202,7 +204,8 @@ def test_reads_after_the_dataset_was_closed_open_nothing(tmp_path, monkeypatch):
         pytest.skip("chunks read through h5py here (h5py without chunk_iter)")
     opened = []
     original = h5py.h5d.open
-    monkeypatch.setattr(h5py.h5d, "open", lambda loc, name, *a, **k: opened.append(name) or original(loc, name, *a, **k))
+    monkeypatch.setattr(h5py.h5d, "open",
+                        lambda loc, name, *a, **k: opened.append(name) or original(loc, name, *a, **k))
     with h5py.File(path, "r") as f:
         for v, got in zip(views, first):
             np.testing.assert_array_equal(got, f[f"t00000/s{v.setup:02d}/0/cells"][()])
