@@ -212,3 +212,22 @@ def test_reads_after_the_dataset_was_closed_open_nothing(tmp_path, monkeypatch):
             np.testing.assert_array_equal(loader.read(v, 0, (slice(0, 1), slice(3, 37), slice(20, 40))),
                                           f[f"t00000/s{v.setup:02d}/0/cells"][:, 3:37, 20:40])
     assert opened == []
+
+
+def test_pixels_reached_through_a_soft_link_to_an_unlisted_file_are_refused(tmp_path, monkeypatch):
+    """A soft link to an external link passes a look at each link's own type; the file the dataset was
+    found in must still be one the project lists (main read these pixels)."""
+    with h5py.File(tmp_path / "other.h5", "w") as g:
+        g.create_dataset("lvl/cells", data=np.full((1, 8, 8), 7, np.uint16), chunks=(1, 4, 4))
+    with h5py.File(tmp_path / "m.h5", "w") as f:
+        f["s00/resolutions"] = np.ones((1, 3))
+        f["s00"].attrs["dataType"] = np.bytes_("uint16")
+        f["ext"] = h5py.ExternalLink("other.h5", "/lvl")
+        f["t00000/s00/0"] = h5py.SoftLink("/ext")
+    drop_cached_handles()
+    loader = Hdf5Loader.for_path(tmp_path / "m.h5")
+    with pytest.raises(ImageDataError, match=r"m\.h5: view .*cells lies in .*other\.h5, a file the project does not"):
+        check_view(loader, V0)
+    monkeypatch.setenv("TILEFUSE_ALLOW_EXTERNAL_DATA", "1")
+    drop_cached_handles()
+    assert check_view(loader, V0).shapes == ((1, 8, 8),)

@@ -464,6 +464,11 @@ class Hdf5Loader(ImageLoader):
                 raise ImageDataError(f"{path}: {view}: {cells.name} is {len(cells.shape)}D, expected 3D (z y x)")
             if external_ok:
                 continue
+            if not _listed(cells.filename, listed):  # reached through a soft link to an external link, say
+                raise ImageDataError(
+                    f"{path}: {view}: {cells.name} lies in {cells.filename}, a file the project does not list "
+                    f"(reached through links); refused (set {ALLOW_EXTERNAL_ENV}=1 to allow)"
+                )
             if cells.external:
                 raise ImageDataError(
                     f"{path}: {view}: {cells.name} keeps its bytes in other file(s) "
@@ -952,6 +957,20 @@ def _no_chunk_cache():
     dapl = h5py.h5p.create(h5py.h5p.DATASET_ACCESS)
     dapl.set_chunk_cache(0, 0, 0.75)
     return dapl
+
+
+def _listed(filename: str, listed: set[str]) -> bool:
+    """Whether ``filename`` (the file HDF5 found a dataset in) is one of the ``listed`` files, by name or,
+    failing that, as the same file on disk (another path to it)."""
+    if filename in listed:
+        return True
+    for other in listed:
+        try:
+            if os.path.samefile(filename, other):
+                return True
+        except OSError:
+            continue
+    return False
 
 
 def _is_dataset(obj) -> bool:
