@@ -61,3 +61,39 @@ def test_a_readers_own_warnings_are_details(tmp_path):
     assert lines[0].startswith(f"tilefuse convert: error: {cut}")
     verbose = subprocess.run([*command, "-v"], capture_output=True, text=True, env=env, timeout=120)
     assert verbose.returncode == 2 and "tifffile: <TiffTag" in verbose.stderr  # with -v, named after the reader
+
+
+@pytest.mark.parametrize("fraction", [0.3, 0.6, 0.8])
+def test_in_place_convert_refuses_a_truncated_file(tmp_path, capsys, fraction):
+    # `convert --in-place` copies no pixels, so nothing read them: a TIFF cut short converted with exit 0 and
+    # only the later `run` refused it.  Now the views are checked as every read checks them, before writing.
+    good, cut = tmp_path / "scan.ome.tif", tmp_path / "cut.ome.tif"
+    _two_tile_ome_tiff(good)
+    data = good.read_bytes()
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    # Cut before its metadata (at the end) the first page's tags give it away; else the pixel data's end.
+    with pytest.raises(ImageDataError, match=r"cut\.ome\.tif: (view .*: pixel data end at byte \d+ but the file "
+                                             r"has \d+ bytes; the TIFF is truncated|.* is the file truncated\?)"):
+        convert_files([cut], tmp_path / "cut.xml", in_place=True)
+    assert not (tmp_path / "cut.xml").exists()
+    assert main(["convert", str(cut), "-o", str(tmp_path / "cut.xml"), "--in-place", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert ("the TIFF is truncated" in err or "is the file truncated?" in err) and not (tmp_path / "cut.xml").exists()
+    assert len(convert_files([good], tmp_path / "good.xml", in_place=True).views) == 2
+
+
+@pytest.mark.parametrize("kept", [0.9, 0.95, 0.99])
+def test_ome_tiff_cut_before_its_ome_xml_is_refused(tmp_path, capsys, kept):
+    # tifffile writes the OME-XML last; cut there, tifffile skips the ImageDescription tag (value beyond the
+    # end of the file) and reads a plain TIFF: convert made the 2-tile scan one 2-plane view at 1 µm, and
+    # `run` fused it with exit 0.
+    good, cut = tmp_path / "scan.ome.tif", tmp_path / "cut.ome.tif"
+    _two_tile_ome_tiff(good)
+    data = good.read_bytes()
+    assert data.index(b"<?xml") > len(data) * 0.8  # the metadata are at the end: the cut loses them
+    cut.write_bytes(data[: int(len(data) * kept)])
+    assert main(["convert", str(cut), "-o", str(tmp_path / "cut.xml"), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "cut.ome.tif: 1 of the 14 TIFF tags of the first page cannot be read" in err
+    assert "is the file truncated?" in err and not (tmp_path / "cut.xml").exists()
+    assert len(convert_files([good], tmp_path / "good.xml", in_place=True).views) == 2

@@ -72,6 +72,7 @@ class TiffAcquisition(AcquisitionFile):
     # -- metadata ---------------------------------------------------------
     def _describe(self) -> Acquisition:
         tif = self._tif
+        _check_first_page_tags(tif, self.path)
         kind = "ome-tiff" if tif.is_ome else "imagej-tiff" if tif.is_imagej else "tiff"
         acq = Acquisition(self.path, kind, [])
         ome = _OmeMetadata.parse(tif.ome_metadata, self.path) if tif.is_ome else None
@@ -221,6 +222,33 @@ def tiff_calibration(tif) -> tuple[tuple, str, list[str]]:
     y, x = size("YResolution"), size("XResolution")
     z = to_micrometers(float(ij["spacing"]), unit) if "spacing" in ij else None
     return (z, y, x), "µm", notes
+
+
+def _check_first_page_tags(tif, path: Path) -> None:
+    """Refuse a file whose first page lists tags tifffile could not read.
+
+    tifffile skips a tag whose value lies beyond the end of the file (with a
+    log line) and reads on.  In a truncated OME-TIFF that tag is the
+    ImageDescription holding the OME-XML, written last: the file then read as
+    a plain TIFF, its tiles as the planes of one stack, and fused with exit 0.
+    The first page carries the metadata (OME, ImageJ, calibration), so its
+    IFD's entry count is compared with the tags tifffile kept.
+    """
+    import struct
+
+    page = tif.pages.first
+    header = tif.tiff
+    try:
+        with tif.filehandle.lock:
+            tif.filehandle.seek(page.offset)
+            listed = struct.unpack(header.tagnoformat, tif.filehandle.read(header.tagnosize))[0]
+    except (struct.error, OSError, AttributeError):  # nothing to compare with: tifffile's reading stands
+        return
+    lost = listed - len(page.tags)
+    if lost > 0:
+        raise ImageDataError(f"{path}: {lost} of the {listed} TIFF tags of the first page cannot be read (their "
+                             "values lie beyond the end of the file or are damaged: is the file truncated?); its "
+                             "metadata (OME-XML, ImageJ, calibration) would be lost, so the file is refused")
 
 
 def _damaged_ome(tif) -> bool:

@@ -130,6 +130,16 @@ class RegistrationResult:
             out.append(f"{len(alone)} of {n_groups} groups have no kept link and keep their stage positions "
                        f"relative to their neighbours: {shown}")
         out += self._split_warning(alone)
+        # Named whether or not they split the mosaic: in a grid other links hold the tiles, but the
+        # user should know which overlaps nothing registered (issue 14: periodic overlaps without a mark).
+        undecided = [link for link in self.links
+                     if not link.accepted and (link.info.get("ambiguous") or not link.valid)]
+        if undecided:
+            shown = ", ".join(f"{link.a} - {link.b}" for link in undecided[:10])
+            more = f" and {len(undecided) - 10} more" if len(undecided) > 10 else ""
+            out.append(f"{len(undecided)} pairs could not be decided and have no link (no valid shift, or no clearly "
+                       f"best alignment when every shift is scored: periodic content without a distinct mark in the "
+                       f"overlap?); their tiles keep their stage-relative placement there: {shown}{more}")
         if self.accepted:
             floor = float(self.params.get("min_correlation", 0.0)) + 0.1
             typical = float(np.median([np.linalg.norm(link.shift) for link in self.links if link.valid] or [0]))

@@ -32,6 +32,11 @@ def band_pass(a: np.ndarray, low: float = 1.0, high: float = 4.0) -> np.ndarray:
     difference between tiles, which biases the fit).
     """
     a = a.astype(np.float32, copy=False)
+    if a.ndim <= 3 and a.size <= _FUSED_MAX:  # the same steps in one compiled call (see _band_pass)
+        shape3 = (1,) * (3 - a.ndim) + a.shape
+        out = np.empty(a.shape, dtype=np.float32)
+        _band_pass(a.reshape(shape3), float(low), float(high), out.reshape(shape3))
+        return out
     # Divide out the smooth illumination first: blurring a product v*T of a
     # slowly varying gain v and the texture T moves T's features by about
     # sigma^2 * grad(v)/v, in opposite directions in two tiles whose
@@ -45,6 +50,12 @@ def band_pass(a: np.ndarray, low: float = 1.0, high: float = 4.0) -> np.ndarray:
     out = gaussian(flat, low)
     out -= gaussian(flat, high, truncate=3.0)
     return out
+
+
+#: Crops up to this many voxels are band-passed in one compiled call; larger ones step by step, whose
+#: temporaries numpy allocates (with huge pages: on a 128 x 25 x 256 crop the compiled call's own
+#: allocations made it 30 % slower, while the ~20 calls cost nothing next to the work).
+_FUSED_MAX = 2**17
 
 
 def smooth_illumination(a: np.ndarray, sigma: float, factor: int = 4) -> np.ndarray:
@@ -119,6 +130,80 @@ def _kernel(sigma: float, truncate: float) -> np.ndarray:
     w = (w / w.sum()).astype(np.float32)
     w.flags.writeable = False  # shared by every caller (cached)
     return w
+
+
+@_jit
+def _band_pass(a, low, high, out):  # pragma: no cover - compiled
+    """:func:`band_pass` of a 3D float32 array into ``out``, in one call.
+
+    The steps of the Python version (flat-fielding by :func:`smooth_illumination`, then the two
+    :func:`gaussian` filters), with the kernels and interpolation taps computed here: its ~20
+    calls into compiled code and numpy per crop held the GIL ~0.2 ms per pair.
+    """
+    lo = a.min()
+    if lo > 0:
+        flat = a
+    else:
+        flat = a - lo + np.float32(max(float(a.max() - lo) * 1e-3, 1e-6))
+    illumination = _smooth_illumination(flat, 4 * high, 4)
+    flat = flat / illumination
+    blurred = _gaussian3(flat, low, low, low, 4.0)
+    background = _gaussian3(flat, high, high, high, 3.0)
+    for i0 in range(a.shape[0]):
+        for i1 in range(a.shape[1]):
+            for i2 in range(a.shape[2]):
+                out[i0, i1, i2] = blurred[i0, i1, i2] - background[i0, i1, i2]
+
+
+@_jit
+def _smooth_illumination(a, sigma, factor):  # pragma: no cover - compiled
+    """:func:`smooth_illumination` of a 3D float32 array (a new array)."""
+    f = np.ones(3, dtype=np.int64)
+    for d in range(3):
+        if a.shape[d] >= 2 * factor:
+            f[d] = factor
+    coarse = np.empty((-(-a.shape[0] // f[0]), -(-a.shape[1] // f[1]), -(-a.shape[2] // f[2])), dtype=np.float32)
+    _block_mean(a, f, coarse)
+    coarse = _gaussian3(coarse, sigma / f[0], sigma / f[1], sigma / f[2], 2.0)
+    lo0, hi0, t0 = _taps(a.shape[0], f[0], coarse.shape[0])
+    lo1, hi1, t1 = _taps(a.shape[1], f[1], coarse.shape[1])
+    lo2, hi2, t2 = _taps(a.shape[2], f[2], coarse.shape[2])
+    out = np.empty(a.shape, dtype=np.float32)
+    _interpolate_up(coarse, lo0, hi0, t0, lo1, hi1, t1, lo2, hi2, t2, out)
+    return out
+
+
+@_jit
+def _taps(n, f, m):  # pragma: no cover - compiled
+    """:func:`_upsampling_taps`, compiled."""
+    pos = np.minimum(np.maximum((np.arange(n) + 0.5) / f - 0.5, 0.0), m - 1.0)
+    j0 = np.minimum(pos.astype(np.int64), max(m - 2, 0))
+    return j0, np.minimum(j0 + 1, m - 1), (pos - j0).astype(np.float32)
+
+
+@_jit
+def _gaussian3(a, s0, s1, s2, truncate):  # pragma: no cover - compiled
+    """:func:`gaussian` of a 3D float32 array, one sigma per axis (a new array)."""
+    cur = a
+    filtered = False
+    for axis in range(3):
+        s = (s0, s1, s2)[axis]
+        if a.shape[axis] == 1 or s <= 0:
+            continue
+        out = np.empty(a.shape, dtype=np.float32)
+        _correlate_nearest(cur, _kernel_compiled(s, truncate), axis, out)
+        cur = out
+        filtered = True
+    return cur if filtered else a.copy()
+
+
+@_jit
+def _kernel_compiled(sigma, truncate):  # pragma: no cover - compiled
+    """:func:`_kernel`, compiled."""
+    radius = int(truncate * sigma + 0.5)
+    x = np.arange(-radius, radius + 1).astype(np.float64)
+    w = np.exp(-0.5 / (sigma * sigma) * x * x)
+    return (w / w.sum()).astype(np.float32)
 
 
 @_jit

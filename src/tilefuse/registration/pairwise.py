@@ -167,11 +167,14 @@ def _crop_region(transform: np.ndarray, box: Box, shape) -> tuple[tuple[slice, .
 
 def _read_group(loader, views, level, region, factors) -> np.ndarray:
     """Average the views of a group over one region (float32), block-mean downsampled."""
-    acc = None
-    for view in views:
-        crop = loader.read(view, level, region).astype(np.float32)
-        acc = crop if acc is None else acc + crop
-    acc /= len(views)
+    if len(views) == 1:  # (the usual case: no sum to divide, and nothing below writes into the crop)
+        acc = loader.read(views[0], level, region).astype(np.float32, copy=False)
+    else:
+        acc = None
+        for view in views:
+            crop = loader.read(view, level, region).astype(np.float32)
+            acc = crop if acc is None else acc + crop
+        acc /= len(views)
     if all(f == 1 for f in factors):
         return acc
     return block_mean(acc, factors, edge="trim")

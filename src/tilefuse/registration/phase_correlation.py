@@ -23,8 +23,8 @@ accuracy (see :mod:`.peaks`' taper and :mod:`.subpixel`):
 6. when the answer is doubtful (a weak winner, a sliver of overlap, or other
    candidates nearly as good: periodic content), score every shift at once
    on the crops without their periodic part (:mod:`.exhaustive`) and take
-   a clearly better one; with ``exhaustive="always"`` every pair is checked
-   and one the check cannot decide is marked :data:`AMBIGUOUS`.
+   a clearly better one; one the check cannot decide is marked
+   :data:`AMBIGUOUS` (with ``exhaustive="always"`` every pair is checked).
 
 Steps 1-3 live in :mod:`.peaks`, step 4 in :mod:`.candidates`, step 5 in
 :mod:`.subpixel`, step 6 in :mod:`.exhaustive`; this module checks the input
@@ -38,15 +38,16 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 from numpy.typing import ArrayLike
 
 from ..errors import RegistrationError
-from .candidates import OverlapScorer, band_passed_r, hill_climb
+from .candidates import OverlapScorer, _bp_r, _bp_r_many, _climb_band_passed, _masks3, hill_climb, peak_candidates
 from .exhaustive import MIN_EVIDENCE, WEAK_R, doubtful
 from .exhaustive import check as exhaustive_check
-from .peaks import centred, periodic_candidates, periodic_peaks, phase_correlation_matrix
-from .subpixel import _parabola_vertex, prepare_refinement, refine_gradient, refine_overlap, refine_quadratic
+from .peaks import centred, periodic_candidates, periodic_peaks, phase_correlation_matrix, top_local_maxima
+from .subpixel import _refine_candidate, prepare_refinement, refine_gradient, refine_overlap, refine_quadratic
 
 __all__ = ["AMBIGUOUS", "PairwiseShift", "pairwise_shift"]
 
@@ -149,7 +150,8 @@ def pairwise_shift(
     exhaustive : bool, optional
         With the default refinement, check a doubtful answer (a weak winner,
         or other candidates nearly as good: periodic content) against every
-        shift (:mod:`.exhaustive`) and take a clearly better one; ``"always"``:
+        shift (:mod:`.exhaustive`) and take a clearly better one, or mark the
+        pair :data:`AMBIGUOUS` when the check cannot decide; ``"always"``:
         check every pair (when the stage is known to be far off).
 
     Returns
@@ -188,8 +190,8 @@ def pairwise_shift(
     """
     fixed_a, moving_a, keep, masks = _validate(fixed, moving, fixed_mask, moving_mask)
     full_ndim = fixed_a.ndim
-    determined = _determined_axes(fixed_a, moving_a, masks, keep)
-    undetermined = tuple(int(d) for d in keep if d not in determined)
+    determined = _determined_axes(fixed_a, moving_a, masks, keep).tolist()  # plain ints from here on
+    undetermined = tuple(d for d in keep.tolist() if d not in determined)
     keep = determined
     if n_peaks < 1:
         raise RegistrationError(f"n_peaks must be >= 1, got {n_peaks}")
@@ -234,6 +236,16 @@ def pairwise_shift(
 
     def score_peaks(count: int) -> list[tuple[float, tuple[int, ...], float]]:
         """(r, candidate, peak height) of every not yet scored candidate of the top peaks."""
+        if pcm.ndim <= 3:  # compiled, all candidates at once
+            index, heights = top_local_maxima(pcm, count)
+            cands, which, counts, rs = peak_candidates(scorer, index, fft_shape, limit, min_count)
+            scored = []
+            for cand, p, n, r in zip(cands, which.tolist(), counts.tolist(), rs.tolist()):
+                if cand not in seen:
+                    seen.add(cand)
+                    if n >= min_count:
+                        scored.append((r, cand, heights[p]))
+            return scored
         peaks, heights = periodic_peaks(pcm, count)
         scored = []
         for peak, height in zip(peaks, heights):
@@ -279,16 +291,28 @@ def pairwise_shift(
             cand, r = nearest, scorer.pearson(nearest)
     else:
         prepared = prepare_refinement(*raw)
+        kernels = _Kernels(prepared, masks, limit)
         band_passed: dict[tuple[int, ...], float] = {}  # each shift scored once (the climbs revisit them)
 
         def r_bp(s):
             s = tuple(s)
-            if s not in band_passed:
-                band_passed[s] = band_passed_r(prepared, masks, s, min_count)
-            return band_passed[s]
+            r = band_passed.get(s)
+            if r is None:  # band_passed_r, on the arrays as the compiled step takes them
+                r = band_passed[s] = _bp_r(*kernels.arrays, kernels.shift3(s), float(min_count))
+            return r
 
-        cand, r, shift, height = _refine_best(prepared, masks, scorer, r_bp, finite, score_peaks, n_peaks,
-                                              shape, limit, min_count)
+        def r_bp_many(shifts) -> None:
+            """r_bp of several shifts in one compiled call (they are then looked up)."""
+            todo = [s for s in dict.fromkeys(shifts) if s not in band_passed]
+            if todo:
+                c3 = np.zeros((len(todo), 3), dtype=np.int64)
+                c3[:, kernels.lead:] = todo
+                out = np.empty(len(todo))
+                _bp_r_many(*kernels.arrays, c3, float(min_count), out)
+                band_passed.update(zip(todo, out.tolist()))
+
+        cand, r, shift, height = _refine_best(kernels, scorer, r_bp, r_bp_many, finite, score_peaks, n_peaks,
+                                              min_count)
         if exhaustive == "always" or exhaustive and doubtful(r, cand, finite, scorer.count(cand) / total, shape):
             cand, r, shift, checked = _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift,
                                                           shape, limit, min_count, exhaustive == "always")
@@ -299,19 +323,18 @@ def _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift, shap
     """:func:`.exhaustive.check` of a doubtful pair; its clearly best shift replaces the winner.
 
     Returns ``(cand, r, shift, checked)`` where ``checked`` says what the
-    check found (for the log and the link's info).  When every pair is
-    checked (``always``: the user said the stage is far off) a strong-looking
-    answer the check cannot confirm is :data:`AMBIGUOUS`.
+    check found (for the log and the link's info).  An answer the check can
+    neither confirm nor replace (:func:`_undecided`) is :data:`AMBIGUOUS`.
     """
     found = exhaustive_check(*raw, masks, limit, min_count)
     if found is None or not found.clear:
-        if always and found is not None and r >= WEAK_R and (
-                max(abs(a - b) for a, b in zip(found.shift, cand)) > 1 or found.evidence < MIN_EVIDENCE):
-            # A strong-looking answer that every-shift scoring neither confirms nor replaces (or that
-            # nothing distinct supports): on periodic content, an alias, or an overlap with no
-            # distinct mark.  Better no link (the tile keeps its stage position relative to the
-            # others) than a wrong one.  Only when the user said the stage is far off: on ordinary
-            # content a doubtful pair's answer was kept before the check existed, and stays.
+        if found is not None and _undecided(found, cand, r, always):
+            # Every-shift scoring neither confirms nor replaces the answer: on periodic content, an
+            # alias, or an overlap with no distinct mark.  Better no link (the tile keeps its stage
+            # position relative to the others, and the pair is named) than a wrong one.  With or
+            # without max_stage_error: keeping the phase-correlation answer of such pairs by default
+            # left 64 px periodic samples 11 / 26 px off (mean / max) with no warning, worse than
+            # their stage (2.6 / 3.7 px).
             return cand, r, shift, AMBIGUOUS
         return cand, r, shift, "exhaustive check: no clearly best shift, the phase-correlation answer stays"
     best = found.shift
@@ -334,12 +357,36 @@ def _check_exhaustively(raw, prepared, masks, scorer, r_bp, cand, r, shift, shap
             f"{found.evidence:.0f}, next {found.runner_up:.0f}, periodic share {found.periodic_fraction:.2f})")
 
 
+def _undecided(found, cand, r: float, always: bool) -> bool:
+    """Whether an unclear exhaustive check leaves the pair undecided (no link rather than ``cand``).
+
+    On periodic content (:attr:`.exhaustive.ExhaustiveResult.periodic`) every unclear answer is
+    undecided unless there is nothing to decide: an answer too weak for the solve to keep (below
+    :data:`_KEPT_R`) with nothing distinct anywhere in the overlap (evidence below
+    :data:`.exhaustive.MIN_EVIDENCE`) stays, to be rejected there.  On the periodic samples (64-256
+    px tiles, ten seeds) 16 of 95 unclear answers that agreed with the check's best, and every weak
+    one kept, were aliases.  On other content (nothing periodic removed: the unclear checks of the
+    ordinary samples were of background, noise, or small corner overlaps) only a strong-looking
+    answer (``r`` at least :data:`.exhaustive.WEAK_R`) that the check contradicts or that nothing
+    distinct supports, and only when every pair is checked (``always``: the user said the stage is
+    far off); otherwise the answer stays, as before the check existed.
+    """
+    if found.periodic:
+        return r >= _KEPT_R or found.evidence >= MIN_EVIDENCE
+    elsewhere = max(abs(a - b) for a, b in zip(found.shift, cand)) > 1
+    return always and r >= WEAK_R and (elsewhere or found.evidence < MIN_EVIDENCE)
+
+
+#: The solve's default ``min_correlation``: a weaker answer is rejected there anyway.
+_KEPT_R = 0.3
+
+
 #: :attr:`PairwiseShift.checked` of a pair the exhaustive check could not decide (the link is rejected).
 AMBIGUOUS = ("ambiguous: no clearly best alignment when every shift is scored without the periodic part "
              "(periodic content with no distinct mark in the overlap?)")
 
 
-def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, shape, limit, min_count):
+def _refine_best(k: _Kernels, scorer, r_bp, r_bp_many, scored, score_peaks, n_peaks, min_count):
     """Gradient refinement of the most similar candidates, more peaks if none converges.
 
     Candidates are ranked by their overlap correlation, and the best few are
@@ -367,22 +414,29 @@ def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, sh
         if expand:
             ranked = [c for c in score_peaks(4 * n_peaks) if np.isfinite(c[0])]
         ranked = sorted(ranked, key=lambda c: -c[0])[:_RERANKED]
+        r_bp_many([c[1] for c in ranked])
         ranked = sorted(ranked, key=lambda c: -r_bp(c[1]))
         for _, cand0, height in ranked[:3]:
             # The PCM's integer winner can be a pixel or two off on narrow,
             # tapered overlaps; climb the correlation of the band-passed crops
             # first (the raw one leans with opposite vignetting: a photo link
             # climbed to 1.9 px from the truth, past the refinement's reach).
-            cand, _ = hill_climb(scorer, cand0, shape, limit, min_count, score=r_bp)
+            climbed, _ = _climb_band_passed(*k.arrays, k.shift3(cand0), k.limit, float(min_count), 8)
+            cand = tuple(int(v) for v in climbed[k.lead:])
             r = scorer.pearson(cand)
             if cand in tried:
                 continue
             tried.add(cand)
-            start = _parabolic_start(r_bp, cand, shape)
-            shift, converged = refine_gradient(prepared[0], prepared[2], masks, start, min_count)
-            if not converged and np.any(start != cand):  # as before the parabolic start: from the integer
-                shift, converged = refine_gradient(prepared[0], prepared[2], masks,
-                                                    np.asarray(cand, dtype=np.float64), min_count)
+            # Gauss-Newton from the parabola through the band-passed correlations around ``cand``, and
+            # from ``cand`` itself when that does not converge (:func:`.subpixel._refine_candidate`):
+            # starting within ~0.1 px instead of up to 0.5 px saves one of its ~2.5 iterations.  Only
+            # along axes at least _PARABOLA_DEPTH deep: on thinner ones the (every-second-voxel)
+            # correlations are too coarse, and on a 32 x 3 px overlap a start half a pixel off made the
+            # right candidate diverge.
+            out = np.empty(3)
+            converged = _refine_candidate(*k.arrays[:2], k.spline, *k.arrays[2:], climbed, float(min_count),
+                                          _PARABOLA_DEPTH, out)
+            shift = out[k.lead:].copy()
             if converged:
                 nearest = tuple(int(v) for v in np.round(shift))
                 if nearest != cand and scorer.count(nearest) >= min_count:
@@ -400,34 +454,28 @@ def _refine_best(prepared, masks, scorer, r_bp, scored, score_peaks, n_peaks, sh
         return cand, r, shift, height
     # Nothing converged (flat or noise-only overlap): the best integer shift.
     r, cand, height = max(scored + ranked, key=lambda c: c[0])
-    cand, r = hill_climb(scorer, cand, shape, limit, min_count)
+    cand, r = hill_climb(scorer, cand, scorer.shape, k.limit[k.lead:], min_count)
     return cand, r, np.asarray(cand, dtype=np.float64), height
 
 
-def _parabolic_start(r_bp, cand, shape) -> np.ndarray:
-    """Where Gauss-Newton starts: ``cand`` plus, per axis, the vertex of the parabola through the band-passed
-    correlation at ``cand`` and its two neighbours (which the climb to ``cand`` scored already).
+class _Kernels:
+    """A pair's band-passed crops, spline and masks as the compiled steps take them (3D, the first
+    :attr:`lead` axes added), built once per pair."""
 
-    Starting within ~0.1 px instead of up to 0.5 px saves one of the refinement's ~2.5 iterations;
-    the answer is where Gauss-Newton converges, not the parabola's.  Only along axes where the
-    overlap is at least :data:`_PARABOLA_DEPTH` deep: on thinner ones the (every-second-voxel)
-    correlations are too coarse, and on a 32 x 3 px overlap a start half a pixel off made the
-    right candidate diverge (the caller then retries from ``cand``).
-    """
-    start = np.asarray(cand, dtype=np.float64)
-    mid = r_bp(cand)
-    if not np.isfinite(mid):
-        return start
-    for d, n in enumerate(shape):
-        if n - abs(cand[d]) - 1 < _PARABOLA_DEPTH:
-            continue
-        lo, hi = list(cand), list(cand)
-        lo[d] -= 1
-        hi[d] += 1
-        r_lo, r_hi = r_bp(tuple(lo)), r_bp(tuple(hi))
-        if np.isfinite(r_lo) and np.isfinite(r_hi):
-            start[d] += _parabola_vertex(r_lo, mid, r_hi)
-    return start
+    def __init__(self, prepared, masks, limit) -> None:
+        fs = prepared[0]
+        self.lead = 3 - fs.ndim
+        lead = (1,) * self.lead
+        self.arrays = (fs.reshape(lead + fs.shape), prepared[1].reshape(lead + fs.shape), *_masks3(masks, lead),
+                       masks is not None, fs.ndim)
+        self.spline = prepared[2].reshape(lead + fs.shape)
+        self.limit = np.full(3, np.inf)
+        self.limit[self.lead:] = limit
+
+    def shift3(self, shift) -> np.ndarray:
+        out = np.zeros(3, dtype=np.int64)
+        out[self.lead:] = shift
+        return out
 
 
 #: Overlap depth (voxels) along an axis below which Gauss-Newton starts from the integer shift there.
@@ -449,6 +497,8 @@ def _validate(fixed, moving, fixed_mask, moving_mask):
     if f.size == 0:
         raise RegistrationError(f"crops are empty (shape {f.shape})")
     for name, a in (("fixed", f), ("moving", m)):
+        if a.dtype.kind in "biuf":  # the usual case, without numpy's slower dtype tests
+            continue
         if np.iscomplexobj(a):
             raise RegistrationError(f"{name} crop is complex ({a.dtype}); pass real images")
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == bool):
@@ -488,12 +538,44 @@ def _determined_axes(f: np.ndarray, m: np.ndarray, masks, keep: np.ndarray) -> n
     the tile keeps its current (stage) position along that axis.  Crops that are constant along
     every axis keep them all: they are reported as constant (no shift), not as having no axis.
     """
-    def constant_along(a: np.ndarray, d: int) -> bool:
-        return bool(np.array_equal(a, np.broadcast_to(np.take(a, [0], axis=d), a.shape)))
-
     arrays = (f, m) if masks is None else (f, m, *masks)
-    determined = np.array([d for d in keep if not all(constant_along(a, d) for a in arrays)], dtype=np.intp)
+    if f.ndim <= 3 and all(a.dtype.isnative and (a.dtype.kind in "biu" or a.dtype.char in "fd") for a in arrays):
+        # one compiled pass per array that stops at the first change (numpy's array_equal against a
+        # broadcast slice, per axis and array, held the GIL ~60 us per pair)
+        lead = (1,) * (3 - f.ndim)
+        constant = np.ones(3, dtype=bool)
+        for a in arrays:
+            _constant_axes(a.reshape(lead + a.shape), constant)
+        determined = np.array([d for d in keep if not constant[d + len(lead)]], dtype=np.intp)
+    else:
+        def constant_along(a: np.ndarray, d: int) -> bool:
+            return bool(np.array_equal(a, np.broadcast_to(np.take(a, [0], axis=d), a.shape)))
+
+        determined = np.array([d for d in keep if not all(constant_along(a, d) for a in arrays)], dtype=np.intp)
     return determined if determined.size else keep
+
+
+@numba.njit(cache=True, nogil=True)
+def _constant_axes(a, constant):  # pragma: no cover - compiled
+    """``constant[d] &=`` whether the 3D array ``a`` is the same along axis ``d`` (NaN differs from itself)."""
+    n0, n1, n2 = a.shape
+    for d in range(3):
+        if not constant[d]:
+            continue
+        same = True
+        for i0 in range(n0):
+            j0 = 0 if d == 0 else i0
+            for i1 in range(n1):
+                j1 = 0 if d == 1 else i1
+                for i2 in range(n2):
+                    if a[i0, i1, i2] != a[j0, j1, 0 if d == 2 else i2]:
+                        same = False
+                        break
+                if not same:
+                    break
+            if not same:
+                break
+        constant[d] = same
 
 
 def _subpixel_method(subpixel) -> str | None:

@@ -18,7 +18,7 @@ import scipy.fft as sfft
 from scipy import ndimage
 
 from .bandpass import band_pass
-from .candidates import overlap_slices
+from .candidates import _bp_r, overlap_slices
 from .peaks import apodised, centred
 
 __all__ = ["prepare_refinement", "refine_gradient", "refine_overlap", "refine_quadratic"]
@@ -251,75 +251,23 @@ def refine_gradient(fs, spline, masks, start, min_count, iterations: int = 8) ->
     are lost to the shift) the window dominates and pulls the peak by up to
     0.9 px.  Measured on the 3D demo sample: 0.03-0.06 px error with this step
     against 0.5-0.9 px without it along the thin axis.
+
+    Compiled as one call per refinement (:func:`_gauss_newton`): the Python
+    loop around the compiled steps held the GIL ~0.4 ms per pair (the
+    registration threads waited on each other), the kernel holds it only
+    while its arguments are unboxed.
     """
-    shift = np.asarray(start, dtype=np.float64).copy()
-    c = tuple(int(v) for v in np.round(shift))
-    gain = None  # (a, r) of the previous iteration
+    fs = np.asarray(fs, dtype=np.float32)
+    spline = np.asarray(spline, dtype=np.float32)
     lead = (1,) * (3 - fs.ndim)  # the compiled kernel sees every crop as 3D
-    step = np.zeros(0)
-    for _ in range(iterations):
-        # Keep the integer anchor (and so the overlap window) fixed unless the
-        # estimate moves a pixel away: re-rounding every step makes the window
-        # flip when the answer lies near a half pixel, and the fit then
-        # oscillates around it instead of converging.
-        if np.any(np.abs(shift - np.asarray(c)) > 1.0):
-            c = tuple(int(v) for v in np.round(shift))
-        sf, sm = overlap_slices(c, fs.shape)
-        # Interior of the overlap: 2 px away from the crop borders, where the
-        # resampled values are extrapolated.
-        inner = tuple(slice(a.start + 4, a.stop - 4) if a.stop - a.start > 3 * 4 else a for a in sf)
-        inner_m = tuple(slice(b.start + (i.start - a.start), b.start + (i.stop - a.start))
-                        for a, b, i in zip(sf, sm, inner))
-        target = fs[inner]
-        if target.size < max(min_count / 4, 16):
-            return np.asarray(start, dtype=np.float64), False
-        delta = shift - np.asarray(c)
-        # g(x) = m(x - c - delta) on the overlap: sample the spline at x - delta.
-        g = _sample_shifted(spline, inner_m, -delta)
-        # Only axes along which the overlap is a few voxels deep can be
-        # refined: a narrow nominal overlap (10 % of a 64 px tile is 6 px) at
-        # a candidate shift of 5 px leaves one voxel, where no gradient exists
-        # (np.gradient raised) and a gain ramp would duplicate the gain.
-        # Those axes keep their current (integer) shift.
-        active = [k for k, n in enumerate(g.shape) if n >= _MIN_REFINE_DEPTH]
-        if not active:
-            return np.asarray(start, dtype=np.float64), False
-        if gain is not None and len(gain[1]) != len(active):
-            gain = None  # ramps along other axes than this window's
-        # f ≈ G(x) g(x - d) + b with a gain G = a + sum_k r_k x_k that has a
-        # linear ramp per axis: two tiles' vignetting runs in opposite
-        # directions across their overlap, and what the flat-fielding in
-        # band_pass leaves of it would leak into the shift (measured: 12 %
-        # lower per-link error with the ramps).  Linearised around the
-        # current shift, f ≈ G g - G (∇g·d) + b; the gradient columns use the
-        # gain of the previous iteration, so the system stays linear in
-        # (a, b, d, r).  (Folding the gain into the shift as p = a*d instead
-        # ignores the ramp's share of G: on a low-texture overlap with strong
-        # vignetting that made every step overshoot by ~1.8x, oscillating
-        # around the answer past the iteration limit.)
-        n_ax = len(active)
-        w = (masks[0][inner] & masks[1][inner_m]).reshape(lead + g.shape) if masks is not None else _NO_MASK
-        a_prev, r_prev = (float(gain[0]), np.asarray(gain[1], dtype=np.float64)) if gain is not None \
-            else (1.0, np.zeros(n_ax))
-        ata = np.zeros((2 + 2 * n_ax, 2 + 2 * n_ax))
-        atb = np.zeros(2 + 2 * n_ax)
-        _normal_equations(g.reshape(lead + g.shape), target.reshape(lead + g.shape), w,
-                          masks is not None, np.asarray(active, dtype=np.int64) + len(lead), a_prev, r_prev,
-                          gain is not None, ata, atb)
-        try:  # a (2 ndim + 2)-square system
-            sol = np.linalg.solve(ata, atb)
-        except np.linalg.LinAlgError:
-            return np.asarray(start, dtype=np.float64), False
-        if not np.isfinite(sol).all() or abs(sol[0]) < 1e-6:
-            return np.asarray(start, dtype=np.float64), False
-        gain = (sol[0], sol[2 + n_ax:])
-        step = sol[2 : 2 + n_ax]
-        shift[active] += step
-        if np.any(np.abs(shift - np.asarray(start)) > 1.5):
-            return np.asarray(start, dtype=np.float64), False  # diverged: not this candidate
-        if np.all(np.abs(step) < _TOL):
-            return shift, True
-    return shift, bool(np.all(np.abs(step) < 0.05))
+    m0, m1 = (_NO_MASK, _NO_MASK) if masks is None else (masks[0].reshape(lead + fs.shape),
+                                                          masks[1].reshape(lead + fs.shape))
+    start3 = np.zeros(3)
+    start3[len(lead):] = start
+    out = np.empty(3)
+    converged = _gauss_newton(fs.reshape(lead + fs.shape), spline.reshape(lead + fs.shape), m0, m1,
+                              masks is not None, len(lead), start3, float(min_count), iterations, out)
+    return out[len(lead):].copy(), bool(converged)
 
 
 _NO_MASK = np.ones((1, 1, 1), dtype=bool)
@@ -327,10 +275,203 @@ _NO_MASK = np.ones((1, 1, 1), dtype=bool)
 #: Gauss-Newton stops when no axis moves by more than this (px).  A Gauss-Newton step from within a
 #: tenth of a pixel leaves an error of second order, far below the ~0.02-0.05 px the step achieves:
 #: on the 600-tile grid 0.001 -> 0.01 cut the iterations from 3.0 to 2.4 per pair and, with the
-#: parabolic start (``phase_correlation._parabolic_start``), 0.01 -> 0.03 cut them from 1.8 to 1.35
+#: parabolic start (:func:`_refine_candidate`), 0.01 -> 0.03 cut them from 1.8 to 1.35
 #: (~18 % of a pair's CPU), every link's error the same (mean 0.0209, max 0.0966 px; shifts moved by
 #: at most 0.005 px).
 _TOL = 3e-2
+
+
+@_jit
+def _gauss_newton(fs, spline, m0, m1, use_w, lead, start, min_count, iterations, out):  # pragma: no cover
+    """:func:`refine_gradient` on 3D crops whose first ``lead`` axes were added (length 1): the
+    refined shift into ``out``; returns whether it converged (``out`` is ``start`` when not).
+
+    Per iteration: the overlap window at the integer anchor ``c`` less 4 px at each border, the
+    moving crop's spline sampled there at ``x - (shift - c)`` (:func:`_spline_sample`), the
+    normal equations (:func:`_normal_equations`) and their solution (:func:`_solve_small`).
+    """
+    shift = start.copy()
+    c = np.rint(shift)  # numpy's round: halves to even
+    use_gain = False
+    gain_a = 1.0
+    gain_r = np.zeros(3)
+    n_gain = 0  # active axes of the previous iteration's gain ramps
+    step = np.zeros(3)
+    n_step = 0
+    lo = np.zeros(3, dtype=np.int64)  # the window in fs, and where it starts in the moving crop
+    lo_m = np.zeros(3, dtype=np.int64)
+    size = np.ones(3, dtype=np.int64)
+    taps = np.ones(3, dtype=np.int64)
+    wts = np.zeros((3, 4), dtype=np.float32)
+    tap0 = np.zeros(3, dtype=np.int64)
+    for _ in range(iterations):
+        # Keep the integer anchor (and so the overlap window) fixed unless the estimate moves a
+        # pixel away (see refine_gradient).
+        moved = False
+        for d in range(3):
+            if abs(shift[d] - c[d]) > 1.0:
+                moved = True
+        if moved:
+            c = np.rint(shift)
+        count = 1
+        for d in range(3):
+            n = fs.shape[d]
+            ci = int(c[d])
+            a0, a1 = max(0, ci), n + min(0, ci)
+            b0 = max(0, -ci)
+            if a1 - a0 > 12:  # interior: 4 px from the borders, where the resampled values are extrapolated
+                lo[d], lo_m[d], size[d] = a0 + 4, b0 + 4, a1 - a0 - 8
+            else:
+                lo[d], lo_m[d], size[d] = a0, b0, max(a1 - a0, 0)
+            count *= size[d]
+        if count < max(min_count / 4, 16):
+            out[:] = start
+            return False
+        # g(x) = m(x - c - delta) on the window: the spline sampled at x - delta (lead axes: identity)
+        for d in range(3):
+            wts[d, :] = 0.0
+            if d < lead:
+                tap0[d], taps[d] = lo_m[d], 1
+                wts[d, 0] = 1.0
+            else:
+                u = -(shift[d] - c[d])
+                b = math.floor(u)
+                t = u - b
+                tap0[d], taps[d] = lo_m[d] + int(b) - 1, 4
+                wts[d, 0] = (1 - t) ** 3 / 6.0
+                wts[d, 1] = (4 - 6 * t**2 + 3 * t**3) / 6.0
+                wts[d, 2] = (1 + 3 * t + 3 * t**2 - 3 * t**3) / 6.0
+                wts[d, 3] = t**3 / 6.0
+        g = np.empty((size[0], size[1], size[2]), dtype=np.float32)
+        _spline_sample(spline, tap0, size, taps, wts, g)
+        n_act = 0
+        active = np.empty(3, dtype=np.int64)
+        for d in range(lead, 3):
+            if size[d] >= _MIN_REFINE_DEPTH:
+                active[n_act] = d
+                n_act += 1
+        if n_act == 0:
+            out[:] = start
+            return False
+        if use_gain and n_gain != n_act:
+            use_gain = False  # ramps along other axes than this window's
+        target = fs[lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]]
+        if use_w:
+            w = m0[lo[0]:lo[0] + size[0], lo[1]:lo[1] + size[1], lo[2]:lo[2] + size[2]] & \
+                m1[lo_m[0]:lo_m[0] + size[0], lo_m[1]:lo_m[1] + size[1], lo_m[2]:lo_m[2] + size[2]]
+        else:
+            w = m0
+        k = 2 + 2 * n_act
+        ata = np.zeros((k, k))
+        atb = np.zeros(k)
+        _normal_equations(g, target, w, use_w, active[:n_act], gain_a if use_gain else 1.0,
+                          gain_r[:n_act], use_gain, ata, atb)
+        sol = np.empty(k)
+        if not _solve_small(ata, atb, sol):
+            out[:] = start
+            return False
+        finite = True
+        for i in range(k):
+            if not np.isfinite(sol[i]):
+                finite = False
+        if not finite or abs(sol[0]) < 1e-6:
+            out[:] = start
+            return False
+        use_gain, gain_a, n_gain = True, sol[0], n_act
+        for j in range(n_act):
+            gain_r[j] = sol[2 + n_act + j]
+            step[j] = sol[2 + j]
+            shift[active[j]] += sol[2 + j]
+        n_step = n_act
+        for d in range(3):
+            if abs(shift[d] - start[d]) > 1.5:  # diverged: not this candidate
+                out[:] = start
+                return False
+        small = True
+        for j in range(n_step):
+            if not abs(step[j]) < _TOL:
+                small = False
+        if small:
+            out[:] = shift
+            return True
+    out[:] = shift
+    for j in range(n_step):
+        if not abs(step[j]) < 0.05:
+            return False
+    return True
+
+
+@_jit
+def _refine_candidate(fs, ms, spline, m0, m1, use_w, ndim, cand, min_count, depth, out):  # pragma: no cover
+    """Gauss-Newton (:func:`_gauss_newton`) from an integer candidate of 3D crops (the first ``3 - ndim``
+    axes added), started at the vertex of the parabola through the band-passed correlation at ``cand``
+    and its two neighbours along every axis at least ``depth`` deep, and once more from ``cand``
+    itself when that does not converge.  The shift goes into ``out``; returns whether it converged.
+
+    (``phase_correlation._refine_best`` says why; one compiled call per candidate.)
+    """
+    lead = 3 - ndim
+    start = cand.astype(np.float64)
+    mid = _bp_r(fs, ms, m0, m1, use_w, ndim, cand, min_count)
+    if np.isfinite(mid):
+        s = cand.copy()
+        for d in range(lead, 3):
+            if fs.shape[d] - abs(cand[d]) - 1 < depth:
+                continue
+            s[d] = cand[d] - 1
+            r_lo = _bp_r(fs, ms, m0, m1, use_w, ndim, s, min_count)
+            s[d] = cand[d] + 1
+            r_hi = _bp_r(fs, ms, m0, m1, use_w, ndim, s, min_count)
+            s[d] = cand[d]
+            if np.isfinite(r_lo) and np.isfinite(r_hi):
+                denom = r_lo - 2.0 * mid + r_hi
+                if denom < 0:
+                    start[d] += min(max(0.5 * (r_lo - r_hi) / denom, -0.5), 0.5)
+    converged = _gauss_newton(fs, spline, m0, m1, use_w, lead, start, min_count, 8, out)
+    if not converged:
+        moved = False
+        for d in range(3):
+            if start[d] != cand[d]:
+                moved = True
+        if moved:  # as before the parabolic start: from the integer shift
+            converged = _gauss_newton(fs, spline, m0, m1, use_w, lead, cand.astype(np.float64), min_count, 8,
+                                      out)
+    return converged
+
+
+@_jit
+def _solve_small(a, b, x):  # pragma: no cover - compiled
+    """``x = solve(a, b)`` for a small square system (LU with partial pivoting, as LAPACK's gesv);
+    False when a pivot is exactly 0 (where gesv raises).  ``a`` and ``b`` are overwritten.
+
+    Written here because the system (at most 8 x 8) is solved inside the compiled Gauss-Newton
+    loop: numpy's solve from Python held the GIL for ~10 us a call, numba's calls into LAPACK
+    (whose BLAS may start threads next to the registration's).
+    """
+    n = b.size
+    for col in range(n):
+        p = col
+        for r in range(col + 1, n):
+            if abs(a[r, col]) > abs(a[p, col]):
+                p = r
+        if a[p, col] == 0.0:
+            return False
+        if p != col:
+            for j in range(n):
+                a[col, j], a[p, j] = a[p, j], a[col, j]
+            b[col], b[p] = b[p], b[col]
+        for r in range(col + 1, n):
+            f = a[r, col] / a[col, col]
+            if f != 0.0:
+                for j in range(col, n):
+                    a[r, j] -= f * a[col, j]
+                b[r] -= f * b[col]
+    for i in range(n - 1, -1, -1):
+        s = b[i]
+        for j in range(i + 1, n):
+            s -= a[i, j] * x[j]
+        x[i] = s / a[i, i]
+    return True
 
 
 @_jit

@@ -133,7 +133,7 @@ def write_fused(
     names = {"channel": dict(zip(plan.channels, plan.channel_names))}
     write_project(path, images, positions, voxel_size=voxel_size, unit=plan.unit, tiles=[0] * len(images),
                   channels=chans, timepoints=tps, names=names, format=container, progress=progress,
-                  overwrite=overwrite, inputs=inputs, client=client)
+                  overwrite=overwrite, inputs=inputs, client=client, before_commit=_inputs_unchanged(plan, path))
     return path
 
 

@@ -18,7 +18,7 @@ the renames, so a project tilefuse cannot open never takes the final names.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +136,7 @@ def write_project(
     inputs: Sequence[str | Path] = (),
     client=None,
     in_place: Sequence[tuple[str | Path, int, int]] | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> Project:
     """Write tiles and their positions as a new BigStitcher project.
 
@@ -197,7 +198,15 @@ def write_project(
         (``spimreconstruction.filelist``, BigStitcher's loader for the files
         of "Define dataset": Bio-Formats series and channel numbers).
         ``images`` then only give shapes and dtypes (lazy arrays of those
-        files, never computed); ``format`` and ``factors`` are ignored.
+        files, never computed); ``format`` and ``factors`` are ignored.  Each
+        view's data are checked first (:meth:`Project.check_view`, what every
+        read does): a truncated or inconsistent file is refused before the XML
+        is written.
+    before_commit : callable, optional
+        Called once the pixels and the XML are written, before they are renamed
+        into place; an error it raises leaves the project uncommitted (as the
+        OME-Zarr and TIFF writers do: ``write_fused`` checks there that the
+        fused inputs did not change while they were read).
 
     Returns
     -------
@@ -337,6 +346,8 @@ def write_project(
         project.path = path.resolve()
         project.save(tmp_xml, backup=False)
         _read_back(tmp_xml, path, [tmp_container, tmp_xml])
+        if before_commit is not None:
+            before_commit()
     # Loaders may hold handles on the container this one replaced.
     drop_cached_handles(str(container))
     drop_cached_handles(str(container.resolve()))
@@ -348,9 +359,13 @@ def _write_in_place(path: Path, data: SpimData, files: dict, overwrite: bool) ->
     mapping = {view: (Path(file).resolve(), int(series), int(channel))
                for view, (file, series, channel) in files.items()}
     loader = loader_class("spimreconstruction.filelist").for_path(mapping)
+    project = Project(data, path=None, loader=loader)
+    project.path = path.resolve()
+    # No pixels are copied, so nothing read them: check every view's data now, as `run` will (a truncated
+    # TIFF converted "successfully" and only the later run refused it).  Before anything is written.
+    for view in sorted(mapping):
+        project.check_view(view)
     with atomic_outputs([path], overwrite=overwrite) as (tmp_xml,):
-        project = Project(data, path=None, loader=loader)
-        project.path = path.resolve()
         project.save(tmp_xml, backup=False)
         _read_back(tmp_xml, path, [tmp_xml])
     return open_project(path)
