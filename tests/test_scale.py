@@ -132,6 +132,6 @@ def test_hdf5_reads_keep_a_bounded_number_of_datasets_open(grid, monkeypatch):
     assert h5py.h5f.get_obj_count(f.id, h5py.h5f.OBJ_DATASET) == 3
     for a, b in zip(first[-3:], again):
         np.testing.assert_array_equal(a, b)
-    kept = loader._memo(loader.path, ("open cells",), _hdf5._OpenDatasets)
+    kept = loader._state(loader.path).open
     drop_cached_handles()  # dropped with the file's handles
     assert not kept._open and not f.id.valid

@@ -300,6 +300,18 @@ class ImageLoader(ABC):
         nothing to check.
         """
 
+    def view_layout(self, view: ViewId):
+        """``(levels, dtype, shapes, chunks)`` of every level at once, or None (the default).
+
+        A shortcut for :func:`~tilefuse.loaders.validate.check_view`, asked
+        right after :meth:`check_view`: a loader that kept these while checking
+        returns them in one call (each of :meth:`levels`, :meth:`shape` and
+        :meth:`chunks` may cost a ``stat`` of its files).  None makes the
+        caller ask method by method, in the order its checks need, so errors
+        are raised as without it; a loader returns None rather than raise.
+        """
+        return None
+
     def view_files(self, view: ViewId) -> list[Path]:
         """The files and folders holding one view's pixels (every level); by default all of :meth:`files`.
 

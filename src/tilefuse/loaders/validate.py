@@ -126,23 +126,32 @@ def check_view(loader: ImageLoader, view: ViewId, size: tuple[int, int, int] | N
 def _check(loader: ImageLoader, view: ViewId, size, xml_path) -> ViewData:
     here = f"{describe_files(loader, view)}, {view}"
     loader.check_view(view)
-    levels = _check_levels(loader.levels(view), here)
-    dtype = np.dtype(loader.dtype(view))
+    # What the loader kept while checking, in one call (each method below may stat its files); else method by method.
+    layout = loader.view_layout(view)
+    if layout is not None and not len(layout[0]) == len(layout[2]) == len(layout[3]):
+        layout = None
+    levels = _check_levels(layout[0] if layout is not None else loader.levels(view), here)
+    dtype = np.dtype(layout[1] if layout is not None else loader.dtype(view))
     if dtype.name not in SUPPORTED_DTYPES:
         raise ImageDataError(
             f"{here}: pixel type {dtype} is not supported (expected one of {', '.join(SUPPORTED_DTYPES)})"
         )
+    # The default bounds need only the factors at hand; a loader's own (split views) is asked.
+    default_bounds = type(loader).level_shape_range is ImageLoader.level_shape_range
     shapes, chunks = [], []
     for level, factors in enumerate(levels):
-        shape = _positive_triple(loader.shape(view, level), f"{here}, level {level}: shape")
-        block = _positive_triple(loader.chunks(view, level), f"{here}, level {level}: block shape")
+        shape = _positive_triple(layout[2][level] if layout is not None else loader.shape(view, level),
+                                 f"{here}, level {level}: shape")
+        block = _positive_triple(layout[3][level] if layout is not None else loader.chunks(view, level),
+                                 f"{here}, level {level}: block shape")
         if level == 0 and size is not None and shape != size:
             raise ImageDataError(
                 f"{where(xml_path, f'<ViewSetup> id {view.setup} <size>')}: the XML says "
                 f"{_xyz(size)} (x y z) but {view} in {describe_files(loader, view)} is {_xyz(shape)} (x y z)"
             )
         if level > 0:
-            bounds = loader.level_shape_range(view, level, shapes[0])
+            bounds = (level_shape_range(shapes[0], factors) if default_bounds
+                      else loader.level_shape_range(view, level, shapes[0]))
             _check_level_shape(shape, shapes[0], shapes[-1], factors, bounds, f"{here}, level {level}")
         shapes.append(shape)
         chunks.append(block)
