@@ -231,3 +231,25 @@ def test_pixels_reached_through_a_soft_link_to_an_unlisted_file_are_refused(tmp_
     monkeypatch.setenv("TILEFUSE_ALLOW_EXTERNAL_DATA", "1")
     drop_cached_handles()
     assert check_view(loader, V0).shapes == ((1, 8, 8),)
+
+
+@pytest.mark.parametrize("stored, declared", [(">u2", "uint16"), (">i2", None), (">u2", None)])
+def test_big_endian_pixels_read_as_their_values(tmp_path, stored, declared):
+    """A big-endian dataset reads as its values in native order: declared uint16 (main reinterpreted the
+    swapped bytes: every pixel wrong, exit 0), or legacy int16 without dataType (uint16 by BDV's rule)."""
+    path = tmp_path / "be.h5"
+    data = np.random.default_rng(5).integers(0, 30000, (3, 40, 50), dtype=np.uint16)
+    with h5py.File(path, "w") as f:
+        f["s00/resolutions"] = np.ones((1, 3))
+        if declared:
+            f["s00"].attrs["dataType"] = np.bytes_(declared)
+        f.create_dataset("t00000/s00/0/cells", data=data.astype(stored), chunks=(2, 16, 16), compression="gzip",
+                         shuffle=True)
+    for cache in (False, True):
+        drop_cached_handles()
+        loader = Hdf5Loader.for_path(path)
+        check_view(loader, V0)
+        assert loader.dtype(V0) == np.uint16
+        got = loader.read(V0, 0, (slice(1, 3), slice(5, 37), slice(0, 50)), cache=cache)
+        assert got.dtype == np.uint16 and got.dtype.isnative
+        np.testing.assert_array_equal(got, data[1:3, 5:37, :])

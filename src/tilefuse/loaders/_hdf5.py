@@ -335,6 +335,8 @@ class Hdf5Loader(ImageLoader):
             stored = self._cells_in(state, view, 0, path, tp, setup).dtype
         except MissingDataError:
             return np.dtype(np.uint16)
+        # In native byte order: a big-endian int16 is legacy uint16 too, and pixels are handed out native.
+        stored = stored.newbyteorder("=")
         return np.dtype(np.uint16) if stored == np.int16 else stored
 
     def chunks(self, view: ViewId, level: int = 0) -> tuple[int, int, int]:
@@ -402,6 +404,10 @@ class Hdf5Loader(ImageLoader):
             raise ImageDataError(
                 f"{path}: cannot read {ViewId(*view)} level {level} from {cells.name} ({exc})"
             ) from exc
+        if not arr.dtype.isnative:
+            # Big-endian storage: swapped to native first, else the reinterpretation below (or the caller)
+            # would read swapped bytes as pixels (a >u2 dataset declared uint16 read as garbage, exit 0).
+            arr = arr.astype(arr.dtype.newbyteorder("="))
         if arr.dtype != want:
             if arr.dtype.itemsize != want.itemsize or arr.dtype.kind not in "iu":
                 raise ImageDataError(
@@ -483,7 +489,7 @@ class Hdf5Loader(ImageLoader):
         # Pixels stored in another type than the declared one would be misread (same-width
         # integers are fine: legacy BDV stores uint16 as int16).
         cells = first if first is not None else self._cells_in(state, view, 0, path, tp, setup)
-        stored, want = cells.dtype, self._dtype_in(state, view, path, tp, setup)
+        stored, want = cells.dtype.newbyteorder("="), self._dtype_in(state, view, path, tp, setup)
         if stored != want and not (stored.kind in "iu" and want.kind in "iu" and stored.itemsize == want.itemsize):
             raise ImageDataError(f"{path}: {view} is stored as {stored} but declared {want}")
         if cells.empty:
