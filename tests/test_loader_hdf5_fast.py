@@ -253,3 +253,27 @@ def test_big_endian_pixels_read_as_their_values(tmp_path, stored, declared):
         got = loader.read(V0, 0, (slice(1, 3), slice(5, 37), slice(0, 50)), cache=cache)
         assert got.dtype == np.uint16 and got.dtype.isnative
         np.testing.assert_array_equal(got, data[1:3, 5:37, :])
+
+
+def test_a_file_rewritten_with_its_old_size_and_mtime_is_read_again(tmp_path):
+    """A BDV file rewritten in place with the same size, its modification time then set back (``cp -p``,
+    ``rsync -t``): the next read in the same process reads the new pixels (main served the decoded blocks
+    cached from the old file, exit 0)."""
+    path, other = tmp_path / "v.h5", tmp_path / "other.h5"
+    rng = np.random.default_rng(6)
+    old, new = (rng.integers(0, 60000, (2, 48, 48), dtype=np.uint16) for _ in range(2))
+    _bdv(path, old, levels=1, chunks=(1, 16, 16), compression="gzip")
+    _bdv(other, new, levels=1, chunks=(1, 16, 16), compression="gzip")
+    before = os.stat(path)
+    if os.path.getsize(other) != before.st_size:
+        pytest.skip("the two files differ in size here")
+    drop_cached_handles()
+    loader = Hdf5Loader.for_path(path)
+    check_view(loader, V0)
+    every = (slice(None),) * 3
+    np.testing.assert_array_equal(loader.read(V0, 0, every, cache=True), old)
+    with open(path, "r+b") as dst:
+        dst.write(other.read_bytes())
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    np.testing.assert_array_equal(loader.read(V0, 0, every, cache=True), new)

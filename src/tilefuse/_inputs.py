@@ -27,15 +27,20 @@ MAX_METADATA_BYTES = 64 * 2**20
 
 
 def file_identity(paths: Iterable[str | os.PathLike]) -> tuple:
-    """``(st_dev, st_ino, st_size, st_mtime_ns)`` of each path (``None`` for a missing one).
+    """``(st_dev, st_ino, st_size, st_mtime_ns, st_ctime_ns)`` of each path (``None`` for a missing one).
 
     What the per-process caches key on: a file replaced by another (new inode)
     or rewritten in place (new size or modification time) has another
     identity, so whatever was cached from the old file is not used for the new
     one.  One ``stat`` per path (a few microseconds), cheap next to decoding a
-    block.  The same "size + modification time" rule as the resume fingerprint
-    (:func:`tilefuse.loaders.base.path_identity`), with the same limit: a file rewritten with the
-    same size and modification time is not noticed.
+    block.  The status-change time is part of it because no one can set it
+    back: a file rewritten with the same size whose modification time was then
+    restored (``os.utime``, ``touch -r``, ``cp -p``, ``rsync -t``) kept its cached
+    decoded blocks and chunk offsets before.  Only a rewrite within one tick of
+    the file system's clock goes unnoticed.  A ``chmod`` or rename changes it too:
+    that costs one reopen.  The resume fingerprint
+    (:func:`tilefuse.loaders.base.path_identity`) keeps to size + modification time,
+    which a copy of the inputs keeps.
     """
     out = []
     for path in paths:
@@ -44,7 +49,7 @@ def file_identity(paths: Iterable[str | os.PathLike]) -> tuple:
         except (OSError, ValueError):  # missing, unreadable folder, NUL in the name
             out.append(None)
         else:
-            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+            out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
     return tuple(out)
 
 
