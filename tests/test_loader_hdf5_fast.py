@@ -277,3 +277,25 @@ def test_a_file_rewritten_with_its_old_size_and_mtime_is_read_again(tmp_path):
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
     assert (os.stat(path).st_size, os.stat(path).st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     np.testing.assert_array_equal(loader.read(V0, 0, every, cache=True), new)
+
+
+def test_deflate_then_shuffle_is_read_by_h5py(tmp_path):
+    """A pipeline that shuffles after compressing (valid HDF5, the reverse of BDV's) is decoded by h5py:
+    decoded here in BDV's order it was refused as a damaged chunk."""
+    path = tmp_path / "order.h5"
+    data = np.random.default_rng(7).integers(0, 60000, (2, 32, 32), dtype=np.uint16)
+    with h5py.File(path, "w") as f:
+        f["s00/resolutions"] = np.ones((1, 3))
+        f["s00"].attrs["dataType"] = np.bytes_("uint16")
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((1, 16, 16))
+        dcpl.set_deflate(4)
+        dcpl.set_shuffle()
+        dsid = h5py.h5d.create(f.require_group("t00000/s00/0").id, b"cells", h5py.h5t.NATIVE_UINT16,
+                               h5py.h5s.create_simple(data.shape), dcpl=dcpl)
+        dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, data)
+    for cache in (False, True):
+        drop_cached_handles()
+        loader = Hdf5Loader.for_path(path)
+        check_view(loader, V0)
+        np.testing.assert_array_equal(loader.read(V0, 0, (slice(None),) * 3, cache=cache), data)

@@ -516,6 +516,11 @@ class Hdf5Loader(ImageLoader):
 #: HDF5's filter ids (``H5Z_FILTER_DEFLATE``, ``H5Z_FILTER_SHUFFLE``): the encodings decoded here.
 _FILTER_DEFLATE, _FILTER_SHUFFLE = 1, 2
 
+#: The filter pipelines (in HDF5's order, applied first on writing listed first) decoded here: BDV's.
+#: Deflate listed before shuffle (valid HDF5, shuffled after compressing) must be undone in the
+#: other order than :func:`_decode_chunk`'s, so h5py decodes it (it was refused as a damaged chunk).
+_OWN_PIPELINES = ((), (_FILTER_DEFLATE,), (_FILTER_SHUFFLE,), (_FILTER_SHUFFLE, _FILTER_DEFLATE))
+
 #: Most chunks of a dataset whose index (:class:`_RawChunks`) is kept per process once read (~0.2 KB each):
 #: a 2D tile has 16 at level 0; a large 3D volume's stays with its open dataset only.
 _KEEP_INDEX = 4096
@@ -685,7 +690,7 @@ class _Cells:
     def of_facts(cls, facts: DatasetFacts) -> _Cells:
         """From what :func:`~._hdf5_c.dataset_facts` found (no external storage, something stored)."""
         codec = None
-        if facts.chunks is not None and not set(facts.filters) - {_FILTER_DEFLATE, _FILTER_SHUFFLE}:
+        if facts.chunks is not None and tuple(facts.filters) in _OWN_PIPELINES:
             codec = _FILTER_DEFLATE in facts.filters, _FILTER_SHUFFLE in facts.filters
         return cls(facts.shape, facts.chunks, np.dtype(facts.dtype), codec, facts.filename, facts.name,
                    (), facts.layout == "virtual", bool(facts.empty), None)
@@ -712,8 +717,8 @@ class _Cells:
         if chunks is not None:
             # Only BDV's own encodings (deflate, optionally after byte shuffle) are decoded here; anything else
             # (fletcher32, scale-offset, lzf, szip, plugins) goes through h5py.
-            filters = {dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters())}
-            if not filters - {h5py.h5z.FILTER_DEFLATE, h5py.h5z.FILTER_SHUFFLE}:
+            filters = tuple(dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters()))
+            if filters in _OWN_PIPELINES:
                 codec = h5py.h5z.FILTER_DEFLATE in filters, h5py.h5z.FILTER_SHUFFLE in filters
         external = tuple(os.fsdecode(dcpl.get_external(i)[0]) for i in range(dcpl.get_external_count()))
         virtual = layout == h5py.h5d.VIRTUAL
