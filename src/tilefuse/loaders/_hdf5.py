@@ -718,7 +718,7 @@ class _Cells:
             # Only BDV's own encodings (deflate, optionally after byte shuffle) are decoded here; anything else
             # (fletcher32, scale-offset, lzf, szip, plugins) goes through h5py.
             filters = tuple(dcpl.get_filter(i)[0] for i in range(dcpl.get_nfilters()))
-            if filters in _OWN_PIPELINES:
+            if filters in _OWN_PIPELINES and _full_precision(dsid):
                 codec = h5py.h5z.FILTER_DEFLATE in filters, h5py.h5z.FILTER_SHUFFLE in filters
         external = tuple(os.fsdecode(dcpl.get_external(i)[0]) for i in range(dcpl.get_external_count()))
         virtual = layout == h5py.h5d.VIRTUAL
@@ -735,6 +735,19 @@ class _Cells:
         return cls(tuple(int(n) for n in dsid.shape), chunks, dtype, codec,
                    os.path.abspath(os.fsdecode(h5py.h5f.get_name(dsid))), h5py.h5i.get_name(dsid).decode(),
                    external, virtual, empty, fill)
+
+
+def _full_precision(dsid) -> bool:
+    """Whether every bit of the stored numbers is significant, so that a chunk's decoded bytes are its
+    values.  A type of fewer bits, or shifted by an offset (e.g. 12 bits at offset 4 in 16), is converted
+    by HDF5 on reading: decoded here it read as other numbers (exit 0, on main too).
+    """
+    import h5py
+
+    tid = dsid.get_type()
+    if not isinstance(tid, h5py.h5t.TypeAtomicID):
+        return False
+    return tid.get_precision() == 8 * tid.get_size() and tid.get_offset() == 0
 
 
 def _read_data_type(f, group: str) -> str | None:

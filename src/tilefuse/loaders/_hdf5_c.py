@@ -89,6 +89,8 @@ def _library():
             ("H5Tget_size", ctypes.c_size_t, [_hid]),
             ("H5Tget_sign", ctypes.c_int, [_hid]),
             ("H5Tget_order", ctypes.c_int, [_hid]),
+            ("H5Tget_precision", ctypes.c_size_t, [_hid]),
+            ("H5Tget_offset", ctypes.c_int, [_hid]),
             ("H5Tclose", ctypes.c_int, [_hid]),
             ("H5Dget_num_chunks", ctypes.c_int, [_hid, _hid, ctypes.POINTER(_u64)]),
             ("H5Dget_storage_size", _u64, [_hid]),
@@ -191,9 +193,12 @@ def _facts(lib, did: int, stored: bool) -> DatasetFacts | None:
         if lib.H5Tget_class(tid) != 0:  # H5T_INTEGER
             return None
         size, sign, order = lib.H5Tget_size(tid), lib.H5Tget_sign(tid), lib.H5Tget_order(tid)
+        # Every bit significant: an integer of fewer bits (or shifted by an offset) in its bytes is
+        # converted by HDF5 on reading; its chunks' raw bytes are not its values.
+        full = lib.H5Tget_precision(tid) == 8 * size and lib.H5Tget_offset(tid) == 0
     finally:
         lib.H5Tclose(tid)
-    if size not in (1, 2, 4, 8) or sign not in (0, 1) or order not in (0, 1):
+    if size not in (1, 2, 4, 8) or sign not in (0, 1) or order not in (0, 1) or not full:
         return None
     dtype = ("<" if order == 0 else ">") + ("i" if sign == 1 else "u") + str(size)
     empty = None
