@@ -147,20 +147,28 @@ def dataset_facts(loc_id: int, name: bytes | None = None, dset_id: int | None = 
                 lib.H5Dclose(did)
 
 
-def _facts(lib, did: int, stored: bool) -> DatasetFacts | None:
+def _shape(lib, did: int, max_rank: int) -> tuple[int, ...] | None:
+    """The dataset's shape, or None (no simple dataspace, more than ``max_rank`` axes, a failing call)."""
     sid = lib.H5Dget_space(did)
     if sid < 0:
         return None
     try:
         rank = lib.H5Sget_simple_extent_ndims(sid)
-        if not 0 <= rank <= 32:
+        if not 0 <= rank <= max_rank:
             return None
         dims = (_u64 * max(rank, 1))()
         if lib.H5Sget_simple_extent_dims(sid, dims, None) != rank:
             return None
     finally:
         lib.H5Sclose(sid)
-    shape = tuple(int(d) for d in dims[:rank])
+    return tuple(int(d) for d in dims[:rank])
+
+
+def _facts(lib, did: int, stored: bool) -> DatasetFacts | None:
+    shape = _shape(lib, did, 32)
+    if shape is None:
+        return None
+    rank = len(shape)
     pid = lib.H5Dget_create_plist(did)
     if pid < 0:
         return None
@@ -258,19 +266,9 @@ def read_factors(loc_id: int, name: bytes):
         if did < 0:
             return None
         try:
-            sid = lib.H5Dget_space(did)
-            if sid < 0:
+            shape = _shape(lib, did, 2)
+            if not shape:  # None, or a scalar
                 return None
-            try:
-                rank = lib.H5Sget_simple_extent_ndims(sid)
-                if not 0 < rank <= 2:
-                    return None
-                dims = (_u64 * rank)()
-                if lib.H5Sget_simple_extent_dims(sid, dims, None) != rank:
-                    return None
-            finally:
-                lib.H5Sclose(sid)
-            shape = tuple(int(d) for d in dims)
             tid = lib.H5Dget_type(did)
             if tid < 0:
                 return None
