@@ -17,7 +17,7 @@ higher than without.
 Keys are tuples whose first item is the absolute path of the file or
 dataset the block comes from.  Each block is stored with the *identity* of
 the file(s) it was decoded from (:func:`tilefuse._inputs.file_identity`:
-device, inode, size and modification time, or the identity of the handle it
+device, inode, size, modification and status-change times, or the identity of the handle it
 was read through); a lookup with another identity is a miss, so a file that
 was replaced or rewritten is decoded again instead of served from memory.
 The cache lives in the module (one per process, like the file handles of

@@ -327,7 +327,7 @@ class ImageLoader(ABC):
         """The files whose identity stands for what :func:`~tilefuse.loaders.validate.check_view` saw of one view.
 
         The check's result is reused (per process) only while none of these
-        changed (:func:`file_identity`: device, inode, size, modification time).
+        changed (:func:`file_identity`: device, inode, size, modification and status-change times).
         They should be files: a folder's modification time does not change when
         a file inside it is rewritten.  By default :meth:`view_files`; loaders
         whose views are folders (N5, OME-Zarr) name their metadata files.
