@@ -327,3 +327,24 @@ def test_integers_of_fewer_bits_read_as_hdf5_converts_them(tmp_path, base, preci
         loader = Hdf5Loader.for_path(path)
         check_view(loader, V0)
         np.testing.assert_array_equal(loader.read(V0, 0, (slice(None),) * 3, cache=cache), data)
+
+
+def test_two_projects_reading_one_master_keep_their_own_state(tmp_path, monkeypatch):
+    """One .h5 read by two projects, one listing a partition and one not (two identities for one file):
+    each keeps its open file; one state for both was opened again on every read of either."""
+    from tilefuse.loaders._hdf5 import Partition
+
+    master, part = tmp_path / "m.h5", tmp_path / "p0.h5"
+    data = np.random.default_rng(9).integers(0, 60000, (1, 32, 32), dtype=np.uint16)
+    _bdv(master, data, levels=1, chunks=(1, 16, 16), compression="gzip")
+    _bdv(part, data[:, ::-1], levels=1, chunks=(1, 16, 16), compression="gzip")
+    drop_cached_handles()
+    opened = []
+    original = _hdf5._open_h5
+    monkeypatch.setattr(_hdf5, "_open_h5", lambda *a: opened.append(a[0]) or original(*a))
+    listing = Hdf5Loader(master, [Partition(part, (5,), (0,), (5,), (0,))])
+    plain = Hdf5Loader(master)
+    for _ in range(3):
+        for loader in (listing, plain):
+            np.testing.assert_array_equal(loader.read(V0, 0, (slice(None),) * 3, cache=True), data)
+    assert opened == [master, master]

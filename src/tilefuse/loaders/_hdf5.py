@@ -169,8 +169,12 @@ class Hdf5Loader(ImageLoader):
         state's dicts.  Everything in it is dropped with the file's handles.
         """
         xml_path = self.xml_path
-        return cached_entry((str(path), "h5state"), lambda: _FileState(lambda: _open_h5(path, xml_path)),
-                            anchors=self._anchors(path))
+        anchors = self._anchors(path)
+        # Keyed on the anchors too: a master read by two projects, one listing its partitions and one not,
+        # has two identities; one entry for both was opened again on every read of either (and dropped the
+        # file's decoded blocks each time).
+        return cached_entry((str(path), ("h5state", *map(str, anchors))),
+                            lambda: _FileState(lambda: _open_h5(path, xml_path)), anchors=anchors)
 
     def _state(self, path: Path) -> _FileState:
         return self._state_entry(path).value
