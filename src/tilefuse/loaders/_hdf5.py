@@ -784,24 +784,6 @@ def _read_data_type(f, group: str) -> str | None:
     return name.decode() if isinstance(name, bytes) else str(name)
 
 
-def _direct_chunk_filters(ds) -> tuple[bool, bool] | None:
-    """``(deflate, shuffle)`` if the chunks can be decoded here, else None.
-
-    Only BDV's own encodings (deflate, optionally after byte shuffle) are
-    decoded by hand; anything else (fletcher32, scale-offset, szip,
-    plugins) goes through h5py.
-    """
-    if ds.chunks is None:
-        return None
-    # One parse of the filter pipeline (h5py's compression, shuffle, fletcher32 and scaleoffset properties
-    # each parse it again): anything but gzip and shuffle (fletcher32, scale-offset, lzf, szip, plugins)
-    # goes through h5py.
-    filters = set(ds._filters)  # noqa: SLF001 - h5py's parsed filter pipeline
-    if filters - {"gzip", "shuffle"}:
-        return None
-    return "gzip" in filters, "shuffle" in filters
-
-
 class _RawChunks:
     """Where each stored chunk of one dataset lies in its file, to read its bytes without h5py.
 
